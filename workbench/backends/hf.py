@@ -1,0 +1,35 @@
+"""The plain-PyTorch backend: forward hooks on the workbench hook points. The fastest
+door, and the reference the other backends are tested against."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+PatchFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def forward(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache_names: list[str],
+    patches: dict[str, PatchFn],
+    grad: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass with ``patches`` applied and ``cache_names`` stored (after patching)."""
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name, fn in patches.items():
+            handles.append(model.hook_points[name].register_forward_hook(lambda m, i, o, fn=fn: fn(o)))
+        for name in cache_names:
+            def keep(m, i, o, name=name):
+                store[name] = o if grad else o.detach()
+            handles.append(model.hook_points[name].register_forward_hook(keep))
+        with torch.set_grad_enabled(grad):
+            out = model.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out.logits, store

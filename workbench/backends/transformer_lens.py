@@ -1,0 +1,54 @@
+"""The TransformerLens 4.x backend: a ``TransformerBridge`` over the same Hugging Face
+module. Canonical names are TransformerLens's own, except that the workbench's
+``hook_q``/``hook_k`` are what attention sees, i.e. after rotary (the bridge's
+``hook_rot_q``/``hook_rot_k``)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..errors import HookNameError
+
+
+def wrap(model: Any) -> Any:
+    """Boot a bridge over a copy of the HF module: the bridge rewires the module it is
+    given in place, and the other backends must keep the original."""
+    import copy
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(
+        model.name, hf_model=copy.deepcopy(model.hf), tokenizer=model.tokenizer, device=str(model.device), dtype=model.dtype
+    )
+    return bridge
+
+
+def bridge_name(model: Any, name: str) -> str:
+    """The bridge's hook name for a canonical name."""
+    hook_dict = model.wrapper.hook_dict
+    if model.arch == "llama" and name.endswith(("attn.hook_q", "attn.hook_k")):
+        name = name[: -len("hook_q")] + "hook_rot_" + name[-1]
+    if name not in hook_dict:
+        raise HookNameError(f"the TransformerLens bridge has no hook '{name}'; use the 'hf' or 'nnsight' backend for it")
+    return name
+
+
+def forward(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache_names: list[str],
+    patches: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    grad: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    store: dict[str, torch.Tensor] = {}
+    fwd_hooks = [(bridge_name(model, n), (lambda act, hook, fn=fn: fn(act))) for n, fn in patches.items()]
+    for name in cache_names:
+        def keep(act, hook, name=name):
+            store[name] = act if grad else act.detach()
+            return act
+        fwd_hooks.append((bridge_name(model, name), keep))
+    with torch.set_grad_enabled(grad):
+        logits = model.wrapper.run_with_hooks(input_ids, fwd_hooks=fwd_hooks, attention_mask=attention_mask)
+    return logits, store

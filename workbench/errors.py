@@ -1,0 +1,26 @@
+"""Errors a user can act on. Each message names the problem and the fix in one line;
+the CLI prints it without a traceback."""
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """Base of all errors that carry a one-line, actionable message."""
+
+
+class ModelNotAvailable(WorkbenchError):
+    """A model name is unknown, or its weights cannot be reached from this machine."""
+
+
+class HookNameError(WorkbenchError, KeyError):
+    """A hook name is not one of the canonical names of this model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputError(WorkbenchError, ValueError):
+    """Bad user input: prompts, configs, files."""
+
+
+class ResultError(WorkbenchError):
+    """A run folder is missing, corrupt or cannot be written."""
