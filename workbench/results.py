@@ -125,6 +125,14 @@ class Result:
             out["run"] = str(self.path)
         return _jsonable(out)
 
+    def report_sections(self) -> list:
+        """Sections for HTML reports (``workbench.report``); analyses override this with
+        their figures. The base shows the metrics as a table."""
+        from .report import Section
+
+        rows = [{"metric": k, "value": v} for k, v in _jsonable(self.metrics).items() if not isinstance(v, (list, dict))]
+        return [Section(title=f"{self.analysis}: metrics", tables=[rows])]
+
     # ----- saving -------------------------------------------------------------
     def default_run_name(self) -> str:
         model = str(self.meta.get("model") or "model").replace("/", "_")

@@ -1,0 +1,47 @@
+"""Options and output shared by every command: model/backend loading with a status
+line, ``--json`` printing, saving a result into ``--out``."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+MODEL_OPT = typer.Option("smollm2-135m", "--model", "-m", help="registry name, hub id or local folder (see `workbench models`)")
+BACKEND_OPT = typer.Option("hf", "--backend", help="hf | transformer_lens | nnsight")
+JSON_OPT = typer.Option(False, "--json", help="print the summary as JSON on stdout")
+OUT_OPT = typer.Option(None, "--out", help="run folder to write (default: runs/<analysis>-<model>-<time>)")
+SEED_OPT = typer.Option(0, "--seed", help="random seed (datasets, head draws)")
+DEVICE_OPT = typer.Option("cpu", "--device", help="cpu or cuda")
+
+
+def status(msg: str) -> None:
+    """Progress chatter goes to stderr so ``--json`` stdout stays clean."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load(model: str, backend: str = "hf", device: str = "cpu") -> Any:
+    from ..models import load_model
+
+    status(f"loading {model} ({backend}) ...")
+    m = load_model(model, backend=backend, device=device)
+    status(f"loaded {model} in {m.load_seconds:.1f}s: {m.shape.n_layers} layers x {m.shape.n_heads} heads")
+    return m
+
+
+def finish(result: Any, out: Optional[Path], as_json: bool, extra: dict[str, Any] | None = None) -> Path:
+    """Save the result, then print its summary (JSON or a short human table)."""
+    path = result.save(out)
+    summary = result.summary()
+    summary.update(extra or {})
+    summary["run"] = str(path)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for k, v in summary.items():
+            if isinstance(v, (list, dict)):
+                v = json.dumps(v)[:200]
+            print(f"{k:>24}: {v}")
+    return path

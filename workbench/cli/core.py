@@ -1,0 +1,56 @@
+"""Commands about the workbench itself: models, runs, the dashboard."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import JSON_OPT
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def models(as_json: bool = JSON_OPT) -> None:
+        """Known models and whether each can be loaded offline here."""
+        from ..models import available_models
+
+        rows = available_models()
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            mark = "yes" if r["available"] else "no "
+            print(f"{r['name']:<20} {r['kind']:<9} available: {mark}  {r['description']}")
+
+    @app.command()
+    def runs(
+        as_json: bool = JSON_OPT,
+        root: Optional[Path] = typer.Option(None, "--root", help="runs folder (default: $WORKBENCH_RUNS or ./runs)"),
+    ) -> None:
+        """Saved runs, newest first."""
+        from ..results import list_runs
+
+        rows = list_runs(root)
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            print("no saved runs yet; try `workbench ablate`")
+        for r in rows:
+            print(f"{r['created'] or '?':<27} {r['analysis'] or '?':<10} {r['model'] or '?':<16} {r['path']}")
+
+    @app.command(name="app")
+    def app_cmd(
+        port: int = typer.Option(8501, "--port"),
+        address: str = typer.Option("127.0.0.1", "--address"),
+    ) -> None:
+        """Start the Streamlit dashboard on 127.0.0.1."""
+        home = Path(__file__).resolve().parents[2] / "app" / "Home.py"
+        print(f"dashboard: http://{address}:{port}", flush=True)
+        cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(port),
+               "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+        raise SystemExit(subprocess.call(cmd))

@@ -1,0 +1,6 @@
+"""Patching: the batched head-patching engine and the metrics it reports."""
+from .engine import HeadPatchSweep, head_masks_all_positions, head_masks_per_position, run_head_patches
+from .metrics import logit_diff, normalized_effect, accuracy
+
+__all__ = ["HeadPatchSweep", "run_head_patches", "head_masks_all_positions", "head_masks_per_position",
+           "logit_diff", "normalized_effect", "accuracy"]

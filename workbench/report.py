@@ -1,0 +1,95 @@
+"""Self-contained HTML reports: figures and tables of any Results in one file that
+opens offline (plotly.js is inlined once)."""
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+
+from .errors import ResultError
+
+
+@dataclass
+class Section:
+    """One report section: a heading, a short text, figures and tables (rows of dicts)."""
+
+    title: str
+    text: str = ""
+    figures: list[go.Figure] = field(default_factory=list)
+    tables: list[list[dict[str, Any]]] = field(default_factory=list)
+
+
+def table_html(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}.meta{color:#666;font-size:.9em}"""
+
+
+def render(title: str, sections: Sequence[Section], meta: dict[str, Any] | None = None) -> str:
+    """The whole report as one HTML string."""
+    from plotly.offline import get_plotlyjs
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    if meta:
+        parts.append("<p class='meta'>" + " · ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in meta.items()) + "</p>")
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        if sec.text:
+            parts.append(f"<p>{html.escape(sec.text)}</p>")
+        for rows in sec.tables:
+            parts.append(table_html(rows))
+        for fig in sec.figures:
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_report(path: str | os.PathLike, title: str, sections: Sequence[Section], meta: dict[str, Any] | None = None) -> Path:
+    """Write the report atomically (temporary file in the same folder, then rename)."""
+    target = Path(path)
+    text = render(title, sections, meta)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as exc:
+        raise ResultError(f"cannot write report {target}: {exc.strerror or exc}; choose a writable folder") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def sections_for(results: Sequence[Any]) -> list[Section]:
+    """Every result's own report sections, in order."""
+    out: list[Section] = []
+    for r in results:
+        out.extend(r.report_sections())
+    return out
