@@ -218,3 +218,39 @@ def run_with_patches(
     if names:
         return logits, ActivationCache(store)
     return logits
+
+
+def forward_embeds(
+    model: Any,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    names: Iterable[str] = (),
+    patches: Mapping[str, PatchFn | torch.Tensor] | None = None,
+    grad: bool = False,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: Any = None,
+    use_cache: bool = False,
+) -> tuple[torch.Tensor, ActivationCache, Any]:
+    """One forward pass from input embeddings ``[batch pos d_model]`` instead of token ids, the
+    door for vision-language models (image embeddings spliced into the prompt). Same canonical
+    names and patches as ``forward``; ``past_key_values`` / ``use_cache`` continue a key-value
+    cache for decoding. Returns logits [batch pos vocab], the cache of ``names`` and the
+    key-value cache (None unless asked for). The ``hf`` backend only (``hook_embed`` does not
+    fire: the embeddings are given)."""
+    if model.backend != "hf":
+        raise InputError(f"input embeddings need the 'hf' backend, not '{model.backend}'; load the model with backend='hf'")
+    if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != model.shape.d_model:
+        raise InputError(
+            f"inputs_embeds must be [batch pos {model.shape.d_model}], got {tuple(inputs_embeds.shape)}; "
+            "embed the prompt with the model's embedding size"
+        )
+    names = list(dict.fromkeys(names))
+    patches = dict(patches or {})
+    check_names(model.hook_points, names + list(patches))
+    fns = {n: (_replacer(v) if isinstance(v, torch.Tensor) else v) for n, v in patches.items()}
+    from .backends import hf
+
+    logits, store, past = hf.forward_embeds(model, inputs_embeds, attention_mask, names, fns, grad=grad,
+                                            position_ids=position_ids, past_key_values=past_key_values,
+                                            use_cache=use_cache)
+    return logits, ActivationCache(store, names=names), past

@@ -33,3 +33,35 @@ def forward(
         for h in handles:
             h.remove()
     return out.logits, store
+
+
+def forward_embeds(
+    model: Any,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache_names: list[str],
+    patches: dict[str, PatchFn],
+    grad: bool = False,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: Any = None,
+    use_cache: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+    """Like ``forward`` but from input embeddings ``[batch pos d_model]`` (a vision-language
+    model splices image embeddings into the prompt), optionally continuing a key-value cache.
+    Returns logits, the cached names and the (updated) key-value cache or None."""
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name, fn in patches.items():
+            handles.append(model.hook_points[name].register_forward_hook(lambda m, i, o, fn=fn: fn(o)))
+        for name in cache_names:
+            def keep(m, i, o, name=name):
+                store[name] = o if grad else o.detach()
+            handles.append(model.hook_points[name].register_forward_hook(keep))
+        with torch.set_grad_enabled(grad):
+            out = model.hf(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                           past_key_values=past_key_values, use_cache=use_cache or past_key_values is not None)
+    finally:
+        for h in handles:
+            h.remove()
+    return out.logits, store, (out.past_key_values if (use_cache or past_key_values is not None) else None)

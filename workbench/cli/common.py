@@ -32,8 +32,8 @@ def load(model: str, backend: str = "hf", device: str = "cpu") -> Any:
 
 
 def finish(result: Any, out: Optional[Path], as_json: bool, extra: dict[str, Any] | None = None) -> Path:
-    """Save the result, then print its summary (JSON or a short human table)."""
-    path = result.save(out)
+    """Save the result (unless already saved), then print its summary (JSON or a short table)."""
+    path = result.path if result.path is not None else result.save(out)
     summary = result.summary()
     summary.update(extra or {})
     summary["run"] = str(path)

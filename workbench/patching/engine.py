@@ -3,6 +3,19 @@ forward passes as a memory budget allows. A configuration is a boolean mask
 [layer head pos]: where True, the head's output z (``blocks.{l}.attn.hook_z``) is
 replaced by the source (corrupt run, mean or zero). Only the metric at each prompt's
 last token is returned, so the [P N vocab] logits are never held.
+
+Two methods, same answers:
+- ``suffix`` (default): the clean run is cached once and each configuration recomputes
+  only the layers from its first patched layer and the positions from its first patched
+  position (``workbench.patching.suffix``); exact, and on a CPU about 2x (head sweep) to
+  4x (head-by-position sweep) less arithmetic than full forwards. The mix of head outputs
+  and the output projection is one fused op: the Triton kernel on CUDA, its PyTorch
+  reference elsewhere (``kernel=`` forces one: "triton", "reference", "auto").
+- ``full``: every configuration is a full forward with hooks on z (the plain batched way;
+  also the reference the suffix method is tested against).
+
+Build masks with ``head_masks_all_positions``, ``head_masks_per_position`` or
+``masks_from_heads`` (which checks indices); edge patching is in ``workbench.patching.edges``.
 """
 from __future__ import annotations
 
@@ -14,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..cache import Tokens
 from ..errors import InputError
+from . import suffix as _suffix
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(last-token logits [C N vocab], prompt indices [N]) -> metric [C N]."""
@@ -73,6 +87,30 @@ def _last_logits(model: Any, tokens: Tokens, hooks: dict[int, Callable]) -> torc
             h.remove()
 
 
+def masks_from_heads(model: Any, n_pos: int, configs: list[list[tuple[int, ...]]]) -> torch.Tensor:
+    """Masks [P layer head pos] from lists of (layer, head) (every position) or
+    (layer, head, position) per configuration; indices are checked against the model."""
+    s = model.shape
+    masks = torch.zeros(len(configs), s.n_layers, s.n_heads, n_pos, dtype=torch.bool)
+    for i, cfg in enumerate(configs):
+        for item in cfg:
+            if len(item) not in (2, 3):
+                raise InputError(f"configuration {i}: {item!r} is not (layer, head) or (layer, head, position)")
+            l, h = int(item[0]), int(item[1])
+            if not 0 <= l < s.n_layers:
+                raise InputError(f"configuration {i}: layer {l} is out of range; the model has layers 0..{s.n_layers - 1}")
+            if not 0 <= h < s.n_heads:
+                raise InputError(f"configuration {i}: head {h} (L{l}H{h}) is out of range; the model has heads 0..{s.n_heads - 1}")
+            if len(item) == 3:
+                p = int(item[2])
+                if not 0 <= p < n_pos:
+                    raise InputError(f"configuration {i}: position {p} is out of range; the prompts have positions 0..{n_pos - 1}")
+                masks[i, l, h, p] = True
+            else:
+                masks[i, l, h, :] = True
+    return masks
+
+
 def run_head_patches(
     model: Any,
     tokens: Tokens,
@@ -82,18 +120,53 @@ def run_head_patches(
     max_batch: int = 512,
     progress: bool = False,
     desc: str = "patching",
+    method: str = "suffix",
+    kernel: str | None = None,
 ) -> HeadPatchSweep:
     """Run every configuration in ``masks`` [P layer head pos] on every prompt.
 
     ``source_z[l]`` is the value to write into layer l's z where the mask is True:
     [N pos head d_head] (a corrupt run), or anything that broadcasts to it (a mean).
+    ``metric(last_logits [C N vocab], prompt_idx [N]) -> [C N]``.
     ``max_batch`` bounds the sequences per forward (configurations x prompts); a
     budget smaller than one configuration's N prompts is an error.
+    ``method``: "suffix" (default; exact, recomputes only what a patch changes) or
+    "full" (one full forward per chunk of configurations). ``kernel`` forces the fused
+    mix-and-project op ("triton" or "reference"); default automatic.
+    Returns metric [P N], the clean metric [N] and the number of batched passes.
     """
     n, n_pos = tokens.input_ids.shape
     check_masks(model, masks, n_pos)
+    if method not in ("suffix", "full"):
+        raise InputError(f"unknown patching method '{method}'; choose 'suffix' or 'full'")
     if max_batch < n:
         raise InputError(f"max_batch={max_batch} cannot hold one configuration of {n} prompts; raise it to at least {n}")
+    missing = sorted(set(masks.any(dim=(0, 2, 3)).nonzero().flatten().tolist()) - set(source_z))
+    if missing:
+        raise InputError(f"the patch masks patch layers {missing} but source_z has no entry for them; "
+                         "pass source_z[l] for every patched layer ([N pos head d_head], or a mean)")
+    if method == "full":
+        return _run_full(model, tokens, source_z, masks, metric, max_batch, progress, desc)
+    return _run_suffix(model, tokens, source_z, masks, metric, max_batch, progress, desc, kernel)
+
+
+def _run_suffix(model, tokens, source_z, masks, metric, max_batch, progress, desc, kernel) -> HeadPatchSweep:
+    n = tokens.input_ids.shape[0]
+    idx = torch.arange(n)
+    with torch.no_grad():
+        clean_run = _suffix.clean_run(model, tokens)
+        clean = metric(clean_run.last_logits[None], idx)[0]
+        out = clean[None].repeat(masks.shape[0], 1)
+        runner = _suffix.SuffixRunner(model, clean_run, source_z, kernel=kernel)
+        chunks = _suffix.plan_chunks(masks, max(1, max_batch // n))
+        for cfg, first_layers, p0 in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+            logits = runner.run_chunk(masks[cfg].to(model.device), first_layers, p0)
+            out[torch.tensor(cfg)] = metric(logits, idx).to(out.dtype)
+    return HeadPatchSweep(metric=out, clean_metric=clean, n_forwards=1 + len(chunks))
+
+
+def _run_full(model, tokens, source_z, masks, metric, max_batch, progress, desc) -> HeadPatchSweep:
+    n = tokens.input_ids.shape[0]
     idx = torch.arange(n)
     clean = metric(_last_logits(model, tokens, {})[None], idx)[0]
     per_chunk = max(1, max_batch // n)

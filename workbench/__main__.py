@@ -1,0 +1,4 @@
+"""``python -m workbench`` runs the CLI."""
+from .cli import main
+
+main()
