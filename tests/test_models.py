@@ -70,3 +70,24 @@ def test_embedded_model_shape_and_answer(smollm2):
     ids, mask = smollm2.to_tokens(["The capital of France is"])
     out = smollm2.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
     assert smollm2.tokenizer.decode(out[0, ids.shape[1]:]).startswith(" Paris")
+
+
+def test_pythia_architecture_gets_the_same_hook_points():
+    """GPT-NeoX (Pythia's architecture, a hub model) through the same hook points, logits unchanged."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from workbench.hooks import install_hook_points
+
+    cfg = GPTNeoXConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    torch.manual_seed(0)
+    m = GPTNeoXForCausalLM(cfg).eval()
+    ids = torch.randint(0, 100, (2, 6))
+    with torch.no_grad():
+        ref = m(ids).logits
+        arch, points = install_hook_points(m)
+        seen = {}
+        h = points["blocks.1.attn.hook_pattern"].register_forward_hook(lambda mod, i, o: seen.setdefault("p", o))
+        out = m(ids).logits
+        h.remove()
+    assert arch == "neox" and (out - ref).abs().max() < 1e-5
+    assert seen["p"].shape == (2, 4, 6, 6)

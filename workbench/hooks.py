@@ -121,7 +121,9 @@ def _layout(hf_model: nn.Module) -> tuple[str, Any, list[nn.Module], nn.Module]:
     """(arch, embedding, decoder layers, final norm) of a supported HF causal LM."""
     base = getattr(hf_model, "model", None) or getattr(hf_model, "transformer", None) or getattr(hf_model, "gpt_neox", None)
     if base is None:
-        raise HookNameError(f"unsupported model class {type(hf_model).__name__}; supported: Llama-family, GPT-2, GPT-NeoX")
+        raise HookNameError(f"unsupported model class {type(hf_model).__name__}; supported: Llama-family, GPT-2, GPT-NeoX (Pythia)")
+    if hasattr(base, "embed_in"):
+        return "neox", base.embed_in, list(base.layers), base.final_layer_norm
     if hasattr(base, "layers"):
         return "llama", base.embed_tokens, list(base.layers), base.norm
     if hasattr(base, "h"):
@@ -133,6 +135,8 @@ def _parts(arch: str, layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module
     """(attention, norm before the MLP, MLP) of one decoder layer."""
     if arch == "llama":
         return layer.self_attn, layer.post_attention_layernorm, layer.mlp
+    if arch == "neox":  # parallel attention: resid_mid is the MLP's input stream
+        return layer.attention, layer.post_attention_layernorm, layer.mlp
     return layer.attn, layer.ln_2, layer.mlp
 
 

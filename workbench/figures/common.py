@@ -32,6 +32,7 @@ def head_grid(values, title: str, colorbar: str = "", diverging: bool = True, zm
         )
     )
     fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed",
+                      xaxis={"dtick": 1}, yaxis={"dtick": 1 if n_layers <= 16 else 2},
                       height=max(320, 18 * n_layers + 120), margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return fig
 

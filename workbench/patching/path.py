@@ -1,0 +1,140 @@
+"""Path patching as Wang et al. (2022) define it.
+
+For a sender head s and a set of receivers (heads, through their queries, keys and/or
+values; or the logits):
+
+1. run the clean and corrupt prompts and cache every head's output z;
+2. run the clean prompts with s's output taken from the corrupt run and every other head
+   frozen to its clean output (MLPs are recomputed); record the receivers' inputs;
+3. run the clean prompts with only the receivers' q/k/v replaced by the recorded values,
+   and read the metric. With the logits as receiver, step 2's output is the answer.
+
+Many senders go in one batch (configs x prompts). A receiver's key and value are its own
+copies (grouped-query attention shares keys and values between heads; patching one head's
+copy leaves its siblings clean).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..cache import Tokens, forward
+from ..errors import InputError
+from .activation import PatchGrid, _baseline, _last, check_pair
+from .graph import attn_scale, per_head_attention, _masked
+
+
+def _check_heads(model: Any, heads: Sequence[tuple[int, int]], what: str) -> None:
+    s = model.shape
+    for l, h in heads:
+        if not (0 <= l < s.n_layers and 0 <= h < s.n_heads):
+            raise InputError(f"{what} head L{l}H{h} does not exist; this model has {s.n_layers} layers x {s.n_heads} heads")
+
+
+def path_patch(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable,
+               receivers: str | Sequence[tuple[int, int]] = "logits", receiver_inputs: str = "qkv",
+               senders: Sequence[tuple[int, int]] | None = None, max_batch: int = 256,
+               progress: bool = False) -> PatchGrid:
+    """Metric after path patching each sender to the receivers (mean over prompts):
+    [layer head] when ``senders`` is None (every head), else [len(senders)]."""
+    check_pair(clean, corrupt)
+    s = model.shape
+    L, H = s.n_layers, s.n_heads
+    if set(receiver_inputs) - set("qkv") or not receiver_inputs:
+        raise InputError(f"receiver_inputs '{receiver_inputs}' must be a non-empty mix of q, k, v")
+    all_senders = senders is None
+    senders = [(l, h) for l in range(L) for h in range(H)] if senders is None else list(senders)
+    _check_heads(model, senders, "sender")
+    to_logits = isinstance(receivers, str)
+    if to_logits and receivers != "logits":
+        raise InputError(f"receivers must be 'logits' or a list of (layer, head), got '{receivers}'")
+    if not to_logits:
+        receivers = list(receivers)
+        _check_heads(model, receivers, "receiver")
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    clean_metric, corrupt_metric, corrupt_cache = _baseline(model, clean, corrupt, metric, z_names)
+    with torch.no_grad():
+        _, clean_cache = forward(model, clean, z_names)
+    n = len(clean)
+    per = max(1, max_batch // n)
+    out = []
+    for start in tqdm(range(0, len(senders), per), desc="path patching", disable=not progress, leave=False):
+        chunk = senders[start:start + per]
+        out.append(_chunk(model, clean, chunk, clean_cache, corrupt_cache, metric, receivers, receiver_inputs, to_logits))
+    vals = torch.cat(out)
+    if all_senders:
+        vals = vals.view(L, H)
+    return PatchGrid(vals, clean_metric, corrupt_metric)
+
+
+def _chunk(model, clean, chunk, clean_cache, corrupt_cache, metric, receivers, receiver_inputs, to_logits):
+    s = model.shape
+    L, H = s.n_layers, s.n_heads
+    rep = H // s.n_kv_heads
+    n, c = len(clean), len(chunk)
+    big = Tokens(clean.input_ids.repeat(c, 1), clean.attention_mask.repeat(c, 1))
+
+    # step 2: freeze every head to clean, the sender to corrupt
+    def freeze(l):
+        def fn(z):
+            zc = clean_cache[f"blocks.{l}.attn.hook_z"].to(z.dtype).repeat(c, 1, 1, 1).view(c, n, *z.shape[1:])
+            for i, (sl, sh) in enumerate(chunk):
+                if sl == l:
+                    zc[i, :, :, sh] = corrupt_cache[f"blocks.{l}.attn.hook_z"][:, :, sh].to(z.dtype)
+            return zc.view_as(z)
+        return fn
+
+    patches = {f"blocks.{l}.attn.hook_z": freeze(l) for l in range(L)}
+    rec_layers = sorted({l for l, _ in receivers}) if not to_logits else []
+    names = [f"blocks.{l}.attn.hook_{t}" for l in rec_layers for t in "qkv"]
+    with torch.no_grad():
+        logits, rec = forward(model, big, names, patches)
+    if to_logits:
+        return metric(_last(logits, big).view(c, n, -1)).mean(1)
+
+    # step 3: clean run with only the receivers' q/k/v replaced
+    state: dict[str, torch.Tensor] = {}
+    hooks = {}
+    for l in rec_layers:
+        heads = [h for rl, h in receivers if rl == l]
+
+        def keep(t, l=l):
+            def fn(x):
+                state[t] = x
+                return x
+            return fn
+
+        def on_scores(sc, l=l, heads=heads):
+            q = state["q"].clone()
+            k = state["k"].repeat_interleave(rep, dim=2)
+            v = state["v"].repeat_interleave(rep, dim=2)
+            rq = rec[f"blocks.{l}.attn.hook_q"]
+            rk = rec[f"blocks.{l}.attn.hook_k"].repeat_interleave(rep, dim=2)
+            rv = rec[f"blocks.{l}.attn.hook_v"].repeat_interleave(rep, dim=2)
+            for h in heads:
+                if "q" in receiver_inputs:
+                    q[:, :, h] = rq[:, :, h]
+                if "k" in receiver_inputs:
+                    k[:, :, h] = rk[:, :, h]
+                if "v" in receiver_inputs:
+                    v[:, :, h] = rv[:, :, h]
+            new_scores, z = per_head_attention(q, k, v, _masked(sc), attn_scale(model, l), sc)
+            state["z"] = z
+            out = sc.clone()
+            out[:, heads] = new_scores[:, heads]
+            return out
+
+        def on_z(z, heads=heads):
+            z = z.clone()
+            z[:, :, heads] = state.pop("z")[:, :, heads].to(z.dtype)
+            return z
+
+        for t in "qkv":
+            hooks[f"blocks.{l}.attn.hook_{t}"] = keep(t)
+        hooks[f"blocks.{l}.attn.hook_attn_scores"] = on_scores
+        hooks[f"blocks.{l}.attn.hook_z"] = on_z
+    with torch.no_grad():
+        logits, _ = forward(model, big, [], hooks)
+    return metric(_last(logits, big).view(c, n, -1)).mean(1)
