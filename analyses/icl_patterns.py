@@ -3,7 +3,8 @@
 KQ (per head, x-block = KQ[:d, :d]):
 - ``kq_offdiag_share``: off-diagonal energy / total energy of the x-block (0 for omega I);
 - ``kq_diag_cv``: std / |mean| of the x-block diagonal (0 when homogeneous);
-- ``kq_y_share``: energy of the entries that touch y (last row and column) / total energy;
+- ``kq_y_share``: energy of the entries that touch y (query-x rows, key-y column) / energy of the
+  query-x rows (the query's y slot is 0, so KQ's last row never acts);
 - ``omega``: mean of the x-block diagonal / sqrt(d+1), the softmax's inverse temperature
   on x_i . x_q.
 OV (per head, vector of length d+1):
@@ -39,9 +40,15 @@ def kq_diag_cv(kq: torch.Tensor) -> torch.Tensor:
 
 
 def kq_y_share(kq: torch.Tensor) -> torch.Tensor:
-    """[... d+1 d+1] -> [...]: share of squared entries in the last row or column (those that touch y)."""
-    total = (kq**2).sum((-1, -2))
-    return (total - (_x_block(kq) ** 2).sum((-1, -2))) / total.clamp_min(1e-30)
+    """[... d+1 d+1] -> [...]: share of the effective KQ energy in the entries that touch y.
+
+    The query token's y slot is always 0, so the last row of KQ never reaches the logits (it
+    keeps its initial value); the effective entries are the rows of x_q, KQ[:d, :]. Of these,
+    the last column KQ[:d, d] (query x against key y) touches y."""
+    d = kq.shape[-1] - 1
+    rows = kq[..., :d, :]
+    total = (rows**2).sum((-1, -2))
+    return (rows[..., d] ** 2).sum(-1) / total.clamp_min(1e-30)
 
 
 def omega(kq: torch.Tensor) -> torch.Tensor:

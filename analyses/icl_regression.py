@@ -154,11 +154,15 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
     fit = sample_prompts(config.eval_prompts, config.n, config.d, config.noise_var, cov_arg, generator=gen)
     eta_gd = pred.fit_step(pred.gd_direction(fit), fit.yq)
     eta_dgd = pred.fit_step(pred.debiased_gd_direction(fit), fit.yq)
+    aniso = config.covariance != "isotropic"
+    eta_pdgd = pred.fit_step(pred.debiased_gd_direction(fit, inv_cov), fit.yq) if aniso else None
     lam = pred.bayes_lambda(config.d, config.noise_var)
     lengths = list(config.eval_lengths)
     names = [n for n in PREDICTORS if config.baselines or n not in ("single_head", "linear")]
+    if aniso:  # debiased GD preconditioned by Sigma^-1, what the paper says anisotropic training finds
+        names.insert(names.index("gd_debiased") + 1, "gd_debiased_precond")
     table = torch.zeros(len(names), len(lengths))
-    gap = None
+    gap = pgap = None
     for j, L in enumerate(lengths):
         p = sample_prompts(config.eval_prompts, L, config.d, config.noise_var, cov_arg, generator=gen)
         preds = {"model": _predict(main.model, p)}
@@ -167,12 +171,17 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
             preds["linear"] = _predict(linear.model, p)
         preds["gd"] = eta_gd * pred.gd_direction(p)
         preds["gd_debiased"] = eta_dgd * pred.debiased_gd_direction(p)
+        if aniso:
+            preds["gd_debiased_precond"] = eta_pdgd * pred.debiased_gd_direction(p, inv_cov)
         preds["ridge"] = pred.ridge_predict(p, lam)
         for i, name in enumerate(names):
             table[i, j] = pred.mse(preds[name], p.yq)
         if L == config.n:
             diff = preds["model"] - preds["gd_debiased"]
             gap = float((diff**2).mean() / (preds["gd_debiased"] ** 2).mean())
+            if aniso:
+                diff = preds["model"] - preds["gd_debiased_precond"]
+                pgap = float((diff**2).mean() / (preds["gd_debiased_precond"] ** 2).mean())
     at_n = lengths.index(config.n)
     mse = {name: float(table[i, at_n]) for i, name in enumerate(names)}
     tail = max(1, config.steps // 10)
@@ -198,6 +207,7 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
         "eta_implied": float((mus * final["omega"]).sum()),
         "dgd_pred_gap": gap,
         "dgd_mse_gap_rel": (mse["model"] - mse["gd_debiased"]) / mse["gd_debiased"],
+        "dgd_precond_pred_gap": pgap,
         "final_train_loss": float(main.loss[-tail:].mean()),
         "precond_dist_identity": pat.scaled_distance(gamma, torch.eye(config.d)),
         "precond_dist_inv_cov": pat.scaled_distance(gamma, inv_cov),

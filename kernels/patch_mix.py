@@ -42,7 +42,7 @@ def _patch_mix_project_kernel(
     col_ok = cols < M
     z_row = z_ptr + c * szc + n * szn + s * szs
     src_row = src_ptr + n * ssn + s * sss
-    acc = tl.zeros((BLOCK_R, BLOCK_M), dtype=tl.float32)
+    acc = tl.full((BLOCK_R, BLOCK_M), 0.0, tl.float32)  # tl.zeros is a jit helper the interpreter cannot call when triton was imported first
     for h in range(0, H):
         take = tl.load(mask_ptr + c * smc + s * sms + h * smh, mask=row_ok, other=0) != 0
         for d0 in range(0, D, BLOCK_D):

@@ -282,3 +282,26 @@ def newline_stop_ids(tokenizer: Any) -> list[int]:
         if special is not None:
             ids.add(int(special))
     return sorted(ids)
+
+
+def last_token_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      patches: Mapping[str, PatchFn] | None = None,
+                      read: Iterable[str] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward over left-padded prompts (see ``left_pad``) with ``patches``: the last
+    token's logits [batch vocab] (the vocabulary projection runs for that token only) and
+    the ``read`` activations in full."""
+    patches = dict(patches or {})
+    read = list(dict.fromkeys(read))
+    check_names(model.hook_points, list(patches) + read)
+    store: dict[str, torch.Tensor] = {}
+    hooks = _Hooks(model, patches, ())
+    for name in read:
+        hooks.handles.append(model.hook_points[name].register_forward_hook(
+            lambda m, i, o, name=name: store.__setitem__(name, o.detach())))
+    try:
+        with torch.no_grad():
+            out = model.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
+                           use_cache=False, logits_to_keep=1)
+    finally:
+        hooks.remove()
+    return out.logits[:, -1], store

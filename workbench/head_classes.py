@@ -67,14 +67,39 @@ def ioi_positions(model: Any, ps: PromptSet) -> dict[str, torch.Tensor]:
     return {"io": torch.tensor(io), "s1": torch.tensor(s1), "s2": torch.tensor(s2), "end": end}
 
 
-def direct_logit_attribution(model: Any, tokens: Tokens, correct: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+def _ioi_cache(model: Any, tokens: Tokens, query_pos: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One forward: attention rows at each named query position [layer batch head key], plus
+    every layer's z and resid_pre and the final residual."""
+    L = model.shape.n_layers
+    rows: dict[str, dict[int, torch.Tensor]] = {k: {} for k in query_pos}
+    idx = torch.arange(len(tokens))
+
+    def grab(l):
+        def fn(p):
+            for k, qp in query_pos.items():
+                rows[k][l] = p[idx, :, qp].detach()
+            return p
+        return fn
+
+    names = [f"blocks.{l}.attn.hook_z" for l in range(L)] + [f"blocks.{l}.hook_resid_pre" for l in range(L)] + \
+            [f"blocks.{L - 1}.hook_resid_post"]
+    with torch.no_grad():
+        _, st = forward(model, tokens, names, {f"blocks.{l}.attn.hook_pattern": grab(l) for l in range(L)})
+    return {k: torch.stack([v[l] for l in range(L)]) for k, v in rows.items()}, dict(st)
+
+
+def direct_logit_attribution(model: Any, tokens: Tokens, correct: torch.Tensor, wrong: torch.Tensor,
+                             cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Each head's output at the final token projected on W_U[correct] - W_U[wrong], through the
     final norm frozen at its clean scale: [layer head], mean over prompts."""
     s = model.shape
     L = s.n_layers
-    names = [f"blocks.{l}.attn.hook_z" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    if cache is None:
+        names = [f"blocks.{l}.attn.hook_z" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+        with torch.no_grad():
+            _, cache = forward(model, tokens, names)
+    st = cache
     with torch.no_grad():
-        _, st = forward(model, tokens, names)
         idx, end = torch.arange(len(tokens)), tokens.last_positions
         final = st[f"blocks.{L - 1}.hook_resid_post"][idx, end]  # [b d_model]
         norm = _final_norm(model)
@@ -100,23 +125,25 @@ def _final_norm(model: Any):
     return base.norm if hasattr(base, "norm") else base.ln_f
 
 
-def copy_scores(model: Any, tokens: Tokens, io_pos: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+def copy_scores(model: Any, tokens: Tokens, io_pos: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor,
+                cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Share of prompts where a head's OV circuit, fed the residual at the IO token (as if it
     attended there fully), raises logit(IO) above logit(S): [layer head]."""
     from .patching.graph import QKV
 
     s = model.shape
     L = s.n_layers
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
     idx = torch.arange(len(tokens))
     W_U = model.hf.get_output_embeddings().weight
     out = torch.zeros(L, s.n_heads)
+    if cache is None:
+        with torch.no_grad():
+            _, cache = forward(model, tokens, [f"blocks.{l}.hook_resid_pre" for l in range(L)])
     qkv = QKV(model)
     try:
         with torch.no_grad():
-            _, st = forward(model, tokens, names)
             for l in range(L):
-                x = st[f"blocks.{l}.hook_resid_pre"][idx, io_pos]  # [b d_model]
+                x = cache[f"blocks.{l}.hook_resid_pre"][idx, io_pos]  # [b d_model]
                 xh = x[:, None, None, :].expand(-1, 1, s.n_heads, -1)
                 qkv.rotary = None  # values carry no rotary
                 _, _, v = qkv(l, xh)
@@ -188,13 +215,12 @@ def head_classes(model: Any, ioi: PromptSet, n_random: int = 8, seed: int = 0) -
     tokens = as_tokens(model, ioi.prompts)
     pos = ioi_positions(model, ioi)
     correct, wrong = ioi.answer_ids(model)
-    rows_end = attention_rows(model, tokens, pos["end"])
-    rows_s2 = attention_rows(model, tokens, pos["s2"])
-    attn_io = attention_to(rows_end, pos["io"])
-    attn_s2 = attention_to(rows_end, pos["s2"])
-    attn_s1_from_s2 = attention_to(rows_s2, pos["s1"])
-    copy = copy_scores(model, tokens, pos["io"], correct, wrong)
-    dla = direct_logit_attribution(model, tokens, correct, wrong)
+    rows, cache = _ioi_cache(model, tokens, {"end": pos["end"], "s2": pos["s2"]})
+    attn_io = attention_to(rows["end"], pos["io"])
+    attn_s2 = attention_to(rows["end"], pos["s2"])
+    attn_s1_from_s2 = attention_to(rows["s2"], pos["s1"])
+    copy = copy_scores(model, tokens, pos["io"], correct, wrong, cache)
+    dla = direct_logit_attribution(model, tokens, correct, wrong, cache)
     rnd = random_token_scores(model, n=n_random, seed=seed)
     scores = {
         "name_mover": attn_io * copy * (dla > 0).float(),

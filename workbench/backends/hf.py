@@ -58,10 +58,18 @@ def forward_embeds(
             def keep(m, i, o, name=name):
                 store[name] = o if grad else o.detach()
             handles.append(model.hook_points[name].register_forward_hook(keep))
+        use_cache = use_cache or past_key_values is not None
+        kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+                                  "position_ids": position_ids, "use_cache": use_cache}
+        if past_key_values is not None:  # transformers 5 calls it `cache`, older versions `past_key_values`
+            import inspect
+
+            key = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+            kwargs[key] = past_key_values
         with torch.set_grad_enabled(grad):
-            out = model.hf(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                           past_key_values=past_key_values, use_cache=use_cache or past_key_values is not None)
+            out = model.hf(**kwargs)
     finally:
         for h in handles:
             h.remove()
-    return out.logits, store, (out.past_key_values if (use_cache or past_key_values is not None) else None)
+    past = getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
+    return out.logits, store, (past if use_cache else None)

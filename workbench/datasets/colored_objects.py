@@ -79,7 +79,8 @@ def colored_object_prompts(n: int, tokenizer: Any, seed: int = 0, template: str 
         answers.append(_answer(answer_format, c[k]))
         wrong.append(_answer(answer_format, c[j]))
         spans.append(_query_spans(clean_text, len(prefix), c, o, k))
-    meta = {"seed": seed, "spans": spans, "colors": colors}
+    meta = {"seed": seed, "spans": spans, "colors": colors,
+            "candidates": [_answer(answer_format, c) for c in colors]}
     return PromptSet(prompts, answers, wrong, corrupt=corrupt, name="Colored Objects", meta=meta)
 
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..cache import Tokens
 from ..errors import InputError
-from .graph import Graph, LogitDiff, QKV, embeddings, receiver_grads, sender_deltas, sender_outputs, edge_scores_from
+from .graph import Graph, LogitDiff, QKV, receiver_grads, sender_deltas, sender_outputs, edge_scores_from
 
 METHODS = ("eap", "eap-ig")
 
@@ -51,7 +51,7 @@ def edge_attribution(model: Any, clean: Tokens, corrupt: Tokens, metric: LogitDi
                 grads, _ = receiver_grads(model, c, m, qkv=qkv)
                 bar.update(1)
             else:
-                e_clean, e_corrupt = embeddings(model, c), embeddings(model, k)
+                e_clean, e_corrupt = acts_clean["embed"], acts_corrupt["embed"]
                 grads = None
                 for step in range(steps):
                     e = e_corrupt + (step / steps) * (e_clean - e_corrupt)

@@ -279,15 +279,16 @@ def _names(n_layers: int) -> list[str]:
 
 
 def sender_outputs(model: Any, tokens: Tokens, embed: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Last-token logits and the senders' activations of one no-grad run: 'input' [b pos d_model],
+    """Last-token logits and the senders' activations of one no-grad run: 'input' [b pos d_model]
+    (and 'embed', the token embeddings),
     'z{l}' [b pos head d_head], 'mlp{l}' [b pos d_model]."""
     L = model.shape.n_layers
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.attn.hook_z" for l in range(L)] + \
+    names = ["hook_embed", "blocks.0.hook_resid_pre"] + [f"blocks.{l}.attn.hook_z" for l in range(L)] + \
             [f"blocks.{l}.hook_mlp_out" for l in range(L)]
     patches = {"hook_embed": (lambda a, e=embed: e.to(a.dtype))} if embed is not None else None
     with torch.no_grad():
         logits, store = forward(model, tokens, names, patches)
-    acts = {"input": store["blocks.0.hook_resid_pre"]}
+    acts = {"input": store["blocks.0.hook_resid_pre"], "embed": store["hook_embed"]}
     for l in range(L):
         acts[f"z{l}"] = store[f"blocks.{l}.attn.hook_z"]
         acts[f"mlp{l}"] = store[f"blocks.{l}.hook_mlp_out"]
@@ -330,7 +331,7 @@ def receiver_grads(model: Any, tokens: Tokens, metric: MetricFn, embed: torch.Te
         for l in range(L):
             wanted += [st[f"blocks.{l}.attn.hook_attn_scores"], st[f"blocks.{l}.attn.hook_z"], st[f"blocks.{l}.hook_resid_mid"]]
         wanted.append(st[f"blocks.{L - 1}.hook_resid_post"])
-        grads = torch.autograd.grad(m, wanted, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(m, wanted, allow_unused=True)
         out = torch.zeros(len(Graph.build(L, H).receivers), *tokens.input_ids.shape, s.d_model, dtype=model.dtype,
                           device=model.device)
         rep = H // s.n_kv_heads
@@ -347,15 +348,7 @@ def receiver_grads(model: Any, tokens: Tokens, metric: MetricFn, embed: torch.Te
             g_k = torch.einsum("bhqk,bqhd->bkhd", g_scores, q.detach()) * scale
             g_v = torch.einsum("bhqk,bqhd->bkhd", pattern.detach(), g_z)
             r0 = l * (H + 1)
-            for h in range(H):
-                gq = torch.zeros_like(q)
-                gq[:, :, h] = g_q[:, :, h]
-                gk = torch.zeros_like(k)
-                gk[:, :, h // rep] = g_k[:, :, h]
-                gv = torch.zeros_like(v)
-                gv[:, :, h // rep] = g_v[:, :, h]
-                (gx,) = torch.autograd.grad((q, k, v), (x,), (gq, gk, gv), retain_graph=True)
-                out[r0 + h] = gx
+            out[r0:r0 + H] = head_input_grads(model, qkv, l, x.detach(), g_q, g_k, g_v).permute(2, 0, 1, 3)
             out[r0 + H] = g_mid
         g_final = grads[-1]
         out[-1] = g_final if g_final is not None else 0.0
@@ -363,6 +356,40 @@ def receiver_grads(model: Any, tokens: Tokens, metric: MetricFn, embed: torch.Te
         if own:
             qkv.close()
     return out.detach(), m.detach()
+
+
+def head_input_grads(model: Any, qkv: QKV, layer: int, x: torch.Tensor, g_q: torch.Tensor, g_k: torch.Tensor,
+                     g_v: torch.Tensor) -> torch.Tensor:
+    """Per-head input gradients [b pos head d_model] from per-query-head gradients at q, k, v
+    [b pos head d_head]: back through rotary, the projections and the norm, in closed form."""
+    s = model.shape
+    _, attn, norm = _attn(model, layer)
+    rep = s.n_heads // s.n_kv_heads
+    group = torch.arange(s.n_heads, device=x.device) // rep
+    if model.arch == "llama":
+        if qkv.rotary is not None:
+            cos, sin = (r[:, :, None, :].to(g_q.dtype) for r in qkv.rotary)
+            g_q = g_q * cos - _rotate_half(g_q * sin)
+            g_k = g_k * cos - _rotate_half(g_k * sin)
+        wq = attn.q_proj.weight.view(s.n_heads, s.d_head, s.d_model)
+        wk = attn.k_proj.weight.view(s.n_kv_heads, s.d_head, s.d_model)[group]
+        wv = attn.v_proj.weight.view(s.n_kv_heads, s.d_head, s.d_model)[group]
+        g_n = (torch.einsum("bphd,hdm->bphm", g_q, wq) + torch.einsum("bphd,hdm->bphm", g_k, wk)
+               + torch.einsum("bphd,hdm->bphm", g_v, wv))
+        u = g_n * norm.weight
+        eps = getattr(norm, "variance_epsilon", 1e-6)
+        r = (x.pow(2).mean(-1, keepdim=True) + eps).rsqrt()[:, :, None]  # [b p 1 1]
+        xe = x[:, :, None]
+        return r * u - xe * r.pow(3) * (xe * u).sum(-1, keepdim=True) / s.d_model
+    w = attn.c_attn.weight.view(s.d_model, 3, s.n_heads, s.d_head)
+    g_n = (torch.einsum("bphd,mhd->bphm", g_q, w[:, 0]) + torch.einsum("bphd,mhd->bphm", g_k, w[:, 1])
+           + torch.einsum("bphd,mhd->bphm", g_v, w[:, 2]))
+    u = g_n * norm.weight
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    inv = (var + norm.eps).rsqrt()[:, :, None]
+    xhat = ((x - mu)[:, :, None]) * inv
+    return inv * (u - u.mean(-1, keepdim=True) - xhat * (u * xhat).mean(-1, keepdim=True))
 
 
 def sender_deltas(model: Any, graph: Graph, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[torch.Tensor]:

@@ -27,7 +27,7 @@ import torch
 
 from kernels import dispatch
 
-from ..cache import Tokens, forward
+from ..cache import Tokens
 from ..errors import InputError
 
 
@@ -72,31 +72,43 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 
 
 def clean_run(model: Any, tokens: Tokens) -> CleanRun:
-    """One clean forward through the caching layer, keeping what the suffixes reuse."""
+    """One clean forward keeping what the suffixes reuse. It reads the workbench hook points
+    directly (like the caching layer's hf backend) so that only the last positions are
+    unembedded: the [N T vocab] logits would cost a quarter of a forward."""
     check_supported(model)
-    hf_model = model if model.backend == "hf" else model.with_backend("hf")
     L = model.shape.n_layers
     names = [f"blocks.{l}.{n}" for l in range(L) for n in ("hook_resid_pre", "attn.hook_k", "attn.hook_v", "attn.hook_z")]
     names.append(f"blocks.{L - 1}.hook_resid_post")
-    with torch.no_grad():
-        logits, store = forward(hf_model, tokens, names)
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in names:
+        def keep(m, i, o, name=name):
+            store[name] = o.detach()
+        handles.append(model.hook_points[name].register_forward_hook(keep))
     n = tokens.input_ids.shape[0]
     last = tokens.last_positions
     rows = torch.arange(n, device=last.device)
+    try:
+        with torch.no_grad():
+            hidden = model.hf.base_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                                         use_cache=False).last_hidden_state
+            last_logits = model.hf.get_output_embeddings()(hidden[rows, last])
+    finally:
+        for h in handles:
+            h.remove()
     rotary = None
     if model.arch == "llama":
         t = tokens.input_ids.shape[1]
         pos = torch.arange(t, device=model.device)[None]
-        x0 = store["blocks.0.hook_resid_pre"]
         with torch.no_grad():
-            rotary = model.hf.base_model.rotary_emb(x0, pos)
+            rotary = model.hf.base_model.rotary_emb(store["blocks.0.hook_resid_pre"], pos)
     return CleanRun(
         resid_pre=[store[f"blocks.{l}.hook_resid_pre"] for l in range(L)],
         keys=[store[f"blocks.{l}.attn.hook_k"].transpose(1, 2) for l in range(L)],
         values=[store[f"blocks.{l}.attn.hook_v"].transpose(1, 2) for l in range(L)],
         z=[store[f"blocks.{l}.attn.hook_z"] for l in range(L)],
         final_resid_last=store[f"blocks.{L - 1}.hook_resid_post"][rows, last],
-        last_logits=logits[rows, last],
+        last_logits=last_logits,
         mask_add=additive_mask(tokens.attention_mask, model.dtype),
         last_positions=last,
         rotary=rotary,

@@ -41,7 +41,7 @@ def prepare_images(images: Any, size: int) -> torch.Tensor:
     """Images -> network input ``[n 3 size size]`` (resize short side, centre crop, normalise).
 
     Accepts one array ``[H W C]`` / ``[H W]``, a list of them (C = 1, 3 or 4; float in [0, 1] or
-    8-bit), or a tensor ``[n 3 H W]`` / ``[3 H W]`` in [0, 1]. Anything else is a one-line error."""
+    8-bit; tensors in the list channel-first ``[3 H W]``), or a tensor ``[n 3 H W]`` / ``[3 H W]`` in [0, 1]. Anything else is a one-line error."""
     from ..vision.images import normalize, resize_crop, to_rgb_float
 
     if isinstance(images, torch.Tensor):
@@ -63,8 +63,10 @@ def prepare_images(images: Any, size: int) -> torch.Tensor:
                          f"{type(images).__name__}{'' if shape is None else ' of shape ' + str(tuple(shape))}")
     out = []
     for i, arr in enumerate(arrays):
-        if isinstance(arr, torch.Tensor):
-            arr = arr.detach().cpu().numpy()
+        if isinstance(arr, torch.Tensor):  # torch images are channel-first [3 H W]
+            if arr.ndim != 3 or arr.shape[0] != 3:
+                raise InputError(f"image {i}: a tensor image must be [3 height width], got shape {tuple(arr.shape)}")
+            arr = arr.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()
         rgb = to_rgb_float(np.asarray(arr), source=f"image {i}")
         if min(rgb.shape[:2]) < 32:
             raise InputError(f"image {i} is {rgb.shape[0]}x{rgb.shape[1]} pixels, too small; give at least 32x32")

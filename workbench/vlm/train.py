@@ -40,10 +40,10 @@ class ProjectorConfig:
     lm: str = "smollm2-135m"
     grid: int = 2
     image_size: int = 224
-    n_train: int = 384
-    steps: int = 60
-    batch_size: int = 8
-    lr: float = 2e-3
+    n_train: int = 256
+    steps: int = 48
+    batch_size: int = 4
+    lr: float = 3e-3
     ridge: float = 1.0
     seed: int = 0
     prompt: str = DEFAULT_PROMPT
@@ -125,7 +125,7 @@ def train_projector(vlm: VisionLanguageModel, config: ProjectorConfig, progress:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        curve.append(float(loss))
+        curve.append(float(loss.detach()))
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return {"loss_curve": curve, "train_seconds": time.perf_counter() - start, "config": asdict(config)}
 

@@ -1,0 +1,132 @@
+"""The vision-head analysis end to end on a tiny setting: the tiny random Llama as language
+model behind the real EfficientNet-Lite0, a projector built in a fixture with one training
+step, two held-out scenes. Checks the result's shape and --json keys, the round trip, the
+figures, the report, the CLI, the app page and the notebook."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from analyses.vision_heads import VHDConfig, VHDResult, caption_one, run
+from workbench.results import load_result
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(n_scenes=2, alpha=2.0, alphas=(2.0,), max_new_tokens=3, projector_steps=1, projector_n_train=4,
+             image_size=64, chunk=2, top_k=3)
+CLI_SMALL = ["--model", "tiny-llama", "--n-scenes", "1", "--alphas", "2", "--max-new-tokens", "2",
+             "--projector-steps", "1", "--projector-n-train", "4", "--image-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def small_result(tiny_llama) -> VHDResult:
+    return run(tiny_llama, VHDConfig(**SMALL), progress=False)
+
+
+def test_result_holds_the_issue_keys(small_result, tiny_llama):
+    s = tiny_llama.shape
+    summary = small_result.summary()
+    assert set(summary) == {"vhd", "top_heads", "chair", "alpha"}
+    assert torch.tensor(summary["vhd"]).shape == (s.n_layers, s.n_heads)
+    assert set(summary["chair"]) == {"before", "after", "random_control"}
+    for scores in summary["chair"].values():
+        assert 0.0 <= scores["chair_i"] <= 1.0 and 0.0 <= scores["chair_s"] <= 1.0
+    assert summary["alpha"] == 2.0
+    assert summary["top_heads"][0]["name"].startswith("L")
+    m = small_result.metrics
+    assert m["caption_loss"] > 0 and m["caption_loss_no_image"] > 0
+    assert len(m["captions_before"]) == 2 and len(m["sweep"]) == 1
+    assert small_result.arrays["vhd_map"].min() >= 0
+    steps = small_result.arrays["vhd_steps"]
+    assert steps.shape[0] == 2 and steps.shape[2:] == (s.n_layers, s.n_heads)
+
+
+def test_round_trip(small_result, tmp_path):
+    path = small_result.save(tmp_path / "run")
+    loaded = load_result(path)
+    assert isinstance(loaded, VHDResult)
+    assert loaded.summary() | {"run": None} == small_result.summary() | {"run": None}
+    assert loaded.config == small_result.config
+    for k, v in small_result.arrays.items():
+        assert torch.equal(loaded.arrays[k], torch.as_tensor(v)), k
+
+
+def test_figures_and_report(small_result):
+    from workbench.figures import vision
+    from workbench.report import render
+
+    figs = [vision.vhd_map_figure(small_result), vision.top_heads_figure(small_result), vision.tvhd_figure(small_result, 1),
+            vision.sweep_figure(small_result), vision.projector_figure(small_result), vision.scene_figure(small_result, 0),
+            vision.loss_curve_figure(small_result)]
+    assert all(isinstance(f, go.Figure) for f in figs)
+    html = render("vhd", small_result.report_sections())
+    assert "Vision-aware head divergence" in html and "CHAIR" in html
+
+
+def test_projector_is_cached_and_reloaded(tiny_llama):
+    from analyses.vision_heads import projector_config
+    from workbench.vlm.train import build_vlm
+
+    cfg = projector_config(VHDConfig(**SMALL), tiny_llama.name)
+    vlm, record = build_vlm(tiny_llama, cfg, progress=False)
+    assert Path(record["cached"]).is_file() and "loss_curve" in record
+    again, _ = build_vlm(tiny_llama, cfg, progress=False)
+    assert torch.equal(again.projector.weight, vlm.projector.weight)
+
+
+def test_caption_one_user_image(tiny_llama):
+    from workbench.vision.images import shipped_image
+
+    out = caption_one(tiny_llama, shipped_image("chelsea"), VHDConfig(**SMALL))
+    assert isinstance(out["caption_before"], str) and len(out["tvhd"]) == len(out["tokens"])
+
+
+def test_cli_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    res = CliRunner().invoke(app, ["vhd", *CLI_SMALL, "--json", "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    start = res.stdout.index("{")
+    doc = json.loads(res.stdout[start:])
+    assert set(doc) == {"vhd", "top_heads", "chair", "alpha", "run"}
+    assert set(doc["chair"]) == {"before", "after", "random_control"}
+
+
+def test_app_page(small_result, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    small_result.save()  # into the per-test WORKBENCH_RUNS
+    at = AppTest.from_file(str(ROOT / "app" / "pages" / "7_Vision_Heads.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    assert any("Vision-aware heads" in t.value for t in at.title)
+    assert len(at.table) >= 1 and len(at.slider) >= 1
+    assert any("before" in m.value for m in at.markdown)
+
+
+@pytest.mark.slow
+def test_notebook_runs(monkeypatch):
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from nbclient import NotebookClient
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec("python3")
+        usable = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve() or spec.argv[0] in ("python", "python3")
+    except NoSuchKernel:
+        usable = False
+    if not usable:
+        from ipykernel.kernelspec import install
+
+        install(prefix=sys.prefix)
+    monkeypatch.setenv("WORKBENCH_SMALL", "1")
+    nb = nbformat.read(ROOT / "notebooks" / "vision_heads.ipynb", as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 4
