@@ -35,11 +35,13 @@ from workbench.results import Result, provenance, register_result
 class SinksConfig:
     threshold: float = 0.1
     beta: float = 0.4
-    n_calib: int = 24
+    n_calib: int = 32
     n_heldout: int = 48
     max_search: int = 12     # candidate heads tried in the search (most frequent non-first sinks)
     max_heads: int = 8       # heads kept after the search
     min_layer: int = 2       # ACT searches from layer 2 on
+    min_queries: int = 5     # a sink must be seen by at least this many queries (ACT: 1; 1 makes the last
+                             # few positions of a short prompt trivially sinks)
     massive_ratio: float = 20.0  # a hidden dimension is massive when |h| exceeds this x the median |h|
     batch_size: int = 24
     seed: int = 0
@@ -52,8 +54,8 @@ def validate(config: SinksConfig) -> None:
             raise InputError(f"{name}={v} is outside 0..1; pass a value between 0 and 1")
     if config.n_calib < 1 or config.n_heldout < 1:
         raise InputError("n_calib and n_heldout must be at least 1")
-    if config.max_search < 0 or config.max_heads < 1:
-        raise InputError("max_search must be >= 0 and max_heads >= 1")
+    if config.max_search < 0 or config.max_heads < 1 or config.min_queries < 1:
+        raise InputError("max_search must be >= 0, max_heads and min_queries >= 1")
 
 
 # ---------------------------------------------------------------------------- sinks
@@ -77,10 +79,12 @@ def first_positions(valid: torch.Tensor) -> torch.Tensor:
     return valid.long().argmax(-1)
 
 
-def find_sinks(pattern: torch.Tensor, valid: torch.Tensor, threshold: float, include_first: bool = False) -> torch.Tensor:
-    """[batch head key] True at sink positions (column mean over ``threshold``); the first
-    real token is left out unless ``include_first``."""
-    sinks = (column_means(pattern, valid) > threshold) & valid[:, None, :].bool()
+def find_sinks(pattern: torch.Tensor, valid: torch.Tensor, threshold: float, include_first: bool = False,
+               min_queries: int = 1) -> torch.Tensor:
+    """[batch head key] True at sink positions (column mean over ``threshold``, seen by at
+    least ``min_queries`` real queries); the first real token is left out unless ``include_first``."""
+    seen = _visible_queries(valid) >= min_queries
+    sinks = (column_means(pattern, valid) > threshold) & (valid.bool() & seen)[:, None, :]
     if not include_first:
         first = first_positions(valid)
         sinks[torch.arange(sinks.shape[0]), :, first] = False
@@ -88,7 +92,7 @@ def find_sinks(pattern: torch.Tensor, valid: torch.Tensor, threshold: float, inc
 
 
 def calibrate_pattern(pattern: torch.Tensor, valid: torch.Tensor, heads: torch.Tensor, beta: float,
-                      threshold: float) -> torch.Tensor:
+                      threshold: float, min_queries: int = 1) -> torch.Tensor:
     """ACT calibration of ``pattern`` [batch head q k] on the heads where ``heads`` [head] is
     True: attention to non-first sinks times ``beta``, the freed mass spread over the other
     positions in proportion to their attention. Rows with no other mass are left alone."""
@@ -96,7 +100,7 @@ def calibrate_pattern(pattern: torch.Tensor, valid: torch.Tensor, heads: torch.T
         return pattern
     idx = heads.nonzero().flatten()
     a = pattern[:, idx].float()  # [b h' q k]
-    sink = find_sinks(a, valid, threshold)[:, :, None, :]  # [b h' 1 k]
+    sink = find_sinks(a, valid, threshold, min_queries=min_queries)[:, :, None, :]  # [b h' 1 k]
     sink_mass = (a * sink).sum(-1, keepdim=True)
     other = a * ~sink
     other_mass = other.sum(-1, keepdim=True)
@@ -109,9 +113,9 @@ def calibrate_pattern(pattern: torch.Tensor, valid: torch.Tensor, heads: torch.T
 
 
 def calibration_patches(head_sets: dict[int, torch.Tensor], valid: torch.Tensor, beta: float,
-                        threshold: float) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+                        threshold: float, min_queries: int = 1) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Patches on ``blocks.{l}.attn.hook_pattern`` calibrating the heads in ``head_sets[l]`` ([head] bool)."""
-    return {f"blocks.{l}.attn.hook_pattern": (lambda p, hs=hs: calibrate_pattern(p, valid, hs, beta, threshold))
+    return {f"blocks.{l}.attn.hook_pattern": (lambda p, hs=hs: calibrate_pattern(p, valid, hs, beta, threshold, min_queries))
             for l, hs in head_sets.items() if bool(hs.any())}
 
 
@@ -148,18 +152,18 @@ class SinksResult(Result):
         return sinks_sections(self)
 
 
-def _accuracy(model: Any, questions: list[MCQuestion], option_ids: list[int], batch_size: int,
-              heads: dict[int, torch.Tensor] | None, beta: float, threshold: float) -> torch.Tensor:
-    """[questions] correct (argmax over the four option letters) with ``heads`` calibrated."""
+def _accuracy(model: Any, questions: list[MCQuestion], batch_size: int, heads: dict[int, torch.Tensor] | None,
+              beta: float, threshold: float, min_queries: int = 1) -> torch.Tensor:
+    """[questions] correct (argmax over the four option words) with ``heads`` calibrated."""
     correct = []
-    opts = torch.tensor(option_ids)
     for s in range(0, len(questions), batch_size):
         chunk = questions[s:s + batch_size]
         ids, mask = left_pad([model.tokenizer.encode(q.prompt, add_special_tokens=False) for q in chunk],
                              model.tokenizer.pad_token_id or 0, model.device)
-        patches = calibration_patches(heads, mask.bool(), beta, threshold) if heads else {}
+        patches = calibration_patches(heads, mask.bool(), beta, threshold, min_queries) if heads else {}
         logits, _ = last_token_logits(model, ids, mask, patches)
-        pred = logits[:, opts.to(logits.device)].argmax(-1).cpu()
+        opts = torch.tensor([option_token_ids(model.tokenizer, q) for q in chunk], device=logits.device)
+        pred = logits.gather(1, opts).argmax(-1).cpu()
         correct.append(pred == torch.tensor([q.label for q in chunk]))
     return torch.cat(correct)
 
@@ -170,7 +174,6 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
     validate(cfg)
     s = model.shape
     calib, heldout = mc_splits(cfg.n_calib, cfg.n_heldout, seed=cfg.seed)
-    option_ids = option_token_ids(model.tokenizer)
     tok = model.tokenizer
 
     # 1. sinks on the calibration prompts (right-padded, through the caching layer)
@@ -181,9 +184,11 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
                               progress=progress)
     valid = tokens[1].bool().cpu()
     ids = tokens[0].cpu()
-    sink_maps = torch.stack([find_sinks(cache[n].float(), valid, cfg.threshold) for n in pat_names], 1)  # [b L H k]
+    sink_maps = torch.stack([find_sinks(cache[n].float(), valid, cfg.threshold, min_queries=cfg.min_queries)
+                             for n in pat_names], 1)  # [b L H k]
     col_mean = torch.stack([column_means(cache[n].float(), valid) for n in pat_names], 1)  # [b L H k]
     share = sink_maps.any(-1).float().mean(0)  # [L H] share of prompts with a non-first sink
+    strength = (col_mean * sink_maps).amax(-1).mean(0)  # [L H] mean over prompts of the strongest non-first sink
     token_counts: Counter = Counter()
     class_counts: Counter = Counter()
     head_tokens: dict[tuple[int, int], Counter] = {}
@@ -192,8 +197,9 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
         token_counts[text] += 1
         class_counts[token_class(text)] += 1
         head_tokens.setdefault((l, h), Counter())[text] += 1
-    sink_heads = sorted(head_tokens, key=lambda lh: (-float(share[lh]), lh))
+    sink_heads = sorted(head_tokens, key=lambda lh: (-float(strength[lh]), lh))
     sinks = [{"name": head_name(l, h), "layer": l, "head": h, "share_of_prompts": round(float(share[l, h]), 4),
+              "strength": round(float(strength[l, h]), 4),
               "tokens": dict(head_tokens[(l, h)].most_common(5))} for l, h in sink_heads]
 
     # 2. massive activations at sink tokens (positions that are a non-first sink of any head)
@@ -222,13 +228,13 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
                             "ratio_to_median": round(ratio, 1), "massive": ratio > cfg.massive_ratio})
 
     # 3. ACT head search on the calibration split, evaluation on the held-out split
-    base_calib = _accuracy(model, calib, option_ids, cfg.batch_size, None, cfg.beta, cfg.threshold)
-    candidates = [(l, h) for l, h in sink_heads if l >= cfg.min_layer][: cfg.max_search]
+    base_calib = _accuracy(model, calib, cfg.batch_size, None, cfg.beta, cfg.threshold, cfg.min_queries)
+    candidates = [(l, h) for l, h in sink_heads if l >= cfg.min_layer][: cfg.max_search]  # strongest sinks first
     gains = []
     for l, h in tqdm(candidates, desc="head search", disable=not progress, leave=False):
         hs = {l: torch.zeros(s.n_heads, dtype=torch.bool)}
         hs[l][h] = True
-        acc = _accuracy(model, calib, option_ids, cfg.batch_size, hs, cfg.beta, cfg.threshold)
+        acc = _accuracy(model, calib, cfg.batch_size, hs, cfg.beta, cfg.threshold, cfg.min_queries)
         gains.append(((l, h), float(acc.float().mean() - base_calib.float().mean())))
     chosen = [lh for lh, g in sorted(gains, key=lambda x: -x[1]) if g > 0][: cfg.max_heads]
 
@@ -240,12 +246,12 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
 
     calib_after = base_calib
     if chosen:
-        calib_after = _accuracy(model, calib, option_ids, cfg.batch_size, as_sets(chosen), cfg.beta, cfg.threshold)
+        calib_after = _accuracy(model, calib, cfg.batch_size, as_sets(chosen), cfg.beta, cfg.threshold, cfg.min_queries)
         if calib_after.float().mean() <= base_calib.float().mean() and len(chosen) > 1:  # the set hurts: keep the best head
             chosen = chosen[:1]
-            calib_after = _accuracy(model, calib, option_ids, cfg.batch_size, as_sets(chosen), cfg.beta, cfg.threshold)
-    before = _accuracy(model, heldout, option_ids, cfg.batch_size, None, cfg.beta, cfg.threshold)
-    after = _accuracy(model, heldout, option_ids, cfg.batch_size, as_sets(chosen), cfg.beta, cfg.threshold) if chosen else before
+            calib_after = _accuracy(model, calib, cfg.batch_size, as_sets(chosen), cfg.beta, cfg.threshold, cfg.min_queries)
+    before = _accuracy(model, heldout, cfg.batch_size, None, cfg.beta, cfg.threshold, cfg.min_queries)
+    after = _accuracy(model, heldout, cfg.batch_size, as_sets(chosen), cfg.beta, cfg.threshold, cfg.min_queries) if chosen else before
 
     example = 0
     metrics = {
@@ -266,7 +272,7 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
     }
     n_ex = int(valid[example].sum())
     arrays = {
-        "sink_share": share,
+        "sink_share": share, "sink_strength": strength,
         "example_column_means": col_mean[example, :, :, :n_ex].contiguous(),  # [L H pos]
         "example_sinks": sink_maps[example, :, :, :n_ex].to(torch.uint8).contiguous(),
         "heldout_before": before.to(torch.uint8), "heldout_after": after.to(torch.uint8),

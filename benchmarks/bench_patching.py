@@ -33,7 +33,7 @@ from workbench.models import load_model  # noqa: E402
 from workbench.patching.engine import (  # noqa: E402
     head_masks_all_positions, head_masks_per_position, run_head_patches)
 from workbench.patching.metrics import logit_diff  # noqa: E402
-from workbench.patching.suffix import suffix_work  # noqa: E402
+from workbench.patching.suffix import _final_norm, _layers, clean_run, plan_chunks, suffix_work  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -74,23 +74,47 @@ def naive_loop(tl_model, tokens, source_z, masks, metric, device) -> tuple[float
     return time.perf_counter() - start, torch.stack(out)
 
 
-def plain_forward_rate(model, tokens, batch_configs: int, repeats: int, device: str) -> float:
-    """Seconds per (configuration x full forward) of plain batched forwards at the engine's batch size."""
+def plain_suffix_forwards(model, tokens, clean, masks, max_batch, device) -> float:
+    """The arithmetic floor, timed: for the same chunks and the same token counts as the
+    engine (layers from each configuration's first patched layer, positions from its first
+    patched position), plain Hugging Face decoder-layer forwards on the clean residual
+    stream, without prefix keys, patching or hooks; then the final norm and unembedding of
+    the last positions. Seconds."""
     n = tokens.input_ids.shape[0]
-    big_ids = tokens.input_ids.repeat(batch_configs, 1)
-    big_mask = tokens.attention_mask.repeat(batch_configs, 1)
-    last = tokens.last_positions.repeat(batch_configs)
-    rows = torch.arange(big_ids.shape[0], device=device)
-    unembed = model.hf.get_output_embeddings()
+    layers = _layers(model)
+    norm, unembed = _final_norm(model), model.hf.get_output_embeddings()
+    _sync(device)
+    start = time.perf_counter()
     with torch.no_grad():
-        model.hf.base_model(input_ids=big_ids[:n], attention_mask=big_mask[:n], use_cache=False)  # warm-up
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            hidden = model.hf.base_model(input_ids=big_ids, attention_mask=big_mask, use_cache=False).last_hidden_state
-            unembed(hidden[rows, last])
-        _sync(device)
-    return (time.perf_counter() - start) / (repeats * batch_configs)
+        for cfg, first_layers, p0 in plan_chunks(masks, max(1, max_batch // n)):
+            t = tokens.input_ids.shape[1] - p0
+            x, active = None, 0
+            for l in range(first_layers[0], model.shape.n_layers):
+                joining = sum(1 for f in first_layers[active:] if f == l)
+                if joining:
+                    xc = clean.resid_pre[l][:, p0:]
+                    xj = xc.expand(joining, *xc.shape).reshape(joining * n, t, -1)
+                    x = xj if x is None else torch.cat([x, xj])
+                    active += joining
+                mask = clean.mask_add[:, :, p0:, p0:].repeat(active, 1, 1, 1)
+                if model.arch == "llama":
+                    cos, sin = clean.rotary
+                    x = layers[l](x, attention_mask=mask, position_embeddings=(cos[:, p0:], sin[:, p0:]))
+                else:
+                    x = layers[l](x, attention_mask=mask)
+                x = x[0] if isinstance(x, tuple) else x
+            last = (tokens.last_positions - p0).clamp(min=0).repeat(active)
+            unembed(norm(x[torch.arange(x.shape[0]), last]))
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def time_engine(model, tokens, source_z, masks, metric, max_batch, kernel, device):
+    _sync(device)
+    start = time.perf_counter()
+    out = run_head_patches(model, tokens, source_z, masks, metric, max_batch=max_batch, kernel=kernel)
+    _sync(device)
+    return time.perf_counter() - start, out.metric
 
 
 def main() -> None:
@@ -104,6 +128,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sweeps", default="head,head_pos")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleave the methods over this many slices of each sweep")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -126,48 +151,55 @@ def main() -> None:
         "head_pos": subset(head_masks_per_position(s.n_layers, s.n_heads, t), list(range(0, s.n_layers, args.pos_layer_step)), heads),
     }
     on_cuda = args.device.startswith("cuda")
-    rate = plain_forward_rate(model, tokens, max(1, args.max_batch // n), 3, args.device)
-    log(f"{args.model} on {args.device}: {n} prompts x {t} tokens; plain batched forward {rate * 1e3:.1f} ms per configuration")
+    clean = clean_run(model, tokens)
+    log(f"{args.model} on {args.device}: {n} prompts x {t} tokens; "
+        + ", ".join(f"{k}: {v.shape[0]} patches" for k, v in sweeps.items()))
     report = {"model": args.model, "n_prompts": n, "n_tokens": t, "max_batch": args.max_batch,
-              "plain_forward_s_per_config": rate, "sweeps": {}}
+              "rounds": args.rounds, "sweeps": {}}
     for name in args.sweeps.split(","):
         masks = sweeps[name]
         p = masks.shape[0]
-        log(f"[{name}] {p} patches: naive TransformerLens loop ...")
-        naive_s, naive_metric = naive_loop(tl_model, tokens, source_z, masks, metric, args.device)
-        log(f"[{name}] batched engine (reference op) ...")
-        _sync(args.device)
-        start = time.perf_counter()
-        ref = run_head_patches(model, tokens, source_z, masks, metric, max_batch=args.max_batch, kernel="reference")
-        _sync(args.device)
-        batched_s = time.perf_counter() - start
-        kernel_s, kernel_diff = None, None
-        if on_cuda:
-            log(f"[{name}] batched engine (Triton kernel) ...")
-            start = time.perf_counter()
-            ker = run_head_patches(model, tokens, source_z, masks, metric, max_batch=args.max_batch, kernel="triton")
-            _sync(args.device)
-            kernel_s = time.perf_counter() - start
-            kernel_diff = float((ker.metric - ref.metric).abs().max())
-        work = suffix_work(masks, s.n_layers, t)  # in full forwards per configuration, summed
-        floor_s = work * rate
-        best = min(x for x in (batched_s, kernel_s) if x is not None)
+        times = {"naive": 0.0, "batched": 0.0, "kernel": 0.0, "floor": 0.0}
+        got = {k: torch.zeros(p, n) for k in ("naive", "batched", "kernel")}
+        methods = ["naive", "batched", "floor"] + (["kernel"] if on_cuda else [])
+        # Rounds interleave the methods on slices of the sweep, so that a change in the load
+        # of a shared machine falls on every method alike.
+        for r in range(args.rounds):
+            part = torch.arange(r, p, args.rounds)
+            if len(part) == 0:
+                continue
+            sub = masks[part]
+            for method in methods[r % len(methods):] + methods[: r % len(methods)]:
+                log(f"[{name}] round {r + 1}/{args.rounds}: {method} on {len(part)} patches ...")
+                if method == "naive":
+                    dt, val = naive_loop(tl_model, tokens, source_z, sub, metric, args.device)
+                elif method == "floor":
+                    dt, val = plain_suffix_forwards(model, tokens, clean, sub, args.max_batch, args.device), None
+                else:
+                    dt, val = time_engine(model, tokens, source_z, sub, metric, args.max_batch,
+                                          "reference" if method == "batched" else "triton", args.device)
+                times[method] += dt
+                if val is not None:
+                    got[method][part] = val.detach().float().cpu()
+        kernel_s = times["kernel"] if on_cuda else None
+        best = min(x for x in (times["batched"], kernel_s) if x is not None)
         report["sweeps"][name] = {
             "n_patches": p,
-            "naive_s": round(naive_s, 3),
-            "batched_s": round(batched_s, 3),
+            "naive_s": round(times["naive"], 3),
+            "batched_s": round(times["batched"], 3),
             "kernel_s": None if kernel_s is None else round(kernel_s, 3),
-            "speedup_vs_naive": round(naive_s / best, 2),
-            "vs_floor": round(best / floor_s, 3),
-            "floor_s": round(floor_s, 3),
-            "suffix_work_share": round(work / p, 4),
-            "patches_per_s": {"naive": round(p / naive_s, 2), "batched": round(p / batched_s, 2),
-                              "kernel": None if kernel_s is None else round(p / kernel_s, 2)},
-            "max_abs_diff_vs_naive": float((ref.metric - naive_metric.to(ref.metric.device)).abs().max()),
-            "max_abs_diff_kernel_vs_reference": kernel_diff,
+            "speedup_vs_naive": round(times["naive"] / best, 2),
+            "vs_floor": round(best / times["floor"], 3),
+            "floor_s": round(times["floor"], 3),
+            "naive_vs_floor": round(times["naive"] / times["floor"], 2),
+            "suffix_work_share": round(suffix_work(masks, s.n_layers, t) / p, 4),
+            "patches_per_s": {"naive": round(p / times["naive"], 3), "batched": round(p / times["batched"], 3),
+                              "kernel": None if kernel_s is None else round(p / kernel_s, 3)},
+            "max_abs_diff_vs_naive": float((got["batched"] - got["naive"]).abs().max()),
+            "max_abs_diff_kernel_vs_reference": float((got["kernel"] - got["batched"]).abs().max()) if on_cuda else None,
             "device": torch.cuda.get_device_name() if on_cuda else f"cpu ({torch.get_num_threads()} threads)",
         }
-        log(f"[{name}] done: {report['sweeps'][name]}")
+        log(f"[{name}] {json.dumps(report['sweeps'][name])}")
     if args.json:
         print(json.dumps(report, indent=2))
         return

@@ -85,9 +85,6 @@ def test_residual_sum_splits_relevance_in_proportion():
         _, rel = attr(x, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
     # output 0 = 3*2 + 2 = 8: the branch gets 6/8, the skip 2/8; both come from x0 only
     assert torch.allclose(rel, torch.tensor([[1.0, 0.0]], dtype=torch.float64), atol=1e-9)
-    # and the split itself: relevance at the stacked input of the sum
-    seen = {}
-    net.add.register_forward_pre_hook(lambda m, i: i[0].register_hook(lambda g: seen.setdefault("r", g)) and None)
     with Gradient(model=net, composite=comp()) as attr:
         _, rel = attr(x, torch.tensor([[0.0, 2.0]], dtype=torch.float64))
     assert torch.allclose(rel, torch.tensor([[0.0, 2.0]], dtype=torch.float64), atol=1e-9)
@@ -112,7 +109,7 @@ def test_attnlrp_gated_mlp_rules_by_hand():
     from transformers.models.llama.modeling_llama import LlamaMLP
 
     torch.manual_seed(1)
-    cfg = LlamaConfig(hidden_size=3, intermediate_size=2, hidden_act="silu")
+    cfg = LlamaConfig(hidden_size=3, intermediate_size=2, hidden_act="silu", num_attention_heads=1, num_key_value_heads=1)
     mlp = LlamaMLP(cfg).double()
     A._apply_rules(mlp)
     x = torch.tensor([0.7, -1.2, 0.4], dtype=torch.float64, requires_grad=True)
@@ -140,7 +137,7 @@ def test_linear_gradient_x_input_is_exact():
     y = (w * x).sum()
     y.backward()
     assert torch.equal(x * x.grad, w * x.detach())
-    assert float((x * x.grad).sum()) == pytest.approx(float(y))
+    assert float((x.detach() * x.grad).sum()) == pytest.approx(float(y.detach()))
 
 
 def test_attnlrp_conserves_on_tiny_llama_and_leaves_shared_model_alone(tiny_llama):
@@ -172,7 +169,8 @@ def test_head_relevance_adds_up_to_the_attention_output(tiny_llama):
     m = tiny_llama
     ids = m.to_tokens("Alice met Bob at the station and gave")[0]
     names = ["blocks.1.attn.hook_z", "blocks.1.hook_attn_out"]
-    logits, store = forward(m, Tokens(ids, torch.ones_like(ids)), names, grad=True)
+    leaf = {"hook_embed": lambda act: act.detach().requires_grad_(True)}
+    logits, store = forward(m, Tokens(ids, torch.ones_like(ids)), names, leaf, grad=True)
     val = logits[0, -1, 5]
     gz, go = torch.autograd.grad(val, [store[names[0]], store[names[1]]])
     assert torch.allclose((store[names[0]] * gz).sum(), (store[names[1]] * go).sum(), atol=1e-5)

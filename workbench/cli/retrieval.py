@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         model: str = MODEL_OPT,
         threshold: float = typer.Option(0.1, "--threshold", help="a position is a sink when its column-mean attention is over this (0..1)"),
         beta: float = typer.Option(0.4, "--beta", help="calibration keeps this share of attention on non-first sinks (0..1)"),
-        n_calib: int = typer.Option(24, "--n-calib", help="calibration questions (head search)"),
+        n_calib: int = typer.Option(32, "--n-calib", help="calibration questions (head search)"),
         n_heldout: int = typer.Option(48, "--n-heldout", help="held-out questions (accuracy before/after)"),
         max_search: int = typer.Option(12, "--max-search", help="candidate heads tried in the search"),
         seed: int = SEED_OPT,

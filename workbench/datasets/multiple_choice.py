@@ -2,7 +2,11 @@
 (``calendar`` month and day names, ``string.ascii_uppercase``), for ACT's attention
 calibration: a calibration split (the head search) and a disjoint held-out split.
 
-"Question: Which month comes right after March?\\nA. July\\nB. April\\nC. January\\nD. May\\nAnswer:" -> " B"
+"Question: Which month comes right after March?\\nOptions: July, April, January, May.\\nAnswer:" -> " April"
+
+Scored as ACT scores classification tasks: the next-token logits of the four option words
+(each one token with a leading space), the highest wins. (A letter-answer format puts a
+135M model at chance; option words give it something to calibrate.)
 """
 from __future__ import annotations
 
@@ -47,8 +51,7 @@ def all_questions() -> list[tuple[str, str, str, list[str]]]:
 
 
 def _format(question: str, options: list[str]) -> str:
-    lines = [f"Question: {question}"] + [f"{LETTERS[j]}. {o}" for j, o in enumerate(options)]
-    return "\n".join(lines) + "\nAnswer:"
+    return f"Question: {question}\nOptions: {', '.join(options)}.\nAnswer:"
 
 
 def mc_splits(n_calib: int, n_heldout: int, seed: int = 0) -> tuple[list[MCQuestion], list[MCQuestion]]:
@@ -71,8 +74,8 @@ def mc_splits(n_calib: int, n_heldout: int, seed: int = 0) -> tuple[list[MCQuest
     return made[:n_calib], made[n_calib:]
 
 
-def option_token_ids(tokenizer: Any) -> list[int]:
-    """Ids of " A" .. " D" (each must be one token)."""
+def option_token_ids(tokenizer: Any, question: MCQuestion) -> list[int]:
+    """Ids of the four option words with a leading space (each must be one token)."""
     from ..tokens import single_token_id
 
-    return [single_token_id(tokenizer, " " + letter) for letter in LETTERS]
+    return [single_token_id(tokenizer, " " + o) for o in question.options]

@@ -325,7 +325,9 @@ def receiver_grads(model: Any, tokens: Tokens, metric: MetricFn, embed: torch.Te
 
     names = _names(L)
     try:
-        logits, st = forward(model, tokens, names, {"hook_embed": seed}, grad=True)
+        # a fresh tensor at the MLP input, so its gradient is the MLP's alone (not the residual's)
+        patches = {"hook_embed": seed, **{f"blocks.{l}.hook_resid_mid": _fresh for l in range(L)}}
+        logits, st = forward(model, tokens, names, patches, grad=True)
         m = metric(_last(logits, tokens)).mean()
         wanted = []
         for l in range(L):
@@ -390,6 +392,10 @@ def head_input_grads(model: Any, qkv: QKV, layer: int, x: torch.Tensor, g_q: tor
     inv = (var + norm.eps).rsqrt()[:, :, None]
     xhat = ((x - mu)[:, :, None]) * inv
     return inv * (u - u.mean(-1, keepdim=True) - xhat * (u * xhat).mean(-1, keepdim=True))
+
+
+def _fresh(a: torch.Tensor) -> torch.Tensor:
+    return a + 0.0
 
 
 def sender_deltas(model: Any, graph: Graph, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[torch.Tensor]:
