@@ -281,4 +281,6 @@ def deletion_curves(model: Any, ids: torch.Tensor, orders: dict[str, list[int]],
 
 def aopc(curve: torch.Tensor) -> float:
     """Area over the perturbation curve: mean over k = 0..K of (f(x) - f(x with k deleted))."""
+    if len(curve) == 0:
+        return float("nan")
     return float((curve[0] - curve).mean())

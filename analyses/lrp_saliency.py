@@ -127,13 +127,15 @@ def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResu
         raise InputError("the prompt mode of lrp needs a language model; pass one (e.g. smollm2-135m)")
     if config.max_delete < 1:
         raise InputError(f"max_delete={config.max_delete}: delete at least one token")
+    if config.n_random < 0:
+        raise InputError(f"n_random={config.n_random}: give zero or more random deletion orders")
     prompts, targets, contrasts, info = _prompt_targets(model, config)
     rng = random.Random(config.seed)
     s = model.shape
     per_method = {m: [] for m in METHODS}
     heads_lrp, heads_gxi, token_lists, id_lists = [], [], [], []
     values, cons, token_cons, absorbed = [], [], [], []
-    curves = {m: [] for m in (*METHODS, "random")}
+    curves = {m: [] for m in (*METHODS, "random")} if config.n_random > 0 else {m: [] for m in METHODS}
     for i in tqdm(range(len(prompts)), desc="explaining prompts", disable=not progress, leave=False):
         ids = model.to_tokens(prompts[i])[0][0]
         if len(ids) < 2:
@@ -161,8 +163,9 @@ def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResu
         got = A.deletion_curves(model, ids, orders, target, steps)
         for m in METHODS:
             curves[m].append(_pad_curve(got[m], config.max_delete))
-        rand = torch.stack([got[f"random{j}"] for j in range(config.n_random)]).mean(0) if config.n_random else got[METHODS[0]] * float("nan")
-        curves["random"].append(_pad_curve(rand, config.max_delete))
+        if config.n_random > 0:
+            rand = torch.stack([got[f"random{j}"] for j in range(config.n_random)]).mean(0)
+            curves["random"].append(_pad_curve(rand, config.max_delete))
 
     n, width = len(prompts), max(len(t) for t in id_lists)
     lengths = torch.tensor([len(t) for t in id_lists])
@@ -253,6 +256,7 @@ class LrpImageConfig:
     baseline: str = "blur"
     top_k: int = 5
     sr_grid: int = 56
+    image_size: int = 224
     seed: int = 0
 
 
@@ -298,12 +302,15 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
 
     if not config.images:
         raise InputError("no image given; pass an image file path or a shipped photo name such as chelsea")
+    if config.composite not in C.COMPOSITES:
+        raise InputError(f"unknown LRP composite '{config.composite}'; choose one of {', '.join(C.COMPOSITES)}")
     if config.baseline not in ("blur", "gray"):
         raise InputError(f"unknown deletion baseline '{config.baseline}'; choose blur or gray")
     if config.class_index is not None and not 0 <= config.class_index < 1000:
         raise InputError(f"class index {config.class_index} is outside ImageNet's 0..999")
-    if 224 % config.region:
-        raise InputError(f"region {config.region} does not divide 224; choose 8, 16, 28, 32 ...")
+    if config.image_size < 32 or config.image_size % config.region:
+        raise InputError(f"region {config.region} does not divide the image size {config.image_size}; "
+                         "choose a region such as 8, 16 or 32 and a size that is a multiple of it (at least 32)")
     net = load_efficientnet_lite0()
     canonical = C.CanonicalEfficientNet(net)
     torch.manual_seed(config.seed)
@@ -315,7 +322,7 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
         base, k = name, 2
         while name in names:
             name, k = f"{base}-{k}", k + 1
-        x, crop = preprocess(img)
+        x, crop = preprocess(img, config.image_size)
         with torch.no_grad():
             logits = net(x)[0]
         cls = int(logits.argmax()) if config.class_index is None else config.class_index
@@ -347,7 +354,7 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
         "aopc_per_image": per_image,
         "relevance_fraction": [r / l if abs(l) > 1e-6 else float("nan") for r, l in zip(rel_sums, logits_expl)],
         "rules": C.RULES[config.composite],
-        "removed_fraction_max": config.step * config.n_steps * config.region ** 2 / 224 ** 2,
+        "removed_fraction_max": min(1.0, config.step * config.n_steps * config.region ** 2 / config.image_size ** 2),
     }
     return LrpImageResult(config=config, metrics=metrics, arrays=arrays,
                           meta=provenance(model="efficientnet-lite0", seed=config.seed))

@@ -261,7 +261,7 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
     success = recall > cfg.rouge_threshold
     scores = score_heads(per_test, success)
     ranked = top_heads(scores, s.n_layers * s.n_heads)
-    retrieval = [(l, h) for l, h in ranked if float(scores[l, h]) > cfg.threshold]
+    retrieval = top_heads(scores, s.n_layers * s.n_heads, min_score=cfg.threshold)
 
     # 2. masking: top-k retrieval heads vs k random non-retrieval heads
     ks = [int(k) for k in cfg.mask_ks]

@@ -42,7 +42,7 @@ def patch_mix_project(
 def masked_edge_sum(base: torch.Tensor, deltas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The destination's input under each configuration: base plus the masked source deltas."""
     weights = mask.to(deltas.dtype)
-    if deltas.ndim == base.ndim + 1 and base.ndim == 3:  # shared deltas [E N S M]
+    if deltas.ndim == 4:  # deltas shared by the configurations [E N S M]
         out = torch.einsum("ce,ensm->cnsm", weights, deltas)
     else:  # per-configuration deltas [E C N S M]
         out = torch.einsum("ce,ecnsm->cnsm", weights, deltas)

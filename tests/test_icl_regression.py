@@ -250,6 +250,15 @@ def test_figures_and_report(small_result):
     assert "ICL regression" in render("icl", small_result.report_sections())
 
 
+def test_app_page_without_runs():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "pages" / "6_ICL_Regression.py"), default_timeout=120).run()
+    assert not at.exception
+    assert any("No saved 'icl' runs" in i.value for i in at.info)
+    assert len(at.button) == 1  # the train button
+
+
 def test_app_page(small_result):
     from streamlit.testing.v1 import AppTest
 
@@ -298,7 +307,7 @@ def test_notebook_executes_small(icl_cache, small_result, monkeypatch):
 
     try:
         spec = KernelSpecManager().get_kernel_spec("python3")
-        usable = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve() or spec.argv[0] in ("python", "python3")
+        usable = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
     except NoSuchKernel:
         usable = False
     if not usable:

@@ -173,6 +173,40 @@ def _repeat_cache(cache: Any, repeat: int) -> Any:
     return new
 
 
+def _buffered_cache(cache: Any, extra: int) -> Any:
+    """A copy of ``cache`` whose layers write new keys/values into preallocated buffers
+    (room for ``extra`` more tokens) instead of concatenating the whole cache every step."""
+    import copy
+
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferedLayer(DynamicLayer):
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            n = key_states.shape[-2]
+            if self.length + n > self.kbuf.shape[-2]:  # out of room: grow like a list
+                grow = max(n, self.kbuf.shape[-2])
+                self.kbuf = torch.cat([self.kbuf, self.kbuf.new_zeros(*self.kbuf.shape[:2], grow, self.kbuf.shape[3])], 2)
+                self.vbuf = torch.cat([self.vbuf, self.vbuf.new_zeros(*self.vbuf.shape[:2], grow, self.vbuf.shape[3])], 2)
+            self.kbuf[:, :, self.length:self.length + n] = key_states
+            self.vbuf[:, :, self.length:self.length + n] = value_states
+            self.length += n
+            self.keys, self.values = self.kbuf[:, :, : self.length], self.vbuf[:, :, : self.length]
+            return self.keys, self.values
+
+    new = copy.copy(cache)
+    new.layers = []
+    for layer in cache.layers:
+        lay = BufferedLayer.__new__(BufferedLayer)
+        lay.__dict__.update(layer.__dict__)
+        k, v = layer.keys, layer.values
+        lay.kbuf = torch.cat([k, k.new_zeros(*k.shape[:2], extra, k.shape[3])], 2)
+        lay.vbuf = torch.cat([v, v.new_zeros(*v.shape[:2], extra, v.shape[3])], 2)
+        lay.length = k.shape[2]
+        lay.keys, lay.values = lay.kbuf[:, :, : lay.length], lay.vbuf[:, :, : lay.length]
+        new.layers.append(lay)
+    return new
+
+
 def _select_cache(cache: Any, rows: torch.Tensor) -> Any:
     import copy
 
@@ -213,6 +247,7 @@ def decode(
     cache = _select_cache(state.cache, sel.to(state.input_ids.device))
     if repeat > 1:
         cache = _repeat_cache(cache, repeat)
+    cache = _buffered_cache(cache, max_new_tokens)
     ids = state.input_ids[sel].repeat_interleave(repeat, dim=0)
     mask = state.attention_mask[sel].repeat_interleave(repeat, dim=0)
     n = ids.shape[0]

@@ -32,7 +32,8 @@ def top_heads(scores: torch.Tensor, k: int, min_score: float | None = None) -> l
     n_heads = scores.shape[1]
     out = [(int(i) // n_heads, int(i) % n_heads) for i in order]
     if min_score is not None:
-        out = [(l, h) for l, h in out if float(scores[l, h]) > min_score]
+        limit = torch.tensor(min_score, dtype=scores.dtype)  # compare in the scores' precision
+        out = [(l, h) for l, h in out if bool(scores[l, h] > limit)]
     return out
 
 

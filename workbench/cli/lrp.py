@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         class_index: Optional[int] = typer.Option(None, "--class", help="ImageNet class to explain (default: top-1)"),
         composite: str = typer.Option("epsilon_gamma_box", "--composite", help="LRP rules for the CNN: epsilon_gamma_box | epsilon_plus_flat"),
         baseline: str = typer.Option("blur", "--baseline", help="what replaces deleted image regions: blur | gray"),
+        size: int = typer.Option(224, "--size", help="image side in pixels fed to the CNN (224 = as trained)"),
+        steps: int = typer.Option(16, "--steps", help="deletion steps for images (4 regions of 16x16 each)"),
         model: str = MODEL_OPT,
         seed: int = SEED_OPT,
         out: Optional[Path] = OUT_OPT,
@@ -38,7 +40,8 @@ def register(app: typer.Typer) -> None:
             from workbench.vision import PHOTOS
 
             images = tuple(p for spec in image for p in (PHOTOS if spec == "all" else (spec,)))
-            config = LrpImageConfig(images=images, class_index=class_index, composite=composite, baseline=baseline, seed=seed)
+            config = LrpImageConfig(images=images, class_index=class_index, composite=composite, baseline=baseline,
+                                    image_size=size, n_steps=steps, seed=seed)
             status(f"explaining {len(images)} image(s) on EfficientNet-Lite0 ...")
             result = run(None, config, progress=not as_json)
         else:

@@ -106,6 +106,20 @@ def _sentence_end_ids(tokenizer: Any, ids: Sequence[int]) -> set[int]:
     return ends
 
 
+def _sentence_boundary(body: list[int], cut: int, ends: set[int]) -> int:
+    """The nearest sentence boundary at or before ``cut`` (as the reference backs up to a
+    period); the next one after it when there is none before; ``cut`` itself when neither."""
+    back = cut
+    while back > 0 and body[back - 1] not in ends:
+        back -= 1
+    if back > 0 or cut == 0:
+        return back
+    for fwd in range(cut, len(body)):
+        if body[fwd] in ends:
+            return fwd + 1
+    return cut
+
+
 def prompt_parts(tokenizer: Any, question: str, chat: bool) -> tuple[list[int], list[int]]:
     """Token ids before the context and after it (question and answer cue).
     ``chat`` wraps everything in the tokenizer's chat template, as Wu et al. do for chat models."""
@@ -168,9 +182,7 @@ def build_needle_tests(
                 )
             body = hay_ids[:room]
             for depth in depths:
-                cut = len(body) if depth >= 100 else int(len(body) * depth / 100)
-                while cut > 0 and body[cut - 1] not in ends:  # back up to a sentence boundary
-                    cut -= 1
+                cut = _sentence_boundary(body, len(body) if depth >= 100 else int(len(body) * depth / 100), ends)
                 ids = before + body[:cut] + needle_ids + body[cut:] + after
                 start = len(before) + cut + len(lead)
                 tests.append(NeedleTest(ids, start, start + len(answer), needle, int(L), float(depth)))

@@ -161,19 +161,29 @@ class SuffixRunner:
 
     def _attention(self, l: int, x: torch.Tensor, c: int, p0: int) -> torch.Tensor:
         """Head outputs z [c N S H D] of the suffix, attending to the clean prefix keys."""
-        s = self.model.shape
-        n = self.clean.mask_add.shape[0]
         q, k, v = self._qkv(l, x, p0)
+        k, v = self.per_query_head(l, k, v, c, p0)
+        return self.attend(l, q, k, v, c, p0)
+
+    def per_query_head(self, l: int, k: torch.Tensor, v: torch.Tensor, c: int, p0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Suffix keys/values [B K S D] -> with the clean prefix, one per query head [B H T D]."""
+        n = self.clean.mask_add.shape[0]
         if p0 > 0:
             pk = self.clean.keys[l][:, :, :p0]
             pv = self.clean.values[l][:, :, :p0]
             k = torch.cat([pk.expand(c, *pk.shape).reshape(c * n, *pk.shape[1:]), k], dim=2)
             v = torch.cat([pv.expand(c, *pv.shape).reshape(c * n, *pv.shape[1:]), v], dim=2)
-        rep = s.n_heads // k.shape[1]
+        rep = self.model.shape.n_heads // k.shape[1]
         if rep > 1:
             b, kh, t, d = k.shape
             k = k[:, :, None].expand(b, kh, rep, t, d).reshape(b, kh * rep, t, d)
             v = v[:, :, None].expand(b, kh, rep, t, d).reshape(b, kh * rep, t, d)
+        return k, v
+
+    def attend(self, l: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: int, p0: int) -> torch.Tensor:
+        """q [B H S D], k and v [B H T D] -> z [c N S H D] (causal + padding mask, as HF eager)."""
+        s = self.model.shape
+        n = self.clean.mask_add.shape[0]
         scaling = self.layers[l].self_attn.scaling if self.model.arch == "llama" else self.layers[l].attn.scaling
         scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # [B H S T]
         S, T = scores.shape[-2:]
@@ -181,6 +191,32 @@ class SuffixRunner:
         pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         z = torch.matmul(pattern, v).transpose(1, 2)  # [B S H D]
         return z.reshape(c, n, S, s.n_heads, s.d_head)
+
+    def head_qkv(self, l: int, h: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value [B S D] of query head ``h`` (its KV group's key and value)
+        from its own input x [B S M], positions from 0 (rotary applied for Llama)."""
+        s = self.model.shape
+        d = s.d_head
+        block = self.layers[l]
+        if self.model.arch == "llama":
+            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+            attn = block.self_attn
+            g = h // (s.n_heads // s.n_kv_heads)
+            hx = block.input_layernorm(x)
+
+            def part(lin, i):
+                bias = lin.bias[i * d:(i + 1) * d] if lin.bias is not None else None
+                return torch.nn.functional.linear(hx, lin.weight[i * d:(i + 1) * d], bias)
+
+            q, k, v = part(attn.q_proj, h), part(attn.k_proj, g), part(attn.v_proj, g)
+            cos, sin = self.clean.rotary
+            q, k = apply_rotary_pos_emb(q[:, None], k[:, None], cos, sin)
+            return q[:, 0], k[:, 0], v
+        hx = block.ln_1(x)
+        w, b = block.attn.c_attn.weight, block.attn.c_attn.bias
+        cols = [slice(j * s.d_model + h * d, j * s.d_model + (h + 1) * d) for j in range(3)]
+        return tuple(hx @ w[:, cs] + b[cs] for cs in cols)  # type: ignore[return-value]
 
     def _mlp(self, l: int, x: torch.Tensor) -> torch.Tensor:
         block = self.layers[l]
