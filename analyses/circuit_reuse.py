@@ -129,10 +129,10 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
         arrays[f"{key}_circuit"] = edges.to(torch.uint8)
         arrays[f"{key}_head_scores"] = head_grid(graph, node_scores(graph, scores))
         if key == "ioi":
-            ioi_prompts = prep.prompts
+            ioi_set = prep.prompts
     metrics["overlap"] = overlap(circuits["ioi"], circuits["colored_objects"])
 
-    classes = head_classes(model, ioi_prompts, n_random=4, seed=config.seed)
+    classes = head_classes(model, ioi_set, n_random=4, seed=config.seed)
     labels = classes.labels()
     for cls in CLASSES:
         arrays[f"class_{cls}"] = classes.scores[cls]
@@ -155,7 +155,6 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
     co = build_task("colored-objects", model.tokenizer, config.intervention_prompts, config.seed + 1)
     co_prep = prepare(model, co)
     targets = wrong_color_positions(model, co)
-    args = (co_prep.clean, None, targets, co_prep.metric.correct, co_prep.candidates)
     before = intervene_accuracy(model, co_prep.clean, [], targets, co_prep.metric.correct, co_prep.candidates)
     after = intervene_accuracy(model, co_prep.clean, chosen, targets, co_prep.metric.correct, co_prep.candidates)
     rng = random.Random(config.seed)
@@ -164,7 +163,6 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
     for _ in range(config.n_random):
         heads = rng.sample(pool, min(config.n_intervene, len(pool)))
         draws.append(intervene_accuracy(model, co_prep.clean, heads, targets, co_prep.metric.correct, co_prep.candidates))
-    del args
     metrics["intervention"] = {"heads": [f"L{l}H{h}" for l, h in chosen], "before": before, "after": after,
                                "random_control": sum(draws) / len(draws) if draws else None, "random_draws": draws,
                                "n_prompts": len(co), "layers": [lo, hi - 1]}

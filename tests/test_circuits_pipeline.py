@@ -43,7 +43,10 @@ def test_reuse_summary_keys_and_round_trip(reuse_result, tmp_path):
     assert back.metrics == json.loads(json.dumps(reuse_result.metrics))
     for k, v in reuse_result.arrays.items():
         assert torch.equal(back.arrays[k], v.detach().cpu())
-    assert back.report_sections()
+    from workbench.report import render, sections_for
+
+    html = render("head-ablation report", sections_for([back]))
+    assert "Circuit reuse: IOI and Colored Objects" in html and "share of smaller" in html
 
 
 @pytest.mark.parametrize("method", ["eap", "acdc", "path-patching"])

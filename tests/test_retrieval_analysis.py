@@ -108,6 +108,10 @@ def test_result_round_trips_with_the_issue_keys(tiny_result, tmp_path):
     assert back.summary()["run"] == str(tmp_path / "run")
     assert back.config.context_lengths == (120,)
     assert [sec.title for sec in back.report_sections()][0] == "Retrieval heads: scores"
+    from workbench.report import render
+
+    html = render("head-ablation report", back.report_sections())  # the sections the ablation report includes
+    assert "Retrieval heads: KV-cache compression" in html and html.count("plotly-graph-div") >= 4
 
 
 def test_retrieval_page_shows_saved_run(tiny_result):
@@ -129,3 +133,34 @@ def test_smollm2_has_retrieval_heads(smollm2):
     assert r.metrics["n_retrieval_heads"] >= 3
     assert float(r.scores.max()) > 0.3
     assert r.metrics["share_over_threshold"] < 0.2  # sparse, as Wu et al. find
+
+
+def _execute_notebook(name: str, monkeypatch) -> list:
+    import os
+
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from nbclient import NotebookClient
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec("python3")
+        usable = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
+    except NoSuchKernel:
+        usable = False
+    if not usable:
+        from ipykernel.kernelspec import install
+
+        install(prefix=sys.prefix)
+    monkeypatch.setenv("WORKBENCH_SMALL", "1")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    return outputs
+
+
+@pytest.mark.slow
+def test_retrieval_notebook_executes_small(monkeypatch):
+    outputs = _execute_notebook("retrieval_heads.ipynb", monkeypatch)
+    assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 4

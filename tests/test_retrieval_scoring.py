@@ -136,3 +136,31 @@ def test_kv_compression_hides_all_but_sinks_and_window():
     assert kept[2].nonzero().flatten().tolist() == [2, 3, 9, 10, 11]  # 2 sinks after 2 pads + window of 3
     # share kept: half the KV heads full, the other keeps 5 of 10 tokens
     assert kv_share_kept(full, torch.tensor([10]), 2, 3) == pytest.approx((10 + 5) / 20)
+
+
+@pytest.mark.parametrize("mode", ["zero", "query"])
+def test_masking_the_planted_head_breaks_retrieval_but_another_head_does_not(copy_model, mode):
+    """The causal test on the hand-built model: one prefill, three decoding configurations."""
+    model = copy_model
+    torch.manual_seed(2)
+    prompt = torch.randint(2000, 3000, (15,)).tolist() + NEEDLE + [3001, 3002]
+    state = prefill(model, [prompt])
+    configs = torch.zeros(3, 2, model.shape.n_heads, dtype=torch.bool)
+    configs[1][PLANTED] = True          # the retrieval head
+    configs[2][0, 1] = True             # some other head
+    planted = _planted_pattern(15)
+    masks = mask_patches(configs, mode)
+    patches = dict(masks)
+    name = "blocks.1.attn.hook_pattern"
+    if mode == "query":  # hook_q runs before the pattern: the planted pattern must spare the masked row
+        def pattern(p, inner=planted):
+            out = inner(p)
+            out[1::3, PLANTED[1]] = p[1::3, PLANTED[1]]
+            return out
+        patches[name] = pattern
+    else:
+        patches[name] = planted
+    gen = decode(model, state, len(NEEDLE), patches=patches, repeat=3)
+    assert gen.new_tokens[0].tolist() == NEEDLE       # nothing masked: copies the needle
+    assert gen.new_tokens[2].tolist() == NEEDLE       # another head masked: still copies
+    assert gen.new_tokens[1].tolist() != NEEDLE       # retrieval head masked: fails

@@ -158,11 +158,13 @@ def run_edge_patches(
     progress: bool = False,
     desc: str = "edge patching",
     kernel: str | None = None,
+    clean: Any = None,
 ) -> HeadPatchSweep:
     """Run every edge configuration in ``masks`` [P L*H L*H+1] on every prompt (see the
     module docstring for the semantics). ``source_z[l]``: [N pos head d_head] or anything
     that broadcasts to it, for every layer that holds a patched source. Returns metric
-    [P N] and the clean metric [N]; ``max_batch`` bounds configurations x prompts per pass."""
+    [P N] and the clean metric [N]; ``max_batch`` bounds configurations x prompts per pass;
+    ``clean`` reuses a ``workbench.patching.suffix.clean_run(model, tokens)``."""
     check_edge_masks(model, masks)
     _suffix.check_supported(model)
     n, t = tokens.input_ids.shape
@@ -177,7 +179,8 @@ def run_edge_patches(
                          "pass source_z[l] for every layer with a patched source")
     idx = torch.arange(n)
     with torch.no_grad():
-        clean = _suffix.clean_run(model, tokens)
+        if clean is None:
+            clean = _suffix.clean_run(model, tokens)
         clean_metric = metric(clean.last_logits[None], idx)[0]
         out = clean_metric[None].repeat(masks.shape[0], 1)
         runner = _suffix.SuffixRunner(model, clean, source_z, kernel=kernel)

@@ -122,6 +122,7 @@ def run_head_patches(
     desc: str = "patching",
     method: str = "suffix",
     kernel: str | None = None,
+    clean: Any = None,
 ) -> HeadPatchSweep:
     """Run every configuration in ``masks`` [P layer head pos] on every prompt.
 
@@ -132,7 +133,9 @@ def run_head_patches(
     budget smaller than one configuration's N prompts is an error.
     ``method``: "suffix" (default; exact, recomputes only what a patch changes) or
     "full" (one full forward per chunk of configurations). ``kernel`` forces the fused
-    mix-and-project op ("triton" or "reference"); default automatic.
+    mix-and-project op ("triton" or "reference"); default automatic. ``clean``: a
+    ``workbench.patching.suffix.clean_run(model, tokens)`` to reuse across sweeps on the
+    same prompts (default: made here, one forward).
     Returns metric [P N], the clean metric [N] and the number of batched passes.
     """
     n, n_pos = tokens.input_ids.shape
@@ -147,14 +150,18 @@ def run_head_patches(
                          "pass source_z[l] for every patched layer ([N pos head d_head], or a mean)")
     if method == "full":
         return _run_full(model, tokens, source_z, masks, metric, max_batch, progress, desc)
-    return _run_suffix(model, tokens, source_z, masks, metric, max_batch, progress, desc, kernel)
+    return _run_suffix(model, tokens, source_z, masks, metric, max_batch, progress, desc, kernel, clean)
 
 
-def _run_suffix(model, tokens, source_z, masks, metric, max_batch, progress, desc, kernel) -> HeadPatchSweep:
+def _run_suffix(model, tokens, source_z, masks, metric, max_batch, progress, desc, kernel, clean_run) -> HeadPatchSweep:
     n = tokens.input_ids.shape[0]
     idx = torch.arange(n)
     with torch.no_grad():
-        clean_run = _suffix.clean_run(model, tokens)
+        if clean_run is None:
+            clean_run = _suffix.clean_run(model, tokens)
+        elif clean_run.mask_add.shape[0] != n or clean_run.mask_add.shape[-1] != tokens.input_ids.shape[1]:
+            raise InputError("the clean run passed as clean= was made on other prompts; make it with "
+                             "workbench.patching.suffix.clean_run(model, tokens) on these tokens")
         clean = metric(clean_run.last_logits[None], idx)[0]
         out = clean[None].repeat(masks.shape[0], 1)
         runner = _suffix.SuffixRunner(model, clean_run, source_z, kernel=kernel)
