@@ -177,3 +177,13 @@ def test_ioi_on_smollm2_conserves_and_finds_the_io_name(smollm2):
     assert m["target_value_mean"] > 0  # the model prefers IO over S
     assert m["io_share"]["attnlrp"] > 0.05  # the IO name carries a clear positive share for AttnLRP
     assert set(m["aopc"]) == {"attnlrp", "gradient_x_input", "rollout", "random"}
+
+
+def test_sections_join_the_head_ablation_report(prompt_result, image_result):
+    """``workbench ablate`` adds the latest run of every other analysis on the model through
+    ``report_sections``; the LRP sections render into the same self-contained HTML."""
+    from workbench.report import render, sections_for
+
+    html = render("Head-ablation report", sections_for([prompt_result, image_result]))
+    assert "LRP saliency: tokens and heads (AttnLRP)" in html
+    assert "conservation error" in html and "EfficientNet-Lite0" in html
