@@ -99,6 +99,23 @@ def faithfulness(model: Any, graph: Graph, prep: Prepared, edges: torch.Tensor, 
     return circ, (circ / full if abs(full) > 1e-8 else float("nan"))
 
 
+def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: torch.Tensor, sizes: list[int],
+                       ablation: str = "mean") -> list[float]:
+    """Faithfulness of the top-k-edge circuits (pruned of dangling edges) for each k in ``sizes``,
+    all in one batched run."""
+    _, acts = sender_outputs(model, prep.corrupt)
+    ablate = ablation_values(acts, ablation, len(prep.clean))
+    masks = [graph.valid] + [prune_dangling(graph, top_edges(graph, scores, k)) for k in sizes]
+    vals = run_edge_masks(model, graph, prep.clean, ablate, torch.stack(masks), prep.metric,
+                          max_batch=len(masks) * len(prep.clean)).mean(1)
+    full = float(vals[0])
+    return [float(v) / full if abs(full) > 1e-8 else float("nan") for v in vals[1:]]
+
+
+def curve_sizes(n_edges: int, total: int) -> list[int]:
+    return sorted({min(total, k) for k in (n_edges // 2, n_edges, 2 * n_edges, 5 * n_edges, 20 * n_edges, total) if k >= 1})
+
+
 def discover(model: Any, config: CircuitConfig, prep: Prepared, progress: bool = True) -> tuple[Graph, torch.Tensor, torch.Tensor]:
     """(graph, edge scores [S R], circuit edges [S R] bool) by the configured method."""
     from workbench.patching.eap import edge_attribution
@@ -170,7 +187,7 @@ class CircuitResult(Result):
 
     def summary(self) -> dict[str, Any]:
         keys = ["task", "method", "n_prompts", "logit_diff", "accuracy", "n_edges", "n_heads", "faithfulness",
-                "circuit_metric", "spearman_vs_patching", "heads", "top_edges"]
+                "circuit_metric", "spearman_vs_patching", "faithfulness_curve", "heads", "top_edges"]
         out = {k: self.metrics.get(k) for k in keys}
         if self.path is not None:
             out["run"] = str(self.path)
@@ -204,6 +221,10 @@ def run(model: Any, config: CircuitConfig | None = None, progress: bool = True) 
     circ_metric, faith = faithfulness(model, graph, prep, edges, config.ablation, config.batch_size)
     heads = [n for n in graph.nodes_of(edges) if n.startswith("L")]
     head_scores = head_grid(graph, node_scores(graph, scores))
+    curve = None
+    if config.method in ("eap", "eap-ig"):
+        sizes = curve_sizes(config.n_edges, graph.n_edges)
+        curve = {"n_edges": sizes, "faithfulness": faithfulness_curve(model, graph, prep, scores, sizes, config.ablation)}
     arrays = {"edge_scores": scores, "circuit": edges.to(torch.uint8), "head_scores": head_scores}
     rho = None
     if config.compare_patching:
@@ -220,6 +241,7 @@ def run(model: Any, config: CircuitConfig | None = None, progress: bool = True) 
         "task": config.task, "method": config.method, "n_prompts": len(prep.clean), **base,
         "n_edges_total": graph.n_edges, "n_edges": int(edges.sum()), "n_heads": len(heads), "heads": heads,
         "faithfulness": faith, "circuit_metric": circ_metric, "spearman_vs_patching": rho, "top_edges": top,
+        "faithfulness_curve": curve,
         "seconds": time.perf_counter() - start,
     }
     return CircuitResult(config=config, metrics=metrics, arrays=arrays,

@@ -70,8 +70,8 @@ def test_suffix_equals_full_and_naive(name, request):
     model = request.getfixturevalue(name)
     tokens, source = setup(model)
     n_pos = tokens.input_ids.shape[1]
-    masks = torch.cat([random_masks(model, n_pos, 24, seed=1),
-                       head_masks_per_position(model.shape.n_layers, model.shape.n_heads, n_pos)[::5]])
+    masks = torch.cat([random_masks(model, n_pos, 10, seed=1),
+                       head_masks_per_position(model.shape.n_layers, model.shape.n_heads, n_pos)[::11]])
     fast = run_head_patches(model, tokens, source, masks, metric, max_batch=20)
     full = run_head_patches(model, tokens, source, masks, metric, max_batch=20, method="full")
     naive = naive_loop(model, tokens, source, masks)
@@ -109,7 +109,7 @@ def test_mean_and_zero_sources_broadcast(tiny_gpt2):
 
 def test_chunking_does_not_change_answers(tiny_llama):
     tokens, source = setup(tiny_llama)
-    masks = random_masks(tiny_llama, tokens.input_ids.shape[1], 16, seed=2, density=0.15)
+    masks = random_masks(tiny_llama, tokens.input_ids.shape[1], 8, seed=2, density=0.15)
     one = run_head_patches(tiny_llama, tokens, source, masks, metric, max_batch=3)
     big = run_head_patches(tiny_llama, tokens, source, masks, metric, max_batch=10_000)
     assert one.n_forwards > big.n_forwards
@@ -135,7 +135,7 @@ def test_suffix_with_triton_kernel_under_interpreter(tiny_llama, monkeypatch):
     import kernels.patch_mix  # noqa: F401  (decorated now, under the interpreter)
 
     tokens, source = setup(tiny_llama)
-    masks = random_masks(tiny_llama, tokens.input_ids.shape[1], 6, seed=5, density=0.1)
+    masks = random_masks(tiny_llama, tokens.input_ids.shape[1], 4, seed=5, density=0.1)
     ker = run_head_patches(tiny_llama, tokens, source, masks, metric, kernel="triton")
     ref = run_head_patches(tiny_llama, tokens, source, masks, metric, kernel="reference")
     naive = naive_loop(tiny_llama, tokens, source, masks)

@@ -38,15 +38,18 @@ def _sequences() -> dict[str, list[str]]:
 
 
 def all_questions() -> list[tuple[str, str, str, list[str]]]:
-    """Every (kind, question, answer, pool) the task can ask, in a fixed order."""
+    """Every (kind, question, answer, distractor pool) the task can ask, in a fixed order.
+    The pool leaves out the answer and the item asked about (a copy of it would be a free lure)."""
     out = []
     for kind, seq in _sequences().items():
         unit = {"month": "month", "day": "day of the week", "letter": "letter of the alphabet"}[kind]
         for i, item in enumerate(seq):
             if i + 1 < len(seq):
-                out.append((f"{kind}-after", f"Which {unit} comes right after {item}?", seq[i + 1], seq))
+                out.append((f"{kind}-after", f"Which {unit} comes right after {item}?", seq[i + 1],
+                            [x for x in seq if x not in (item, seq[i + 1])]))
             if i > 0:
-                out.append((f"{kind}-before", f"Which {unit} comes right before {item}?", seq[i - 1], seq))
+                out.append((f"{kind}-before", f"Which {unit} comes right before {item}?", seq[i - 1],
+                            [x for x in seq if x not in (item, seq[i - 1])]))
     return out
 
 
@@ -66,8 +69,8 @@ def mc_splits(n_calib: int, n_heldout: int, seed: int = 0) -> tuple[list[MCQuest
     rng.shuffle(order)
     made = []
     for idx in order[: n_calib + n_heldout]:
-        kind, question, answer, seq = pool[idx]
-        distractors = rng.sample([x for x in seq if x != answer], 3)
+        kind, question, answer, others = pool[idx]
+        distractors = rng.sample(others, 3)
         options = distractors + [answer]
         rng.shuffle(options)
         made.append(MCQuestion(_format(question, options), options.index(answer), options, kind))

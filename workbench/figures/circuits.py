@@ -87,6 +87,12 @@ def circuit_figures(result: Any) -> list[go.Figure]:
                           f"{m.get('task')} circuit by {m.get('method')}: {m.get('n_edges')} edges, {m.get('n_heads')} heads")]
     if "head_patching" in a:
         figs.append(head_grid(a["head_patching"], "exact activation patching of heads", "Δ metric"))
+    curve = m.get("faithfulness_curve")
+    if curve:
+        from .common import line_curves
+
+        figs.append(line_curves(curve["n_edges"], {"faithfulness": curve["faithfulness"]},
+                                "faithfulness against circuit size", "edges kept (top |score|)", "circuit / full model"))
     figs.append(bar_top_heads(a["head_scores"], "top heads by |score|"))
     return figs
 
