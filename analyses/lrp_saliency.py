@@ -94,13 +94,12 @@ def _prompt_targets(model: Any, config: LrpConfig) -> tuple[list[str], list[int]
             if not p.strip():
                 raise InputError(f"prompt {i} is empty; give some text to explain")
         targets = [model.token_id(config.target)] * len(prompts) if config.target else []
-        if not targets:
-            for p in prompts:
-                ids = model.to_tokens(p)[0]
-                with torch.no_grad():
-                    from workbench.cache import as_tokens, forward
+        if not targets:  # explain the model's own top prediction
+            from workbench.cache import as_tokens, forward
 
-                    logits, _ = forward(model, as_tokens(model, ids))
+            for p in prompts:
+                with torch.no_grad():
+                    logits, _ = forward(model, as_tokens(model, p))
                 targets.append(int(logits[0, -1].argmax()))
         contrast = [model.token_id(config.contrast)] * len(prompts) if config.contrast else [None] * len(prompts)
         return prompts, targets, contrast, {"task": "prompts", "io_ids": None}

@@ -12,12 +12,13 @@ Vision-aware Head Divergence", ACL 2025).
   control (as many heads per layer, drawn at random) by CHAIR and caption recall.
 
 The model: ``workbench.vlm`` (EfficientNet-Lite0 -> projector -> smollm2-135m), built and
-cached on first use; its projector quality (caption loss, object recall) is measured here
-against image-free baselines. Any object with ``lm``, ``token_embeds`` and ``paired_batch``
+cached on first use; its projector quality (caption loss, object recall of greedy captions,
+and a forced-choice object ranking, ``workbench.vlm.probe``) is measured here against
+image-free baselines (another scene's image; no image). Any object with ``lm``, ``token_embeds`` and ``paired_batch``
 (e.g. ``workbench.vlm.llava.HFLlavaAdapter``) can be passed as ``model`` instead."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from workbench.vlm.generate import HeadPolicy, generate_chunked
 from workbench.vlm.heads import DISTANCES, token_vhd, top_heads
 from workbench.vlm.model import DEFAULT_PROMPT, split_prompt
 from workbench.vlm.objects import SYNONYMS
+from workbench.vlm.probe import chance_recall, first_object_scores, ranking_recall
 from workbench.vlm.scenes import make_scenes
 from workbench.vlm.train import ProjectorConfig, build_vlm, caption_losses, encode_scenes
 
@@ -149,6 +151,11 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool = Tru
             metrics["caption_loss"] = float(caption_losses(vlm, config.prompt, feats, caps).mean())
             metrics["caption_loss_shuffled_image"] = float(caption_losses(vlm, config.prompt, feats[perm], caps).mean())
             metrics["caption_loss_no_image"] = float(caption_losses(vlm, config.prompt, None, caps).mean())
+        right = first_object_scores(vlm, config.prompt, feats, len(scenes))
+        wrong = first_object_scores(vlm, config.prompt, feats[perm], len(scenes))
+        metrics["object_rank_recall"] = ranking_recall(right, truths)
+        metrics["object_rank_recall_shuffled_image"] = ranking_recall(wrong, truths)
+        metrics["object_rank_recall_chance"] = chance_recall(truths)
         shuffled = generate_chunked(vlm, config.prompt, feats[perm], paired=False, **gen_kw)
         metrics["recall_shuffled_image"] = chair(shuffled.captions, truths).recall
         metrics["captions_shuffled_image"] = shuffled.captions

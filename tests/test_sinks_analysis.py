@@ -26,18 +26,19 @@ def test_multiple_choice_splits_are_disjoint_and_deterministic(tiny_llama):
     for q in calib + held:
         assert len(q.options) == 4 and len(set(q.options)) == 4
         assert len(option_token_ids(tiny_llama.tokenizer, q)) == 4
-    q = next(q for q in calib if q.kind == "month-after") if any(q.kind == "month-after" for q in calib) else calib[0]
-    assert q.prompt.startswith("Question: ") and q.prompt.endswith("\nAnswer:")
+    for q in calib + held:
+        assert q.prompt.startswith("The month that comes right after May is June.") and q.prompt.endswith(" is")
     with pytest.raises(InputError):
         mc_splits(len(all_questions()), 1)
 
 
 def test_month_answers_are_right():
     for kind, question, answer, seq in all_questions():
-        if question == "Which month comes right after March?":
+        assert answer not in seq  # the pool holds distractors only
+        if question == "The month that comes right after March is":
             assert answer == "April"
-        if question == "Which day of the week comes right before Monday?":
-            raise AssertionError("Monday is first in calendar.day_name: no 'before' question")
+        assert question != "The day of the week that comes right before Monday is"  # Monday is first in day_name
+        assert question != "The month that comes right after May is"  # a worked example is never asked
 
 
 def test_calibration_patch_changes_logits_only_on_chosen_heads(tiny_llama):

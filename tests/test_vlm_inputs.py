@@ -4,7 +4,6 @@ placeholder; and the CLI fails on them before loading any model."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

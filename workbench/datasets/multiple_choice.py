@@ -2,11 +2,14 @@
 (``calendar`` month and day names, ``string.ascii_uppercase``), for ACT's attention
 calibration: a calibration split (the head search) and a disjoint held-out split.
 
-"Question: Which month comes right after March?\\nOptions: July, April, January, May.\\nAnswer:" -> " April"
+Each question is a cloze sentence after three worked examples; the four options are
+scored by their next-token logits (each option is one token with a leading space), the
+way lm-eval scores multiple choice and ACT scores its classification labels:
 
-Scored as ACT scores classification tasks: the next-token logits of the four option words
-(each one token with a leading space), the highest wins. (A letter-answer format puts a
-135M model at chance; option words give it something to calibrate.)
+"... The month that comes right after March is" -> " April" vs " July", " January", " May"
+
+(A letter-answer format with the options listed puts a 135M model at chance; this one
+gives it about 0.4 against a chance level of 0.25, so calibration has room to act.)
 """
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from typing import Any
 
 from ..errors import InputError
 
-LETTERS = ("A", "B", "C", "D")
 
 
 @dataclass
@@ -37,24 +39,30 @@ def _sequences() -> dict[str, list[str]]:
     }
 
 
+SHOTS = ("The month that comes right after May is June.",
+         "The day of the week that comes right before Friday is Thursday.",
+         "The letter of the alphabet that comes right after K is L.")
+_SHOT_ITEMS = {("month-after", "May"), ("day-before", "Friday"), ("letter-after", "K")}
+_UNITS = {"month": "month", "day": "day of the week", "letter": "letter of the alphabet"}
+
+
 def all_questions() -> list[tuple[str, str, str, list[str]]]:
-    """Every (kind, question, answer, distractor pool) the task can ask, in a fixed order.
-    The pool leaves out the answer and the item asked about (a copy of it would be a free lure)."""
+    """Every (kind, cloze sentence, answer, distractor pool) the task can ask, in a fixed
+    order, minus the worked examples. The pool leaves out the answer and the item asked
+    about (a copy of it would be a free lure)."""
     out = []
     for kind, seq in _sequences().items():
-        unit = {"month": "month", "day": "day of the week", "letter": "letter of the alphabet"}[kind]
         for i, item in enumerate(seq):
-            if i + 1 < len(seq):
-                out.append((f"{kind}-after", f"Which {unit} comes right after {item}?", seq[i + 1],
-                            [x for x in seq if x not in (item, seq[i + 1])]))
-            if i > 0:
-                out.append((f"{kind}-before", f"Which {unit} comes right before {item}?", seq[i - 1],
-                            [x for x in seq if x not in (item, seq[i - 1])]))
+            for where, j in (("after", i + 1), ("before", i - 1)):
+                if not 0 <= j < len(seq) or (f"{kind}-{where}", item) in _SHOT_ITEMS:
+                    continue
+                sentence = f"The {_UNITS[kind]} that comes right {where} {item} is"
+                out.append((f"{kind}-{where}", sentence, seq[j], [x for x in seq if x not in (item, seq[j])]))
     return out
 
 
-def _format(question: str, options: list[str]) -> str:
-    return f"Question: {question}\nOptions: {', '.join(options)}.\nAnswer:"
+def _format(sentence: str) -> str:
+    return " ".join(SHOTS) + " " + sentence
 
 
 def mc_splits(n_calib: int, n_heldout: int, seed: int = 0) -> tuple[list[MCQuestion], list[MCQuestion]]:
@@ -73,7 +81,7 @@ def mc_splits(n_calib: int, n_heldout: int, seed: int = 0) -> tuple[list[MCQuest
         distractors = rng.sample(others, 3)
         options = distractors + [answer]
         rng.shuffle(options)
-        made.append(MCQuestion(_format(question, options), options.index(answer), options, kind))
+        made.append(MCQuestion(_format(question), options.index(answer), options, kind))
     return made[:n_calib], made[n_calib:]
 
 

@@ -60,8 +60,11 @@ def projector_figure(result: Any) -> go.Figure:
     if "caption_loss" in m:
         fig.add_trace(go.Bar(name="caption loss (nats/token)", x=["right image", "shuffled image", "no image"],
                              y=[m["caption_loss"], m["caption_loss_shuffled_image"], m["caption_loss_no_image"]]))
-        fig.add_trace(go.Bar(name="object recall", x=["right image", "shuffled image"],
+        fig.add_trace(go.Bar(name="object recall (greedy captions)", x=["right image", "shuffled image"],
                              y=[m["recall"], m["recall_shuffled_image"]]))
+    if "object_rank_recall" in m:
+        fig.add_trace(go.Bar(name="object ranking recall (forced choice)", x=["right image", "shuffled image", "chance"],
+                             y=[m["object_rank_recall"], m["object_rank_recall_shuffled_image"], m["object_rank_recall_chance"]]))
     fig.update_layout(title="Projector quality on held-out scenes vs image-free baselines", barmode="group")
     return fig
 
