@@ -37,7 +37,7 @@ class SinksConfig:
     beta: float = 0.4
     n_calib: int = 32
     n_heldout: int = 48
-    max_search: int = 12     # candidate heads tried in the search (most frequent non-first sinks)
+    max_search: int = 16     # candidate heads tried in the search (most frequent non-first sinks)
     max_heads: int = 8       # heads kept after the search
     min_layer: int = 2       # ACT searches from layer 2 on
     min_queries: int = 5     # a sink must be seen by at least this many queries (ACT: 1; 1 makes the last
@@ -152,10 +152,11 @@ class SinksResult(Result):
         return sinks_sections(self)
 
 
-def _accuracy(model: Any, questions: list[MCQuestion], batch_size: int, heads: dict[int, torch.Tensor] | None,
-              beta: float, threshold: float, min_queries: int = 1) -> torch.Tensor:
-    """[questions] correct (argmax over the four option words) with ``heads`` calibrated."""
-    correct = []
+def _evaluate(model: Any, questions: list[MCQuestion], batch_size: int, heads: dict[int, torch.Tensor] | None,
+              beta: float, threshold: float, min_queries: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """[questions] correct (argmax over the four option words) and the log-probability of the
+    right option among the four, with ``heads`` calibrated."""
+    correct, logp = [], []
     for s in range(0, len(questions), batch_size):
         chunk = questions[s:s + batch_size]
         ids, mask = left_pad([model.tokenizer.encode(q.prompt, add_special_tokens=False) for q in chunk],
@@ -163,9 +164,16 @@ def _accuracy(model: Any, questions: list[MCQuestion], batch_size: int, heads: d
         patches = calibration_patches(heads, mask.bool(), beta, threshold, min_queries) if heads else {}
         logits, _ = last_token_logits(model, ids, mask, patches)
         opts = torch.tensor([option_token_ids(model.tokenizer, q) for q in chunk], device=logits.device)
-        pred = logits.gather(1, opts).argmax(-1).cpu()
-        correct.append(pred == torch.tensor([q.label for q in chunk]))
-    return torch.cat(correct)
+        scores = logits.gather(1, opts).float().log_softmax(-1).cpu()
+        labels = torch.tensor([q.label for q in chunk])
+        correct.append(scores.argmax(-1) == labels)
+        logp.append(scores[torch.arange(len(chunk)), labels])
+    return torch.cat(correct), torch.cat(logp)
+
+
+def _accuracy(model: Any, questions: list[MCQuestion], batch_size: int, heads: dict[int, torch.Tensor] | None,
+              beta: float, threshold: float, min_queries: int = 1) -> torch.Tensor:
+    return _evaluate(model, questions, batch_size, heads, beta, threshold, min_queries)[0]
 
 
 def run(model: Any, config: SinksConfig | None = None, progress: bool = True) -> SinksResult:
@@ -228,15 +236,20 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
                             "ratio_to_median": round(ratio, 1), "massive": ratio > cfg.massive_ratio})
 
     # 3. ACT head search on the calibration split, evaluation on the held-out split
-    base_calib = _accuracy(model, calib, cfg.batch_size, None, cfg.beta, cfg.threshold, cfg.min_queries)
+    # A head is kept when calibrating it alone raises calibration accuracy, or keeps it and raises the
+    # mean log-probability of the right option (ties in accuracy are common on a small split).
+    base_correct, base_logp = _evaluate(model, calib, cfg.batch_size, None, cfg.beta, cfg.threshold, cfg.min_queries)
+    base_calib = base_correct
     candidates = [(l, h) for l, h in sink_heads if l >= cfg.min_layer][: cfg.max_search]  # strongest sinks first
     gains = []
     for l, h in tqdm(candidates, desc="head search", disable=not progress, leave=False):
         hs = {l: torch.zeros(s.n_heads, dtype=torch.bool)}
         hs[l][h] = True
-        acc = _accuracy(model, calib, cfg.batch_size, hs, cfg.beta, cfg.threshold, cfg.min_queries)
-        gains.append(((l, h), float(acc.float().mean() - base_calib.float().mean())))
-    chosen = [lh for lh, g in sorted(gains, key=lambda x: -x[1]) if g > 0][: cfg.max_heads]
+        acc, logp = _evaluate(model, calib, cfg.batch_size, hs, cfg.beta, cfg.threshold, cfg.min_queries)
+        gains.append(((l, h), float(acc.float().mean() - base_correct.float().mean()),
+                      float(logp.mean() - base_logp.mean())))
+    ranked_gains = sorted(gains, key=lambda x: (-x[1], -x[2]))
+    chosen = [lh for lh, g, gl in ranked_gains if g > 0 or (g == 0 and gl > 0)][: cfg.max_heads]
 
     def as_sets(heads: list[tuple[int, int]]) -> dict[int, torch.Tensor]:
         sets: dict[int, torch.Tensor] = {}
@@ -247,7 +260,8 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
     calib_after = base_calib
     if chosen:
         calib_after = _accuracy(model, calib, cfg.batch_size, as_sets(chosen), cfg.beta, cfg.threshold, cfg.min_queries)
-        if calib_after.float().mean() <= base_calib.float().mean() and len(chosen) > 1:  # the set hurts: keep the best head
+        best_single = float(base_calib.float().mean()) + ranked_gains[0][1]
+        if float(calib_after.float().mean()) < best_single and len(chosen) > 1:  # the set does worse: keep the best head
             chosen = chosen[:1]
             calib_after = _accuracy(model, calib, cfg.batch_size, as_sets(chosen), cfg.beta, cfg.threshold, cfg.min_queries)
     before = _accuracy(model, heldout, cfg.batch_size, None, cfg.beta, cfg.threshold, cfg.min_queries)
@@ -260,7 +274,8 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
                         "heads": [head_name(l, h) for l, h in chosen]},
         "calibration_split": {"before": float(base_calib.float().mean()), "after": float(calib_after.float().mean()),
                               "n": len(calib)},
-        "search": [{"name": head_name(l, h), "gain": round(g, 4)} for (l, h), g in gains],
+        "search": [{"name": head_name(l, h), "accuracy_gain": round(g, 4), "logprob_gain": round(gl, 4)}
+                   for (l, h), g, gl in gains],
         "n_heldout": len(heldout),
         "n_sinks_beyond_first": int(sink_maps.sum()),
         "n_heads_with_sinks": len(sink_heads),

@@ -301,23 +301,7 @@ def test_anisotropic_covariates_give_a_preconditioner(icl_cache):
 
 # ---------------------------------------------------------------- the notebook
 def test_notebook_executes_small(icl_cache, small_result, monkeypatch):
-    import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    from nbclient import NotebookClient
+    from notebook_runner import execute_notebook, plotly_outputs
 
-    try:
-        spec = KernelSpecManager().get_kernel_spec("python3")
-        usable = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
-    except NoSuchKernel:
-        usable = False
-    if not usable:
-        from ipykernel.kernelspec import install
-
-        install(prefix=sys.prefix)
-    monkeypatch.setenv("WORKBENCH_SMALL", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(ROOT / "notebooks" / "icl_regression.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 5
+    outputs = execute_notebook("icl_regression.ipynb", monkeypatch, timeout=300)
+    assert plotly_outputs(outputs) >= 5

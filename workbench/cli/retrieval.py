@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         beta: float = typer.Option(0.4, "--beta", help="calibration keeps this share of attention on non-first sinks (0..1)"),
         n_calib: int = typer.Option(32, "--n-calib", help="calibration questions (head search)"),
         n_heldout: int = typer.Option(48, "--n-heldout", help="held-out questions (accuracy before/after)"),
-        max_search: int = typer.Option(12, "--max-search", help="candidate heads tried in the search"),
+        max_search: int = typer.Option(16, "--max-search", help="candidate heads tried in the search"),
         seed: int = SEED_OPT,
         backend: str = BACKEND_OPT,
         device: str = DEVICE_OPT,
