@@ -216,7 +216,7 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
     first_tok = torch.zeros_like(valid)
     first_tok[torch.arange(valid.shape[0]), first] = True
     other_tok = valid & ~sink_tok & ~first_tok
-    massive = []
+    massive, first_massive = [], []
     if sink_tok.any():
         best = None
         for l, n in enumerate(res_names):
@@ -233,7 +233,14 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
             massive.append({"layer": layer, "dim": d, "mean_abs_at_sinks": round(float(at_sink[d]), 3),
                             "mean_abs_at_other_tokens": round(float(elsewhere[d]), 3),
                             "mean_abs_at_first_token": round(float(at_first[d]), 3),
-                            "ratio_to_median": round(ratio, 1), "massive": ratio > cfg.massive_ratio})
+                            "ratio_to_median": round(ratio, 1),
+                            # massive at sinks: outsized against the median AND against ordinary tokens
+                            "massive": ratio > cfg.massive_ratio and float(at_sink[d]) > 2 * float(elsewhere[d])})
+        first_dims = torch.nonzero(at_first > cfg.massive_ratio * median).flatten().tolist()
+        first_massive = [{"layer": layer, "dim": d, "mean_abs_at_first_token": round(float(at_first[d]), 3),
+                          "mean_abs_at_sinks": round(float(at_sink[d]), 3),
+                          "ratio_to_median": round(float(at_first[d]) / max(median, 1e-12), 1)}
+                         for d in sorted(first_dims, key=lambda d: -float(at_first[d]))[:8]]
 
     # 3. ACT head search on the calibration split, evaluation on the held-out split
     # A head is kept when calibrating it alone raises calibration accuracy, or keeps it and raises the
@@ -282,6 +289,7 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
         "sink_tokens": dict(token_counts.most_common(15)),
         "sink_token_classes": dict(class_counts),
         "massive_activations": massive,
+        "first_token_massive_activations": first_massive,
         "example_tokens": [tok.decode([int(t)]) for t, v in zip(ids[example], valid[example]) if v],
         "example_prompt": calib[example].prompt,
     }

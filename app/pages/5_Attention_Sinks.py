@@ -49,5 +49,7 @@ if result is not None:
     st.plotly_chart(calibration_bar(result), width="stretch")
     st.subheader("Massive activations at sink tokens")
     st.dataframe(m["massive_activations"])
+    st.caption("At the first token:")
+    st.dataframe(m.get("first_token_massive_activations", []))
     st.subheader("Head search (single-head calibration gain on the calibration split)")
     st.dataframe(m["search"])

@@ -79,6 +79,7 @@ def sinks_sections(result: Any) -> list:
     return [
         Section("Attention sinks beyond the first token", text=text,
                 figures=[sink_strength_grid(result), sink_map(result), sink_tokens_bar(result)]),
-        Section("Massive activations at sink tokens", tables=[m["massive_activations"]] if m["massive_activations"] else []),
+        Section("Massive activations at sink tokens (and at the first token)",
+                tables=[t for t in (m["massive_activations"], m.get("first_token_massive_activations")) if t]),
         Section("ACT attention calibration", figures=[calibration_bar(result)], tables=[m["search"]] if m["search"] else []),
     ]
