@@ -23,7 +23,7 @@ def _ensure_kernel() -> None:
         install(prefix=sys.prefix)
 
 
-def execute_notebook(name: str, monkeypatch, timeout: int = 600) -> list[dict]:
+def execute_notebook(name: str, monkeypatch, timeout: int = 600, cwd: Path = ROOT) -> list[dict]:
     """Run ``notebooks/<name>`` with WORKBENCH_SMALL=1; return every code cell output,
     after checking that none is an error."""
     import nbformat
@@ -33,7 +33,7 @@ def execute_notebook(name: str, monkeypatch, timeout: int = 600) -> list[dict]:
     monkeypatch.setenv("WORKBENCH_SMALL", "1")
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(cwd)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     errors = [o for o in outputs if o.get("output_type") == "error"]
     assert not errors, f"{name} raised: {errors[0].get('ename')}: {errors[0].get('evalue')}"

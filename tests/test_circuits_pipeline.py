@@ -3,7 +3,6 @@ one-line errors), the app page and the notebook."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -130,23 +129,7 @@ def test_app_page_shows_a_saved_reuse_run(reuse_result):
 
 
 def test_notebook_executes_small(monkeypatch):
-    import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    from nbclient import NotebookClient
+    from notebook_runner import execute_notebook
 
-    try:
-        spec = KernelSpecManager().get_kernel_spec("python3")
-        usable = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
-    except NoSuchKernel:
-        usable = False
-    if not usable:
-        from ipykernel.kernelspec import install
-
-        install(prefix=sys.prefix)
-    monkeypatch.setenv("WORKBENCH_SMALL", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(ROOT / "notebooks" / "ioi_circuit_reuse.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook("ioi_circuit_reuse.ipynb", monkeypatch, timeout=600)
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 6

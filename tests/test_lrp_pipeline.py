@@ -4,7 +4,6 @@ app page, the notebook, and the real-model IOI check."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,25 +145,9 @@ def test_app_page_with_saved_runs(prompt_result, image_result):
 
 @pytest.mark.slow
 def test_notebook_executes_small(monkeypatch):
-    import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    from nbclient import NotebookClient
+    from notebook_runner import execute_notebook
 
-    try:
-        spec = KernelSpecManager().get_kernel_spec("python3")
-        usable = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve() or spec.argv[0] in ("python", "python3")
-    except NoSuchKernel:
-        usable = False
-    if not usable:
-        from ipykernel.kernelspec import install
-
-        install(prefix=sys.prefix)
-    monkeypatch.setenv("WORKBENCH_SMALL", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(ROOT / "notebooks" / "lrp_saliency.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook("lrp_saliency.ipynb", monkeypatch, timeout=600)
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 5
 
 

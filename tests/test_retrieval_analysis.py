@@ -136,27 +136,9 @@ def test_smollm2_has_retrieval_heads(smollm2):
 
 
 def _execute_notebook(name: str, monkeypatch) -> list:
-    import os
+    from notebook_runner import execute_notebook
 
-    import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    from nbclient import NotebookClient
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec("python3")
-        usable = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
-    except NoSuchKernel:
-        usable = False
-    if not usable:
-        from ipykernel.kernelspec import install
-
-        install(prefix=sys.prefix)
-    monkeypatch.setenv("WORKBENCH_SMALL", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook(name, monkeypatch, timeout=600, cwd=ROOT / "notebooks")
     return outputs
 
 

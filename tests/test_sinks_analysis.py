@@ -102,25 +102,7 @@ def test_smollm2_has_sinks_beyond_the_first_token(smollm2):
 
 @pytest.mark.slow
 def test_sinks_notebook_executes_small(monkeypatch):
-    import os
-    import sys
+    from notebook_runner import execute_notebook
 
-    import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    from nbclient import NotebookClient
-
-    try:
-        usable = Path(KernelSpecManager().get_kernel_spec("python3").argv[0]).resolve() == Path(sys.executable).resolve()
-    except NoSuchKernel:
-        usable = False
-    if not usable:
-        from ipykernel.kernelspec import install
-
-        install(prefix=sys.prefix)
-    monkeypatch.setenv("WORKBENCH_SMALL", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb = nbformat.read(ROOT / "notebooks" / "attention_sinks.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook("attention_sinks.ipynb", monkeypatch, timeout=600, cwd=ROOT / "notebooks")
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 4

@@ -5,7 +5,6 @@ figures, the report, the CLI, the app page and the notebook."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -111,22 +110,7 @@ def test_app_page(small_result, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_notebook_runs(monkeypatch):
-    import nbformat
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    from nbclient import NotebookClient
+    from notebook_runner import execute_notebook
 
-    try:
-        spec = KernelSpecManager().get_kernel_spec("python3")
-        usable = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve() or spec.argv[0] in ("python", "python3")
-    except NoSuchKernel:
-        usable = False
-    if not usable:
-        from ipykernel.kernelspec import install
-
-        install(prefix=sys.prefix)
-    monkeypatch.setenv("WORKBENCH_SMALL", "1")
-    nb = nbformat.read(ROOT / "notebooks" / "vision_heads.ipynb", as_version=4)
-    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute_notebook("vision_heads.ipynb", monkeypatch, timeout=600)
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 4

@@ -2,11 +2,32 @@
 door, and the reference the other backends are tested against."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 
 PatchFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def hooked(model: Any, cache_names: list[str], patches: dict[str, PatchFn], grad: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Install ``patches`` and cache hooks (which see the patched values) on the hook
+    points for the duration of the block; yields the dict the cached names fill."""
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name, fn in patches.items():
+            handles.append(model.hook_points[name].register_forward_hook(lambda m, i, o, fn=fn: fn(o)))
+        for name in cache_names:
+            def keep(m, i, o, name=name):
+                store[name] = o if grad else o.detach()
+            handles.append(model.hook_points[name].register_forward_hook(keep))
+        with torch.set_grad_enabled(grad):
+            yield store
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def forward(
@@ -18,20 +39,8 @@ def forward(
     grad: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward pass with ``patches`` applied and ``cache_names`` stored (after patching)."""
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-    try:
-        for name, fn in patches.items():
-            handles.append(model.hook_points[name].register_forward_hook(lambda m, i, o, fn=fn: fn(o)))
-        for name in cache_names:
-            def keep(m, i, o, name=name):
-                store[name] = o if grad else o.detach()
-            handles.append(model.hook_points[name].register_forward_hook(keep))
-        with torch.set_grad_enabled(grad):
-            out = model.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked(model, cache_names, patches, grad) as store:
+        out = model.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return out.logits, store
 
 
@@ -49,27 +58,15 @@ def forward_embeds(
     """Like ``forward`` but from input embeddings ``[batch pos d_model]`` (a vision-language
     model splices image embeddings into the prompt), optionally continuing a key-value cache.
     Returns logits, the cached names and the (updated) key-value cache or None."""
-    store: dict[str, torch.Tensor] = {}
-    handles = []
-    try:
-        for name, fn in patches.items():
-            handles.append(model.hook_points[name].register_forward_hook(lambda m, i, o, fn=fn: fn(o)))
-        for name in cache_names:
-            def keep(m, i, o, name=name):
-                store[name] = o if grad else o.detach()
-            handles.append(model.hook_points[name].register_forward_hook(keep))
-        use_cache = use_cache or past_key_values is not None
-        kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
-                                  "position_ids": position_ids, "use_cache": use_cache}
-        if past_key_values is not None:  # transformers 5 calls it `cache`, older versions `past_key_values`
-            import inspect
+    use_cache = use_cache or past_key_values is not None
+    kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+                              "position_ids": position_ids, "use_cache": use_cache}
+    if past_key_values is not None:  # transformers 5 calls it `cache`, older versions `past_key_values`
+        import inspect
 
-            key = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
-            kwargs[key] = past_key_values
-        with torch.set_grad_enabled(grad):
-            out = model.hf(**kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+        key = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+        kwargs[key] = past_key_values
+    with hooked(model, cache_names, patches, grad) as store:
+        out = model.hf(**kwargs)
     past = getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
     return out.logits, store, (past if use_cache else None)
