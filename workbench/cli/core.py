@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -53,4 +53,5 @@ def register(app: typer.Typer) -> None:
         print(f"dashboard: http://{address}:{port}", flush=True)
         cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(port),
                "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-        raise SystemExit(subprocess.call(cmd))
+        # exec, not a child process: stopping `workbench app` stops the server itself
+        os.execv(sys.executable, cmd)
