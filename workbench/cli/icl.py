@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import JSON_OPT, OUT_OPT, finish, status
+from .common import JSON_OPT, OUT_OPT, finish, number_list, status
 
 
 def register(app: typer.Typer) -> None:
@@ -28,14 +28,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train multi-head softmax attention on in-context regression; KQ/OV patterns and predictor errors."""
         from analyses.icl_regression import ICLConfig, run, validate
-        from ..errors import InputError
 
         eval_lengths: tuple = ()
         if lengths:
-            try:
-                eval_lengths = tuple(int(v) for v in lengths.split(",") if v.strip())
-            except ValueError:
-                raise InputError(f"--lengths must be comma-separated integers (got '{lengths}')") from None
+            eval_lengths = number_list(lengths, "--lengths", int)
         config = ICLConfig(d=d, n=n, heads=heads, steps=steps, seed=seed, lr=lr, covariance=covariance, rho=rho,
                            eval_lengths=eval_lengths, baselines=baselines)
         validate(config)  # bad sizes fail here, in one line, before any training

@@ -7,31 +7,15 @@ from typing import Optional
 
 import typer
 
-from .common import BACKEND_OPT, DEVICE_OPT, JSON_OPT, MODEL_OPT, OUT_OPT, SEED_OPT, finish, load, status
+from .common import BACKEND_OPT, DEVICE_OPT, JSON_OPT, MODEL_OPT, OUT_OPT, SEED_OPT, finish, load, number_list, status
 
 
 def _ints(text: str, what: str) -> tuple:
-    from ..errors import InputError
-
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise InputError(f"{what} must be comma-separated integers (got '{text}')") from None
-    if not vals:
-        raise InputError(f"{what} is empty; give at least one integer")
-    return vals
+    return number_list(text, what, int)
 
 
 def _floats(text: str, what: str) -> tuple:
-    from ..errors import InputError
-
-    try:
-        vals = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise InputError(f"{what} must be comma-separated numbers (got '{text}')") from None
-    if not vals:
-        raise InputError(f"{what} is empty; give at least one number")
-    return vals
+    return number_list(text, what, float)
 
 
 def register(app: typer.Typer) -> None:

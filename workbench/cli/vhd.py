@@ -6,19 +6,11 @@ from typing import Optional
 
 import typer
 
-from .common import JSON_OPT, MODEL_OPT, OUT_OPT, SEED_OPT, finish, load, status
+from .common import JSON_OPT, MODEL_OPT, OUT_OPT, SEED_OPT, finish, load, number_list, status
 
 
 def _alphas(text: str) -> tuple[float, ...]:
-    from ..errors import InputError
-
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InputError(f"--alphas must be comma-separated numbers like 1.5,2,3, got '{text}'") from None
-    if not values:
-        raise InputError("--alphas is empty; give numbers like 1.5,2,3")
-    return values
+    return number_list(text, "--alphas", float)
 
 
 def register(app: typer.Typer) -> None:

