@@ -10,14 +10,6 @@ import typer
 from .common import BACKEND_OPT, DEVICE_OPT, JSON_OPT, MODEL_OPT, OUT_OPT, SEED_OPT, finish, load, number_list, status
 
 
-def _ints(text: str, what: str) -> tuple:
-    return number_list(text, what, int)
-
-
-def _floats(text: str, what: str) -> tuple:
-    return number_list(text, what, float)
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def retrieval(
@@ -44,8 +36,8 @@ def register(app: typer.Typer) -> None:
         from analyses.retrieval_heads import RetrievalConfig, run, validate
 
         config = RetrievalConfig(
-            context_lengths=_ints(lengths, "--lengths"), depths=_floats(depths, "--depths"), n_needles=needles,
-            haystack_file=str(haystack) if haystack else None, threshold=threshold, mask_ks=_ints(ks, "--ks"),
+            context_lengths=number_list(lengths, "--lengths", int), depths=number_list(depths, "--depths", float), n_needles=needles,
+            haystack_file=str(haystack) if haystack else None, threshold=threshold, mask_ks=number_list(ks, "--ks", int),
             n_random=n_random, mask_mode=mask_mode, max_new_tokens=max_new_tokens, kv_protect=kv_protect,
             kv_window=kv_window, chat=chat, seed=seed,
         )

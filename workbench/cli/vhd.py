@@ -9,10 +9,6 @@ import typer
 from .common import JSON_OPT, MODEL_OPT, OUT_OPT, SEED_OPT, finish, load, number_list, status
 
 
-def _alphas(text: str) -> tuple[float, ...]:
-    return number_list(text, "--alphas", float)
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def vhd(
@@ -38,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
         from ..vision.images import load_image
 
-        config = VHDConfig(n_scenes=n_scenes, alpha=alpha, alphas=_alphas(alphas), top_k=top_k, distance=distance,
+        config = VHDConfig(n_scenes=n_scenes, alpha=alpha, alphas=number_list(alphas, "--alphas", float), top_k=top_k, distance=distance,
                            max_new_tokens=max_new_tokens, prompt=prompt, seed=seed,
                            projector_steps=projector_steps, projector_n_train=projector_n_train, image_size=image_size)
         check_config(config)  # bad input fails before any model loads
