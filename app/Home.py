@@ -1,50 +1,33 @@
-"""Workbench dashboard: home page. Lists saved runs (any analysis) and opens one, and
-shows the models known to this machine."""
+"""Workbench dashboard: the entry point. Its pages are the home page (saved runs, models),
+the attention viewer, and one page per installed analysis, built from the analysis's
+spec by one template (``app/analysis_page.py``)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
 
-from app.common import show_error  # noqa: E402
-from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.results import list_runs, load_result  # noqa: E402
+from app.analysis_page import analysis_page  # noqa: E402
+from app.attention import attention_page  # noqa: E402
+from app.home import home_page  # noqa: E402
+from workbench.spec import specs  # noqa: E402
+
+
+def _page_of(key: str):
+    def page() -> None:
+        analysis_page(key)
+
+    page.__name__ = f"page_{key}"
+    return page
+
 
 st.set_page_config(page_title="Interpretability workbench", layout="wide")
-st.title("Interpretability workbench")
-st.caption("Attention heads under the microscope: caching, patching, circuits, retrieval heads, sinks, "
-           "in-context regression, vision heads and LRP, on the embedded SmolLM2-135M or your own model.")
-
-runs = list_runs()
-st.header("Saved runs")
-if not runs:
-    st.info("No saved runs yet. Run `workbench ablate --n 64` (or `make run`) and reload this page.")
-else:
-    st.dataframe([{k: r[k] for k in ("created", "analysis", "model", "path")} for r in runs], width="stretch")
-    labels = [f"{r['analysis']} · {r['model']} · {Path(r['path']).name}" for r in runs]
-    pick = st.selectbox("open a run", range(len(runs)), format_func=lambda i: labels[i])
-    try:
-        result = load_result(runs[pick]["path"])
-        st.subheader(f"{result.analysis} on {result.meta.get('model')}")
-        st.json(result.summary(), expanded=False)
-        for section in result.report_sections():
-            st.markdown(f"#### {section.title}")
-            if section.text:
-                st.write(section.text)
-            for rows in section.tables:
-                st.dataframe(rows, width="stretch")
-            for fig in section.figures:
-                st.plotly_chart(fig, width="stretch")
-        report = Path(runs[pick]["path"]) / "report.html"
-        if report.is_file():
-            st.download_button("download HTML report", report.read_bytes(), file_name="report.html", mime="text/html")
-    except WorkbenchError as exc:
-        show_error(exc)
-
-st.header("Models")
-from workbench.models import available_models  # noqa: E402
-
-st.dataframe(available_models(), width="stretch")
+pages = [st.Page(home_page, title="Home", url_path="home", default=True),
+         st.Page(attention_page, title="Attention", url_path="attention")]
+pages += [st.Page(_page_of(key), title=spec.title, url_path=key) for key, spec in specs().items()]
+st.navigation(pages).run()

@@ -1,19 +1,15 @@
-"""Shared pieces of the Streamlit pages: the model (loaded once per process) and a
-picker of saved runs. Pages compute nothing themselves: they load a saved Result or
-call the analysis's ``run`` and draw with ``workbench.figures``."""
+"""Shared pieces of the Streamlit pages: the model (loaded once per process), a picker
+of saved runs and the drawing of report sections. Pages compute nothing themselves:
+they load a saved Result or call the analysis's ``run`` and draw its spec's figures."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 import streamlit as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.results import list_runs, load_result  # noqa: E402
+from workbench.errors import WorkbenchError
+from workbench.results import list_runs, load_result
 
 
 @st.cache_resource(show_spinner="loading model ...")
@@ -31,19 +27,34 @@ def model_picker(key: str = "model") -> str:
     return st.sidebar.selectbox("model", names, index=0, key=key)
 
 
-def run_picker(analysis: str, label: str = "saved run"):
-    """A select box of saved runs of ``analysis``; returns the loaded Result or None."""
-    runs = [r for r in list_runs() if r["analysis"] == analysis]
+def run_picker(spec: Any, label: str = "saved run"):
+    """A select box of saved runs of an analysis (a spec, or a saved ``analysis`` name);
+    returns the loaded Result or None. Broken runs are listed with their reason."""
+    names = spec.result_names if hasattr(spec, "result_names") else (spec,)
+    key = spec.key if hasattr(spec, "key") else spec
+    runs = [r for r in list_runs() if r["analysis"] in names]
     if not runs:
-        st.info(f"No saved '{analysis}' runs yet. Run `workbench {analysis}` or use the controls here.")
+        st.info(f"No saved '{key}' runs yet. Run `workbench {key}` or use the controls here.")
         return None
     labels = [f"{r['created']} · {r['model']} · {Path(r['path']).name}" for r in runs]
-    choice = st.selectbox(label, range(len(runs)), format_func=lambda i: labels[i], key=f"run-{analysis}")
+    choice = st.selectbox(label, range(len(runs)), format_func=lambda i: labels[i], key=f"run-{key}")
     try:
         return load_result(runs[choice]["path"])
     except WorkbenchError as exc:
         st.error(str(exc))
         return None
+
+
+def draw_sections(sections: Sequence[Any]) -> None:
+    """Report sections (title, text, tables, plotly figures) as Streamlit elements."""
+    for section in sections:
+        st.subheader(section.title)
+        if section.text:
+            st.write(section.text)
+        for rows in section.tables:
+            st.dataframe(rows, width="stretch")
+        for fig in section.figures:
+            st.plotly_chart(fig, width="stretch")
 
 
 def show_error(exc: Exception) -> None:

@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from analyses.circuits import build_task, prepare
+    from analyses.circuits.analysis import build_task, prepare
     from workbench.models import load_model
     from workbench.patching.eap import edge_attribution
     from workbench.patching.graph import Graph, run_edge_masks, sender_outputs

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analyses.head_ablation import AblationConfig, run
+from analyses.ablation.analysis import AblationConfig, run
 
 APP = Path(__file__).resolve().parents[1] / "app"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyses.circuit_reuse import ReuseConfig, overlap
-from analyses.circuit_reuse import run as run_reuse
-from analyses.circuits import CircuitConfig
-from analyses.circuits import run as run_circuit
+from analyses.circuits.reuse import ReuseConfig, overlap
+from analyses.circuits.reuse import run as run_reuse
+from analyses.circuits.analysis import CircuitConfig
+from analyses.circuits.analysis import run as run_circuit
 from workbench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_cli_bad_input_is_one_line(monkeypatch, capsys, args, needle):
 
 
 def test_misaligned_prompts_and_multi_token_answers(tiny_llama):
-    from analyses.circuits import prepare
+    from analyses.circuits.analysis import prepare
     from workbench.datasets.base import PromptSet
     from workbench.errors import InputError
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyses import icl_patterns as pat
-from analyses import icl_predictors as pred
-from analyses.icl_model import build
-from analyses.icl_regression import ICLConfig, ICLResult, run, validate
-from analyses.icl_task import Prompts, covariance_matrix, embed, sample_prompts
+from analyses.icl import patterns as pat
+from analyses.icl import predictors as pred
+from analyses.icl.model import build
+from analyses.icl.analysis import ICLConfig, ICLResult, run, validate
+from analyses.icl.task import Prompts, covariance_matrix, embed, sample_prompts
 from workbench.errors import InputError
 from workbench.results import load_result
 
@@ -239,7 +239,7 @@ def test_round_trip_and_cache(small_result, tmp_path):
 
 
 def test_figures_and_report(small_result):
-    from workbench.figures import icl as figs
+    from analyses.icl import figures as figs
     from workbench.report import render
 
     assert len(figs.kq_heatmaps(small_result, 0).data) == 4

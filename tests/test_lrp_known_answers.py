@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from analyses import lrp_attnlrp as A
-from analyses import lrp_cnn as C
-from analyses.lrp_imports import import_lxt, import_zennit
+from analyses.lrp import attnlrp as A
+from analyses.lrp import cnn as C
+from analyses.lrp.imports import import_lxt, import_zennit
 
 
 # ---------------------------------------------------------------------------- zennit, by hand

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyses.attention_sinks import SinksConfig, calibration_patches, run
+from analyses.sinks.analysis import SinksConfig, calibration_patches, run
 from workbench.datasets.multiple_choice import all_questions, mc_splits, option_token_ids
 from workbench.errors import InputError
 from workbench.generation import last_token_logits, left_pad

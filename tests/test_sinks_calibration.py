@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analyses.attention_sinks import (calibrate_pattern, column_means, find_sinks, token_class, validate,
+from analyses.sinks.analysis import (calibrate_pattern, column_means, find_sinks, token_class, validate,
                                       SinksConfig)
 from workbench.errors import InputError
 

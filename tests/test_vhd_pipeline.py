@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from analyses.vision_heads import VHDConfig, VHDResult, caption_one, run
+from analyses.vision_heads.analysis import VHDConfig, VHDResult, caption_one, run
 from workbench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_round_trip(small_result, tmp_path):
 
 
 def test_figures_and_report(small_result):
-    from workbench.figures import vision
+    from analyses.vision_heads import figures as vision
     from workbench.report import render
 
     figs = [vision.vhd_map_figure(small_result), vision.top_heads_figure(small_result), vision.tvhd_figure(small_result, 1),
@@ -67,8 +67,8 @@ def test_figures_and_report(small_result):
 
 
 def test_projector_is_cached_and_reloaded(tiny_llama):
-    from analyses.vision_heads import projector_config
-    from workbench.vlm.train import build_vlm
+    from analyses.vision_heads.analysis import projector_config
+    from analyses.vision_heads.vlm.train import build_vlm
 
     cfg = projector_config(VHDConfig(**SMALL), tiny_llama.name)
     vlm, record = build_vlm(tiny_llama, cfg, progress=False)

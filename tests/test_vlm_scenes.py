@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from workbench.errors import InputError
-from workbench.vlm.chair import mentioned_objects
-from workbench.vlm.objects import PARTNERS
-from workbench.vlm.scenes import caption_for, make_scenes
+from analyses.vision_heads.vlm.chair import mentioned_objects
+from analyses.vision_heads.vlm.objects import PARTNERS
+from analyses.vision_heads.vlm.scenes import caption_for, make_scenes
 
 
 def test_captions():

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
-from .errors import ResultError
+from .errors import ResultError, WorkbenchError
 
 
 @dataclass
@@ -88,8 +88,51 @@ def write_report(path: str | os.PathLike, title: str, sections: Sequence[Section
 
 
 def sections_for(results: Sequence[Any]) -> list[Section]:
-    """Every result's own report sections, in order."""
+    """Every result's sections, in order, drawn by its analysis's spec (the result's own
+    ``report_sections`` when no installed spec knows it)."""
+    from .spec import get_spec
+
     out: list[Section] = []
     for r in results:
-        out.extend(r.report_sections())
+        try:
+            spec = get_spec(r.analysis)
+        except WorkbenchError:
+            out.extend(r.report_sections())
+            continue
+        out.extend(spec.sections(r))
     return out
+
+
+def latest_runs(model: str, exclude: Sequence[str] = ()) -> list[str]:
+    """The newest saved run of every analysis on ``model``, except those in ``exclude``."""
+    from .results import list_runs
+
+    seen, picked = set(exclude), []
+    for r in list_runs():  # newest first
+        a = r.get("analysis")
+        if a in (None, "corrupt", "broken") or r.get("model") != model or a in seen:
+            continue
+        seen.add(a)
+        picked.append(r["path"])
+    return picked
+
+
+def run_report(result: Any, title: str, include: Sequence[str] | None = None, meta: dict[str, Any] | None = None) -> str:
+    """One HTML report of ``result`` followed by other saved runs: the ones named in
+    ``include``, or else the latest run of every other analysis on the same model
+    (a broken run is skipped with a warning on stderr; a named one is an error)."""
+    import sys
+
+    from .results import load_result
+
+    model = result.meta.get("model")
+    paths = list(include) if include else latest_runs(model, exclude=(result.analysis,))
+    others = []
+    for p in paths:
+        try:
+            others.append(load_result(p))
+        except WorkbenchError as exc:
+            if include:
+                raise
+            print(f"skipping {p}: {exc}", file=sys.stderr)
+    return render(title, sections_for([result, *others]), meta=meta)

@@ -141,8 +141,10 @@ class Result:
 
     def save(self, path: str | os.PathLike | None = None, *, extra_files: dict[str, str | bytes] | None = None) -> Path:
         """Write the run folder atomically: everything goes into a temporary sibling
-        folder, which is renamed into place only when complete. Returns the folder."""
+        folder, which is renamed into place only when complete. Returns the folder.
+        An existing target must be an earlier run folder (``check_run_target``)."""
         target = Path(path) if path is not None else runs_dir() / self.default_run_name()
+        check_run_target(target)
         parent = target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +201,28 @@ class Result:
         return result
 
 
+def is_run_folder(path: Path) -> bool:
+    """A folder the workbench wrote: it holds ``result.json`` and nothing but run files."""
+    if not path.is_dir() or not (path / RESULT_FILE).is_file():
+        return False
+    return all(p.name in (RESULT_FILE, ARRAYS_FILE) or p.suffix in (".html", ".json", ".png") for p in path.iterdir())
+
+
+def check_run_target(path: str | os.PathLike | None) -> None:
+    """Refuse, before any work, an ``--out`` that would replace something the user made:
+    it may name a new or empty folder, or an earlier run folder (replaced atomically)."""
+    if path is None:
+        return
+    target = Path(path)
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise ResultError(f"--out {target} is an existing file, not a run folder; name a new folder")
+    if any(target.iterdir()) and not is_run_folder(target):
+        raise ResultError(f"--out {target} is a folder that does not hold a workbench run; "
+                          "name a new folder (nothing was changed)")
+
+
 def _as_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
@@ -208,7 +232,9 @@ def _as_tensor(value: Any) -> torch.Tensor:
 def _build_config(config_cls: type | None, raw: Any) -> Any:
     if config_cls is None or raw is None or not dataclasses.is_dataclass(config_cls):
         return raw
-    names = {f.name for f in dataclasses.fields(config_cls)}
+    names = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    renamed = getattr(config_cls, "renamed", {})  # old field name -> new, so older runs still load
+    raw = {renamed.get(k, k): v for k, v in raw.items()}
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in names}
     return config_cls(**kwargs)
 
@@ -230,10 +256,7 @@ def load_result(path: str | os.PathLike) -> Result:
         analysis = doc["analysis"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ResultError(f"{doc_path} is corrupt ({type(exc).__name__}); delete the run folder and re-run the analysis") from None
-    result_cls = _RESULT_CLASSES.get(analysis)
-    if result_cls is None:
-        _import_analyses()
-        result_cls = _RESULT_CLASSES.get(analysis, Result)
+    result_cls = _RESULT_CLASSES.get(analysis) or _spec_result_class(analysis) or Result
     arrays: dict[str, torch.Tensor] = {}
     expected = doc.get("arrays") or []
     if expected:
@@ -254,14 +277,11 @@ def load_result(path: str | os.PathLike) -> Result:
     return result_cls(config=config, metrics=doc.get("metrics") or {}, arrays=arrays, meta=doc.get("meta") or {}, path=folder)
 
 
-def _import_analyses() -> None:
-    """Import every registered analysis so their result classes are known."""
-    try:
-        from analyses.registry import import_all
+def _spec_result_class(analysis: str) -> type[Result] | None:
+    """The Result class of an installed analysis spec (the spec registry is the only door)."""
+    from .spec import result_class
 
-        import_all()
-    except ImportError:
-        pass
+    return result_class(analysis)
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:

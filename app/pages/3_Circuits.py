@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from app.common import get_model, model_picker, run_picker, show_error  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.figures.circuits import circuit_figures, reuse_figures, reuse_tables  # noqa: E402
+from analyses.circuits.figures import circuit_figures, reuse_figures, reuse_tables  # noqa: E402
 
 st.set_page_config(page_title="Circuits", layout="wide")
 st.title("Circuits")
@@ -25,7 +25,7 @@ with tab_reuse:
         n = st.number_input("prompts per task", 1, 64, 4, key="reuse-n")
         steps = st.number_input("EAP-IG steps", 1, 20, 2, key="reuse-steps")
         if st.button("run", key="reuse-run"):
-            from analyses.circuit_reuse import ReuseConfig, run
+            from analyses.circuits.reuse import ReuseConfig, run
 
             try:
                 with st.spinner("discovering both circuits ..."):

@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from app.common import get_model, model_picker, run_picker, show_error  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.figures.retrieval import kv_table, masking_curves, needle_grid, score_grid, top_heads_bar  # noqa: E402
+from analyses.retrieval.figures import kv_table, masking_curves, needle_grid, score_grid, top_heads_bar  # noqa: E402
 
 st.set_page_config(page_title="Retrieval heads", layout="wide")
 st.title("Retrieval heads")
@@ -25,7 +25,7 @@ with st.expander("run a small retrieval scan"):
     depths = st.text_input("depths (%)", "50", key="depths")
     threshold = st.number_input("retrieval-head threshold", 0.0, 1.0, 0.1, key="threshold")
     if st.button("run", key="run"):
-        from analyses.retrieval_heads import RetrievalConfig, run
+        from analyses.retrieval.analysis import RetrievalConfig, run
 
         try:
             config = RetrievalConfig(context_lengths=tuple(int(x) for x in lengths.split(",") if x.strip()),

@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from app.common import get_model, model_picker, run_picker, show_error  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.figures.sinks import calibration_bar, sink_map, sink_strength_grid, sink_tokens_bar  # noqa: E402
+from analyses.sinks.figures import calibration_bar, sink_map, sink_strength_grid, sink_tokens_bar  # noqa: E402
 
 st.set_page_config(page_title="Attention sinks", layout="wide")
 st.title("Attention sinks")
@@ -24,7 +24,7 @@ with st.expander("run a small sink scan"):
     threshold = st.number_input("sink threshold", 0.0, 1.0, 0.1, key="threshold")
     beta = st.number_input("beta", 0.0, 1.0, 0.4, key="beta")
     if st.button("run", key="run"):
-        from analyses.attention_sinks import SinksConfig, run
+        from analyses.sinks.analysis import SinksConfig, run
 
         try:
             with st.spinner("finding sinks and calibrating ..."):

@@ -11,7 +11,7 @@ import streamlit as st  # noqa: E402
 
 from app.common import run_picker, show_error  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.figures import icl as figs  # noqa: E402
+from analyses.icl import figures as figs  # noqa: E402
 
 st.set_page_config(page_title="ICL regression", layout="wide")
 st.title("In-context linear regression: multi-head softmax attention")
@@ -27,7 +27,7 @@ with st.expander("train a new model (cached by its settings)"):
     seed = st.number_input("seed", 0, 10_000, 0)
     baselines = st.checkbox("also train single-head and linear attention", value=True)
     if st.button("train"):
-        from analyses.icl_regression import ICLConfig, run
+        from analyses.icl.analysis import ICLConfig, run
 
         try:
             with st.spinner("training ..."):

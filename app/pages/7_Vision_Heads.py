@@ -11,7 +11,7 @@ import streamlit as st  # noqa: E402
 
 from app.common import get_model, model_picker, run_picker, show_error  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.figures.vision import (  # noqa: E402
+from analyses.vision_heads.figures import (  # noqa: E402
     chair_table, loss_curve_figure, projector_figure, sweep_figure, top_heads_figure, tvhd_figure, vhd_map_figure,
 )
 
@@ -25,7 +25,7 @@ with st.expander("run a new analysis (builds the projector on first use: minutes
     n = st.number_input("held-out scenes", 1, 64, 4)
     alpha = st.number_input("alpha", 0.1, 10.0, 2.0)
     if st.button("run"):
-        from analyses.vision_heads import VHDConfig, run
+        from analyses.vision_heads.analysis import VHDConfig, run
 
         try:
             with st.spinner("captioning scenes, measuring VHD, sweeping VHR ..."):

@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from app.common import get_model, model_picker, run_picker, show_error  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.figures import lrp as F  # noqa: E402
+from analyses.lrp import figures as F  # noqa: E402
 
 st.set_page_config(page_title="LRP saliency", layout="wide")
 st.title("LRP saliency")
@@ -27,7 +27,7 @@ if mode == "prompt":
         target = c1.text_input("target token (empty: top prediction)", " Mary", key="target")
         contrast = c2.text_input("contrast token (empty: explain the target logit alone)", " John", key="contrast")
         if st.button("explain", key="run-prompt"):
-            from analyses.lrp_saliency import LrpConfig, run
+            from analyses.lrp.analysis import LrpConfig, run
 
             try:
                 with st.spinner("AttnLRP, gradient x input, rollout and the deletion test ..."):
@@ -61,7 +61,7 @@ else:
         if st.button("explain", key="run-image"):
             import tempfile
 
-            from analyses.lrp_saliency import LrpImageConfig, run
+            from analyses.lrp.analysis import LrpImageConfig, run
 
             try:
                 spec = photo

@@ -1,37 +1,45 @@
-"""The ``workbench`` command line (typer). One module per command group in this
-package, each with ``register(app)``; errors a user can fix print as one line."""
+"""The ``workbench`` command line (typer): the commands about the workbench itself
+(``core``) plus one command per installed analysis, built from its spec. Errors a user
+can fix print as one line and exit 2; usage errors print typer's usage line and exit 2;
+Ctrl-C prints "interrupted" and exits 130."""
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 
 from ..errors import WorkbenchError
+from . import core
+from .analysis import register_analysis
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of attention heads: analyses, reports and a dashboard.")
+core.register(app)
 
-COMMAND_MODULES = ["core", "ablate", "circuit", "retrieval", "icl", "vhd", "lrp", "patching"]
 
-for _name in COMMAND_MODULES:
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        importlib.import_module(f"{__name__}.{_name}").register(app)
+def _register_analyses() -> None:
+    from ..spec import specs
+
+    for spec in specs().values():
+        register_analysis(app, spec)
 
 
 def main() -> None:
-    """Entry point: run the app, turning a ``WorkbenchError`` into one line on stderr (exit 2)."""
+    """Entry point: run the app; user-fixable errors are one line on stderr."""
     try:
+        _register_analyses()
         app(standalone_mode=False)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click (or typer's vendored click) usage errors arrive here
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
+        if type(exc).__name__ == "Abort":
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
         raise

@@ -9,12 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-MODEL_OPT = typer.Option("smollm2-135m", "--model", "-m", help="registry name, hub id or local folder (see `workbench models`)")
-BACKEND_OPT = typer.Option("hf", "--backend", help="hf | transformer_lens | nnsight")
 JSON_OPT = typer.Option(False, "--json", help="print the summary as JSON on stdout")
-OUT_OPT = typer.Option(None, "--out", help="run folder to write (default: runs/<analysis>-<model>-<time>)")
-SEED_OPT = typer.Option(0, "--seed", help="random seed (datasets, head draws)")
-DEVICE_OPT = typer.Option("cpu", "--device", help="cpu or cuda")
 
 
 def status(msg: str) -> None:
@@ -22,11 +17,11 @@ def status(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load(model: str, backend: str = "hf", device: str = "cpu") -> Any:
+def load(model: str, backend: str = "hf", device: str = "cpu", dtype: str = "float32") -> Any:
     from ..models import load_model
 
-    status(f"loading {model} ({backend}) ...")
-    m = load_model(model, backend=backend, device=device)
+    status(f"loading {model} ({backend}, {device}, {dtype}) ...")
+    m = load_model(model, backend=backend, device=device, dtype=dtype)
     status(f"loaded {model} in {m.load_seconds:.1f}s: {m.shape.n_layers} layers x {m.shape.n_heads} heads")
     return m
 

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             print(json.dumps(rows, indent=2))
             return
         if not rows:
-            print("no saved runs yet; try `workbench ablate`")
+            print("no saved runs yet; try `workbench ablation`")
         for r in rows:
             print(f"{r['created'] or '?':<27} {r['analysis'] or '?':<10} {r['model'] or '?':<16} {r['path']}")
 

@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 
-def _np(x) -> np.ndarray:
+def to_numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().float().numpy()
     return np.asarray(x, dtype=float)
@@ -20,7 +20,7 @@ def head_label(layer: int, head: int) -> str:
 
 def head_grid(values, title: str, colorbar: str = "", diverging: bool = True, zmid: float | None = 0.0) -> go.Figure:
     """A [layer head] heatmap with L{l}H{h} hover labels (layer 0 at the top)."""
-    z = _np(values)
+    z = to_numpy(values)
     n_layers, n_heads = z.shape
     text = [[head_label(l, h) for h in range(n_heads)] for l in range(n_layers)]
     fig = go.Figure(
@@ -39,7 +39,7 @@ def head_grid(values, title: str, colorbar: str = "", diverging: bool = True, zm
 
 def bar_top_heads(values, title: str, k: int = 15, xaxis: str = "effect", by_abs: bool = True) -> go.Figure:
     """The k heads with the largest values (by magnitude when ``by_abs``), as horizontal bars."""
-    z = _np(values)
+    z = to_numpy(values)
     flat = np.abs(z).ravel() if by_abs else z.ravel()
     order = np.argsort(-flat)[:k]
     n_heads = z.shape[1]
@@ -53,7 +53,7 @@ def bar_top_heads(values, title: str, k: int = 15, xaxis: str = "effect", by_abs
 
 def token_heatmap(matrix, tokens: Sequence[str], title: str, key_tokens: Sequence[str] | None = None) -> go.Figure:
     """A query-by-key matrix (e.g. one head's attention pattern) labelled with tokens."""
-    z = _np(matrix)
+    z = to_numpy(matrix)
     q_labels = [f"{i}:{t!r}" for i, t in enumerate(tokens)]
     k_labels = [f"{i}:{t!r}" for i, t in enumerate(key_tokens or tokens)]
     fig = go.Figure(go.Heatmap(z=z, x=k_labels, y=q_labels, colorscale="Blues", zmin=0,
@@ -67,6 +67,6 @@ def line_curves(x, curves: dict[str, Sequence[float]], title: str, xaxis: str, y
     """Several named curves over a shared x axis."""
     fig = go.Figure()
     for name, ys in curves.items():
-        fig.add_trace(go.Scatter(x=list(_np(x)), y=list(_np(ys)), mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=list(to_numpy(x)), y=list(to_numpy(ys)), mode="lines+markers", name=name))
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis)
     return fig

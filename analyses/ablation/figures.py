@@ -1,0 +1,40 @@
+"""Figures of the head-ablation report: the layer-by-head effect grid and the top heads."""
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+from workbench.figures.common import bar_top_heads, head_grid
+
+
+def effect_grid(result: Any) -> go.Figure:
+    cfg = result.config
+    return head_grid(result.effect, f"Change in logit difference when each head is {cfg.ablation}-ablated ({cfg.task}, n={result.n_prompts})",
+                     colorbar="Δ logit diff")
+
+
+def top_heads_bar(result: Any, k: int = 15) -> go.Figure:
+    return bar_top_heads(result.effect, f"Top {k} heads by |effect|", k=k, xaxis="Δ logit diff")
+
+
+def headline(result: Any) -> list[tuple[str, Any]]:
+    """The tiles on the ablation page."""
+    return [("clean logit diff (IO - S)", f"{result.clean_logit_diff:.3f}"), ("accuracy", f"{result.accuracy:.3f}"),
+            ("prompts", result.n_prompts)]
+
+
+def ablation_sections(result: Any) -> list:
+    from workbench.report import Section
+
+    m = result.metrics
+    summary = [{"clean logit diff (IO - S)": result.clean_logit_diff, "std": m.get("clean_logit_diff_std"),
+                "accuracy": result.accuracy, "prompts": result.n_prompts, "forward passes": m.get("n_forwards")}]
+    top = [{"head": f"L{t['layer']}H{t['head']}", "layer": t["layer"], "head index": t["head"], "effect": t["effect"]}
+           for t in result.top_heads]
+    text = (f"Each head's output is replaced by its {result.config.ablation} over the corrupted (ABC) prompts at every "
+            f"position; the effect is the mean change in the logit difference. Example prompt: {m.get('example_prompt', '')!r}")
+    return [
+        Section("Model on the task", tables=[summary]),
+        Section("Head ablation", text=text, figures=[effect_grid(result), top_heads_bar(result)], tables=[top]),
+    ]

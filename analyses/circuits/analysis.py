@@ -1,0 +1,248 @@
+"""Circuit discovery on IOI or Colored Objects: EAP, EAP-IG, ACDC-style pruning or path
+patching over the graph of heads and MLPs, with the circuit's faithfulness (metric with
+everything outside it mean-ablated from the corrupt distribution, over the full model's
+metric) and, optionally, the Spearman correlation of the method's head scores with exact
+activation patching of each head."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from workbench.cache import Tokens
+from workbench.datasets.base import PromptSet
+from workbench.errors import InputError
+from workbench.patching.graph import (Graph, LogitDiff, ablation_values, heads_of, prune_dangling, run_edge_masks,
+                                      sender_outputs, top_edges)
+from workbench.results import Result, provenance, register_result
+
+TASKS = ("ioi", "colored-objects")
+METHODS = ("eap", "eap-ig", "acdc", "path-patching")
+
+
+@dataclass
+class CircuitConfig:
+    task: str = "ioi"
+    method: str = "eap-ig"
+    n_prompts: int = 16
+    seed: int = 0
+    n_edges: int = 200
+    threshold: float | None = None
+    ig_steps: int = 5
+    ablation: str = "mean"
+    batch_size: int = 8
+    acdc_tau: float = 0.05
+    acdc_candidates: int = 300
+    path_top: int = 6
+    compare_patching: bool = False
+
+
+def build_task(task: str, tokenizer: Any, n: int, seed: int) -> PromptSet:
+    """The prompt set of a task (clean, corrupt, answers)."""
+    if task == "ioi":
+        from workbench.datasets.ioi import ioi_prompts
+
+        return ioi_prompts(n, tokenizer, seed=seed)
+    if task in ("colored-objects", "colored_objects"):
+        from workbench.datasets.colored_objects import colored_object_prompts
+
+        return colored_object_prompts(n, tokenizer, seed=seed)
+    raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+
+
+@dataclass
+class Prepared:
+    """A task ready for patching: tokens, the metric, and the answer candidates."""
+
+    prompts: PromptSet
+    clean: Tokens
+    corrupt: Tokens
+    metric: LogitDiff
+    candidates: torch.Tensor | None
+
+
+def prepare(model: Any, ps: PromptSet) -> Prepared:
+    """Validate answers (one token each) and the clean/corrupt pairing (same token lengths)."""
+    correct, wrong = ps.answer_ids(model)
+    clean, corrupt = ps.tokens(model), ps.corrupt_tokens(model)
+    cands = None
+    if ps.meta.get("candidates"):
+        ids = [model.token_id(c) for c in ps.meta["candidates"]]
+        cands = torch.tensor(ids, device=model.device)[None].expand(len(ps), -1)
+    return Prepared(ps, clean, corrupt, LogitDiff(correct, wrong), cands)
+
+
+def task_scores(model: Any, prep: Prepared) -> dict[str, float]:
+    """Mean logit difference (clean, corrupt) and accuracy on the clean prompts."""
+    from workbench.patching.metrics import accuracy
+
+    last_clean, _ = sender_outputs(model, prep.clean)
+    last_corrupt, _ = sender_outputs(model, prep.corrupt)
+    ld = prep.metric(last_clean)
+    if prep.candidates is not None:
+        acc = float(accuracy(last_clean, prep.metric.correct, prep.candidates))
+    else:
+        acc = float((ld > 0).float().mean())
+    return {"logit_diff": float(ld.mean()), "corrupt_logit_diff": float(prep.metric(last_corrupt).mean()), "accuracy": acc}
+
+
+def faithfulness(model: Any, graph: Graph, prep: Prepared, edges: torch.Tensor, ablation: str = "mean",
+                 batch_size: int = 8) -> tuple[float, float]:
+    """(metric of the circuit, faithfulness = circuit / full model), edges outside ``edges`` ablated."""
+    _, acts = sender_outputs(model, prep.corrupt)
+    ablate = ablation_values(acts, ablation, len(prep.clean))
+    both = torch.stack([graph.valid, edges & graph.valid])
+    vals = run_edge_masks(model, graph, prep.clean, ablate, both, prep.metric, max_batch=2 * len(prep.clean)).mean(1)
+    full, circ = float(vals[0]), float(vals[1])
+    return circ, (circ / full if abs(full) > 1e-8 else float("nan"))
+
+
+def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: torch.Tensor, sizes: list[int],
+                       ablation: str = "mean") -> list[float]:
+    """Faithfulness of the top-k-edge circuits (pruned of dangling edges) for each k in ``sizes``,
+    all in one batched run."""
+    _, acts = sender_outputs(model, prep.corrupt)
+    ablate = ablation_values(acts, ablation, len(prep.clean))
+    masks = [graph.valid] + [prune_dangling(graph, top_edges(graph, scores, k)) for k in sizes]
+    vals = run_edge_masks(model, graph, prep.clean, ablate, torch.stack(masks), prep.metric,
+                          max_batch=len(masks) * len(prep.clean)).mean(1)
+    full = float(vals[0])
+    return [float(v) / full if abs(full) > 1e-8 else float("nan") for v in vals[1:]]
+
+
+def curve_sizes(n_edges: int, total: int) -> list[int]:
+    return sorted({min(total, k) for k in (n_edges // 2, n_edges, 2 * n_edges, 5 * n_edges, 20 * n_edges, total) if k >= 1})
+
+
+def discover(model: Any, config: CircuitConfig, prep: Prepared, progress: bool = True) -> tuple[Graph, torch.Tensor, torch.Tensor]:
+    """(graph, edge scores [S R], circuit edges [S R] bool) by the configured method."""
+    from workbench.patching.eap import edge_attribution
+
+    graph = Graph.for_model(model)
+    if config.method not in METHODS:
+        raise InputError(f"unknown method '{config.method}'; choose one of {', '.join(METHODS)}")
+    if config.n_edges is not None and config.threshold is None and config.n_edges > graph.n_edges:
+        raise InputError(f"asked for a circuit of {config.n_edges} edges but this model's graph has only "
+                         f"{graph.n_edges}; choose --n-edges <= {graph.n_edges}")
+    if config.method in ("eap", "eap-ig"):
+        scores = edge_attribution(model, prep.clean, prep.corrupt, prep.metric, config.method, steps=config.ig_steps,
+                                  batch_size=config.batch_size, progress=progress)
+        edges = top_edges(graph, scores, None if config.threshold is not None else config.n_edges, config.threshold)
+        return graph, scores, prune_dangling(graph, edges)
+    if config.method == "acdc":
+        from workbench.patching.acdc import acdc
+
+        ranked = edge_attribution(model, prep.clean, prep.corrupt, prep.metric, "eap-ig", steps=config.ig_steps,
+                                  batch_size=config.batch_size, progress=progress)
+        k = min(config.acdc_candidates, graph.n_edges)
+        cands = top_edges(graph, ranked, k)
+        _, acts = sender_outputs(model, prep.corrupt)
+        ablate = ablation_values(acts, config.ablation, len(prep.clean))
+        keep, scores = acdc(model, graph, prep.clean, ablate, prep.metric, tau=config.acdc_tau, candidates=cands,
+                            progress=progress)
+        return graph, scores, prune_dangling(graph, keep)
+    return (graph, *_path_patching_circuit(model, graph, prep, config, progress))
+
+
+def _path_patching_circuit(model: Any, graph: Graph, prep: Prepared, config: CircuitConfig, progress: bool):
+    """Wang et al.'s two rounds: heads that matter to the logits directly, then heads that
+    matter to those through their queries, keys and values. The circuit keeps the found
+    heads with the input, every MLP and the logits (MLPs are not ablated in Wang et al.)."""
+    from workbench.patching.path import path_patch
+
+    L, H = graph.n_layers, graph.n_heads
+    scores = torch.zeros(graph.valid.shape)
+    direct = path_patch(model, prep.clean, prep.corrupt, prep.metric, "logits", max_batch=8 * len(prep.clean),
+                        progress=progress).effect
+    top = direct.abs().flatten().topk(min(config.path_top, L * H)).indices.tolist()
+    movers = [(i // H, i % H) for i in top]
+    for l, h in movers:
+        scores[graph.head_slice(l).start + h, -1] = direct[l, h]
+    found = set(movers)
+    last = max(l for l, _ in movers)
+    senders = [(l, h) for l in range(last) for h in range(H)]
+    if senders:
+        second = path_patch(model, prep.clean, prep.corrupt, prep.metric, movers, "qkv", senders=senders,
+                            max_batch=8 * len(prep.clean), progress=progress).effect
+        order = second.abs().argsort(descending=True)[:config.path_top].tolist()
+        for i in order:
+            l, h = senders[i]
+            found.add((l, h))
+            for rl, rh in movers:
+                if rl > l:
+                    scores[graph.head_slice(l).start + h, graph.head_slice(rl).start + rh - 1] = second[i]
+    keep_nodes = {"input", "logits"} | {f"M{l}" for l in range(L)} | {f"L{l}H{h}" for l, h in found}
+    s_in = torch.tensor([s in keep_nodes for s in graph.senders])
+    r_in = torch.tensor([r in keep_nodes for r in graph.receivers])
+    edges = s_in[:, None] & r_in[None, :] & graph.valid
+    return scores, prune_dangling(graph, edges)
+
+
+@register_result
+class CircuitResult(Result):
+    analysis = "circuit"
+    config_cls = CircuitConfig
+
+    def summary(self) -> dict[str, Any]:
+        keys = ["task", "method", "n_prompts", "logit_diff", "accuracy", "n_edges", "n_heads", "faithfulness",
+                "circuit_metric", "spearman_vs_patching", "faithfulness_curve", "heads", "top_edges"]
+        out = {k: self.metrics.get(k) for k in keys}
+        if self.path is not None:
+            out["run"] = str(self.path)
+        return out
+
+    def report_sections(self) -> list:
+        from analyses.circuits.figures import circuit_sections
+
+        return circuit_sections(self)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.flatten().numpy(), b.flatten().numpy()).statistic)
+
+
+def run(model: Any, config: CircuitConfig | None = None, progress: bool = True) -> CircuitResult:
+    """Discover the circuit of ``config.task`` with ``config.method`` and measure it."""
+    from workbench.patching.eap import head_grid, node_scores
+
+    config = config or CircuitConfig()
+    if config.task not in TASKS and config.task != "colored_objects":
+        raise InputError(f"unknown task '{config.task}'; choose one of {', '.join(TASKS)}")
+    if config.method not in METHODS:
+        raise InputError(f"unknown method '{config.method}'; choose one of {', '.join(METHODS)}")
+    start = time.perf_counter()
+    prep = prepare(model, build_task(config.task, model.tokenizer, config.n_prompts, config.seed))
+    base = task_scores(model, prep)
+    graph, scores, edges = discover(model, config, prep, progress)
+    circ_metric, faith = faithfulness(model, graph, prep, edges, config.ablation, config.batch_size)
+    heads = [n for n in graph.nodes_of(edges) if n.startswith("L")]
+    head_scores = head_grid(graph, node_scores(graph, scores))
+    curve = None
+    if config.method in ("eap", "eap-ig"):
+        sizes = curve_sizes(config.n_edges, graph.n_edges)
+        curve = {"n_edges": sizes, "faithfulness": faithfulness_curve(model, graph, prep, scores, sizes, config.ablation)}
+    arrays = {"edge_scores": scores, "circuit": edges.to(torch.uint8), "head_scores": head_scores}
+    rho = None
+    if config.compare_patching:
+        from workbench.patching.activation import patch_heads
+
+        grid = patch_heads(model, prep.clean, prep.corrupt, prep.metric, progress=progress)
+        arrays["head_patching"] = grid.effect
+        rho = spearman(head_scores, grid.effect)
+    flat = scores.abs().masked_fill(~edges, -1).flatten()
+    order = flat.argsort(descending=True)[: min(20, int(edges.sum()))].tolist()
+    R = len(graph.receivers)
+    top = [[graph.senders[i // R], graph.receivers[i % R], round(float(scores.flatten()[i]), 5)] for i in order]
+    metrics = {
+        "task": config.task, "method": config.method, "n_prompts": len(prep.clean), **base,
+        "n_edges_total": graph.n_edges, "n_edges": int(edges.sum()), "n_heads": len(heads), "heads": heads,
+        "faithfulness": faith, "circuit_metric": circ_metric, "spearman_vs_patching": rho, "top_edges": top,
+        "faithfulness_curve": curve,
+        "seconds": time.perf_counter() - start,
+    }
+    return CircuitResult(config=config, metrics=metrics, arrays=arrays,
+                         meta=provenance(model=model.name, seed=config.seed))

@@ -1,0 +1,232 @@
+"""In-context linear regression with one-layer multi-head softmax attention (He, Pan,
+Chen, Yang 2025, "In-Context Linear Regression Demystified"): train the model from random
+initialisation, read its KQ and OV patterns (diagonal + homogeneous KQ, last-entry-only +
+zero-sum OV) over training, and compare its predictions with single-head and linear
+attention, one-step GD, debiased GD and the Bayes-optimal ridge estimate, at the training
+context length and beyond.
+
+The setup follows the authors' code (Y-Agent/ICL_linear): x ~ N(0, I_d), beta ~ N(0, I_d/d),
+noise variance 0.1, n = 8d context pairs, full-size Q, K, V per head, nn.Linear
+initialisation, Adam. The one change: learning rate 3e-3 for a few thousand steps (the
+authors: 1e-3 for 500k steps on a GPU), so the patterns appear in minutes on a laptop CPU.
+
+``run(None, config)`` trains its own models (cached by ``icl_training``); ``model`` is unused.
+
+What emerges here (d=5, n=40, 3000 steps, lr 3e-3; seeds 0-2): with H=4 the heads split into
+opposite signs in every seed (zero-sum, diagonal homogeneous KQ, last-entry OV on the heads
+that write; sometimes two heads go silent, as the authors note H>2 acts like H=2). With H=2,
+two of three seeds stay at the same-sign solution (= single-head error) for 3000 steps: a
+saddle that the authors' 500k steps at lr 1e-3 leave, this budget often does not.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from workbench.errors import InputError
+from workbench.results import Result, provenance, register_result
+
+from analyses.icl import patterns as pat
+from analyses.icl import predictors as pred
+from analyses.icl.model import AttentionRegressor
+from analyses.icl.task import COVARIANCES, covariance_matrix, embed, sample_prompts
+from analyses.icl.training import TrainSpec, train
+
+PREDICTORS = ("model", "single_head", "linear", "gd", "gd_debiased", "ridge")
+MAX_CONTEXT_FACTOR = 16  # default cap on evaluated context length: 16 x the training length
+
+
+@dataclass
+class ICLConfig:
+    d: int = 5
+    n: int = 40
+    heads: int = 4
+    steps: int = 3000
+    lr: float = 3e-3
+    batch: int = 256
+    noise_var: float = 0.1
+    covariance: str = "isotropic"  # or "ar1": Sigma_ij = rho^|i-j|
+    rho: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 100
+    baselines: bool = True  # also train single-head and linear attention with the same budget
+    eval_prompts: int = 4000
+    eval_lengths: tuple = ()  # default: n/4, n/2, n, 2n, 4n
+    max_context: int = 0  # longest context evaluated; default 16 n (memory cap: no positions to run out of)
+
+
+def validate(config: ICLConfig) -> ICLConfig:
+    """One-line errors for settings that cannot run; fills the length defaults."""
+    for name in ("d", "n", "heads", "steps", "batch", "eval_prompts", "checkpoint_every"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            flag = {"heads": "--heads", "d": "--d", "n": "--n", "steps": "--steps"}.get(name, name)
+            raise InputError(f"{name} must be a positive integer (got {value!r}); pass {flag} 1 or more")
+    if not config.lr > 0:
+        raise InputError(f"lr must be positive (got {config.lr}); try 3e-3")
+    if config.noise_var < 0:
+        raise InputError(f"noise_var must be >= 0 (got {config.noise_var})")
+    if config.covariance not in COVARIANCES:
+        raise InputError(f"unknown covariance '{config.covariance}'; choose one of {', '.join(COVARIANCES)}")
+    if config.covariance == "ar1" and not -1 < config.rho < 1:
+        raise InputError(f"rho={config.rho} makes the ar1 covariance singular; choose -1 < rho < 1")
+    max_context = config.max_context or MAX_CONTEXT_FACTOR * config.n
+    lengths = tuple(int(v) for v in config.eval_lengths) or tuple(
+        sorted({max(1, config.n // 4), max(1, config.n // 2), config.n, 2 * config.n, 4 * config.n}))
+    bad = [v for v in lengths if v < 1]
+    if bad:
+        raise InputError(f"context lengths must be at least 1 (got {bad})")
+    too_long = [v for v in lengths if v > max_context]
+    if too_long:
+        raise InputError(
+            f"context length {max(too_long)} exceeds the supported maximum {max_context} "
+            f"({MAX_CONTEXT_FACTOR} x the training length {config.n} unless max_context is set); ask for shorter lengths or raise max_context")
+    if config.n not in lengths:
+        lengths = tuple(sorted(set(lengths) | {config.n}))
+    config.eval_lengths, config.max_context = lengths, max_context
+    return config
+
+
+def _spec(config: ICLConfig, heads: int, attention: str = "softmax") -> TrainSpec:
+    return TrainSpec(d=config.d, n=config.n, heads=heads, attention=attention, steps=config.steps, lr=config.lr,
+                     batch=config.batch, noise_var=config.noise_var, covariance=config.covariance, rho=config.rho,
+                     seed=config.seed, checkpoint_every=config.checkpoint_every)
+
+
+@register_result
+@dataclass
+class ICLResult(Result):
+    analysis = "icl"
+    config_cls = ICLConfig
+
+    SUMMARY_KEYS = ("heads", "kq_offdiag_share", "kq_diag_cv", "ov_offlast_share", "mu", "zero_sum_ratio")
+
+    def summary(self) -> dict[str, Any]:
+        m = self.metrics
+        out: dict[str, Any] = {k: m[k] for k in self.SUMMARY_KEYS}
+        out["mse"] = {k: m["mse"].get(k) for k in ("model", "single_head", "gd_debiased", "ridge")}
+        if self.path is not None:
+            out["run"] = str(self.path)
+        return out
+
+    def report_sections(self) -> list:
+        from analyses.icl import figures as figs
+        from workbench.report import Section
+
+        m = self.metrics
+        text = (f"H={m['heads']} heads, d={m['d']}, n={m['n']}, {m['steps']} steps. Zero-sum ratio "
+                f"{m['zero_sum_ratio']:.3f}; |mu|-weighted KQ off-diagonal share {m['kq_offdiag_weighted']:.3f}; "
+                f"OV energy outside y {m['ov_offlast_total']:.3f}; model vs debiased GD prediction gap "
+                f"{m['dgd_pred_gap']:.4f}.")
+        rows = [{"predictor": k, "mse": v} for k, v in m["mse"].items()]
+        return [Section(title="ICL regression: KQ / OV patterns", text=text,
+                        figures=[figs.kq_heatmaps(self), figs.ov_heatmap(self), figs.pattern_curves(self)]),
+                Section(title="ICL regression: predictors", tables=[rows],
+                        figures=[figs.mse_by_length(self), figs.loss_curves(self)])]
+
+
+@torch.no_grad()
+def _predict(model: AttentionRegressor, p) -> torch.Tensor:
+    z, zq = embed(p)
+    return model(z, zq)
+
+
+def run(model: Any = None, config: ICLConfig | None = None, progress: bool = True) -> ICLResult:
+    """Train (or load cached) models for ``config``, read their patterns, compare predictors."""
+    config = validate(config or ICLConfig())
+    t0 = time.perf_counter()
+    main = train(_spec(config, config.heads), progress=progress)
+    single = train(_spec(config, 1), progress=progress) if config.baselines else None
+    linear = train(_spec(config, config.heads, "linear"), progress=progress) if config.baselines else None
+    train_seconds = time.perf_counter() - t0
+
+    # ---- patterns over training -----------------------------------------------------
+    curves = pat.all_scores(main.kq, main.ov)  # each [S head] or [S]
+    final = {k: v[-1] for k, v in curves.items()}
+    cov = covariance_matrix(config.d, config.covariance, config.rho)
+    gamma = pat.effective_preconditioner(main.kq[-1], main.ov[-1])
+    inv_cov = torch.linalg.inv(cov.double()).float()
+
+    # ---- predictors on fresh prompts ---------------------------------------------------
+    gen = torch.Generator().manual_seed(config.seed + 10_007)
+    cov_arg = None if config.covariance == "isotropic" else cov
+    fit = sample_prompts(config.eval_prompts, config.n, config.d, config.noise_var, cov_arg, generator=gen)
+    eta_gd = pred.fit_step(pred.gd_direction(fit), fit.yq)
+    eta_dgd = pred.fit_step(pred.debiased_gd_direction(fit), fit.yq)
+    aniso = config.covariance != "isotropic"
+    eta_pdgd = pred.fit_step(pred.debiased_gd_direction(fit, inv_cov), fit.yq) if aniso else None
+    lam = pred.bayes_lambda(config.d, config.noise_var)
+    lengths = list(config.eval_lengths)
+    names = [n for n in PREDICTORS if config.baselines or n not in ("single_head", "linear")]
+    if aniso:  # debiased GD preconditioned by Sigma^-1, what the paper says anisotropic training finds
+        names.insert(names.index("gd_debiased") + 1, "gd_debiased_precond")
+    table = torch.zeros(len(names), len(lengths))
+    gap = pgap = None
+    for j, L in enumerate(lengths):
+        p = sample_prompts(config.eval_prompts, L, config.d, config.noise_var, cov_arg, generator=gen)
+        preds = {"model": _predict(main.model, p)}
+        if config.baselines:
+            preds["single_head"] = _predict(single.model, p)
+            preds["linear"] = _predict(linear.model, p)
+        preds["gd"] = eta_gd * pred.gd_direction(p)
+        preds["gd_debiased"] = eta_dgd * pred.debiased_gd_direction(p)
+        if aniso:
+            preds["gd_debiased_precond"] = eta_pdgd * pred.debiased_gd_direction(p, inv_cov)
+        preds["ridge"] = pred.ridge_predict(p, lam)
+        for i, name in enumerate(names):
+            table[i, j] = pred.mse(preds[name], p.yq)
+        if L == config.n:
+            diff = preds["model"] - preds["gd_debiased"]
+            gap = float((diff**2).mean() / (preds["gd_debiased"] ** 2).mean())
+            if aniso:
+                diff = preds["model"] - preds["gd_debiased_precond"]
+                pgap = float((diff**2).mean() / (preds["gd_debiased_precond"] ** 2).mean())
+    at_n = lengths.index(config.n)
+    mse = {name: float(table[i, at_n]) for i, name in enumerate(names)}
+    tail = max(1, config.steps // 10)
+    mus = final["mu"]
+
+    metrics: dict[str, Any] = {
+        "heads": config.heads, "d": config.d, "n": config.n, "steps": config.steps,
+        "kq_offdiag_share": final["kq_offdiag_share"].tolist(),
+        "kq_diag_cv": final["kq_diag_cv"].tolist(),
+        "kq_y_share": final["kq_y_share"].tolist(),
+        "ov_offlast_share": final["ov_offlast_share"].tolist(),
+        "mu": mus.tolist(),
+        "omega": final["omega"].tolist(),
+        "zero_sum_ratio": float(final["zero_sum_ratio"]),
+        "kq_offdiag_weighted": float(final["kq_offdiag_weighted"]),
+        "kq_diag_cv_weighted": float(final["kq_diag_cv_weighted"]),
+        "ov_offlast_total": float(final["ov_offlast_total"]),
+        "mse": mse,
+        "mse_by_length": {name: table[i].tolist() for i, name in enumerate(names)},
+        "lengths": lengths,
+        "predictors": names,
+        "eta_gd": eta_gd, "eta_gd_debiased": eta_dgd,
+        "eta_implied": float((mus * final["omega"]).sum()),
+        "dgd_pred_gap": gap,
+        "dgd_mse_gap_rel": (mse["model"] - mse["gd_debiased"]) / mse["gd_debiased"],
+        "dgd_precond_pred_gap": pgap,
+        "final_train_loss": float(main.loss[-tail:].mean()),
+        "precond_dist_identity": pat.scaled_distance(gamma, torch.eye(config.d)),
+        "precond_dist_inv_cov": pat.scaled_distance(gamma, inv_cov),
+        "train_seconds": train_seconds,
+        "cached": bool(main.cached),
+    }
+    arrays = {
+        "checkpoint_steps": main.checkpoint_steps, "kq": main.kq, "ov": main.ov, "loss": main.loss,
+        "lengths": torch.tensor(lengths), "mse_by_length": table,
+        "preconditioner": gamma, "covariance": cov,
+    }
+    for k in ("kq_offdiag_share", "kq_diag_cv", "kq_y_share", "ov_offlast_share", "mu", "omega", "zero_sum_ratio",
+              "kq_offdiag_weighted", "ov_offlast_total"):
+        arrays[f"curve.{k}"] = curves[k]
+    if config.baselines:
+        arrays["single_head.loss"] = single.loss
+        arrays["linear.loss"] = linear.loss
+    meta = provenance(model=f"icl-attn-H{config.heads}-d{config.d}-n{config.n}", seed=config.seed)
+    meta["train_spec_key"] = _spec(config, config.heads).key()
+    return ICLResult(config=config, metrics=metrics, arrays=arrays, meta=meta)

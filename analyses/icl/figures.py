@@ -1,0 +1,111 @@
+"""Figures of the in-context regression analysis (``analyses.icl.analysis``): per-head
+KQ and OV heatmaps at a checkpoint, pattern scores over training, error over context
+length, loss curves. Heads are ``L0H{h}`` (one layer)."""
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.figures.common import to_numpy, head_label
+
+
+def _token_labels(d: int) -> list[str]:
+    return [f"x{i + 1}" for i in range(d)] + ["y"]
+
+
+def _checkpoint(result, step_index: int) -> tuple[int, int]:
+    steps = to_numpy(result.arrays["checkpoint_steps"]).astype(int)
+    i = int(step_index) % len(steps)
+    return i, int(steps[i])
+
+
+def kq_heatmaps(result, step_index: int = -1) -> go.Figure:
+    """One heatmap per head of KQ = W_Q^T W_K [query entry, key entry] at a checkpoint."""
+    kq = to_numpy(result.arrays["kq"])  # [S head D D]
+    i, step = _checkpoint(result, step_index)
+    H, D = kq.shape[1], kq.shape[2]
+    labels = _token_labels(D - 1)
+    lim = float(np.abs(kq[i]).max()) or 1.0
+    fig = make_subplots(rows=1, cols=H, subplot_titles=[head_label(0, h) for h in range(H)], horizontal_spacing=0.04)
+    for h in range(H):
+        fig.add_trace(go.Heatmap(z=kq[i, h], x=labels, y=labels, zmin=-lim, zmax=lim, zmid=0, colorscale="RdBu_r",
+                                 showscale=h == H - 1, hovertemplate="query %{y} key %{x}: %{z:.3f}<extra></extra>"),
+                      row=1, col=h + 1)
+        fig.update_yaxes(autorange="reversed", row=1, col=h + 1)
+    fig.update_layout(title=f"KQ per head at step {step} (rows: query entry, columns: key entry)",
+                      height=320, margin={"l": 40, "r": 20, "t": 70, "b": 40})
+    return fig
+
+
+def ov_heatmap(result, step_index: int = -1) -> go.Figure:
+    """OV = W_V^T O_h per head [head, token entry] at a checkpoint; the y column holds mu_h."""
+    ov = to_numpy(result.arrays["ov"])  # [S head D]
+    i, step = _checkpoint(result, step_index)
+    H, D = ov.shape[1], ov.shape[2]
+    lim = float(np.abs(ov[i]).max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=ov[i], x=_token_labels(D - 1), y=[head_label(0, h) for h in range(H)],
+                               zmin=-lim, zmax=lim, zmid=0, colorscale="RdBu_r",
+                               hovertemplate="%{y} reads %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=f"OV per head at step {step} (last column = mu_h)", yaxis_autorange="reversed",
+                      height=max(220, 40 * H + 120), margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def pattern_curves(result) -> go.Figure:
+    """The pattern scores over training: per head KQ off-diagonal share, diagonal spread, share
+    touching y, omega_h, OV share outside y, mu_h; and the zero-sum ratio |sum mu| / sum |mu|."""
+    steps = to_numpy(result.arrays["checkpoint_steps"])
+    panels = [("curve.kq_offdiag_share", "KQ off-diagonal share"), ("curve.kq_diag_cv", "KQ diagonal spread (CV)"),
+              ("curve.kq_y_share", "KQ share touching y"), ("curve.omega", "omega_h"),
+              ("curve.ov_offlast_share", "OV share outside y"), ("curve.mu", "mu_h"),
+              ("curve.zero_sum_ratio", "|sum mu| / sum |mu|")]
+    fig = make_subplots(rows=2, cols=4, subplot_titles=[t for _, t in panels], vertical_spacing=0.14)
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    for k, (key, _) in enumerate(panels):
+        vals = to_numpy(result.arrays[key])
+        r, c = k // 4 + 1, k % 4 + 1
+        if vals.ndim == 1:
+            fig.add_trace(go.Scatter(x=steps, y=vals, mode="lines", name="zero-sum", line={"color": "black"},
+                                     showlegend=False), row=r, col=c)
+            continue
+        for h in range(vals.shape[1]):
+            fig.add_trace(go.Scatter(x=steps, y=vals[:, h], mode="lines", name=head_label(0, h),
+                                     line={"color": palette[h % len(palette)]}, legendgroup=str(h),
+                                     showlegend=k == 0), row=r, col=c)
+        if key == "curve.kq_diag_cv":
+            fig.update_yaxes(type="log", row=r, col=c)
+    fig.update_xaxes(title_text="step", row=2)
+    fig.update_layout(title="Pattern scores over training", height=560, margin={"l": 50, "r": 20, "t": 70, "b": 40})
+    return fig
+
+
+def mse_by_length(result) -> go.Figure:
+    """Mean squared error of every predictor against context length (dotted line: training length)."""
+    lengths = [int(v) for v in to_numpy(result.arrays["lengths"])]
+    table = to_numpy(result.arrays["mse_by_length"])
+    names = result.metrics["predictors"]
+    fig = go.Figure()
+    for i, name in enumerate(names):
+        dash = "dot" if name.startswith("gd") or name == "ridge" else "solid"
+        fig.add_trace(go.Scatter(x=lengths, y=table[i], mode="lines+markers", name=name, line={"dash": dash}))
+    fig.add_vline(x=result.metrics["n"], line_dash="dot", line_color="grey", annotation_text="training n")
+    fig.update_layout(title="Error on fresh prompts over context length", xaxis_title="context length",
+                      yaxis_title="mean squared error", xaxis_type="log", yaxis_type="log", height=420)
+    return fig
+
+
+def loss_curves(result, smooth: int = 50) -> go.Figure:
+    """Training loss (moving average over ``smooth`` steps) of each trained model."""
+    fig = go.Figure()
+    for key, name in (("loss", f"multi-head (H={result.metrics['heads']})"), ("single_head.loss", "single head"),
+                      ("linear.loss", "linear attention")):
+        if key not in result.arrays:
+            continue
+        loss = to_numpy(result.arrays[key])
+        k = max(1, min(smooth, len(loss)))
+        avg = np.convolve(loss, np.ones(k) / k, mode="valid")
+        fig.add_trace(go.Scatter(x=np.arange(k, len(loss) + 1), y=avg, mode="lines", name=name))
+    fig.update_layout(title="Training loss", xaxis_title="step", yaxis_title="squared error", yaxis_type="log",
+                      height=380)
+    return fig

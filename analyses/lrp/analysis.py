@@ -1,0 +1,369 @@
+"""LRP saliency: which prompt tokens and which heads carried an answer (AttnLRP on the language
+model, against gradient x input and attention rollout), and where a CNN looked (LRP on
+EfficientNet-Lite0 and the salient-relevance map of Li et al.), each method scored by the same
+deletion test: area over the perturbation curve (AOPC, Samek et al. 2017), higher = the ranking
+found what the model needs.
+
+Two configs, one ``run``:
+
+* ``LrpConfig`` (prompts): explain ``logit(target) - logit(contrast)`` (or one logit) at the last
+  position; with no prompts, IOI prompts explaining IO minus S.  -> ``LrpResult``
+* ``LrpImageConfig`` (photographs or image files): explain the top-1 class logit.  -> ``LrpImageResult``
+
+The engines live in ``analyses/lrp_attnlrp.py`` (language model), ``analyses/lrp_cnn.py`` (CNN,
+SR map) and ``analyses/lrp_imports.py`` (how zennit and lxt are imported here).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from workbench.errors import InputError
+from workbench.results import Result, provenance, register_result
+
+METHODS = ("attnlrp", "gradient_x_input", "rollout")
+IMAGE_METHODS = ("lrp", "sr", "gradient")
+CONSERVATION_TOLERANCE = 1e-3  # relative: |sum(token R) + softmax-absorbed R - target| / |target|
+
+
+# ============================================================================ prompts
+@dataclass
+class LrpConfig:
+    """Explain prompts. ``prompts`` empty -> ``n`` IOI prompts (target IO, contrast S).
+    ``target`` / ``contrast``: single tokens (leading space matters); no target -> the model's
+    top prediction; no contrast -> the target logit alone."""
+
+    prompts: tuple[str, ...] = ()
+    target: str | None = None
+    contrast: str | None = None
+    task: str = "ioi"
+    n: int = 8
+    seed: int = 0
+    max_delete: int = 10
+    n_random: int = 3
+
+
+@register_result
+@dataclass
+class LrpResult(Result):
+    analysis = "lrp"
+    config_cls = LrpConfig
+
+    def tokens(self, i: int = 0) -> list[str]:
+        return list(self.metrics["tokens"][i])
+
+    def relevance(self, method: str = "attnlrp", i: int = 0) -> torch.Tensor:
+        """[pos] token relevance of prompt ``i``."""
+        n = int(self.arrays["lengths"][i])
+        return self.arrays[f"relevance_{method}"][i, :n]
+
+    @property
+    def head_relevance(self) -> torch.Tensor:
+        """[layer head] AttnLRP head relevance, mean over prompts."""
+        return self.arrays["head_relevance_attnlrp"].mean(0)
+
+    def summary(self) -> dict[str, Any]:
+        out = {
+            "tokens": self.tokens(0),
+            "relevance": [round(float(v), 6) for v in self.relevance("attnlrp", 0)],
+            "head_relevance": [[round(float(v), 6) for v in row] for row in self.head_relevance],
+            "conservation_error": self.metrics["conservation_error"],
+            "aopc": self.metrics["aopc"],
+        }
+        if self.path is not None:
+            out["run"] = str(self.path)
+        return out
+
+    def report_sections(self) -> list:
+        from analyses.lrp.figures import prompt_sections
+
+        return prompt_sections(self)
+
+
+def _prompt_targets(model: Any, config: LrpConfig) -> tuple[list[str], list[int], list[int | None], dict]:
+    """(prompts, target ids, contrast ids or None, extra info such as IO positions)."""
+    tok = model.tokenizer
+    if config.prompts:
+        prompts = [str(p) for p in config.prompts]
+        for i, p in enumerate(prompts):
+            if not p.strip():
+                raise InputError(f"prompt {i} is empty; give some text to explain")
+        targets = [model.token_id(config.target)] * len(prompts) if config.target else []
+        if not targets:  # explain the model's own top prediction
+            from workbench.cache import as_tokens, forward
+
+            for p in prompts:
+                with torch.no_grad():
+                    logits, _ = forward(model, as_tokens(model, p))
+                targets.append(int(logits[0, -1].argmax()))
+        contrast = [model.token_id(config.contrast)] * len(prompts) if config.contrast else [None] * len(prompts)
+        return prompts, targets, contrast, {"task": "prompts", "io_ids": None}
+    if config.task != "ioi":
+        raise InputError(f"unknown task '{config.task}'; give --prompt text or use task ioi")
+    from workbench.datasets import ioi_prompts
+
+    ps = ioi_prompts(config.n, tok, seed=config.seed)
+    correct, wrong = ps.answer_ids(model)
+    return ps.prompts, correct.tolist(), wrong.tolist(), {"task": "ioi", "io_ids": correct.tolist(), "s_ids": wrong.tolist()}
+
+
+def _target_fn(target: int, contrast: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    if contrast is None:
+        return lambda logits: logits[target]
+    return lambda logits: logits[target] - logits[contrast]
+
+
+def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResult:
+    """AttnLRP, gradient x input and rollout on every prompt, then the deletion test."""
+    from analyses.lrp import attnlrp as A
+
+    if model is None:
+        raise InputError("the prompt mode of lrp needs a language model; pass one (e.g. smollm2-135m)")
+    if config.max_delete < 1:
+        raise InputError(f"max_delete={config.max_delete}: delete at least one token")
+    if config.n_random < 0:
+        raise InputError(f"n_random={config.n_random}: give zero or more random deletion orders")
+    prompts, targets, contrasts, info = _prompt_targets(model, config)
+    rng = random.Random(config.seed)
+    s = model.shape
+    per_method = {m: [] for m in METHODS}
+    heads_lrp, heads_gxi, token_lists, id_lists = [], [], [], []
+    values, cons, token_cons, absorbed = [], [], [], []
+    curves = {m: [] for m in (*METHODS, "random")} if config.n_random > 0 else {m: [] for m in METHODS}
+    for i in tqdm(range(len(prompts)), desc="explaining prompts", disable=not progress, leave=False):
+        ids = model.to_tokens(prompts[i])[0][0]
+        if len(ids) < 2:
+            raise InputError(f"prompt {i} is a single token; the deletion test needs at least two tokens")
+        target = _target_fn(targets[i], contrasts[i])
+        lrp = A.attnlrp(model, ids, target)
+        gxi = A.gradient_x_input(model, ids, target)
+        roll = A.attention_rollout(model, ids)
+        for m, r in zip(METHODS, (lrp.relevance, gxi.relevance, roll)):
+            per_method[m].append(r)
+        heads_lrp.append(lrp.head_relevance)
+        heads_gxi.append(gxi.head_relevance)
+        values.append(lrp.target_value)
+        cons.append(lrp.conservation_error)
+        token_cons.append(lrp.token_conservation_error)
+        absorbed.append(lrp.softmax_absorbed)
+        id_lists.append(ids.cpu())
+        token_lists.append([model.tokenizer.decode([int(t)]) for t in ids])
+        steps = min(config.max_delete, len(ids) - 1)
+        orders = {m: A.deletion_orders(r) for m, r in zip(METHODS, (lrp.relevance, gxi.relevance, roll))}
+        for j in range(config.n_random):
+            perm = list(range(len(ids) - 1))
+            rng.shuffle(perm)
+            orders[f"random{j}"] = perm
+        got = A.deletion_curves(model, ids, orders, target, steps)
+        for m in METHODS:
+            curves[m].append(_pad_curve(got[m], config.max_delete))
+        if config.n_random > 0:
+            rand = torch.stack([got[f"random{j}"] for j in range(config.n_random)]).mean(0)
+            curves["random"].append(_pad_curve(rand, config.max_delete))
+
+    n, width = len(prompts), max(len(t) for t in id_lists)
+    lengths = torch.tensor([len(t) for t in id_lists])
+    arrays: dict[str, torch.Tensor] = {"lengths": lengths, "target_value": torch.tensor(values)}
+    token_ids = torch.full((n, width), -1, dtype=torch.long)
+    for i, t in enumerate(id_lists):
+        token_ids[i, : len(t)] = t
+    arrays["token_ids"] = token_ids
+    for m in METHODS:
+        mat = torch.zeros(n, width)
+        for i, r in enumerate(per_method[m]):
+            mat[i, : len(r)] = r
+        arrays[f"relevance_{m}"] = mat
+    arrays["head_relevance_attnlrp"] = torch.stack(heads_lrp)
+    arrays["head_relevance_gradient_x_input"] = torch.stack(heads_gxi)
+    for m, cs in curves.items():
+        arrays[f"deletion_{m}"] = torch.stack(cs)
+
+    aopc = {m: _nanmean([A.aopc(c[~torch.isnan(c)]) for c in arrays[f"deletion_{m}"]]) for m in curves}
+    mean_heads = arrays["head_relevance_attnlrp"].mean(0)
+    order = torch.argsort(mean_heads.flatten().abs(), descending=True)[:10]
+    top_heads = [{"layer": int(k // s.n_heads), "head": int(k % s.n_heads), "relevance": float(mean_heads.flatten()[k])}
+                 for k in order]
+    metrics: dict[str, Any] = {
+        "task": info["task"],
+        "n_prompts": n,
+        "prompts": prompts,
+        "tokens": token_lists,
+        "targets": [model.tokenizer.decode([t]) for t in targets],
+        "contrasts": [model.tokenizer.decode([c]) if c is not None else None for c in contrasts],
+        "target_value_mean": float(np.mean(values)),
+        "conservation_error": float(max(cons)),
+        "conservation_tolerance": CONSERVATION_TOLERANCE,
+        "token_conservation_error_mean": float(np.mean(token_cons)),
+        "softmax_absorbed_fraction_mean": float(np.mean([a / v for a, v in zip(absorbed, values) if abs(v) > 1e-6] or [0.0])),
+        "aopc": aopc,
+        "max_delete": config.max_delete,
+        "top_heads": top_heads,
+    }
+    if info.get("io_ids"):
+        metrics.update(_io_metrics(per_method, id_lists, info["io_ids"]))
+    meta = provenance(model=model.name, seed=config.seed) | {"backend": model.backend}
+    return LrpResult(config=config, metrics=metrics, arrays=arrays, meta=meta)
+
+
+def _pad_curve(curve: torch.Tensor, length: int) -> torch.Tensor:
+    out = torch.full((length + 1,), float("nan"))
+    out[: len(curve)] = curve
+    return out
+
+
+def _nanmean(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def _io_metrics(per_method: dict[str, list[torch.Tensor]], ids: list[torch.Tensor], io_ids: list[int]) -> dict:
+    """The IO name token's share of relevance, ``R[io] / sum |R|`` (first mention of the IO
+    name), and how often it is the most relevant token, per method."""
+    share, top1 = {}, {}
+    for m, rs in per_method.items():
+        shares, tops = [], []
+        for r, t, io in zip(rs, ids, io_ids):
+            pos = (t == io).nonzero().flatten()
+            if len(pos) == 0:
+                continue
+            p = int(pos[0])
+            shares.append(float(r[p] / r.abs().sum().clamp_min(1e-12)))
+            tops.append(float(int(torch.argmax(r[:-1])) == p))
+        share[m] = float(np.mean(shares)) if shares else float("nan")
+        top1[m] = float(np.mean(tops)) if tops else float("nan")
+    return {"io_share": share, "io_top1_rate": top1}
+
+
+# ============================================================================ images
+@dataclass
+class LrpImageConfig:
+    """Explain photographs (shipped names like ``chelsea`` or image file paths) on
+    EfficientNet-Lite0: LRP (zennit composite), the SR map and the gradient map, compared by
+    deleting ``region`` x ``region`` pixel blocks, ``step`` blocks at a time, ``n_steps`` times."""
+
+    images: tuple[str, ...] = ("chelsea",)
+    class_index: int | None = None
+    composite: str = "epsilon_gamma_box"
+    region: int = 16
+    step: int = 4
+    n_steps: int = 16
+    baseline: str = "blur"
+    top_k: int = 5
+    sr_grid: int = 56
+    image_size: int = 224
+    seed: int = 0
+
+
+@register_result
+@dataclass
+class LrpImageResult(Result):
+    analysis = "lrp_image"
+    config_cls = LrpImageConfig
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.metrics["images"])
+
+    def summary(self) -> dict[str, Any]:
+        out = {"top_classes": self.metrics["top_classes"], "aopc": self.metrics["aopc"]}
+        if self.path is not None:
+            out["run"] = str(self.path)
+        return out
+
+    def report_sections(self) -> list:
+        from analyses.lrp.figures import image_sections
+
+        return image_sections(self)
+
+
+def blur_baseline(x: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
+    """A strongly blurred copy of the input ``[1 3 H W]`` (Gaussian, reflect padding): removed
+    regions keep their colour but lose their shapes, so deletion does not add new edges."""
+    radius = int(2 * sigma)
+    g = torch.exp(-torch.arange(-radius, radius + 1).float() ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    c = x.shape[1]
+    y = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    y = torch.nn.functional.conv2d(y, g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return torch.nn.functional.conv2d(y, g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
+    """Top classes, LRP / SR / gradient maps and their deletion curves for every image."""
+    from workbench.vision import load_efficientnet_lite0, load_image, preprocess, top_classes
+
+    from analyses.lrp import cnn as C
+
+    if not config.images:
+        raise InputError("no image given; pass an image file path or a shipped photo name such as chelsea")
+    if config.composite not in C.COMPOSITES:
+        raise InputError(f"unknown LRP composite '{config.composite}'; choose one of {', '.join(C.COMPOSITES)}")
+    if config.baseline not in ("blur", "gray"):
+        raise InputError(f"unknown deletion baseline '{config.baseline}'; choose blur or gray")
+    if config.class_index is not None and not 0 <= config.class_index < 1000:
+        raise InputError(f"class index {config.class_index} is outside ImageNet's 0..999")
+    if config.image_size < 32 or config.image_size % config.region:
+        raise InputError(f"region {config.region} does not divide the image size {config.image_size}; "
+                         "choose a region such as 8, 16 or 32 and a size that is a multiple of it (at least 32)")
+    net = load_efficientnet_lite0()
+    canonical = C.CanonicalEfficientNet(net)
+    torch.manual_seed(config.seed)
+    names, crops, tops, maps, curves, rel_sums, logits_expl = [], [], {}, {m: [] for m in IMAGE_METHODS}, {}, [], []
+    for m in (*IMAGE_METHODS, "random"):
+        curves[m] = []
+    for spec in tqdm(config.images, desc="explaining images", disable=not progress, leave=False):
+        img, name = load_image(spec)
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        x, crop = preprocess(img, config.image_size)
+        with torch.no_grad():
+            logits = net(x)[0]
+        cls = int(logits.argmax()) if config.class_index is None else config.class_index
+        tops[name] = top_classes(logits, config.top_k)
+        relevance, _ = C.lrp_relevance(canonical, x, cls, config.composite)
+        lrp_map = relevance.sum(1)[0]
+        sr_map = torch.from_numpy(C.salient_relevance(lrp_map.numpy(), grid=config.sr_grid))
+        grad_map = C.gradient_map(net, x, cls)
+        rand_map = torch.rand(lrp_map.shape)
+        baseline = blur_baseline(x) if config.baseline == "blur" else torch.zeros_like(x)
+        for m, sal in zip((*IMAGE_METHODS, "random"), (lrp_map, sr_map, grad_map, rand_map)):
+            curves[m].append(C.region_deletion_curve(net, x, sal, cls, config.region, config.step, config.n_steps, baseline))
+        for m, sal in zip(IMAGE_METHODS, (lrp_map, sr_map, grad_map)):
+            maps[m].append(sal.float())
+        names.append(name)
+        crops.append(torch.from_numpy((crop * 255).round().astype(np.uint8)))
+        rel_sums.append(float(relevance.sum()))
+        logits_expl.append(float(logits[cls]))
+    arrays = {f"map_{m}": torch.stack(v) for m, v in maps.items()}
+    arrays |= {f"deletion_{m}": torch.stack(v) for m, v in curves.items()}
+    arrays["images"] = torch.stack(crops)
+    per_image = {m: [float((c[0] - c).mean()) for c in arrays[f"deletion_{m}"]] for m in curves}
+    metrics = {
+        "images": names,
+        "top_classes": tops,
+        "top1": {n: t[0]["name"] for n, t in tops.items()},
+        "explained_class": {n: int(t[0]["index"]) if config.class_index is None else config.class_index for n, t in tops.items()},
+        "aopc": {m: float(np.mean(v)) for m, v in per_image.items()},
+        "aopc_per_image": per_image,
+        "relevance_fraction": [r / l if abs(l) > 1e-6 else float("nan") for r, l in zip(rel_sums, logits_expl)],
+        "rules": C.RULES[config.composite],
+        "removed_fraction_max": min(1.0, config.step * config.n_steps * config.region ** 2 / config.image_size ** 2),
+    }
+    return LrpImageResult(config=config, metrics=metrics, arrays=arrays,
+                          meta=provenance(model="efficientnet-lite0", seed=config.seed))
+
+
+# ============================================================================ entry point
+def run(model: Any, config: LrpConfig | LrpImageConfig | None = None, progress: bool = True) -> Result:
+    """Prompt mode with an ``LrpConfig`` (needs ``model``), image mode with an ``LrpImageConfig``
+    (``model`` is ignored: the CNN is built here)."""
+    config = config or LrpConfig()
+    if isinstance(config, LrpImageConfig):
+        return run_images(config, progress=progress)
+    return run_prompts(model, config, progress=progress)

@@ -1,0 +1,164 @@
+"""Figures of the LRP saliency analysis: prompts with tokens coloured by relevance, the per-head
+relevance grid, deletion curves with AOPC, and photographs with LRP / SR / gradient overlays and
+their top classes. Every function takes a result (or its parts) and returns a ``go.Figure``."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.figures.common import to_numpy, bar_top_heads, head_grid, line_curves
+
+METHOD_LABELS = {"attnlrp": "AttnLRP", "gradient_x_input": "gradient x input", "rollout": "attention rollout",
+                 "random": "random order", "lrp": "LRP", "sr": "SR map", "gradient": "gradient"}
+
+
+# ---------------------------------------------------------------------------- prompts
+def token_relevance(tokens: Sequence[str], relevance, title: str = "token relevance") -> go.Figure:
+    """One prompt as a row of tokens, each cell coloured by its relevance (red +, blue -)."""
+    r = to_numpy(relevance).reshape(1, -1)
+    lim = float(np.abs(r).max()) or 1.0
+    labels = [t.replace(" ", "␣") for t in tokens]
+    fig = go.Figure(go.Heatmap(
+        z=r, x=list(range(len(tokens))), y=[""], text=[labels], texttemplate="%{text}",
+        customdata=[[f"{v:.4g}" for v in r[0]]],
+        hovertemplate="%{text}: %{customdata}<extra></extra>", colorscale="RdBu_r", zmin=-lim, zmax=lim,
+        colorbar={"title": "relevance"},
+    ))
+    fig.update_layout(title=title, height=200, xaxis={"showticklabels": False}, margin={"l": 20, "r": 20, "t": 50, "b": 20})
+    return fig
+
+
+def method_comparison(tokens: Sequence[str], relevances: dict[str, Any], title: str = "token relevance by method") -> go.Figure:
+    """Methods as rows, tokens as columns; each row scaled by its largest |value|."""
+    rows, names = [], []
+    for name, r in relevances.items():
+        r = to_numpy(r)
+        rows.append(r / (np.abs(r).max() or 1.0))
+        names.append(METHOD_LABELS.get(name, name))
+    labels = [f"{i}:{t!r}" for i, t in enumerate(tokens)]
+    fig = go.Figure(go.Heatmap(z=np.stack(rows), x=labels, y=names, colorscale="RdBu_r", zmin=-1, zmax=1,
+                               hovertemplate="%{y}<br>%{x}: %{z:.3f}<extra></extra>", colorbar={"title": "R / max|R|"}))
+    fig.update_layout(title=title, height=120 + 40 * len(rows), yaxis_autorange="reversed")
+    return fig
+
+
+def head_relevance_grid(result: Any, title: str = "AttnLRP relevance per head (mean over prompts)") -> go.Figure:
+    return head_grid(result.head_relevance, title, colorbar="relevance")
+
+
+def top_heads(result: Any, k: int = 15) -> go.Figure:
+    return bar_top_heads(result.head_relevance, "heads carrying the most relevance (AttnLRP)", k=k, xaxis="relevance")
+
+
+def deletion_figure(result: Any, unit: str = "tokens deleted") -> go.Figure:
+    """Mean explained value after deleting the most relevant inputs first, one curve per method,
+    AOPC in the legend."""
+    curves, x = {}, None
+    aopc = result.metrics.get("aopc", {})
+    for key, arr in result.arrays.items():
+        if not key.startswith("deletion_"):
+            continue
+        method = key[len("deletion_"):]
+        a = to_numpy(arr)
+        mean = np.nanmean(a, axis=0)
+        if x is None:
+            step = result.config.step if hasattr(result.config, "step") else 1
+            x = np.arange(len(mean)) * step
+        curves[f"{METHOD_LABELS.get(method, method)} (AOPC {aopc.get(method, float('nan')):.3g})"] = mean
+    yaxis = "explained logit" if unit != "tokens deleted" else "explained logit (difference)"
+    return line_curves(x, curves, "deletion test: most relevant first", unit, yaxis)
+
+
+def aopc_bar(aopc: dict[str, float], title: str = "area over the perturbation curve (higher = more faithful)") -> go.Figure:
+    names = [METHOD_LABELS.get(k, k) for k in aopc]
+    fig = go.Figure(go.Bar(x=names, y=[float(v) for v in aopc.values()], text=[f"{v:.3g}" for v in aopc.values()]))
+    fig.update_layout(title=title, yaxis_title="AOPC", height=320)
+    return fig
+
+
+def prompt_sections(result: Any) -> list:
+    """HTML report sections for a prompt result."""
+    from workbench.report import Section
+
+    m = result.metrics
+    tokens = result.tokens(0)
+    rel = {k: result.relevance(k, 0) for k in ("attnlrp", "gradient_x_input", "rollout")}
+    text = (f"{m['n_prompts']} prompt(s), task {m['task']}. AttnLRP conservation error (tokens + softmax-absorbed vs "
+            f"explained value): {m['conservation_error']:.2e} (tolerance {m['conservation_tolerance']:.0e}); "
+            f"the softmax rule absorbs on average {m['softmax_absorbed_fraction_mean']:.0%} of the explained value.")
+    rows = [{"method": METHOD_LABELS.get(k, k), "AOPC": v} for k, v in m["aopc"].items()]
+    if "io_share" in m:
+        for row, k in zip(rows, m["aopc"]):
+            row["IO share"] = m["io_share"].get(k, float("nan"))
+            row["IO most relevant"] = m["io_top1_rate"].get(k, float("nan"))
+    return [Section(
+        title="LRP saliency: tokens and heads (AttnLRP)", text=text, tables=[rows],
+        figures=[token_relevance(tokens, rel["attnlrp"], f"AttnLRP relevance: {m['prompts'][0]!r}"),
+                 method_comparison(tokens, rel), head_relevance_grid(result), deletion_figure(result)],
+    )]
+
+
+def ablation_report_section(result: Any) -> Any:
+    """The one section the head-ablation report adds for an LRP prompt result (IOI): the head
+    grid next to the ablation grid, the token colouring and the AOPC table."""
+    return prompt_sections(result)[0]
+
+
+# ---------------------------------------------------------------------------- images
+def _overlay(fig: go.Figure, image: np.ndarray, heat: np.ndarray | None, row: int, col: int, diverging: bool,
+             show_scale: bool = False) -> None:
+    fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=row, col=col)
+    if heat is None:
+        return
+    if diverging:
+        lim = float(np.percentile(np.abs(heat), 99.5)) or 1.0
+        kw = {"colorscale": "RdBu_r", "zmin": -lim, "zmax": lim}
+    else:
+        kw = {"colorscale": "Inferno", "zmin": 0, "zmax": float(np.percentile(heat, 99.5)) or 1.0}
+    fig.add_trace(go.Heatmap(z=heat, opacity=0.6, showscale=show_scale, hovertemplate="%{z:.3g}<extra></extra>", **kw),
+                  row=row, col=col)
+
+
+def image_maps(result: Any, i: int = 0) -> go.Figure:
+    """The photograph, its LRP map (signed), its SR map and its gradient map, overlaid."""
+    name = result.names[i]
+    image = to_numpy(result.arrays["images"][i]).astype(np.uint8)
+    lrp = to_numpy(result.arrays["map_lrp"][i])
+    sr = to_numpy(result.arrays["map_sr"][i])
+    grad = to_numpy(result.arrays["map_gradient"][i])
+    top = result.metrics["top_classes"][name][0]
+    fig = make_subplots(rows=1, cols=4, subplot_titles=(f"{name}: {top['name']} ({top['prob']:.0%})", "LRP", "SR map", "gradient"))
+    _overlay(fig, image, None, 1, 1, False)
+    _overlay(fig, image, lrp, 1, 2, True)
+    _overlay(fig, image, sr, 1, 3, False)
+    _overlay(fig, image, grad, 1, 4, False)
+    for c in range(1, 5):
+        fig.update_xaxes(visible=False, row=1, col=c)
+        fig.update_yaxes(visible=False, autorange="reversed", scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c)
+    fig.update_layout(height=330, margin={"l": 10, "r": 10, "t": 50, "b": 10})
+    return fig
+
+
+def top_classes_figure(result: Any, i: int = 0) -> go.Figure:
+    name = result.names[i]
+    top = result.metrics["top_classes"][name]
+    fig = go.Figure(go.Bar(x=[t["prob"] for t in top][::-1], y=[t["name"] for t in top][::-1], orientation="h"))
+    fig.update_layout(title=f"top classes: {name}", xaxis_title="probability", height=60 + 40 * len(top))
+    return fig
+
+
+def image_sections(result: Any) -> list:
+    from workbench.report import Section
+
+    m = result.metrics
+    rows = [{"image": n, "top-1": t, "p": m["top_classes"][n][0]["prob"]} for n, t in m["top1"].items()]
+    aopc_rows = [{"method": METHOD_LABELS.get(k, k), "AOPC": v} for k, v in m["aopc"].items()]
+    text = (f"EfficientNet-Lite0 (ImageNet). LRP rules: {m['rules']}. Deletion: regions of "
+            f"{result.config.region}px, {result.config.step} per step, up to {m['removed_fraction_max']:.0%} of the image, "
+            f"replaced by a {result.config.baseline} baseline.")
+    figs = [aopc_bar(m["aopc"]), deletion_figure(result, unit="regions deleted")]
+    figs += [image_maps(result, i) for i in range(len(result.names))]
+    return [Section(title="LRP saliency: EfficientNet-Lite0, LRP and SR maps", text=text, tables=[rows, aopc_rows], figures=figs)]

@@ -1,0 +1,229 @@
+"""Vision-aware head divergence (VHD) and vision-aware head reinforcement (VHR) on a
+vision-language model (He et al., "Cracking the Code of Hallucination in LVLMs with
+Vision-aware Head Divergence", ACL 2025).
+
+* VHD of head (l, h) at decoding step t: ``|| z_lh(y_t | y_<t, image, text) - z_lh(y_t | y_<t, text) ||_2``,
+  with z the head's output *before* W_O (``blocks.{l}.attn.hook_z``; why: see
+  ``analyses.vision_heads.vlm.heads``), both branches fed the same caption so far.
+* T-VHD of a token: the mean of the top-k head VHDs at its step.
+* The VHD map: the mean VHD per head over every decoding step of every held-out scene.
+* VHR: while decoding, per layer, drop outlier heads (VHD > layer mean + 1 std), pick the
+  heads above the layer median, multiply their z by alpha; compared with a random-heads
+  control (as many heads per layer, drawn at random) by CHAIR and caption recall.
+
+The model: ``analyses.vision_heads.vlm`` (EfficientNet-Lite0 -> projector -> smollm2-135m), built and
+cached on first use; its projector quality (caption loss, object recall of greedy captions,
+and a forced-choice object ranking, ``analyses.vision_heads.vlm.probe``) is measured here against
+image-free baselines (another scene's image; no image). Any object with ``lm``, ``token_embeds`` and ``paired_batch``
+(e.g. ``analyses.vision_heads.vlm.llava.HFLlavaAdapter``) can be passed as ``model`` instead."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from workbench.errors import InputError
+from workbench.results import Result, provenance, register_result
+from analyses.vision_heads.vlm.chair import chair, mentioned_objects
+from analyses.vision_heads.vlm.generate import HeadPolicy, generate_chunked
+from analyses.vision_heads.vlm.heads import DISTANCES, token_vhd, top_heads
+from analyses.vision_heads.vlm.model import DEFAULT_PROMPT, split_prompt
+from analyses.vision_heads.vlm.objects import SYNONYMS
+from analyses.vision_heads.vlm.probe import chance_recall, first_object_scores, ranking_recall
+from analyses.vision_heads.vlm.scenes import make_scenes
+from analyses.vision_heads.vlm.train import ProjectorConfig, build_vlm, caption_losses, encode_scenes
+
+N_SHOWN = 8  # scenes whose images travel with the result (for the app page)
+
+
+@dataclass
+class VHDConfig:
+    n_scenes: int = 16            # held-out scenes (captioned, scored)
+    alpha: float = 2.0            # the VHR amplification reported as "after"
+    alphas: tuple = (1.5, 2.0, 3.0)  # the sweep (always includes alpha)
+    top_k: int = 10               # T-VHD: mean of the k largest head VHDs per token
+    distance: str = "l2"
+    max_new_tokens: int = 14
+    prompt: str = DEFAULT_PROMPT
+    seed: int = 0
+    chunk: int = 16               # scenes per decoding batch
+    projector_steps: int = ProjectorConfig.steps
+    projector_n_train: int = ProjectorConfig.n_train
+    grid: int = ProjectorConfig.grid
+    image_size: int = ProjectorConfig.image_size
+
+
+def check_config(config: VHDConfig) -> None:
+    if config.n_scenes < 1:
+        raise InputError(f"n_scenes must be at least 1, got {config.n_scenes}")
+    if config.distance not in DISTANCES:
+        raise InputError(f"unknown VHD distance '{config.distance}'; choose one of {', '.join(DISTANCES)}")
+    for a in (config.alpha, *config.alphas):
+        if not a > 0:
+            raise InputError(f"alpha must be positive, got {a}")
+    if config.top_k < 1:
+        raise InputError(f"top_k must be at least 1, got {config.top_k}")
+    if config.max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")
+    if config.projector_steps < 0 or config.projector_n_train < 1:
+        raise InputError("projector_steps must be >= 0 and projector_n_train >= 1")
+    if config.image_size < 32:
+        raise InputError(f"image_size must be at least 32 pixels, got {config.image_size}")
+    split_prompt(config.prompt)
+
+
+def projector_config(config: VHDConfig, lm_name: str) -> ProjectorConfig:
+    return ProjectorConfig(lm=lm_name, grid=config.grid, image_size=config.image_size, n_train=config.projector_n_train,
+                           steps=config.projector_steps, seed=0, prompt=ProjectorConfig.prompt)
+
+
+def get_vlm(model: Any, config: VHDConfig, progress: bool = True) -> tuple[Any, dict]:
+    """The vision-language model to analyse: a given adapter, or ours built on ``model``."""
+    if model is not None and hasattr(model, "paired_batch"):
+        return model, {}
+    name = getattr(model, "name", None) or ProjectorConfig.lm
+    return build_vlm(model, projector_config(config, name), progress=progress)
+
+
+def object_token_tvhd(tokens: list[list[str]], tvhd: torch.Tensor, truths: list[tuple[str, ...]]) -> dict[str, Any]:
+    """Mean T-VHD at object-word tokens, split by whether the object is in the image."""
+    real, halluc = [], []
+    for i, toks in enumerate(tokens):
+        for t, piece in enumerate(toks):
+            obj = SYNONYMS.get(piece.strip().lower().strip(".,"))
+            if obj is None or t >= tvhd.shape[1]:
+                continue
+            (real if obj in truths[i] else halluc).append(float(tvhd[i, t]))
+    return {"tvhd_real_objects": float(np.mean(real)) if real else None, "n_real": len(real),
+            "tvhd_hallucinated_objects": float(np.mean(halluc)) if halluc else None, "n_hallucinated": len(halluc)}
+
+
+def _scores(captions: list[str], truths) -> dict[str, float]:
+    s = chair(captions, truths)
+    return {"chair_i": s.chair_i, "chair_s": s.chair_s, "recall": s.recall, "mean_words": s.mean_words,
+            "n_mentioned": s.n_mentioned}
+
+
+@register_result
+@dataclass
+class VHDResult(Result):
+    analysis = "vhd"
+    config_cls = VHDConfig
+
+    @property
+    def vhd_map(self) -> torch.Tensor:
+        """[layer head] mean VHD over decoding steps and scenes."""
+        return self.arrays["vhd_map"]
+
+    def summary(self) -> dict[str, Any]:
+        m = self.metrics
+        out = {"vhd": m["vhd"], "top_heads": m["top_heads"], "chair": m["chair"], "alpha": m["alpha"]}
+        if self.path is not None:
+            out["run"] = str(self.path)
+        return out
+
+    def report_sections(self) -> list:
+        from analyses.vision_heads.figures import vision_sections
+
+        return vision_sections(self)
+
+
+def run(model: Any = None, config: VHDConfig | None = None, progress: bool = True) -> VHDResult:
+    """Build (or load) the VLM, caption held-out scenes, map VHD, sweep VHR against random heads."""
+    config = config or VHDConfig()
+    check_config(config)
+    alphas = tuple(sorted(set(float(a) for a in (*config.alphas, config.alpha))))
+    vlm, record = get_vlm(model, config, progress)
+    scenes = make_scenes(config.n_scenes, "heldout", seed=config.seed, size=config.image_size)
+    truths = [s.objects for s in scenes]
+    feats = encode_scenes(vlm, scenes, progress=progress) if hasattr(vlm, "projector") else [s.image for s in scenes]
+    gen_kw = dict(max_new_tokens=config.max_new_tokens, chunk=config.chunk, progress=progress)
+
+    # 1. does it see? caption loss and recall against image-free baselines
+    metrics: dict[str, Any] = {}
+    if hasattr(vlm, "projector"):
+        perm = torch.roll(torch.arange(len(scenes)), 1)  # each scene gets its neighbour's image
+        with torch.no_grad():
+            caps = [s.caption for s in scenes]
+            metrics["caption_loss"] = float(caption_losses(vlm, config.prompt, feats, caps).mean())
+            metrics["caption_loss_shuffled_image"] = float(caption_losses(vlm, config.prompt, feats[perm], caps).mean())
+            metrics["caption_loss_no_image"] = float(caption_losses(vlm, config.prompt, None, caps).mean())
+        right = first_object_scores(vlm, config.prompt, feats, len(scenes))
+        wrong = first_object_scores(vlm, config.prompt, feats[perm], len(scenes))
+        metrics["object_rank_recall"] = ranking_recall(right, truths)
+        metrics["object_rank_recall_shuffled_image"] = ranking_recall(wrong, truths)
+        metrics["object_rank_recall_chance"] = chance_recall(truths)
+        shuffled = generate_chunked(vlm, config.prompt, feats[perm], paired=False, **gen_kw)
+        metrics["recall_shuffled_image"] = chair(shuffled.captions, truths).recall
+        metrics["captions_shuffled_image"] = shuffled.captions
+    metrics["projector"] = {k: v for k, v in record.items() if k != "config"} if record else {}
+
+    # 2. baseline captions with VHD at every step
+    base = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("none", distance=config.distance), **gen_kw)
+    valid = base.valid.float()[..., None, None]
+    vhd_map = (base.vhd * valid).sum((0, 1)) / valid.sum().clamp(min=1)
+    tvhd = token_vhd(base.vhd, config.top_k) * base.valid
+    before = _scores(base.captions, truths)
+    metrics["recall"] = before["recall"]
+
+    # 3. VHR sweep vs random heads
+    sweep = []
+    runs = {}
+    for alpha in tqdm(alphas, desc="VHR sweep", disable=not progress):
+        vhr = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("vhr", alpha, config.distance, config.seed), **gen_kw)
+        rnd = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("random", alpha, config.distance, config.seed), **gen_kw)
+        row = {"alpha": alpha, "vhr": _scores(vhr.captions, truths), "random": _scores(rnd.captions, truths),
+               "heads_per_layer": float(vhr.selected[vhr.valid].float().sum(-1).mean()) if vhr.valid.any() else 0.0}
+        sweep.append(row)
+        runs[alpha] = (vhr, rnd)
+    main_vhr, main_rnd = runs[float(config.alpha)]
+    s = vhd_map.shape
+    metrics.update({
+        "vhd": vhd_map.tolist(),
+        "top_heads": top_heads(vhd_map, 10),
+        "chair": {"before": before, "after": _scores(main_vhr.captions, truths),
+                  "random_control": _scores(main_rnd.captions, truths)},
+        "alpha": float(config.alpha),
+        "sweep": sweep,
+        "object_token_tvhd": object_token_tvhd(base.tokens, tvhd, truths),
+        "captions_before": base.captions,
+        "captions_after": main_vhr.captions,
+        "captions_random": main_rnd.captions,
+        "caption_tokens": base.tokens,
+        "truths": [list(t) for t in truths],
+        "references": [s_.caption for s_ in scenes],
+        "n_scenes": len(scenes),
+        "vision_tokens": getattr(vlm, "n_image_tokens", None),
+        "model": getattr(vlm, "name", None),
+        "where": "blocks.{l}.attn.hook_z (per-head output before W_O)",
+        "distance": config.distance,
+    })
+    shown = min(N_SHOWN, len(scenes))
+    arrays = {
+        "vhd_map": vhd_map,
+        "vhd_steps": base.vhd,
+        "valid": base.valid.to(torch.uint8),
+        "tvhd": tvhd,
+        "images": torch.from_numpy(np.stack([(sc.image * 255).round().astype(np.uint8) for sc in scenes[:shown]])),
+        "selected_rate": main_vhr.selected[main_vhr.valid].float().mean(0) if main_vhr.valid.any() else torch.zeros(s),
+    }
+    return VHDResult(config=config, metrics=metrics, arrays=arrays,
+                     meta=provenance(model=getattr(vlm, "name", "vlm"), seed=config.seed) | {"lm": vlm.lm.name})
+
+
+def caption_one(model: Any, image: Any, config: VHDConfig | None = None) -> dict[str, Any]:
+    """Caption one image before and after VHR (at ``config.alpha``), with T-VHD per token."""
+    config = config or VHDConfig()
+    check_config(config)
+    vlm, _ = get_vlm(model, config, progress=False)
+    feats = vlm.encode([image]) if hasattr(vlm, "projector") else [image]
+    kw = dict(max_new_tokens=config.max_new_tokens, chunk=1)
+    base = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("none", distance=config.distance), **kw)
+    vhr = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("vhr", config.alpha, config.distance), **kw)
+    tv = token_vhd(base.vhd, config.top_k)[0, : len(base.tokens[0])]
+    return {"caption_before": base.captions[0], "caption_after": vhr.captions[0], "tokens": base.tokens[0],
+            "tvhd": [float(x) for x in tv], "objects_before": mentioned_objects(base.captions[0]),
+            "objects_after": mentioned_objects(vhr.captions[0])}

@@ -1,0 +1,152 @@
+"""Greedy captioning with the image (rows ``:n`` of a ``PairedBatch``) and, alongside, the same
+tokens without the image (rows ``n:``), so that at every decoding step each head's output can
+be compared between the two branches (VHD) and, under VHR, reinforced.
+
+Both branches are fed the tokens the image branch generates (teacher forcing), so VHD at
+step t compares A(y_t | y_<t, image, text) with A(y_t | y_<t, text), the paper's definition.
+Head outputs are read and changed only through the caching layer
+(``workbench.cache.forward_embeds`` with patches on ``blocks.{l}.attn.hook_z``), decoding with
+a key-value cache. VHR works layer by layer inside one forward pass: the patch at layer l sees
+z computed after layers < l were already reinforced, selects there, and scales there; the
+same heads are scaled in both branches so later layers compare like with like."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench.cache import forward_embeds
+from workbench.errors import InputError
+from analyses.vision_heads.vlm.heads import head_divergence, random_select, vhr_select
+from analyses.vision_heads.vlm.model import PairedBatch
+
+MODES = ("none", "vhr", "random")
+
+
+@dataclass
+class HeadPolicy:
+    """What to do with head outputs while decoding: ``none`` (only measure VHD), ``vhr``
+    (amplify the heads VHR selects by ``alpha``) or ``random`` (amplify as many random heads)."""
+
+    mode: str = "none"
+    alpha: float = 1.0
+    distance: str = "l2"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"unknown head policy '{self.mode}'; choose one of {', '.join(MODES)}")
+        if not self.alpha > 0:
+            raise InputError(f"alpha must be positive, got {self.alpha}")
+
+
+@dataclass
+class Generation:
+    """Captions and, per decoding step, the head divergences and the reinforced heads.
+
+    ``vhd`` float ``[n step layer head]``, ``selected`` bool ``[n step layer head]``, ``valid``
+    bool ``[n step]`` (False after a caption ended); ``token_ids`` per caption."""
+
+    captions: list[str]
+    token_ids: list[list[int]]
+    vhd: torch.Tensor
+    selected: torch.Tensor
+    valid: torch.Tensor
+    tokens: list[list[str]] = field(default_factory=list)
+
+
+def _stops(tokenizer: Any, token_id: int) -> bool:
+    return token_id == tokenizer.eos_token_id or "." in tokenizer.decode([token_id]) or "\n" in tokenizer.decode([token_id])
+
+
+def generate(vlm: Any, batch: PairedBatch, max_new_tokens: int = 16, policy: HeadPolicy | None = None,
+             paired: bool = True, progress: bool = False) -> Generation:
+    """Greedy captions for the image rows of ``batch``; ``paired`` also runs the image-free rows
+    (needed for VHD and for VHR). A caption ends at a full stop, a newline or end-of-text."""
+    policy = policy or HeadPolicy()
+    if policy.mode != "none" and not paired:
+        raise InputError("VHR and its random control need the image-free branch; call generate with paired=True")
+    lm, n = vlm.lm, batch.n
+    s = lm.shape
+    rows = slice(None) if paired else slice(0, n)
+    embeds, mask, pos = batch.embeds[rows], batch.attention_mask[rows], batch.position_ids[rows]
+    gen = torch.Generator().manual_seed(policy.seed)
+    vhd = torch.zeros(n, max_new_tokens, s.n_layers, s.n_heads)
+    selected = torch.zeros(n, max_new_tokens, s.n_layers, s.n_heads, dtype=torch.bool)
+    step_box = {"t": 0}
+
+    def make_patch(layer: int):
+        def patch(z: torch.Tensor) -> torch.Tensor:  # [2n q head d_head]
+            t = step_box["t"]
+            div = head_divergence(z[:n, -1], z[n:, -1], policy.distance)  # [n head]
+            vhd[:, t, layer] = div
+            if policy.mode == "none" or policy.alpha == 1.0:
+                return z
+            pick = vhr_select(div)
+            if policy.mode == "random":
+                pick = random_select(pick.sum(-1), s.n_heads, gen)
+            selected[:, t, layer] = pick
+            scale = torch.where(pick, torch.tensor(policy.alpha), torch.tensor(1.0)).to(z.dtype)[..., None]
+            z = z.clone()
+            z[:n, -1] = z[:n, -1] * scale
+            z[n:, -1] = z[n:, -1] * scale
+            return z
+        return patch
+
+    patches = {f"blocks.{l}.attn.hook_z": make_patch(l) for l in range(s.n_layers)} if paired else {}
+    token_ids: list[list[int]] = [[] for _ in range(n)]
+    done = torch.zeros(n, dtype=torch.bool)
+    valid = torch.zeros(n, max_new_tokens, dtype=torch.bool)
+    past = None
+    steps = tqdm(range(max_new_tokens), desc=f"decoding ({policy.mode})", disable=not progress, leave=False)
+    for t in steps:
+        step_box["t"] = t
+        logits, _, past = forward_embeds(lm, embeds, mask, patches=patches, position_ids=pos,
+                                         past_key_values=past, use_cache=True)
+        valid[:, t] = ~done
+        nxt = logits[:n, -1].argmax(-1)
+        for i in range(n):
+            if not done[i]:
+                token_ids[i].append(int(nxt[i]))
+                if _stops(lm.tokenizer, int(nxt[i])):
+                    done[i] = True
+        if bool(done.all()):
+            break
+        ids = torch.cat([nxt, nxt]) if paired else nxt
+        embeds = vlm.token_embeds(ids)[:, None]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos[:, -1:] + 1
+    steps.close()
+    used = int(valid.any(0).sum())
+    tok = lm.tokenizer
+    return Generation(
+        captions=[tok.decode(ids) for ids in token_ids],
+        token_ids=token_ids,
+        vhd=vhd[:, :used],
+        selected=selected[:, :used],
+        valid=valid[:, :used],
+        tokens=[[tok.decode([i]) for i in ids] for ids in token_ids],
+    )
+
+
+def generate_chunked(vlm: Any, prompt: str, features: torch.Tensor, chunk: int = 16, **kwargs: Any) -> Generation:
+    """``generate`` over many images in chunks; the per-step arrays are padded to the longest."""
+    parts = []
+    for start in range(0, features.shape[0], chunk):
+        batch = vlm.paired_batch(prompt, features[start:start + chunk])
+        parts.append(generate(vlm, batch, **kwargs))
+    steps = max(p.vhd.shape[1] for p in parts)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, 0) * (x.ndim - 2) + (0, steps - x.shape[1]))
+
+    return Generation(
+        captions=[c for p in parts for c in p.captions],
+        token_ids=[c for p in parts for c in p.token_ids],
+        vhd=torch.cat([pad(p.vhd) for p in parts]),
+        selected=torch.cat([pad(p.selected) for p in parts]),
+        valid=torch.cat([pad(p.valid) for p in parts]),
+        tokens=[c for p in parts for c in p.tokens],
+    )

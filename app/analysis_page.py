@@ -1,0 +1,79 @@
+"""The one page template every analysis gets from its spec: a saved-run picker, a
+"run a small one" form built from the same Config the CLI uses, the spec's headline
+tiles and figures. A spec's ``page_extra(result)`` may add to it, never copy it."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+import streamlit as st
+
+from app.common import draw_sections, get_model, model_picker, run_picker, show_error
+from workbench.errors import WorkbenchError
+from workbench.spec import AnalysisSpec, base_type, check_config, config_fields, get_spec
+
+
+def _field_input(spec: AnalysisSpec, f: dataclasses.Field, annotation: Any) -> Any:
+    """One form widget for a Config field; returns the field's value."""
+    kind, optional = base_type(annotation)
+    default = spec.page_defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else
+                                     (f.default_factory() if f.default_factory is not dataclasses.MISSING else None))
+    label, key, help_text = f.name.replace("_", " "), f"{spec.key}-{f.name}", f.metadata.get("help") or None
+    choices = f.metadata.get("choices")
+    if choices:
+        return st.selectbox(label, list(choices), index=list(choices).index(default) if default in choices else 0,
+                            key=key, help=help_text)
+    if kind is bool:
+        return st.checkbox(label, bool(default), key=key, help=help_text)
+    if kind is int or (kind is float):
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        cast = int if kind is int else float
+        return st.number_input(label, value=cast(default), min_value=None if lo is None else cast(lo),
+                               max_value=None if hi is None else cast(hi), key=key, help=help_text)
+    if typing.get_origin(kind) is tuple or kind is tuple:
+        elem = type(default[0]) if default else str
+        text = st.text_input(label, ",".join(map(str, default or ())), key=key, help=f"{help_text or ''} (comma-separated)")
+        return tuple(elem(x.strip()) for x in text.split(",") if x.strip())
+    text = st.text_input(label, "" if default is None else str(default), key=key, help=help_text)
+    return None if (optional and not text) else text
+
+
+def run_form(spec: AnalysisSpec) -> Any:
+    """The "run a small one" form; returns a fresh, saved Result or None."""
+    with st.expander(f"run a small {spec.key}"):
+        values = {f.name: _field_input(spec, f, ann) for f, ann in config_fields(spec.config)
+                  if f.init and f.metadata.get("cli", True) and f.name != "seed"}
+        name = model_picker(f"{spec.key}-model") if spec.needs_model else None
+        if st.button("run", key=f"{spec.key}-run"):
+            try:
+                config = spec.config(**values)
+                check_config(config)
+                target = get_model(name) if (name and spec.wants_model(config)) else None
+                with st.spinner(f"running {spec.key} ..."):
+                    result = spec.run(target, config, progress=False)
+                    result.save()
+                return result
+            except (WorkbenchError, ValueError, TypeError) as exc:
+                show_error(exc)
+    return None
+
+
+def analysis_page(key: str) -> None:
+    """Draw the page of the analysis registered as ``key``."""
+    spec = get_spec(key)
+    st.title(spec.title)
+    st.caption(f"{spec.description} Run the full analysis with `workbench {spec.key}`; the form below runs a small one."
+               .strip())
+    result = run_picker(spec)
+    fresh = run_form(spec)
+    result = fresh if fresh is not None else result
+    if result is None:
+        return
+    if spec.headline is not None:
+        tiles = spec.headline(result)
+        for col, (label, value) in zip(st.columns(len(tiles)), tiles):
+            col.metric(label, value)
+    draw_sections(spec.sections(result))
+    if spec.page_extra is not None:
+        spec.page_extra(result)

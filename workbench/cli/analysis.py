@@ -1,0 +1,179 @@
+"""One command per analysis, built from its spec: the options are the Config's fields
+(type, default and help from the field, so defaults live once, in the Config) plus the
+common options below, defined once for every command."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from ..errors import InputError
+from ..spec import AnalysisSpec, base_type, check_config, config_fields, flag_of
+from .common import finish, load, number_list, status
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass
+class Common:
+    """The options every analysis command shares."""
+
+    model: str = "smollm2-135m"
+    backend: str = "hf"
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    out: Optional[Path] = None
+    as_json: bool = False
+
+
+COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("model", str, typer.Option("smollm2-135m", "--model", "-m", help="registry name, hub id or local folder (see `workbench models`)")),
+    ("backend", str, typer.Option("hf", "--backend", help="hf | transformer_lens | nnsight")),
+    ("device", str, typer.Option("cpu", "--device", help="auto | cpu | cuda")),
+    ("dtype", str, typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16")),
+    ("seed", int, typer.Option(0, "--seed", help="random seed (datasets, head draws, initialisation)")),
+    ("out", Optional[Path], typer.Option(None, "--out", help="run folder to write (default: runs/<analysis>-<model>-<time>); a new folder or an earlier run")),
+    ("as_json", bool, typer.Option(False, "--json", help="print the summary as JSON on stdout")),
+]
+
+
+def _is_tuple(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is tuple or annotation is tuple
+
+
+def _element_type(f: dataclasses.Field, annotation: Any) -> type:
+    """The element type of a tuple field: from ``tuple[int, ...]``, else from its default."""
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    if args and args[0] in (int, float, str):
+        return args[0]
+    default = f.default if f.default is not dataclasses.MISSING else ()
+    return type(default[0]) if default else str
+
+
+def _cli_parameter(f: dataclasses.Field, annotation: Any) -> tuple[inspect.Parameter, Any]:
+    """The typer parameter of one Config field and a parser from the CLI value to the field's value."""
+    kind, optional = base_type(annotation)
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    flags = [flag_of(f), *f.metadata.get("aliases", ())]
+    help_text = f.metadata.get("help", "")
+    if f.metadata.get("choices"):
+        help_text = f"{help_text} ({' | '.join(map(str, f.metadata['choices']))})".strip()
+    if _is_tuple(kind):
+        elem = _element_type(f, kind)
+        if elem is str:  # repeatable option: --prompt a --prompt b
+            opt = typer.Option(None, *flags, help=f"{help_text} (repeatable)".strip())
+            return _param(f.name, Optional[List[str]], opt), lambda v: tuple(v) if v else default
+        shown = ",".join(str(x) for x in default) if default else None
+        opt = typer.Option(shown, *flags, help=f"{help_text} (comma-separated)".strip())
+        return _param(f.name, Optional[str], opt), lambda v: number_list(v, flags[0], elem) if v else tuple(default or ())
+    if kind is bool:
+        name = flags[0].removeprefix("--")
+        opt = typer.Option(default, f"--{name}/--no-{name}", help=help_text)
+        return _param(f.name, bool, opt), lambda v: v
+    if kind not in (int, float, str):
+        kind = str
+    opt = typer.Option(default, *flags, help=help_text)
+    return _param(f.name, Optional[kind] if optional or default is None else kind, opt), lambda v: v
+
+
+def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def build_config(spec: AnalysisSpec, values: dict[str, Any]) -> Any:
+    """The spec's Config from parsed option values; range checks run here, before any work."""
+    config = spec.config(**values)
+    check_config(config)
+    return config
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a one-line error."""
+    import torch
+
+    if device not in DEVICES:
+        raise InputError(f"--device must be one of {', '.join(DEVICES)} (got '{device}')")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but this machine has no CUDA device; use --device cpu or auto")
+    return device
+
+
+def check_common(spec: AnalysisSpec, common: Common) -> None:
+    if common.dtype not in DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)} (got '{common.dtype}')")
+    common.device = resolve_device(common.device)
+    if common.device not in spec.devices:
+        raise InputError(f"{spec.key} runs on {', '.join(spec.devices)} only; use --device {spec.devices[0]}")
+    from ..results import check_run_target
+
+    check_run_target(common.out)
+
+
+def execute(spec: AnalysisSpec, config: Any, common: Common, progress: bool = True) -> Any:
+    """Load what the analysis runs on, run it, save the run folder and print its summary."""
+    if spec.load_target is not None:
+        target = spec.load_target(config, common)
+    elif spec.wants_model(config):
+        target = load(common.model, common.backend, common.device, common.dtype)
+    else:
+        target = None
+    result = spec.run(target, config, progress=progress)
+    extra_files = spec.finish(result, config, common) if spec.finish is not None else {}
+    if extra_files:
+        result.save(common.out, extra_files=extra_files)
+    finish(result, common.out, common.as_json)
+    return result
+
+
+def register_analysis(app: typer.Typer, spec: AnalysisSpec) -> None:
+    """Add ``workbench <key>`` (and its aliases, hidden) for one analysis."""
+    params: list[inspect.Parameter] = []
+    parsers: dict[str, Any] = {}
+    has_seed = False
+    for f, annotation in config_fields(spec.config):
+        if f.name == "seed":
+            has_seed = True
+            continue
+        if not f.metadata.get("cli", True) or not f.init:
+            continue
+        param, parse = _cli_parameter(f, annotation)
+        params.append(param)
+        parsers[f.name] = parse
+    common_names = {name for name, _, _ in COMMON_OPTIONS}
+    clash = common_names & set(parsers)
+    if clash:
+        raise TypeError(f"{spec.config.__name__} fields {sorted(clash)} clash with the common options")
+    params += [_param(name, ann, opt) for name, ann, opt in COMMON_OPTIONS]
+
+    def command(**kwargs: Any) -> None:
+        common = Common(**{name: kwargs.pop(name) for name in common_names})
+        values = {name: parsers[name](value) for name, value in kwargs.items()}
+        if has_seed:
+            values["seed"] = common.seed
+        config = build_config(spec, values)
+        check_common(spec, common)
+        status(f"{spec.key}: " + ", ".join(f"{k}={v}" for k, v in values.items() if k in _changed(spec, values)))
+        execute(spec, config, common)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = spec.help
+    command.__name__ = spec.key
+    app.command(name=spec.key, help=spec.help)(command)
+    for alias in spec.aliases:
+        app.command(name=alias, help=f"same as `workbench {spec.key}`", hidden=True)(command)
+
+
+def _changed(spec: AnalysisSpec, values: dict[str, Any]) -> set[str]:
+    """The options set away from their defaults (the status line names only these)."""
+    defaults = spec.config()
+    return {k for k, v in values.items() if getattr(defaults, k, None) != v}

@@ -1,0 +1,183 @@
+"""The one door to an analysis: an ``AnalysisSpec`` per analysis (auto-circuit's typed
+``PruneAlgo`` registry is the model), found through the ``workbench.analyses`` entry-point
+group, so the core never imports ``analyses/`` and another package can add its own.
+
+A spec names the analysis once (registry key = command = run-folder prefix = page), holds
+its ``Config`` and ``Result`` classes, its ``run`` and its figures. The CLI builds the
+command's options from the Config's fields (``option()`` metadata: flag, help, range),
+the app builds the page from one template, the report and the results store read the
+spec. Nothing else needs to know an analysis exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Sequence
+
+from .errors import InputError, WorkbenchError
+
+ENTRY_POINT_GROUP = "workbench.analyses"
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str = "", flag: str | None = None,
+           aliases: Sequence[str] = (), min: float | None = None, max: float | None = None,
+           choices: Sequence[Any] | None = None, cli: bool = True,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A Config field that also describes its command-line option and its valid range.
+
+    ``flag`` overrides the option name (default ``--field-name``); ``aliases`` are extra
+    names (``-p``); ``min``/``max``/``choices`` are checked before any work starts;
+    ``cli=False`` keeps an internal knob off the command line."""
+    meta = {"help": help, "flag": flag, "aliases": tuple(aliases), "min": min, "max": max,
+            "choices": tuple(choices) if choices is not None else None, "cli": cli}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The option name of a Config field: ``--n-prompts`` for ``n_prompts`` unless overridden."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def base_type(annotation: Any) -> tuple[Any, bool]:
+    """(the type inside ``Optional[...]``, whether None is allowed) for a field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Any), True
+    return annotation, False
+
+
+def config_fields(config_cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """The Config's fields with their resolved annotations (string annotations included)."""
+    hints = typing.get_type_hints(config_cls)
+    return [(f, hints.get(f.name, Any)) for f in dataclasses.fields(config_cls)]
+
+
+def check_config(config: Any) -> None:
+    """Range and finiteness checks from the fields' metadata, then the Config's own
+    ``validate()`` when it has one; a bad value is one ``InputError`` naming the option."""
+    for f, annotation in config_fields(type(config)):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        name = flag_of(f)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"{name} must be a finite number (got {v})")
+            lo, hi = f.metadata.get("min"), f.metadata.get("max")
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if lo is not None and v < lo:
+                    raise InputError(f"{name} must be at least {lo} (got {v})")
+                if hi is not None and v > hi:
+                    raise InputError(f"{name} must be at most {hi} (got {v})")
+            choices = f.metadata.get("choices")
+            if choices and v not in choices:
+                raise InputError(f"{name} must be one of {', '.join(map(str, choices))} (got '{v}')")
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate()
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """Everything the CLI, the app, the report and the results store know of an analysis.
+
+    ``run(target, config, progress) -> Result``; ``target`` is what ``load_target`` returns
+    (by default the model named by ``--model``; ``None`` for analyses that build their own).
+    ``figures(result) -> list[report.Section]``: one function serves the app, the notebooks
+    and the reports. ``headline(result) -> [(label, value)]``: the few numbers a page shows
+    as tiles. ``extra_results``: other Result classes the analysis saves (older formats)."""
+
+    key: str
+    title: str
+    help: str
+    config: type
+    result: type
+    run: Callable[..., Any]
+    figures: Callable[[Any], list] | None = None
+    headline: Callable[[Any], list[tuple[str, Any]]] | None = None
+    aliases: tuple[str, ...] = ()
+    extra_results: tuple[type, ...] = ()
+    needs_model: Callable[[Any], bool] | bool = True
+    load_target: Callable[[Any, Any], Any] | None = None
+    finish: Callable[[Any, Any, Any], dict[str, Any]] | None = None
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    page_defaults: dict[str, Any] = field(default_factory=dict)
+    page_extra: Callable[[Any], None] | None = None
+    description: str = ""
+
+    @property
+    def result_names(self) -> tuple[str, ...]:
+        """The ``analysis`` names this spec's results are saved under."""
+        return tuple(cls.analysis for cls in (self.result, *self.extra_results))
+
+    def sections(self, result: Any) -> list:
+        """The result's report sections: the spec's figures, else the result's own."""
+        return self.figures(result) if self.figures is not None else result.report_sections()
+
+    def wants_model(self, config: Any) -> bool:
+        return self.needs_model(config) if callable(self.needs_model) else bool(self.needs_model)
+
+
+_SPECS: dict[str, AnalysisSpec] | None = None
+
+
+def _specs_from(obj: Any, origin: str) -> list[AnalysisSpec]:
+    """An entry point may name one spec, a list of specs, or a list of module names whose
+    ``SPECS`` (or ``SPEC``) to take: the built-in registry is such a list."""
+    if isinstance(obj, AnalysisSpec):
+        return [obj]
+    if isinstance(obj, types.ModuleType):
+        found = getattr(obj, "SPECS", None) or [getattr(obj, "SPEC", None)]
+        specs = [s for s in found if isinstance(s, AnalysisSpec)]
+        if not specs:
+            raise WorkbenchError(f"{origin}: module {obj.__name__} defines no SPEC; add SPEC = AnalysisSpec(...) to it")
+        return specs
+    if isinstance(obj, (list, tuple)):
+        out: list[AnalysisSpec] = []
+        for item in obj:
+            out += _specs_from(importlib.import_module(item) if isinstance(item, str) else item, origin)
+        return out
+    raise WorkbenchError(f"{origin} is not an AnalysisSpec or a list of analysis modules")
+
+
+def specs() -> dict[str, AnalysisSpec]:
+    """Every installed analysis by key, in registration order (loaded once)."""
+    global _SPECS
+    if _SPECS is None:
+        found: dict[str, AnalysisSpec] = {}
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            for spec in _specs_from(ep.load(), f"entry point {ep.name} = {ep.value}"):
+                if spec.key in found:
+                    raise WorkbenchError(f"two analyses are registered as '{spec.key}'; rename one")
+                found[spec.key] = spec
+        _SPECS = found
+    return _SPECS
+
+
+def get_spec(name: str) -> AnalysisSpec:
+    """The spec for a key, alias or saved ``analysis`` name; a one-line error otherwise."""
+    all_specs = specs()
+    if name in all_specs:
+        return all_specs[name]
+    for spec in all_specs.values():
+        if name in spec.aliases or name in spec.result_names:
+            return spec
+    raise InputError(f"unknown analysis '{name}'; known: {', '.join(all_specs)}")
+
+
+def result_class(analysis: str) -> type | None:
+    """The Result class saved under ``analysis``, or None when no installed spec has it."""
+    for spec in specs().values():
+        for cls in (spec.result, *spec.extra_results):
+            if cls.analysis == analysis:
+                return cls
+    return None
