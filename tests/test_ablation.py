@@ -18,7 +18,7 @@ from workbench.results import load_result
 
 
 def test_batched_ablation_equals_one_forward_per_head(tiny_llama):
-    cfg = AblationConfig(n=6, seed=3, max_batch=40)
+    cfg = AblationConfig(n_prompts=6, seed=3, batch_size=40)
     result = run(tiny_llama, cfg, progress=False)
     ps = ioi_prompts(6, tiny_llama.tokenizer, seed=3)
     correct, wrong = ps.answer_ids(tiny_llama)
@@ -38,8 +38,8 @@ def test_batched_ablation_equals_one_forward_per_head(tiny_llama):
 
 
 def test_same_seed_same_numbers(tiny_llama, tmp_path):
-    a = run(tiny_llama, AblationConfig(n=4, seed=1), progress=False)
-    b = run(tiny_llama, AblationConfig(n=4, seed=1), progress=False)
+    a = run(tiny_llama, AblationConfig(n_prompts=4, seed=1), progress=False)
+    b = run(tiny_llama, AblationConfig(n_prompts=4, seed=1), progress=False)
     assert torch.equal(a.effect, b.effect) and a.metrics["top_heads"] == b.metrics["top_heads"]
     back = load_result(a.save(tmp_path / "run"))
     assert torch.equal(back.effect, a.effect) and back.config == a.config
@@ -55,7 +55,7 @@ def test_unknown_task_and_empty_n(tiny_llama):
     with pytest.raises(InputError, match="unknown task"):
         run(tiny_llama, AblationConfig(task="nope"), progress=False)
     with pytest.raises(InputError, match="at least one"):
-        run(tiny_llama, AblationConfig(n=0), progress=False)
+        run(tiny_llama, AblationConfig(n_prompts=0), progress=False)
 
 
 def _cli(*args, **kw):
@@ -87,7 +87,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 @pytest.mark.real_model
 def test_embedded_model_does_ioi_and_ablation_is_deterministic(smollm2):
-    cfg = AblationConfig(n=4, seed=0)
+    cfg = AblationConfig(n_prompts=4, seed=0)
     a = run(smollm2, cfg, progress=False)
     b = run(smollm2, cfg, progress=False)
     print("clean logit diff", a.metrics["clean_logit_diff"], "accuracy", a.metrics["accuracy"], "top", a.metrics["top_heads"][:3])

@@ -15,13 +15,14 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from analyses.ablation.analysis import AblationConfig, run
+from conftest import analysis_page_app
 
 APP = Path(__file__).resolve().parents[1] / "app"
 
 
 @pytest.fixture
 def saved_ablation(tiny_llama):
-    result = run(tiny_llama, AblationConfig(n=3), progress=False)
+    result = run(tiny_llama, AblationConfig(n_prompts=3), progress=False)
     result.meta["model"] = "tiny-llama"
     return result.save()
 
@@ -40,7 +41,7 @@ def test_home_without_runs_says_what_to_do():
 
 
 def test_attention_page_draws_chosen_head(tiny_llama):
-    at = AppTest.from_file(str(APP / "pages" / "1_Attention.py"), default_timeout=120)
+    at = AppTest.from_string(f"import sys\nsys.path.insert(0, {str(APP.parent)!r})\nfrom app.attention import attention_page\nattention_page()\n", default_timeout=120)
     at.run()
     at.sidebar.selectbox(key="model").set_value("tiny-llama").run()
     at.text_area(key="prompt").input("Alice and Bob went home").run()
@@ -51,7 +52,7 @@ def test_attention_page_draws_chosen_head(tiny_llama):
 
 
 def test_ablation_page_shows_saved_run(saved_ablation):
-    at = AppTest.from_file(str(APP / "pages" / "2_Head_Ablation.py"), default_timeout=120).run()
+    at = analysis_page_app("ablation").run()
     assert not at.exception
     assert len(at.get("plotly_chart")) == 2
     assert [m.label for m in at.metric][:2] == ["clean logit diff (IO - S)", "accuracy"]

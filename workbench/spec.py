@@ -109,6 +109,8 @@ class AnalysisSpec:
     needs_model: Callable[[Any], bool] | bool = True
     load_target: Callable[[Any, Any], Any] | None = None
     finish: Callable[[Any, Any, Any], dict[str, Any]] | None = None
+    check_model: Callable[[Any, Any], None] | None = None
+    estimate_bytes: Callable[[Any, Any], int] | None = None
     devices: tuple[str, ...] = ("cpu", "cuda")
     page_defaults: dict[str, Any] = field(default_factory=dict)
     page_extra: Callable[[Any], None] | None = None
