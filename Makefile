@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 run: install
-	$(VENV)/bin/workbench ablate --model smollm2-135m --n $(N) --out runs/make-run-ablation
+	$(VENV)/bin/workbench ablation --model smollm2-135m --n $(N) --out runs/make-run-ablation
 	@echo "report: $(CURDIR)/runs/make-run-ablation/report.html"
 	@echo "dashboard: http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"
 	$(VENV)/bin/workbench app --port $(PORT)

@@ -3,19 +3,12 @@ the attention viewer, and one page per installed analysis, built from the analys
 spec by one template (``app/analysis_page.py``)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
-
-from app.analysis_page import analysis_page  # noqa: E402
-from app.attention import attention_page  # noqa: E402
-from app.home import home_page  # noqa: E402
-from workbench.spec import specs  # noqa: E402
+from app.analysis_page import analysis_page
+from app.attention import attention_page
+from app.home import home_page
+from workbench.spec import specs
 
 
 def _page_of(key: str):

@@ -38,11 +38,7 @@ def _private_runs(tmp_path, monkeypatch):
 
 def analysis_page_app(key: str, timeout: int = 120):
     """An AppTest of the dashboard page the spec ``key`` gets from the one page template."""
-    from pathlib import Path
-
     from streamlit.testing.v1 import AppTest
 
-    root = Path(__file__).resolve().parents[1]
-    script = (f"import sys\nsys.path.insert(0, {str(root)!r})\n"
-              f"from app.analysis_page import analysis_page\nanalysis_page({key!r})\n")
-    return AppTest.from_string(script, default_timeout=timeout)
+    return AppTest.from_string(f"from app.analysis_page import analysis_page\nanalysis_page({key!r})\n",
+                               default_timeout=timeout)

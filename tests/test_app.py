@@ -41,7 +41,7 @@ def test_home_without_runs_says_what_to_do():
 
 
 def test_attention_page_draws_chosen_head(tiny_llama):
-    at = AppTest.from_string(f"import sys\nsys.path.insert(0, {str(APP.parent)!r})\nfrom app.attention import attention_page\nattention_page()\n", default_timeout=120)
+    at = AppTest.from_string("from app.attention import attention_page\nattention_page()\n", default_timeout=120)
     at.run()
     at.sidebar.selectbox(key="model").set_value("tiny-llama").run()
     at.text_area(key="prompt").input("Alice and Bob went home").run()

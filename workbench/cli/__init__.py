@@ -17,17 +17,23 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 core.register(app)
 
 
-def _register_analyses() -> None:
+_registered: set[str] = set()
+
+
+def register_analyses() -> None:
+    """Add one command per installed analysis (once per process)."""
     from ..spec import specs
 
-    for spec in specs().values():
-        register_analysis(app, spec)
+    for key, spec in specs().items():
+        if key not in _registered:
+            register_analysis(app, spec)
+            _registered.add(key)
 
 
 def main() -> None:
     """Entry point: run the app; user-fixable errors are one line on stderr."""
     try:
-        _register_analyses()
+        register_analyses()
         app(standalone_mode=False)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,125 @@
+"""What every analysis gets from its spec alone, checked for every installed spec: a
+command whose options are the Config's fields with the Config's defaults, a page that
+renders, a place in the results store; and the direction of the imports (the core never
+reaches up into the analyses, no architecture branch outside the adapters)."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from conftest import analysis_page_app
+from workbench.cli import app, register_analyses
+from workbench.cli.analysis import COMMON_OPTIONS, _is_tuple
+from workbench.spec import base_type, check_config, config_fields, flag_of, get_spec, result_class, specs
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = list(specs())
+
+
+def _command(key: str):
+    register_analyses()
+    return typer.main.get_command(app).commands[key]
+
+
+def test_builtin_analyses_are_registered():
+    assert {"ablation", "induction"} <= set(SPECS)
+    assert get_spec("ablate").key == "ablation"  # the old command name is an alias
+
+
+@pytest.mark.parametrize("key", SPECS)
+def test_command_options_are_the_config_fields(key):
+    spec = specs()[key]
+    cmd = _command(key)
+    by_flag = {opt: p for p in cmd.params for opt in p.opts}
+    defaults = spec.config()
+    for f, annotation in config_fields(spec.config):
+        if f.name == "seed" or not f.metadata.get("cli", True) or not f.init:
+            continue
+        flag = flag_of(f)
+        assert flag in by_flag, f"{key}: {f.name} has no {flag} option"
+        value = getattr(defaults, f.name)
+        shown = by_flag[flag].default
+        kind, _ = base_type(annotation)
+        if _is_tuple(kind):
+            if by_flag[flag].multiple:
+                assert not shown and not value or tuple(shown) == value
+            else:
+                assert shown == (",".join(map(str, value)) if value else None), f"{key} {flag}"
+        else:
+            assert shown == value, f"{key} {flag}: option default {shown!r} != Config default {value!r}"
+    for name, _, _ in COMMON_OPTIONS:
+        assert any(p.name == name for p in cmd.params), f"{key} lacks the common option {name}"
+
+
+@pytest.mark.parametrize("key", SPECS)
+def test_config_defaults_pass_their_own_checks(key):
+    check_config(specs()[key].config())
+
+
+@pytest.mark.parametrize("key", SPECS)
+def test_results_are_dataclasses_known_by_name(key):
+    spec = specs()[key]
+    for cls in (spec.result, *spec.extra_results):
+        assert dataclasses.is_dataclass(cls) and "analysis" in cls.__dict__
+        assert result_class(cls.analysis) is cls
+    assert dataclasses.is_dataclass(spec.config)
+
+
+@pytest.mark.parametrize("key", SPECS)
+def test_page_without_runs_says_how_to_make_one(key):
+    at = analysis_page_app(key).run()
+    assert not at.exception
+    assert at.title[0].value == specs()[key].title
+    assert any(f"No saved '{key}' runs" in i.value for i in at.info)
+    assert any(b.label == "run" for b in at.button)
+
+
+def test_bad_option_value_is_refused_before_work():
+    from workbench.errors import InputError
+
+    spec = get_spec("ablation")
+    with pytest.raises(InputError, match="--n must be at least 1"):
+        check_config(spec.config(n_prompts=0))
+    with pytest.raises(InputError, match="--ablation must be one of mean, zero"):
+        check_config(spec.config(ablation="half"))
+
+
+def _python_files(folder: str):
+    return [p for p in (ROOT / folder).rglob("*.py")]
+
+
+def test_core_never_imports_the_analyses():
+    offenders = []
+    for path in _python_files("workbench"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "analyses" or n.startswith("analyses.")]
+    assert offenders == []
+
+
+def test_no_architecture_branch_outside_the_adapters():
+    pattern = re.compile(r"\.arch\s*(==|!=|in\b|not in\b)")
+    hits = [f"{p.relative_to(ROOT)}:{i}" for folder in ("workbench", "analyses", "app", "benchmarks")
+            for p in _python_files(folder) if "adapters" not in p.parts
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []
+
+
+def test_no_private_names_imported_across_modules():
+    hits = []
+    for folder in ("workbench", "analyses", "app"):
+        for path in _python_files(folder):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    hits += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+    assert hits == []
