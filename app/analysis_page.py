@@ -26,7 +26,14 @@ def _field_input(spec: AnalysisSpec, f: dataclasses.Field, annotation: Any) -> A
                             key=key, help=help_text)
     if kind is bool:
         return st.checkbox(label, bool(default), key=key, help=help_text)
-    if kind is int or (kind is float):
+    if kind in (int, float) and (optional or default is None):  # empty box = None (the Config's own default)
+        text = st.text_input(label, "" if default is None else str(default), key=key, help=help_text)
+        try:
+            return kind(text) if text.strip() else None
+        except ValueError:
+            st.error(f"{label}: '{text}' is not a number; leave it empty for the default")
+            return None
+    if kind in (int, float):
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         cast = int if kind is int else float
         return st.number_input(label, value=cast(default), min_value=None if lo is None else cast(lo),

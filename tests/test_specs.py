@@ -85,7 +85,7 @@ def test_bad_option_value_is_refused_before_work():
     spec = get_spec("ablation")
     with pytest.raises(InputError, match="--n must be at least 1"):
         check_config(spec.config(n_prompts=0))
-    with pytest.raises(InputError, match="--ablation must be one of mean, zero"):
+    with pytest.raises(InputError, match="unknown ablation 'half' for --ablation; choose one of mean, zero"):
         check_config(spec.config(ablation="half"))
 
 

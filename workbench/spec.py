@@ -80,7 +80,8 @@ def check_config(config: Any) -> None:
                     raise InputError(f"{name} must be at most {hi} (got {v})")
             choices = f.metadata.get("choices")
             if choices and v not in choices:
-                raise InputError(f"{name} must be one of {', '.join(map(str, choices))} (got '{v}')")
+                raise InputError(f"unknown {f.name.replace('_', ' ')} '{v}' for {name}; "
+                                 f"choose one of {', '.join(map(str, choices))}")
     validate = getattr(config, "validate", None)
     if callable(validate):
         validate()

@@ -182,4 +182,4 @@ def register_analysis(app: typer.Typer, spec: AnalysisSpec) -> None:
 def _changed(spec: AnalysisSpec, values: dict[str, Any]) -> set[str]:
     """The options set away from their defaults (the status line names only these)."""
     defaults = spec.config()
-    return {k for k, v in values.items() if getattr(defaults, k, None) != v}
+    return {k for k, v in values.items() if v is not None and getattr(defaults, k, None) != v}
