@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from analyses.circuits.analysis import CircuitConfig
 from analyses.circuits.analysis import run as run_circuit
 from workbench.results import load_result
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_REUSE = ReuseConfig(n_prompts=2, ig_steps=1, n_edges=30, n_random=1, intervention_prompts=2, batch_size=2)
 
 
@@ -118,10 +116,10 @@ def test_misaligned_prompts_and_multi_token_answers(tiny_llama):
 
 
 def test_app_page_shows_a_saved_reuse_run(reuse_result):
-    from streamlit.testing.v1 import AppTest
+    from conftest import analysis_page_app
 
     reuse_result.save()
-    at = AppTest.from_file(str(ROOT / "app" / "pages" / "3_Circuits.py"), default_timeout=120).run()
+    at = analysis_page_app("reuse").run()
     assert not at.exception
     assert at.title[0].value == "Circuits"
     assert len(at.metric) >= 5

@@ -5,12 +5,11 @@ import pytest
 
 from workbench.datasets.colored_objects import COLORS, OBJECTS, colored_object_prompts, token_index
 from workbench.errors import InputError
-from workbench.models import _embedded_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return _embedded_tokenizer()
+def tok(tiny_llama):
+    return tiny_llama.tokenizer  # the embedded model's tokenizer, which the tiny models share
 
 
 def test_format_and_answers(tok):

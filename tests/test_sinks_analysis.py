@@ -82,10 +82,10 @@ def test_sinks_result_round_trips_with_the_issue_keys(tiny_result, tmp_path):
 
 
 def test_sinks_page_shows_saved_run(tiny_result):
-    from streamlit.testing.v1 import AppTest
+    from conftest import analysis_page_app
 
     tiny_result.save()
-    at = AppTest.from_file(str(ROOT / "app" / "pages" / "5_Attention_Sinks.py"), default_timeout=120).run()
+    at = analysis_page_app("sinks").run()
     assert not at.exception
     assert len(at.get("plotly_chart")) == 4
     assert [m.label for m in at.metric][:2] == ["sinks beyond the first token", "heads with such sinks"]

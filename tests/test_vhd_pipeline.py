@@ -16,7 +16,7 @@ from workbench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(n_scenes=2, alpha=2.0, alphas=(2.0,), max_new_tokens=3, projector_steps=1, projector_n_train=4,
-             image_size=64, chunk=2, top_k=3)
+             image_size=64, batch_size=2, top_k=3)
 CLI_SMALL = ["--model", "tiny-llama", "--n-scenes", "1", "--alphas", "2", "--max-new-tokens", "2",
              "--projector-steps", "1", "--projector-n-train", "4", "--image-size", "64"]
 
@@ -87,7 +87,9 @@ def test_caption_one_user_image(tiny_llama):
 def test_cli_json(tmp_path):
     from typer.testing import CliRunner
 
-    from workbench.cli import app
+    from workbench.cli import app, register_analyses
+
+    register_analyses()
 
     res = CliRunner().invoke(app, ["vhd", *CLI_SMALL, "--json", "--out", str(tmp_path / "cli")])
     assert res.exit_code == 0, res.output
@@ -98,10 +100,10 @@ def test_cli_json(tmp_path):
 
 
 def test_app_page(small_result, tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
+    from conftest import analysis_page_app
 
     small_result.save()  # into the per-test WORKBENCH_RUNS
-    at = AppTest.from_file(str(ROOT / "app" / "pages" / "7_Vision_Heads.py"), default_timeout=120).run()
+    at = analysis_page_app("vhd").run()
     assert not at.exception, at.exception
     assert any("Vision-aware heads" in t.value for t in at.title)
     assert len(at.table) >= 1 and len(at.slider) >= 1

@@ -62,7 +62,9 @@ def test_cli_bad_inputs_fail_fast(tmp_path):
     """One line on stderr, exit code 2, no traceback, no run folder written."""
     from typer.testing import CliRunner
 
-    from workbench.cli import app
+    from workbench.cli import app, register_analyses
+
+    register_analyses()
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"garbage")

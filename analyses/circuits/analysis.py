@@ -14,29 +14,57 @@ import torch
 from workbench.cache import Tokens
 from workbench.datasets.base import PromptSet
 from workbench.errors import InputError
-from workbench.patching.graph import (Graph, LogitDiff, ablation_values, heads_of, prune_dangling, run_edge_masks,
+from workbench.patching.graph import (Graph, LogitDiff, ablation_values, prune_dangling, run_edge_masks,
                                       sender_outputs, top_edges)
 from workbench.results import Result, provenance, register_result
+from workbench.spec import option
 
 TASKS = ("ioi", "colored-objects")
 METHODS = ("eap", "eap-ig", "acdc", "path-patching")
+ABLATIONS = ("mean", "corrupt")
+BATCH_SIZE = 8  # prompts per forward pass when --batch-size is not given: min(BATCH_SIZE, n_prompts)
+
+
+def check_task_and_method(task: str, method: str) -> None:
+    """One-line errors for a task or method the analysis does not know ('colored_objects' is
+    accepted as another spelling of 'colored-objects')."""
+    if task not in TASKS and task != "colored_objects":
+        raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    if method not in METHODS:
+        raise InputError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+
+
+def check_circuit_size(model: Any, n_edges: int | None, threshold: float | None = None) -> None:
+    """Refuse, before any work, a circuit larger than the model's graph."""
+    total = Graph.for_model(model).n_edges
+    if n_edges is not None and threshold is None and n_edges > total:
+        raise InputError(f"asked for a circuit of {n_edges} edges but this model's graph has only "
+                         f"{total}; choose --n-edges <= {total}")
 
 
 @dataclass
 class CircuitConfig:
-    task: str = "ioi"
-    method: str = "eap-ig"
-    n_prompts: int = 16
+    task: str = option("ioi", help=f"the task: {' | '.join(TASKS)}")
+    method: str = option("eap-ig", help=f"discovery method: {' | '.join(METHODS)}")
+    n_prompts: int = option(8, flag="--n", help="prompts", min=1, max=100_000)
     seed: int = 0
-    n_edges: int = 200
-    threshold: float | None = None
-    ig_steps: int = 5
-    ablation: str = "mean"
-    batch_size: int = 8
-    acdc_tau: float = 0.05
-    acdc_candidates: int = 300
-    path_top: int = 6
-    compare_patching: bool = False
+    n_edges: int = option(200, help="circuit size: top edges by |score|", min=1)
+    threshold: float | None = option(None, cli=False, help="keep edges with |score| above this instead of the top n_edges")
+    ig_steps: int = option(3, flag="--steps", help="EAP-IG integration steps", min=1, max=1000)
+    ablation: str = option("mean", help="what edges outside the circuit carry: the corrupt prompts' mean, "
+                           "or the paired corrupt run", choices=ABLATIONS)
+    batch_size: int | None = option(None, help=f"prompts per forward pass (default: min({BATCH_SIZE}, --n))", min=1)
+    acdc_tau: float = option(0.05, help="ACDC: drop an edge when the metric moves less than this", min=0)
+    acdc_candidates: int = option(300, help="edges ACDC tries (top EAP-IG edges)", min=1)
+    path_top: int = option(6, help="path patching: heads kept in each of the two rounds", min=1)
+    compare_patching: bool = option(False, help="also patch every head exactly; report Spearman")
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None:
+            self.batch_size = max(1, min(BATCH_SIZE, self.n_prompts))
+
+    def validate(self) -> None:
+        check_task_and_method(self.task, self.method)
 
 
 def build_task(task: str, tokenizer: Any, n: int, seed: int) -> PromptSet:
@@ -121,11 +149,8 @@ def discover(model: Any, config: CircuitConfig, prep: Prepared, progress: bool =
     from workbench.patching.eap import edge_attribution
 
     graph = Graph.for_model(model)
-    if config.method not in METHODS:
-        raise InputError(f"unknown method '{config.method}'; choose one of {', '.join(METHODS)}")
-    if config.n_edges is not None and config.threshold is None and config.n_edges > graph.n_edges:
-        raise InputError(f"asked for a circuit of {config.n_edges} edges but this model's graph has only "
-                         f"{graph.n_edges}; choose --n-edges <= {graph.n_edges}")
+    check_task_and_method(config.task, config.method)
+    check_circuit_size(model, config.n_edges, config.threshold)
     if config.method in ("eap", "eap-ig"):
         scores = edge_attribution(model, prep.clean, prep.corrupt, prep.metric, config.method, steps=config.ig_steps,
                                   batch_size=config.batch_size, progress=progress)
@@ -180,10 +205,101 @@ def _path_patching_circuit(model: Any, graph: Graph, prep: Prepared, config: Cir
     return scores, prune_dangling(graph, edges)
 
 
+def as_float(value: Any) -> float:
+    """A saved number; NaN where it was saved as null (a ratio over a zero metric)."""
+    return float("nan") if value is None else float(value)
+
+
 @register_result
+@dataclass
 class CircuitResult(Result):
     analysis = "circuit"
     config_cls = CircuitConfig
+
+    @property
+    def task(self) -> str:
+        return str(self.metrics["task"])
+
+    @property
+    def method(self) -> str:
+        return str(self.metrics["method"])
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.metrics["n_prompts"])
+
+    @property
+    def logit_diff(self) -> float:
+        """Mean logit difference (correct - wrong) of the full model on the clean prompts."""
+        return as_float(self.metrics["logit_diff"])
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+    @property
+    def n_edges(self) -> int:
+        """Edges in the circuit."""
+        return int(self.metrics["n_edges"])
+
+    @property
+    def n_edges_total(self) -> int:
+        """Edges in the model's graph."""
+        return int(self.metrics["n_edges_total"])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.metrics["n_heads"])
+
+    @property
+    def heads(self) -> list[str]:
+        """The in-circuit heads, ``L{layer}H{head}``."""
+        return list(self.metrics["heads"])
+
+    @property
+    def faithfulness(self) -> float:
+        """The circuit's metric over the full model's (NaN when the full model's is 0)."""
+        return as_float(self.metrics["faithfulness"])
+
+    @property
+    def circuit_metric(self) -> float:
+        return as_float(self.metrics["circuit_metric"])
+
+    @property
+    def spearman_vs_patching(self) -> float | None:
+        """Spearman correlation of the head scores with exact head patching (None unless asked for)."""
+        rho = self.metrics.get("spearman_vs_patching")
+        return None if rho is None else float(rho)
+
+    @property
+    def top_edges(self) -> list[tuple[str, str, float]]:
+        """The strongest in-circuit edges: (sender, receiver, score)."""
+        return [(str(s), str(r), float(v)) for s, r, v in self.metrics.get("top_edges", [])]
+
+    @property
+    def faithfulness_curve(self) -> dict[str, list] | None:
+        """``{"n_edges": [...], "faithfulness": [...]}`` for EAP and EAP-IG; None otherwise."""
+        return self.metrics.get("faithfulness_curve")
+
+    @property
+    def edge_scores(self) -> torch.Tensor:
+        """[sender receiver] score of every edge."""
+        return self.arrays["edge_scores"]
+
+    @property
+    def circuit(self) -> torch.Tensor:
+        """[sender receiver] bool: the circuit's edges."""
+        return self.arrays["circuit"].bool()
+
+    @property
+    def head_scores(self) -> torch.Tensor:
+        """[layer head] node score of each head."""
+        return self.arrays["head_scores"]
+
+    @property
+    def head_patching(self) -> torch.Tensor | None:
+        """[layer head] effect of exact activation patching (with ``compare_patching``)."""
+        return self.arrays.get("head_patching")
 
     def summary(self) -> dict[str, Any]:
         keys = ["task", "method", "n_prompts", "logit_diff", "accuracy", "n_edges", "n_heads", "faithfulness",
@@ -194,9 +310,14 @@ class CircuitResult(Result):
         return out
 
     def report_sections(self) -> list:
-        from analyses.circuits.figures import circuit_sections
+        from .figures import circuit_sections
 
         return circuit_sections(self)
+
+
+def check_model(config: CircuitConfig, model: Any) -> None:
+    """The spec's check before a run: the circuit fits the model's graph."""
+    check_circuit_size(model, config.n_edges, config.threshold)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -210,10 +331,7 @@ def run(model: Any, config: CircuitConfig | None = None, progress: bool = True) 
     from workbench.patching.eap import head_grid, node_scores
 
     config = config or CircuitConfig()
-    if config.task not in TASKS and config.task != "colored_objects":
-        raise InputError(f"unknown task '{config.task}'; choose one of {', '.join(TASKS)}")
-    if config.method not in METHODS:
-        raise InputError(f"unknown method '{config.method}'; choose one of {', '.join(METHODS)}")
+    check_task_and_method(config.task, config.method)
     start = time.perf_counter()
     prep = prepare(model, build_task(config.task, model.tokenizer, config.n_prompts, config.seed))
     base = task_scores(model, prep)

@@ -67,84 +67,120 @@ def overlap_grid(ioi_heads: list[str], co_heads: list[str], n_layers: int, n_hea
     return head_grid(z, title, colorbar="1 IOI · 2 CO · 3 both", diverging=False)
 
 
-def intervention_bars(intervention: dict[str, Any], title: str = "Colored Objects accuracy") -> go.Figure:
-    """Accuracy before, after adjusting the chosen heads, and with random heads adjusted."""
-    labels = ["before", f"after ({', '.join(intervention.get('heads', []))})", "random heads"]
-    vals = [intervention.get("before"), intervention.get("after"), intervention.get("random_control")]
+def intervention_bars(intervention: Any, title: str = "Colored Objects accuracy") -> go.Figure:
+    """Accuracy before, after adjusting the chosen heads, and with random heads adjusted
+    (an ``Intervention`` of a reuse result)."""
+    labels = ["before", f"after ({', '.join(intervention.heads)})", "random heads"]
+    vals = [intervention.before, intervention.after, intervention.random_control]
     fig = go.Figure(go.Bar(x=labels, y=vals, text=[f"{v:.2f}" if v is not None else "" for v in vals], textposition="auto"))
     fig.update_layout(title=title, yaxis_title="accuracy", yaxis_range=[0, 1])
     return fig
 
 
 def circuit_figures(result: Any) -> list[go.Figure]:
+    """Head scores, the circuit as a graph, exact head patching (when run), the faithfulness
+    curve (EAP, EAP-IG) and the top heads of a circuit result."""
     from workbench.patching.graph import Graph
 
-    a, m = result.arrays, result.metrics
-    L, H = a["head_scores"].shape
+    L, H = result.head_scores.shape
     g = Graph.build(L, H)
-    figs = [head_grid(a["head_scores"], f"{m.get('method')} head scores ({m.get('task')})", "Δ metric"),
-            circuit_graph(a["circuit"], a["edge_scores"], list(g.senders), list(g.receivers), L, H,
-                          f"{m.get('task')} circuit by {m.get('method')}: {m.get('n_edges')} edges, {m.get('n_heads')} heads")]
-    if "head_patching" in a:
-        figs.append(head_grid(a["head_patching"], "exact activation patching of heads", "Δ metric"))
-    curve = m.get("faithfulness_curve")
+    figs = [head_grid(result.head_scores, f"{result.method} head scores ({result.task})", "Δ metric"),
+            circuit_graph(result.circuit, result.edge_scores, list(g.senders), list(g.receivers), L, H,
+                          f"{result.task} circuit by {result.method}: {result.n_edges} edges, {result.n_heads} heads")]
+    if result.head_patching is not None:
+        figs.append(head_grid(result.head_patching, "exact activation patching of heads", "Δ metric"))
+    curve = result.faithfulness_curve
     if curve:
         from workbench.figures.common import line_curves
 
         figs.append(line_curves(curve["n_edges"], {"faithfulness": curve["faithfulness"]},
                                 "faithfulness against circuit size", "edges kept (top |score|)", "circuit / full model"))
-    figs.append(bar_top_heads(a["head_scores"], "top heads by |score|"))
+    figs.append(bar_top_heads(result.head_scores, "top heads by |score|"))
     return figs
+
+
+def circuit_headline(result: Any) -> list[tuple[str, Any]]:
+    """The tiles on the circuit page."""
+    return [("task / method", f"{result.task} / {result.method}"), ("edges", result.n_edges),
+            ("heads", result.n_heads), ("faithfulness", f"{result.faithfulness:.2f}")]
 
 
 def circuit_sections(result: Any) -> list:
     from workbench.report import Section
 
-    m = result.metrics
-    rows = [{k: m.get(k) for k in ("task", "method", "n_prompts", "logit_diff", "accuracy", "n_edges", "n_heads",
-                                  "faithfulness", "spearman_vs_patching")}]
-    return [Section(title=f"Circuit: {m.get('task')} by {m.get('method')}",
+    rows = [{"task": result.task, "method": result.method, "n_prompts": result.n_prompts,
+             "logit_diff": result.logit_diff, "accuracy": result.accuracy, "n_edges": result.n_edges,
+             "n_heads": result.n_heads, "faithfulness": result.faithfulness,
+             "spearman_vs_patching": result.spearman_vs_patching}]
+    edges = [{"sender": s, "receiver": r, "score": v} for s, r, v in result.top_edges]
+    return [Section(title=f"Circuit: {result.task} by {result.method}",
                     text="Edges outside the circuit carry their mean over the corrupt prompts; faithfulness is the "
                          "circuit's logit difference over the full model's.",
-                    figures=circuit_figures(result), tables=[rows])]
+                    figures=circuit_figures(result), tables=[rows, edges])]
 
 
 def reuse_figures(result: Any) -> list[go.Figure]:
+    """Both tasks' head scores, their head overlap, both circuits and the intervention bars."""
     from workbench.patching.graph import Graph
 
-    a, m = result.arrays, result.metrics
-    L, H = a["ioi_head_scores"].shape
+    L, H = result.head_scores("ioi").shape
     g = Graph.build(L, H)
     return [
-        head_grid(a["ioi_head_scores"], "IOI: EAP-IG head scores", "Δ logit diff"),
-        head_grid(a["colored_objects_head_scores"], "Colored Objects: EAP-IG head scores", "Δ logit diff"),
-        overlap_grid(m["ioi"]["heads"], m["colored_objects"]["heads"], L, H),
-        circuit_graph(a["ioi_circuit"], a["ioi_edge_scores"], list(g.senders), list(g.receivers), L, H, "IOI circuit"),
-        circuit_graph(a["colored_objects_circuit"], a["colored_objects_edge_scores"], list(g.senders), list(g.receivers),
-                      L, H, "Colored Objects circuit"),
-        intervention_bars(m["intervention"]),
+        head_grid(result.head_scores("ioi"), "IOI: EAP-IG head scores", "Δ logit diff"),
+        head_grid(result.head_scores("colored_objects"), "Colored Objects: EAP-IG head scores", "Δ logit diff"),
+        overlap_grid(result.ioi.heads, result.colored_objects.heads, L, H),
+        circuit_graph(result.circuit_edges("ioi"), result.edge_scores("ioi"), list(g.senders), list(g.receivers),
+                      L, H, "IOI circuit"),
+        circuit_graph(result.circuit_edges("colored_objects"), result.edge_scores("colored_objects"), list(g.senders),
+                      list(g.receivers), L, H, "Colored Objects circuit"),
+        intervention_bars(result.intervention),
     ]
 
 
 def reuse_tables(result: Any) -> list[list[dict[str, Any]]]:
-    m = result.metrics
-    summary = [{"task": k, "n_heads": m[k]["n_heads"], "n_edges": m[k]["n_edges"], "faithfulness": m[k]["faithfulness"],
-                "logit_diff": m[k]["logit_diff"], "accuracy": m[k]["accuracy"]} for k in ("ioi", "colored_objects")]
-    ov = m["overlap"]
-    overlap = [{"shared heads": len(ov["shared"]), "share of smaller": ov["share_of_smaller"], "jaccard": ov["jaccard"],
-                "heads": " ".join(ov["shared"])}]
+    """[circuits, head overlap, heads by class, intervention] as table rows."""
+    summary = []
+    for key in ("ioi", "colored_objects"):
+        c = result.circuit(key)
+        summary.append({"task": key, "n_heads": c.n_heads, "n_edges": c.n_edges, "faithfulness": c.faithfulness,
+                        "logit_diff": c.logit_diff, "accuracy": c.accuracy})
+    ov = result.overlap
+    overlap = [{"shared heads": len(ov.shared), "share of smaller": ov.share_of_smaller, "jaccard": ov.jaccard,
+                "heads": " ".join(ov.shared)}]
     classes = [{"class": r["class"], "IOI circuit": " ".join(r["ioi"]), "Colored Objects circuit": " ".join(r["colored_objects"])}
-               for r in m["class_table"]]
-    iv = m["intervention"]
-    inter = [{"heads": " ".join(iv["heads"]), "before": iv["before"], "after": iv["after"], "random heads": iv["random_control"]}]
+               for r in result.class_table]
+    iv = result.intervention
+    inter = [{"heads": " ".join(iv.heads), "before": iv.before, "after": iv.after, "random heads": iv.random_control}]
     return [summary, overlap, classes, inter]
 
 
+def reuse_headline(result: Any) -> list[tuple[str, Any]]:
+    """The tiles on the reuse page."""
+    ioi, co = result.ioi, result.colored_objects
+    return [("IOI heads", ioi.n_heads), ("IOI faithfulness", f"{ioi.faithfulness:.2f}"),
+            ("Colored Objects heads", co.n_heads), ("CO faithfulness", f"{co.faithfulness:.2f}"),
+            ("overlap (share of smaller)", f"{result.overlap.share_of_smaller:.2f}")]
+
+
 def reuse_sections(result: Any) -> list:
+    """The reuse study as report (and page) sections: circuits, head overlap, heads by class, intervention."""
     from workbench.report import Section
 
-    return [Section(title="Circuit reuse: IOI and Colored Objects",
-                    text="Circuits by EAP-IG; overlap of in-circuit heads; heads by IOI class; the intervention makes "
-                         "mid-layer IOI heads attend from the final token to the wrong colours (as S-inhibition heads "
-                         "attend to the repeated subject) and compares accuracy with random mid-layer heads.",
-                    figures=reuse_figures(result), tables=reuse_tables(result))]
+    summary, overlap, classes, inter = reuse_tables(result)
+    figs = reuse_figures(result)
+    grids, circuits, bars = figs[:3], figs[3:5], figs[5:]
+    return [
+        Section(title="Circuit reuse: IOI and Colored Objects",
+                text="Circuits by EAP-IG on each task; edges outside a circuit carry their mean over the corrupt "
+                     "prompts, and faithfulness is the circuit's logit difference over the full model's.",
+                figures=grids[:2], tables=[summary]),
+        Section(title="head overlap", text="In-circuit heads shared by the two circuits.",
+                figures=[grids[2], *circuits], tables=[overlap]),
+        Section(title="heads by class", text="Heads above each IOI class's threshold, in each circuit.",
+                tables=[classes]),
+        Section(title="intervention",
+                text="A few mid-layer IOI-circuit heads are made to attend from the final token to the wrong colours "
+                     "(as S-inhibition heads attend to the repeated subject in IOI); Colored Objects accuracy "
+                     "before and after, against the same intervention on random mid-layer heads.",
+                figures=bars, tables=[inter]),
+    ]

@@ -104,7 +104,7 @@ def direct_logit_attribution(model: Any, tokens: Tokens, correct: torch.Tensor, 
         final = st[f"blocks.{L - 1}.hook_resid_post"][idx, end]  # [b d_model]
         norm = _final_norm(model)
         w = norm.weight if getattr(norm, "weight", None) is not None else torch.ones(s.d_model)
-        centre = model.arch != "llama"
+        centre = model.adapter.centred_norm
         if centre:
             final = final - final.mean(-1, keepdim=True)
         scale = final.pow(2).mean(-1, keepdim=True).add(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-5))).rsqrt()

@@ -17,22 +17,77 @@ from workbench.cache import Tokens, forward
 from workbench.datasets.colored_objects import token_index
 from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
+from workbench.spec import option
 
-from analyses.circuits.analysis import CircuitConfig, build_task, discover, faithfulness, prepare, task_scores
+from .analysis import (ABLATIONS, METHODS, CircuitConfig, as_float, build_task, check_circuit_size,
+                       check_task_and_method, discover, faithfulness, prepare, task_scores)
+
+BATCH_SIZE = 6  # prompts per forward pass when --batch-size is not given: min(BATCH_SIZE, n_prompts)
+TASK_KEYS = ("ioi", "colored_objects")
 
 
 @dataclass
 class ReuseConfig:
-    n_prompts: int = 6
+    n_prompts: int = option(6, flag="--n", help="prompts per task for discovery", min=1, max=100_000)
     seed: int = 0
-    method: str = "eap-ig"
-    n_edges: int = 150
-    ig_steps: int = 3
-    ablation: str = "mean"
-    batch_size: int = 6
-    n_intervene: int = 4
-    n_random: int = 3
-    intervention_prompts: int = 16
+    method: str = option("eap-ig", help=f"discovery method: {' | '.join(METHODS)}")
+    n_edges: int = option(150, help="circuit size: top edges by |score|", min=1)
+    ig_steps: int = option(3, flag="--steps", help="EAP-IG integration steps", min=1, max=1000)
+    ablation: str = option("mean", help="what edges outside a circuit carry", choices=ABLATIONS)
+    batch_size: int | None = option(None, help=f"prompts per forward pass (default: min({BATCH_SIZE}, --n))", min=1)
+    n_intervene: int = option(4, help="mid-layer heads to adjust", min=1)
+    n_random: int = option(3, help="random-head draws for the control", min=0)
+    intervention_prompts: int = option(16, help="Colored Objects prompts for the intervention", min=1)
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None:
+            self.batch_size = max(1, min(BATCH_SIZE, self.n_prompts))
+
+    def validate(self) -> None:
+        check_task_and_method("ioi", self.method)
+
+
+@dataclass
+class TaskCircuit:
+    """One task's circuit in a reuse study."""
+
+    n_heads: int
+    n_edges: int
+    faithfulness: float
+    circuit_metric: float
+    logit_diff: float
+    corrupt_logit_diff: float
+    accuracy: float
+    heads: list[str]
+
+    @classmethod
+    def from_metrics(cls, m: dict[str, Any]) -> "TaskCircuit":
+        return cls(n_heads=int(m["n_heads"]), n_edges=int(m["n_edges"]), faithfulness=as_float(m["faithfulness"]),
+                   circuit_metric=as_float(m["circuit_metric"]), logit_diff=as_float(m["logit_diff"]),
+                   corrupt_logit_diff=as_float(m["corrupt_logit_diff"]), accuracy=as_float(m["accuracy"]),
+                   heads=list(m["heads"]))
+
+
+@dataclass
+class HeadOverlap:
+    """Heads shared by the two circuits."""
+
+    share_of_smaller: float
+    jaccard: float
+    shared: list[str]
+
+
+@dataclass
+class Intervention:
+    """Colored Objects accuracy before and after adjusting ``heads``, and with random heads adjusted."""
+
+    heads: list[str]
+    before: float
+    after: float
+    random_control: float | None
+    random_draws: list[float]
+    n_prompts: int
+    layers: list[int]
 
 
 def circuit_heads(graph, edges) -> list[str]:
@@ -86,9 +141,60 @@ def intervene_accuracy(model: Any, tokens: Tokens, heads: list[tuple[int, int]],
 
 
 @register_result
+@dataclass
 class ReuseResult(Result):
     analysis = "reuse"
     config_cls = ReuseConfig
+
+    def circuit(self, task: str) -> TaskCircuit:
+        """The circuit of ``task`` ('ioi' or 'colored_objects')."""
+        if task not in TASK_KEYS:
+            raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASK_KEYS)}")
+        return TaskCircuit.from_metrics(self.metrics[task])
+
+    @property
+    def ioi(self) -> TaskCircuit:
+        return self.circuit("ioi")
+
+    @property
+    def colored_objects(self) -> TaskCircuit:
+        return self.circuit("colored_objects")
+
+    @property
+    def overlap(self) -> HeadOverlap:
+        ov = self.metrics["overlap"]
+        return HeadOverlap(float(ov["share_of_smaller"]), float(ov["jaccard"]), list(ov["shared"]))
+
+    @property
+    def intervention(self) -> Intervention:
+        iv = self.metrics["intervention"]
+        rc = iv.get("random_control")
+        return Intervention(heads=list(iv["heads"]), before=float(iv["before"]), after=float(iv["after"]),
+                            random_control=None if rc is None else float(rc),
+                            random_draws=[float(x) for x in iv.get("random_draws", [])],
+                            n_prompts=int(iv["n_prompts"]), layers=list(iv["layers"]))
+
+    @property
+    def class_table(self) -> list[dict[str, Any]]:
+        """Per head class, its heads in each circuit: ``{"class", "ioi", "colored_objects"}``."""
+        return list(self.metrics["class_table"])
+
+    def head_scores(self, task: str) -> torch.Tensor:
+        """[layer head] EAP-IG node score of each head on ``task``."""
+        return self.arrays[f"{task}_head_scores"]
+
+    def edge_scores(self, task: str) -> torch.Tensor:
+        """[sender receiver] score of every edge on ``task``."""
+        return self.arrays[f"{task}_edge_scores"]
+
+    def circuit_edges(self, task: str) -> torch.Tensor:
+        """[sender receiver] bool: the edges of ``task``'s circuit."""
+        return self.arrays[f"{task}_circuit"].bool()
+
+    @property
+    def class_scores(self) -> dict[str, torch.Tensor]:
+        """Per head class, its score [layer head]."""
+        return {k.removeprefix("class_"): v for k, v in self.arrays.items() if k.startswith("class_")}
 
     def summary(self) -> dict[str, Any]:
         out = {k: self.metrics.get(k) for k in ("ioi", "colored_objects", "overlap", "intervention", "class_table")}
@@ -97,16 +203,22 @@ class ReuseResult(Result):
         return out
 
     def report_sections(self) -> list:
-        from analyses.circuits.figures import reuse_sections
+        from .figures import reuse_sections
 
         return reuse_sections(self)
 
 
+def check_model(config: ReuseConfig, model: Any) -> None:
+    """The spec's check before a run: both circuits fit the model's graph."""
+    check_circuit_size(model, config.n_edges)
+
+
 def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) -> ReuseResult:
-    from analyses.circuits.head_classes import CLASSES, head_classes
+    from .head_classes import CLASSES, head_classes
     from workbench.patching.eap import head_grid, node_scores
 
     config = config or ReuseConfig()
+    check_task_and_method("ioi", config.method)
     if config.n_intervene < 1:
         raise InputError(f"n_intervene={config.n_intervene}: intervene on at least one head")
     start = time.perf_counter()

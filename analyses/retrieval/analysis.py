@@ -20,59 +20,76 @@ One prefill per test serves every decoding configuration (the cache is repeated)
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
-from workbench.datasets.needles import DEFAULT_NEEDLES, NeedleSet, build_needle_tests
+from workbench.datasets.needles import DEFAULT_NEEDLES, NeedleSet, build_needle_tests, read_haystack
 from workbench.errors import InputError
 from workbench.generation import Prefill, decode, newline_stop_ids, prefill
 from workbench.heads import MASK_MODES, head_name, head_set_mask, mask_patches, random_heads, top_heads
 from workbench.results import Result, provenance, register_result
+from workbench.spec import option
 
 
 @dataclass
 class RetrievalConfig:
-    context_lengths: tuple = (250, 500, 1000)
-    depths: tuple = (25, 75)
-    n_needles: int = 2
-    haystack_file: str | None = None
-    chat: bool = True
-    max_new_tokens: int = 24
-    threshold: float = 0.1          # retrieval heads score over this
-    rouge_threshold: float = 0.5    # a test counts when ROUGE-1 recall is over this
-    mask_ks: tuple = (2, 5, 10, 20)
-    n_random: int = 2
-    mask_mode: str = "query"        # "query" (Wu et al.: uniform attention) or "zero" (z = 0)
-    kv_protect: int = 20            # top retrieval heads whose KV heads keep the full cache
-    kv_sink: int = 4
-    kv_window: int = 64
-    prefill_batch: int = 4
-    decode_rows: int = 48
+    context_lengths: tuple[int, ...] = option((250, 500, 1000), flag="--lengths",
+                                              help="comma-separated context lengths (tokens)", min=1)
+    depths: tuple[float, ...] = option((25, 75), help="comma-separated needle depths (percent)", min=0, max=100)
+    n_needles: int = option(2, flag="--needles", help=f"how many of the built-in needles (1-{len(DEFAULT_NEEDLES)})",
+                            min=1, max=len(DEFAULT_NEEDLES))
+    haystack_file: str | None = option(None, flag="--haystack",
+                                       help="a text file to use as haystack (default: the Python docs)")
+    chat: bool = option(True, help="wrap prompts in the tokenizer's chat template")
+    max_new_tokens: int = option(24, help="answer tokens decoded at most", min=1)
+    # the two thresholds are range-checked in validate() (its "outside 0..1" message is the documented one)
+    threshold: float = option(0.1, help="retrieval heads score over this (0..1)")
+    rouge_threshold: float = option(0.5, help="a test counts when the answer's ROUGE-1 recall is over this (0..1)")
+    mask_ks: tuple[int, ...] = option((2, 5, 10, 20), flag="--ks", help="comma-separated numbers of heads to mask",
+                                      min=1)
+    n_random: int = option(2, flag="--random", help="random-head draws per k", min=0)
+    mask_mode: str = option("query", help="query (Wu et al.: uniform attention) | zero (z = 0)", choices=MASK_MODES)
+    kv_protect: int = option(20, help="top retrieval heads that keep the full KV cache", min=0)
+    kv_sink: int = option(4, help="first tokens kept by compressed heads", min=0)
+    kv_window: int = option(64, help="recent tokens kept by compressed heads", min=1)
+    batch_size: int = option(4, help="needle prompts per prefill forward pass", min=1)
+    decode_rows: int = option(48, help="rows (tests x masking configurations) decoded together", min=1)
     seed: int = 0
+    renamed: ClassVar[dict[str, str]] = {"prefill_batch": "batch_size"}
+
+    def validate(self, model: Any | None = None) -> None:
+        """One-line errors for settings a user can fix, before the model loads (and, given
+        the model, the masking ks against its head count); an unreadable haystack file too."""
+        for name in ("threshold", "rouge_threshold"):
+            v = getattr(self, name)
+            if not 0.0 <= float(v) <= 1.0:
+                raise InputError(f"{name}={v} is outside 0..1; pass a value between 0 and 1")
+        if self.mask_mode not in MASK_MODES:
+            raise InputError(f"unknown mask mode '{self.mask_mode}'; choose one of {', '.join(MASK_MODES)}")
+        if not 1 <= self.n_needles <= len(DEFAULT_NEEDLES):
+            raise InputError(f"n_needles={self.n_needles}; choose 1..{len(DEFAULT_NEEDLES)}")
+        if self.max_new_tokens < 1 or self.n_random < 0 or self.kv_sink < 0 or self.kv_window < 1:
+            raise InputError("max_new_tokens and kv_window must be >= 1, n_random and kv_sink >= 0")
+        if not self.context_lengths or not self.depths or not self.mask_ks:
+            raise InputError("--lengths, --depths and --ks each need at least one value")
+        if self.haystack_file is not None:
+            read_haystack(self.haystack_file)
+        if model is not None:
+            total = model.shape.n_layers * model.shape.n_heads
+            bad = [k for k in self.mask_ks if not 0 < int(k) <= total // 2]
+            if bad:
+                raise InputError(f"mask k {bad} outside 1..{total // 2} (half of the {total} heads); choose smaller k")
 
 
 def validate(config: RetrievalConfig, model: Any | None = None) -> None:
-    """One-line errors for settings a user can fix."""
-    for name in ("threshold", "rouge_threshold"):
-        v = getattr(config, name)
-        if not 0.0 <= float(v) <= 1.0:
-            raise InputError(f"{name}={v} is outside 0..1; pass a value between 0 and 1")
-    if config.mask_mode not in MASK_MODES:
-        raise InputError(f"unknown mask mode '{config.mask_mode}'; choose one of {', '.join(MASK_MODES)}")
-    if not 1 <= config.n_needles <= len(DEFAULT_NEEDLES):
-        raise InputError(f"n_needles={config.n_needles}; choose 1..{len(DEFAULT_NEEDLES)}")
-    if config.max_new_tokens < 1 or config.n_random < 0 or config.kv_sink < 0 or config.kv_window < 1:
-        raise InputError("max_new_tokens and kv_window must be >= 1, n_random and kv_sink >= 0")
-    if model is not None:
-        total = model.shape.n_layers * model.shape.n_heads
-        bad = [k for k in config.mask_ks if not 0 < int(k) <= total // 2]
-        if bad:
-            raise InputError(f"mask k {bad} outside 1..{total // 2} (half of the {total} heads); choose smaller k")
+    """``config.validate(model)``: the checks as a function."""
+    config.validate(model)
 
 
 # ---------------------------------------------------------------------------- ROUGE
@@ -184,6 +201,40 @@ def kv_share_kept(full_kv: torch.Tensor, prompt_lens: torch.Tensor, sink: int, w
 
 
 # ---------------------------------------------------------------------------- result
+@dataclass(frozen=True)
+class MaskingCurves:
+    """Needle accuracy over the number of masked heads (k = 0 is the unmasked model)."""
+
+    k: list[int]
+    top_accuracy: list[float]
+    random_accuracy: list[float]
+    top_heads: list[str]
+    mode: str = "query"
+
+
+@dataclass(frozen=True)
+class KVCheck:
+    """The RazorAttention-style check: cache kept and needle accuracy for the top retrieval
+    heads protected, the same budget on random heads, and the full cache."""
+
+    protected_heads: list[str]
+    full_kv_heads: int
+    n_kv_heads: int
+    cache_kept: float
+    accuracy: float
+    random_protected_cache_kept: float
+    random_protected_accuracy: float
+    full_cache_accuracy: float
+    sink: int
+    window: int
+
+
+def _from_dict(cls: type, raw: dict[str, Any]) -> Any:
+    """A frozen record from a saved dict, ignoring keys it does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in raw.items() if k in names})
+
+
 @register_result
 @dataclass
 class RetrievalResult(Result):
@@ -195,6 +246,63 @@ class RetrievalResult(Result):
         """[layer head] retrieval scores."""
         return self.arrays["scores"]
 
+    @property
+    def needle_grid(self) -> torch.Tensor:
+        """[context length, depth] needle accuracy (averaged over needles)."""
+        return self.arrays["needle_grid"]
+
+    @property
+    def retrieval_heads(self) -> list[dict[str, Any]]:
+        """Heads over the threshold, best first: name, layer, head, score."""
+        return list(self.metrics["retrieval_heads"])
+
+    @property
+    def n_retrieval_heads(self) -> int:
+        return int(self.metrics["n_retrieval_heads"])
+
+    @property
+    def share_over_threshold(self) -> float:
+        """Share of all heads whose retrieval score is over the threshold."""
+        return float(self.metrics["share_over_threshold"])
+
+    @property
+    def n_tests(self) -> int:
+        return int(self.metrics["n_tests"])
+
+    @property
+    def n_counted(self) -> int:
+        """Tests whose answer recalled the needle (the ones the scores average over)."""
+        return int(self.metrics["n_counted"])
+
+    @property
+    def needle_accuracy(self) -> float:
+        return float(self.metrics["needle_accuracy"])
+
+    @property
+    def mean_recall(self) -> float:
+        return float(self.metrics["mean_recall"])
+
+    @property
+    def context_lengths(self) -> list[int]:
+        return [int(x) for x in self.metrics["context_lengths"]]
+
+    @property
+    def depths(self) -> list[float]:
+        return [float(x) for x in self.metrics["depths"]]
+
+    @property
+    def answers(self) -> list[str]:
+        """The unmasked model's decoded answer per test."""
+        return list(self.metrics["answers"])
+
+    @property
+    def masking(self) -> MaskingCurves:
+        return _from_dict(MaskingCurves, self.metrics["masking"])
+
+    @property
+    def kv_compression(self) -> KVCheck:
+        return _from_dict(KVCheck, self.metrics["kv_compression"])
+
     def summary(self) -> dict[str, Any]:
         out = {k: self.metrics[k] for k in ("scores", "retrieval_heads", "masking")}
         if self.path is not None:
@@ -202,7 +310,7 @@ class RetrievalResult(Result):
         return out
 
     def report_sections(self) -> list:
-        from analyses.retrieval.figures import retrieval_sections
+        from .figures import retrieval_sections
 
         return retrieval_sections(self)
 
@@ -237,8 +345,8 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
     # one prefill per test, shared by every decoding configuration
     order = sorted(range(len(tests)), key=lambda i: len(tests[i].ids))  # similar lengths share a batch
     states = []
-    for b in tqdm(range(0, len(order), cfg.prefill_batch), desc="prefill", disable=not progress, leave=False):
-        idx = order[b:b + cfg.prefill_batch]
+    for b in tqdm(range(0, len(order), cfg.batch_size), desc="prefill", disable=not progress, leave=False):
+        idx = order[b:b + cfg.batch_size]
         states.append((idx, prefill(model, [tests[i].ids for i in idx])))
 
     def spans_for(idx: list[int], state: Prefill) -> tuple[torch.Tensor, torch.Tensor]:

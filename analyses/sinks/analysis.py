@@ -29,33 +29,41 @@ from workbench.errors import InputError
 from workbench.generation import last_token_logits, left_pad
 from workbench.heads import head_name
 from workbench.results import Result, provenance, register_result
+from workbench.spec import option
 
 
 @dataclass
 class SinksConfig:
-    threshold: float = 0.1
-    beta: float = 0.4
-    n_calib: int = 32
-    n_heldout: int = 48
-    max_search: int = 16     # candidate heads tried in the search (most frequent non-first sinks)
-    max_heads: int = 8       # heads kept after the search
-    min_layer: int = 2       # ACT searches from layer 2 on
-    min_queries: int = 5     # a sink must be seen by at least this many queries (ACT: 1; 1 makes the last
-                             # few positions of a short prompt trivially sinks)
-    massive_ratio: float = 20.0  # a hidden dimension is massive when |h| exceeds this x the median |h|
-    batch_size: int = 24
+    # threshold and beta are range-checked in validate() (its "outside 0..1" message is the documented one)
+    threshold: float = option(0.1, help="a position is a sink when its column-mean attention is over this (0..1)")
+    beta: float = option(0.4, help="calibration keeps this share of attention on non-first sinks (0..1)")
+    n_calib: int = option(32, help="calibration questions (head search)", min=1)
+    n_heldout: int = option(48, help="held-out questions (accuracy before/after)", min=1)
+    max_search: int = option(16, help="candidate heads tried in the search (most frequent non-first sinks)", min=0)
+    max_heads: int = option(8, help="heads kept after the search", min=1)
+    min_layer: int = option(2, help="first layer searched (ACT searches from layer 2 on)", min=0)
+    # ACT uses 1; 1 makes the last few positions of a short prompt trivially sinks
+    min_queries: int = option(5, help="a sink must be seen by at least this many queries", min=1)
+    massive_ratio: float = option(20.0, help="a hidden dimension is massive when |h| exceeds this x the median |h|",
+                                  min=0)
+    batch_size: int = option(24, help="prompts per forward pass", min=1)
     seed: int = 0
+
+    def validate(self) -> None:
+        """One-line errors for settings a user can fix, before the model loads."""
+        for name in ("threshold", "beta"):
+            v = getattr(self, name)
+            if not 0.0 <= float(v) <= 1.0:
+                raise InputError(f"{name}={v} is outside 0..1; pass a value between 0 and 1")
+        if self.n_calib < 1 or self.n_heldout < 1:
+            raise InputError("n_calib and n_heldout must be at least 1")
+        if self.max_search < 0 or self.max_heads < 1 or self.min_queries < 1:
+            raise InputError("max_search must be >= 0, max_heads and min_queries >= 1")
 
 
 def validate(config: SinksConfig) -> None:
-    for name in ("threshold", "beta"):
-        v = getattr(config, name)
-        if not 0.0 <= float(v) <= 1.0:
-            raise InputError(f"{name}={v} is outside 0..1; pass a value between 0 and 1")
-    if config.n_calib < 1 or config.n_heldout < 1:
-        raise InputError("n_calib and n_heldout must be at least 1")
-    if config.max_search < 0 or config.max_heads < 1 or config.min_queries < 1:
-        raise InputError("max_search must be >= 0, max_heads and min_queries >= 1")
+    """``config.validate()``: the checks as a function."""
+    config.validate()
 
 
 # ---------------------------------------------------------------------------- sinks
@@ -140,6 +148,99 @@ class SinksResult(Result):
     analysis = "sinks"
     config_cls = SinksConfig
 
+    @property
+    def sinks(self) -> list[dict[str, Any]]:
+        """Heads with sinks beyond the first token, strongest first: name, layer, head,
+        share_of_prompts, strength, tokens."""
+        return list(self.metrics["sinks"])
+
+    @property
+    def n_sinks_beyond_first(self) -> int:
+        """Sinks beyond the first token, counted over head x prompt x position."""
+        return int(self.metrics["n_sinks_beyond_first"])
+
+    @property
+    def n_heads_with_sinks(self) -> int:
+        return int(self.metrics["n_heads_with_sinks"])
+
+    @property
+    def sink_share(self) -> torch.Tensor:
+        """[layer head] share of prompts where the head has a sink beyond the first token."""
+        return self.arrays["sink_share"]
+
+    @property
+    def sink_strength(self) -> torch.Tensor:
+        """[layer head] mean over prompts of the strongest non-first column mean."""
+        return self.arrays["sink_strength"]
+
+    @property
+    def example_column_means(self) -> torch.Tensor:
+        """[layer head pos] column means on the example prompt."""
+        return self.arrays["example_column_means"]
+
+    @property
+    def example_sinks(self) -> torch.Tensor:
+        """[layer head pos] True at the example prompt's sinks beyond the first token."""
+        return self.arrays["example_sinks"].bool()
+
+    @property
+    def example_tokens(self) -> list[str]:
+        return list(self.metrics["example_tokens"])
+
+    @property
+    def example_prompt(self) -> str:
+        return str(self.metrics.get("example_prompt", ""))
+
+    @property
+    def sink_tokens(self) -> dict[str, int]:
+        """The commonest tokens at sinks beyond the first token (head x prompt occurrences)."""
+        return dict(self.metrics["sink_tokens"])
+
+    @property
+    def sink_token_classes(self) -> dict[str, int]:
+        return dict(self.metrics["sink_token_classes"])
+
+    @property
+    def massive_activations(self) -> list[dict[str, Any]]:
+        return list(self.metrics["massive_activations"])
+
+    @property
+    def first_token_massive_activations(self) -> list[dict[str, Any]]:
+        return list(self.metrics.get("first_token_massive_activations") or [])
+
+    @property
+    def calibration_before(self) -> float:
+        """Held-out accuracy without calibration."""
+        return float(self.metrics["calibration"]["before"])
+
+    @property
+    def calibration_after(self) -> float:
+        """Held-out accuracy with the chosen heads calibrated."""
+        return float(self.metrics["calibration"]["after"])
+
+    @property
+    def calibrated_heads(self) -> list[str]:
+        return list(self.metrics["calibration"]["heads"])
+
+    @property
+    def calibration_split_before(self) -> float | None:
+        v = (self.metrics.get("calibration_split") or {}).get("before")
+        return None if v is None else float(v)
+
+    @property
+    def calibration_split_after(self) -> float | None:
+        v = (self.metrics.get("calibration_split") or {}).get("after")
+        return None if v is None else float(v)
+
+    @property
+    def search(self) -> list[dict[str, Any]]:
+        """Single-head calibration gains on the calibration split, one row per candidate."""
+        return list(self.metrics["search"])
+
+    @property
+    def n_heldout(self) -> int:
+        return int(self.metrics["n_heldout"])
+
     def summary(self) -> dict[str, Any]:
         out = {k: self.metrics[k] for k in ("sinks", "calibration")}
         if self.path is not None:
@@ -147,7 +248,7 @@ class SinksResult(Result):
         return out
 
     def report_sections(self) -> list:
-        from analyses.sinks.figures import sinks_sections
+        from .figures import sinks_sections
 
         return sinks_sections(self)
 

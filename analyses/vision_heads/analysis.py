@@ -18,8 +18,9 @@ image-free baselines (another scene's image; no image). Any object with ``lm``, 
 (e.g. ``analyses.vision_heads.vlm.llava.HFLlavaAdapter``) can be passed as ``model`` instead."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
+from workbench.spec import check_config, option
 from analyses.vision_heads.vlm.chair import chair, mentioned_objects
 from analyses.vision_heads.vlm.generate import HeadPolicy, generate_chunked
 from analyses.vision_heads.vlm.heads import DISTANCES, token_vhd, top_heads
@@ -41,38 +43,36 @@ N_SHOWN = 8  # scenes whose images travel with the result (for the app page)
 
 @dataclass
 class VHDConfig:
-    n_scenes: int = 16            # held-out scenes (captioned, scored)
-    alpha: float = 2.0            # the VHR amplification reported as "after"
-    alphas: tuple = (1.5, 2.0, 3.0)  # the sweep (always includes alpha)
-    top_k: int = 10               # T-VHD: mean of the k largest head VHDs per token
-    distance: str = "l2"
-    max_new_tokens: int = 14
-    prompt: str = DEFAULT_PROMPT
+    n_scenes: int = option(16, aliases=("--n",), help="held-out scenes to caption and score", max=10_000)
+    alpha: float = option(2.0, help="VHR amplification reported as 'after'")
+    alphas: tuple[float, ...] = option((1.5, 2.0, 3.0), help="the alpha sweep (always includes --alpha)")
+    top_k: int = option(10, help="T-VHD: mean of the k largest head VHDs per token", min=1)
+    distance: str = option("l2", help="distance between the head outputs with and without the image", choices=DISTANCES)
+    max_new_tokens: int = option(14, help="caption tokens generated per scene", min=1)
+    prompt: str = option(DEFAULT_PROMPT, help="must hold one <image> placeholder")
     seed: int = 0
-    chunk: int = 16               # scenes per decoding batch
-    projector_steps: int = ProjectorConfig.steps
-    projector_n_train: int = ProjectorConfig.n_train
-    grid: int = ProjectorConfig.grid
-    image_size: int = ProjectorConfig.image_size
+    batch_size: int = option(16, help="scenes per decoding batch", min=1)
+    projector_steps: int = option(ProjectorConfig.steps, help="caption-loss steps when the projector is built", min=0)
+    projector_n_train: int = option(ProjectorConfig.n_train, help="training scenes when the projector is built", min=1)
+    grid: int = option(ProjectorConfig.grid, help="visual tokens per side (grid x grid per image)", min=1)
+    image_size: int = option(ProjectorConfig.image_size, help="scene and encoder input size in pixels", min=32)
+    image: str | None = option(None, help="also caption this image (file path or shipped photo name) before/after VHR")
+    llava: str | None = option(None, help="a local Hugging Face LLaVA folder to analyse instead of --model (untested "
+                               "offline; loaded in float16 unless --dtype bfloat16)")
+    renamed: ClassVar[dict[str, str]] = {"chunk": "batch_size"}
 
+    def validate(self) -> None:
+        """Cross-field checks, run before any model loads."""
+        if self.n_scenes < 1:  # the message names the field as older callers matched it
+            raise InputError(f"--n-scenes (n_scenes) must be at least 1 (got {self.n_scenes})")
+        for a in (self.alpha, *self.alphas):
+            if not a > 0:
+                raise InputError(f"--alpha/--alphas must be positive (got {a})")
+        split_prompt(self.prompt)
+        if self.image is not None:
+            from workbench.vision.images import load_image
 
-def check_config(config: VHDConfig) -> None:
-    if config.n_scenes < 1:
-        raise InputError(f"n_scenes must be at least 1, got {config.n_scenes}")
-    if config.distance not in DISTANCES:
-        raise InputError(f"unknown VHD distance '{config.distance}'; choose one of {', '.join(DISTANCES)}")
-    for a in (config.alpha, *config.alphas):
-        if not a > 0:
-            raise InputError(f"alpha must be positive, got {a}")
-    if config.top_k < 1:
-        raise InputError(f"top_k must be at least 1, got {config.top_k}")
-    if config.max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")
-    if config.projector_steps < 0 or config.projector_n_train < 1:
-        raise InputError("projector_steps must be >= 0 and projector_n_train >= 1")
-    if config.image_size < 32:
-        raise InputError(f"image_size must be at least 32 pixels, got {config.image_size}")
-    split_prompt(config.prompt)
+            load_image(self.image)
 
 
 def projector_config(config: VHDConfig, lm_name: str) -> ProjectorConfig:
@@ -80,10 +80,39 @@ def projector_config(config: VHDConfig, lm_name: str) -> ProjectorConfig:
                            steps=config.projector_steps, seed=0, prompt=ProjectorConfig.prompt)
 
 
+def load_llava(folder: str, device: str = "cpu", dtype: str = "float32") -> Any:
+    """A local LLaVA checkpoint behind the interface the analysis uses; float16 unless
+    ``dtype`` asks for bfloat16 (the full-precision default of the other commands would
+    double a 7B model's memory)."""
+    from analyses.vision_heads.vlm.llava import HFLlavaAdapter
+
+    print(f"loading LLaVA from {folder} ...", file=sys.stderr, flush=True)
+    return HFLlavaAdapter(str(folder), dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float16, device=device)
+
+
+def load_target(config: VHDConfig, common: Any) -> Any:
+    """What ``workbench vhd`` analyses: the LLaVA folder of ``--llava``, else the ``--model``
+    language model (the projector and encoder are built around it in ``run``)."""
+    if config.llava:
+        return load_llava(config.llava, common.device, common.dtype)
+    from workbench.models import load_model
+
+    print(f"loading {common.model} ({common.backend}, {common.device}, {common.dtype}) ...", file=sys.stderr, flush=True)
+    return load_model(common.model, backend=common.backend, device=common.device, dtype=common.dtype)
+
+
+def needs_model(config: VHDConfig) -> bool:
+    """``--llava`` replaces the language model; otherwise the run needs one."""
+    return not config.llava
+
+
 def get_vlm(model: Any, config: VHDConfig, progress: bool = True) -> tuple[Any, dict]:
-    """The vision-language model to analyse: a given adapter, or ours built on ``model``."""
+    """The vision-language model to analyse: a given adapter, the ``llava`` folder of the
+    config, or ours built on ``model``."""
     if model is not None and hasattr(model, "paired_batch"):
         return model, {}
+    if model is None and config.llava:
+        return load_llava(config.llava), {}
     name = getattr(model, "name", None) or ProjectorConfig.lm
     return build_vlm(model, projector_config(config, name), progress=progress)
 
@@ -113,10 +142,163 @@ class VHDResult(Result):
     analysis = "vhd"
     config_cls = VHDConfig
 
+    # arrays
     @property
     def vhd_map(self) -> torch.Tensor:
         """[layer head] mean VHD over decoding steps and scenes."""
         return self.arrays["vhd_map"]
+
+    @property
+    def vhd_steps(self) -> torch.Tensor:
+        """[scene step layer head] VHD at every decoding step of the unmodified captions."""
+        return self.arrays["vhd_steps"]
+
+    @property
+    def tvhd(self) -> torch.Tensor:
+        """[scene step] T-VHD (mean of the top-k head VHDs) at each generated token."""
+        return self.arrays["tvhd"]
+
+    @property
+    def images(self) -> torch.Tensor:
+        """[scene H W 3] uint8: the first few held-out scenes (at most ``N_SHOWN``)."""
+        return self.arrays["images"]
+
+    @property
+    def n_shown(self) -> int:
+        """Scenes whose images travel with the result."""
+        return int(self.images.shape[0])
+
+    @property
+    def selected_rate(self) -> torch.Tensor:
+        """[layer head] how often VHR (at ``alpha``) picked each head."""
+        return self.arrays["selected_rate"]
+
+    # the settings of the run
+    @property
+    def alpha(self) -> float:
+        """The amplification reported as "after"."""
+        return float(self.metrics["alpha"])
+
+    @property
+    def distance(self) -> str:
+        return str(self.metrics.get("distance", "l2"))
+
+    @property
+    def where(self) -> str:
+        """The hook point VHD is measured at."""
+        return str(self.metrics.get("where", ""))
+
+    @property
+    def n_scenes(self) -> int:
+        return int(self.metrics["n_scenes"])
+
+    # heads and CHAIR
+    @property
+    def top_heads(self) -> list[dict[str, Any]]:
+        """The most vision-aware heads: ``{"name", "layer", "head", ...}`` each."""
+        return list(self.metrics["top_heads"])
+
+    @property
+    def chair(self) -> dict[str, dict[str, float]]:
+        """CHAIR scores (``chair_i``, ``chair_s``, ``recall``, ``mean_words``, ``n_mentioned``)
+        of the captions ``before``, ``after`` VHR and with the ``random_control`` heads."""
+        return dict(self.metrics["chair"])
+
+    @property
+    def sweep(self) -> list[dict[str, Any]]:
+        """One row per alpha: ``{"alpha", "vhr": scores, "random": scores, "heads_per_layer"}``."""
+        return list(self.metrics["sweep"])
+
+    @property
+    def object_token_tvhd(self) -> dict[str, Any]:
+        """Mean T-VHD at object words in the image vs hallucinated ones."""
+        return dict(self.metrics.get("object_token_tvhd") or {})
+
+    # captions
+    @property
+    def captions_before(self) -> list[str]:
+        return list(self.metrics["captions_before"])
+
+    @property
+    def captions_after(self) -> list[str]:
+        """Captions with VHR at ``alpha``."""
+        return list(self.metrics["captions_after"])
+
+    @property
+    def captions_random(self) -> list[str]:
+        """Captions with as many random heads amplified."""
+        return list(self.metrics["captions_random"])
+
+    @property
+    def captions_shuffled_image(self) -> list[str] | None:
+        """Captions given another scene's image (None for an adapter without a projector)."""
+        return self.metrics.get("captions_shuffled_image")
+
+    @property
+    def caption_tokens(self) -> list[list[str]]:
+        """The generated tokens of each caption before VHR."""
+        return list(self.metrics["caption_tokens"])
+
+    @property
+    def truths(self) -> list[list[str]]:
+        """The objects in each scene."""
+        return list(self.metrics["truths"])
+
+    @property
+    def references(self) -> list[str]:
+        """Each scene's reference caption."""
+        return list(self.metrics["references"])
+
+    # does the model see? (None for an adapter without a projector)
+    @property
+    def recall(self) -> float:
+        """Object recall of the captions before VHR."""
+        return float(self.metrics["recall"])
+
+    @property
+    def recall_shuffled_image(self) -> float | None:
+        return self.metrics.get("recall_shuffled_image")
+
+    @property
+    def caption_loss(self) -> float | None:
+        """Held-out caption loss (nats/token) with the right image."""
+        return self.metrics.get("caption_loss")
+
+    @property
+    def caption_loss_shuffled_image(self) -> float | None:
+        return self.metrics.get("caption_loss_shuffled_image")
+
+    @property
+    def caption_loss_no_image(self) -> float | None:
+        return self.metrics.get("caption_loss_no_image")
+
+    @property
+    def object_rank_recall(self) -> float | None:
+        """Forced-choice object ranking recall with the right image."""
+        return self.metrics.get("object_rank_recall")
+
+    @property
+    def object_rank_recall_shuffled_image(self) -> float | None:
+        return self.metrics.get("object_rank_recall_shuffled_image")
+
+    @property
+    def object_rank_recall_chance(self) -> float | None:
+        return self.metrics.get("object_rank_recall_chance")
+
+    @property
+    def projector(self) -> dict[str, Any]:
+        """The projector's build record (empty when a given adapter was analysed)."""
+        return dict(self.metrics.get("projector") or {})
+
+    @property
+    def loss_curve(self) -> list[float]:
+        """The projector's training caption loss per step."""
+        return list(self.projector.get("loss_curve") or [])
+
+    @property
+    def user_image(self) -> dict[str, Any] | None:
+        """The ``--image`` captioned before and after VHR, when one was given."""
+        return self.metrics.get("user_image")
 
     def summary(self) -> dict[str, Any]:
         m = self.metrics
@@ -136,11 +318,16 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool = Tru
     config = config or VHDConfig()
     check_config(config)
     alphas = tuple(sorted(set(float(a) for a in (*config.alphas, config.alpha))))
+    picture = None
+    if config.image is not None:
+        from workbench.vision.images import load_image
+
+        picture = load_image(config.image)[0]
     vlm, record = get_vlm(model, config, progress)
     scenes = make_scenes(config.n_scenes, "heldout", seed=config.seed, size=config.image_size)
     truths = [s.objects for s in scenes]
     feats = encode_scenes(vlm, scenes, progress=progress) if hasattr(vlm, "projector") else [s.image for s in scenes]
-    gen_kw = dict(max_new_tokens=config.max_new_tokens, chunk=config.chunk, progress=progress)
+    gen_kw = dict(max_new_tokens=config.max_new_tokens, chunk=config.batch_size, progress=progress)
 
     # 1. does it see? caption loss and recall against image-free baselines
     metrics: dict[str, Any] = {}
@@ -201,6 +388,8 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool = Tru
         "where": "blocks.{l}.attn.hook_z (per-head output before W_O)",
         "distance": config.distance,
     })
+    if picture is not None:
+        metrics["user_image"] = caption_one(vlm, picture, config) | {"image": config.image}
     shown = min(N_SHOWN, len(scenes))
     arrays = {
         "vhd_map": vhd_map,

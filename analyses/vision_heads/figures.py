@@ -13,13 +13,12 @@ from workbench.figures.common import bar_top_heads, head_grid, line_curves
 
 def vhd_map_figure(result: Any) -> go.Figure:
     """[layer head] mean VHD over decoding steps and held-out scenes."""
-    m = result.metrics
-    return head_grid(result.arrays["vhd_map"], f"VHD map ({m.get('distance', 'l2')} distance of hook_z, image vs no image)",
+    return head_grid(result.vhd_map, f"VHD map ({result.distance} distance of hook_z, image vs no image)",
                      colorbar="VHD", diverging=False)
 
 
 def top_heads_figure(result: Any, k: int = 15) -> go.Figure:
-    return bar_top_heads(result.arrays["vhd_map"], "Most vision-aware heads (mean VHD)", k=k, xaxis="VHD", by_abs=False)
+    return bar_top_heads(result.vhd_map, "Most vision-aware heads (mean VHD)", k=k, xaxis="VHD", by_abs=False)
 
 
 def tvhd_figure(result: Any, index: int = 0) -> go.Figure:
@@ -27,9 +26,9 @@ def tvhd_figure(result: Any, index: int = 0) -> go.Figure:
     words that are in the image are green, hallucinated ones red."""
     from analyses.vision_heads.vlm.objects import SYNONYMS
 
-    tokens = result.metrics["caption_tokens"][index]
-    truth = set(result.metrics["truths"][index])
-    values = result.arrays["tvhd"][index, : len(tokens)].float().numpy()
+    tokens = result.caption_tokens[index]
+    truth = set(result.truths[index])
+    values = result.tvhd[index, : len(tokens)].float().numpy()
     colors = []
     for piece in tokens:
         obj = SYNONYMS.get(piece.strip().lower().strip(".,"))
@@ -44,9 +43,9 @@ def tvhd_figure(result: Any, index: int = 0) -> go.Figure:
 
 def sweep_figure(result: Any, metric: str = "chair_i") -> go.Figure:
     """CHAIR (or recall) over the alpha sweep: VHR heads vs the random-heads control."""
-    sweep = result.metrics["sweep"]
+    sweep = result.sweep
     alphas = [1.0] + [r["alpha"] for r in sweep]
-    before = result.metrics["chair"]["before"][metric]
+    before = result.chair["before"][metric]
     curves = {"VHR heads": [before] + [r["vhr"][metric] for r in sweep],
               "random heads": [before] + [r["random"][metric] for r in sweep]}
     return line_curves(alphas, curves, f"{metric} vs amplification alpha (alpha 1 = no intervention)", "alpha", metric)
@@ -55,32 +54,32 @@ def sweep_figure(result: Any, metric: str = "chair_i") -> go.Figure:
 def projector_figure(result: Any) -> go.Figure:
     """Does the model see? Held-out caption loss and object recall with the right image vs
     image-free baselines (another scene's image; no image at all)."""
-    m = result.metrics
+    r = result
     fig = go.Figure()
-    if "caption_loss" in m:
+    if r.caption_loss is not None:
         fig.add_trace(go.Bar(name="caption loss (nats/token)", x=["right image", "shuffled image", "no image"],
-                             y=[m["caption_loss"], m["caption_loss_shuffled_image"], m["caption_loss_no_image"]]))
+                             y=[r.caption_loss, r.caption_loss_shuffled_image, r.caption_loss_no_image]))
         fig.add_trace(go.Bar(name="object recall (greedy captions)", x=["right image", "shuffled image"],
-                             y=[m["recall"], m["recall_shuffled_image"]]))
-    if "object_rank_recall" in m:
+                             y=[r.recall, r.recall_shuffled_image]))
+    if r.object_rank_recall is not None:
         fig.add_trace(go.Bar(name="object ranking recall (forced choice)", x=["right image", "shuffled image", "chance"],
-                             y=[m["object_rank_recall"], m["object_rank_recall_shuffled_image"], m["object_rank_recall_chance"]]))
+                             y=[r.object_rank_recall, r.object_rank_recall_shuffled_image, r.object_rank_recall_chance]))
     fig.update_layout(title="Projector quality on held-out scenes vs image-free baselines", barmode="group")
     return fig
 
 
 def loss_curve_figure(result: Any) -> go.Figure:
-    curve = (result.metrics.get("projector") or {}).get("loss_curve") or []
+    curve = result.loss_curve
     return line_curves(list(range(1, len(curve) + 1)), {"caption loss": curve}, "Projector training", "step", "loss (nats/token)")
 
 
 def scene_figure(result: Any, index: int = 0) -> go.Figure:
     """One held-out scene with its reference caption and the captions before and after VHR."""
-    img = result.arrays["images"][index].numpy().astype(np.uint8)
-    m = result.metrics
+    img = result.images[index].numpy().astype(np.uint8)
+    r = result
     fig = go.Figure(go.Image(z=img))
-    text = (f"reference:{m['references'][index]}<br>before:{m['captions_before'][index]}<br>"
-            f"VHR (alpha {m['alpha']}):{m['captions_after'][index]}<br>random heads:{m['captions_random'][index]}")
+    text = (f"reference:{r.references[index]}<br>before:{r.captions_before[index]}<br>"
+            f"VHR (alpha {r.alpha}):{r.captions_after[index]}<br>random heads:{r.captions_random[index]}")
     fig.update_layout(title={"text": text, "font": {"size": 12}}, margin={"t": 110, "l": 10, "r": 10, "b": 10},
                       xaxis={"visible": False}, yaxis={"visible": False}, height=420)
     return fig
@@ -88,8 +87,9 @@ def scene_figure(result: Any, index: int = 0) -> go.Figure:
 
 def chair_table(result: Any) -> list[dict]:
     rows = []
-    for label, key in (("before", "before"), (f"VHR alpha {result.metrics['alpha']}", "after"), ("random heads", "random_control")):
-        s = result.metrics["chair"][key]
+    chair = result.chair
+    for label, key in (("before", "before"), (f"VHR alpha {result.alpha}", "after"), ("random heads", "random_control")):
+        s = chair[key]
         rows.append({"captions": label, "CHAIR_i": s["chair_i"], "CHAIR_s": s["chair_s"], "recall": s["recall"],
                      "words": s["mean_words"]})
     return rows
@@ -98,15 +98,32 @@ def chair_table(result: Any) -> list[dict]:
 def vision_sections(result: Any) -> list:
     from workbench.report import Section
 
-    m = result.metrics
     sections = [
         Section("Vision heads: does the model see?",
                 "Held-out caption loss and object recall with the right image against image-free baselines.",
                 figures=[projector_figure(result), loss_curve_figure(result)]),
         Section("Vision-aware head divergence",
-                f"VHD = {m.get('distance', 'l2')} distance of each head's output before W_O ({m.get('where', '')}) with vs without the image.",
+                f"VHD = {result.distance} distance of each head's output before W_O ({result.where}) with vs without the image.",
                 figures=[vhd_map_figure(result), top_heads_figure(result), tvhd_figure(result, 0)]),
         Section("VHR: CHAIR before and after, against random heads", tables=[chair_table(result)],
                 figures=[sweep_figure(result, "chair_i"), sweep_figure(result, "recall"), scene_figure(result, 0)]),
     ]
     return sections
+
+
+def sweep_table(result: Any) -> list[dict]:
+    """The alpha sweep as rows: CHAIR_i and recall of the VHR heads against random heads."""
+    return [{"alpha": r["alpha"], "CHAIR_i VHR": r["vhr"]["chair_i"], "CHAIR_i random": r["random"]["chair_i"],
+             "recall VHR": r["vhr"]["recall"], "recall random": r["random"]["recall"],
+             "heads per layer": r["heads_per_layer"]} for r in result.sweep]
+
+
+def headline(result: Any) -> list[tuple[str, Any]]:
+    """The tiles on the vision-heads page."""
+    chair = result.chair
+    tiles = [("object recall (image)", f"{result.recall:.2f}")]
+    if result.recall_shuffled_image is not None:
+        tiles.append(("recall (shuffled image)", f"{result.recall_shuffled_image:.2f}"))
+    before, after = chair["before"]["chair_i"], chair["after"]["chair_i"]
+    tiles += [("CHAIR_i before", f"{before:.3f}"), (f"CHAIR_i after (alpha {result.alpha})", f"{after:.3f} ({after - before:+.3f})")]
+    return tiles
