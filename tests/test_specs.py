@@ -36,13 +36,12 @@ def test_command_options_are_the_config_fields(key):
     spec = specs()[key]
     cmd = _command(key)
     by_flag = {opt: p for p in cmd.params for opt in p.opts}
-    defaults = spec.config()
     for f, annotation in config_fields(spec.config):
         if f.name == "seed" or not f.metadata.get("cli", True) or not f.init:
             continue
         flag = flag_of(f)
         assert flag in by_flag, f"{key}: {f.name} has no {flag} option"
-        value = getattr(defaults, f.name)
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = by_flag[flag].default
         kind, _ = base_type(annotation)
         if _is_tuple(kind):
