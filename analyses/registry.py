@@ -5,4 +5,11 @@ folder plus one line here."""
 
 PACKAGES = [
     "analyses.ablation",
+    "analyses.circuits",
+    "analyses.icl",
+    "analyses.lrp",
+    "analyses.vision_heads",
+    "analyses.induction",
+    "analyses.retrieval",
+    "analyses.sinks",
 ]

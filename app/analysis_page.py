@@ -37,9 +37,14 @@ def _field_input(spec: AnalysisSpec, f: dataclasses.Field, annotation: Any) -> A
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         cast = int if kind is int else float
         return st.number_input(label, value=cast(default), min_value=None if lo is None else cast(lo),
-                               max_value=None if hi is None else cast(hi), key=key, help=help_text)
+                               max_value=None if hi is None else cast(hi), key=key, help=help_text,
+                               format=None if kind is int else "%g")
     if typing.get_origin(kind) is tuple or kind is tuple:
-        elem = type(default[0]) if default else str
+        args = [a for a in typing.get_args(kind) if a is not Ellipsis]
+        elem = args[0] if args and args[0] in (int, float, str) else (type(default[0]) if default else str)
+        if elem is str:  # texts may hold commas: one per line
+            text = st.text_area(label, "\n".join(default or ()), key=key, help=f"{help_text or ''} (one per line)")
+            return tuple(x.strip() for x in text.splitlines() if x.strip())
         text = st.text_input(label, ",".join(map(str, default or ())), key=key, help=f"{help_text or ''} (comma-separated)")
         return tuple(elem(x.strip()) for x in text.split(",") if x.strip())
     text = st.text_input(label, "" if default is None else str(default), key=key, help=help_text)

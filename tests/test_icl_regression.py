@@ -251,19 +251,19 @@ def test_figures_and_report(small_result):
 
 
 def test_app_page_without_runs():
-    from streamlit.testing.v1 import AppTest
+    from conftest import analysis_page_app
 
-    at = AppTest.from_file(str(ROOT / "app" / "pages" / "6_ICL_Regression.py"), default_timeout=120).run()
+    at = analysis_page_app("icl").run()
     assert not at.exception
     assert any("No saved 'icl' runs" in i.value for i in at.info)
     assert len(at.button) == 1  # the train button
 
 
 def test_app_page(small_result):
-    from streamlit.testing.v1 import AppTest
+    from conftest import analysis_page_app
 
     small_result.save()  # into this test's WORKBENCH_RUNS
-    at = AppTest.from_file(str(ROOT / "app" / "pages" / "6_ICL_Regression.py"), default_timeout=120).run()
+    at = analysis_page_app("icl").run()
     assert not at.exception
     assert len(at.select_slider) == 1
     assert len(at.get("plotly_chart")) == 5

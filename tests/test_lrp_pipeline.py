@@ -23,7 +23,7 @@ IMAGE_KEYS = {"top_classes", "aopc"}
 
 @pytest.fixture(scope="module")
 def prompt_result(tiny_llama):
-    return run(tiny_llama, LrpConfig(n=2, max_delete=3, n_random=1), progress=False)
+    return run(tiny_llama, LrpConfig(n_prompts=2, max_delete=3, n_random=1), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +129,11 @@ def test_cli_image_json(tmp_path):
 
 # ---------------------------------------------------------------------------- app and notebook
 def test_app_page_with_saved_runs(prompt_result, image_result):
-    from streamlit.testing.v1 import AppTest
+    from conftest import analysis_page_app
 
     prompt_result.save()
     image_result.save()
-    page = str(ROOT / "app" / "pages" / "8_LRP_Saliency.py")
-    at = AppTest.from_file(page, default_timeout=180).run()
+    at = analysis_page_app("lrp", timeout=180).run()
     assert not at.exception
     assert len(at.get("plotly_chart")) >= 4
     assert any("conservation" in m.label for m in at.metric)
@@ -154,7 +153,7 @@ def test_notebook_executes_small(monkeypatch):
 # ---------------------------------------------------------------------------- the real model
 @pytest.mark.real_model
 def test_ioi_on_smollm2_conserves_and_finds_the_io_name(smollm2):
-    r = run(smollm2, LrpConfig(n=2, max_delete=3, n_random=1), progress=False)
+    r = run(smollm2, LrpConfig(n_prompts=2, max_delete=3, n_random=1), progress=False)
     m = r.metrics
     assert m["conservation_error"] < CONSERVATION_TOLERANCE
     assert m["target_value_mean"] > 0  # the model prefers IO over S

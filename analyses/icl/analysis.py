@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
+from workbench.spec import option
 
 from analyses.icl import patterns as pat
 from analyses.icl import predictors as pred
@@ -41,58 +42,67 @@ MAX_CONTEXT_FACTOR = 16  # default cap on evaluated context length: 16 x the tra
 
 @dataclass
 class ICLConfig:
-    d: int = 5
-    n: int = 40
-    heads: int = 4
-    steps: int = 3000
-    lr: float = 3e-3
-    batch: int = 256
-    noise_var: float = 0.1
-    covariance: str = "isotropic"  # or "ar1": Sigma_ij = rho^|i-j|
-    rho: float = 0.5
-    seed: int = 0
-    checkpoint_every: int = 100
-    baselines: bool = True  # also train single-head and linear attention with the same budget
-    eval_prompts: int = 4000
-    eval_lengths: tuple = ()  # default: n/4, n/2, n, 2n, 4n
-    max_context: int = 0  # longest context evaluated; default 16 n (memory cap: no positions to run out of)
+    d: int = option(5, help="covariate dimension", min=1)
+    n: int = option(40, help="context pairs per training prompt", min=1)
+    heads: int = option(4, help="attention heads H", min=1)
+    steps: int = option(3000, help="Adam steps", min=1)
+    lr: float = option(3e-3, help="Adam learning rate")
+    batch_size: int = option(256, help="training prompts per Adam step", aliases=("--batch",), min=1)
+    noise_var: float = option(0.1, help="noise variance of y", min=0)
+    covariance: str = option("isotropic", help="covariance of x: isotropic, or ar1 (Sigma_ij = rho^|i-j|)",
+                             choices=COVARIANCES)
+    rho: float = option(0.5, help="ar1 correlation")
+    seed: int = 0  # initialisation and data; set by the common --seed option
+    checkpoint_every: int = option(100, help="Adam steps between KQ/OV checkpoints", min=1)
+    baselines: bool = option(True, help="also train single-head and linear attention with the same budget")
+    eval_prompts: int = option(4000, help="fresh prompts per evaluated context length", min=1)
+    eval_lengths: tuple[int, ...] = option((), flag="--lengths",
+                                           help="context lengths to evaluate (default n/4,n/2,n,2n,4n)")
+    max_context: int = option(0, help="longest context evaluated (0: 16 n; a memory cap, the model has no positions)",
+                              min=0)
+    renamed: ClassVar[dict[str, str]] = {"batch": "batch_size"}
+
+    def validate(self) -> "ICLConfig":
+        """One-line errors for settings that cannot run; fills the length defaults."""
+        for name in ("d", "n", "heads", "steps", "batch_size", "eval_prompts", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                flag = {"heads": "--heads", "d": "--d", "n": "--n", "steps": "--steps"}.get(name, "--" + name.replace("_", "-"))
+                raise InputError(f"{name} must be a positive integer (got {value!r}); pass {flag} 1 or more")
+        if not self.lr > 0:
+            raise InputError(f"lr must be positive (got {self.lr}); try --lr 3e-3")
+        if self.noise_var < 0:
+            raise InputError(f"noise_var must be >= 0 (got {self.noise_var})")
+        if self.covariance not in COVARIANCES:
+            raise InputError(f"unknown covariance '{self.covariance}'; choose one of {', '.join(COVARIANCES)}")
+        if self.covariance == "ar1" and not -1 < self.rho < 1:
+            raise InputError(f"rho={self.rho} makes the ar1 covariance singular; choose -1 < --rho < 1")
+        max_context = self.max_context or MAX_CONTEXT_FACTOR * self.n
+        lengths = tuple(int(v) for v in self.eval_lengths) or tuple(
+            sorted({max(1, self.n // 4), max(1, self.n // 2), self.n, 2 * self.n, 4 * self.n}))
+        bad = [v for v in lengths if v < 1]
+        if bad:
+            raise InputError(f"context lengths must be at least 1 (got {bad})")
+        too_long = [v for v in lengths if v > max_context]
+        if too_long:
+            raise InputError(
+                f"context length {max(too_long)} exceeds the supported maximum {max_context} "
+                f"({MAX_CONTEXT_FACTOR} x the training length {self.n} unless --max-context is set); "
+                "ask for shorter --lengths or raise --max-context")
+        if self.n not in lengths:
+            lengths = tuple(sorted(set(lengths) | {self.n}))
+        self.eval_lengths, self.max_context = lengths, max_context
+        return self
 
 
 def validate(config: ICLConfig) -> ICLConfig:
-    """One-line errors for settings that cannot run; fills the length defaults."""
-    for name in ("d", "n", "heads", "steps", "batch", "eval_prompts", "checkpoint_every"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            flag = {"heads": "--heads", "d": "--d", "n": "--n", "steps": "--steps"}.get(name, name)
-            raise InputError(f"{name} must be a positive integer (got {value!r}); pass {flag} 1 or more")
-    if not config.lr > 0:
-        raise InputError(f"lr must be positive (got {config.lr}); try 3e-3")
-    if config.noise_var < 0:
-        raise InputError(f"noise_var must be >= 0 (got {config.noise_var})")
-    if config.covariance not in COVARIANCES:
-        raise InputError(f"unknown covariance '{config.covariance}'; choose one of {', '.join(COVARIANCES)}")
-    if config.covariance == "ar1" and not -1 < config.rho < 1:
-        raise InputError(f"rho={config.rho} makes the ar1 covariance singular; choose -1 < rho < 1")
-    max_context = config.max_context or MAX_CONTEXT_FACTOR * config.n
-    lengths = tuple(int(v) for v in config.eval_lengths) or tuple(
-        sorted({max(1, config.n // 4), max(1, config.n // 2), config.n, 2 * config.n, 4 * config.n}))
-    bad = [v for v in lengths if v < 1]
-    if bad:
-        raise InputError(f"context lengths must be at least 1 (got {bad})")
-    too_long = [v for v in lengths if v > max_context]
-    if too_long:
-        raise InputError(
-            f"context length {max(too_long)} exceeds the supported maximum {max_context} "
-            f"({MAX_CONTEXT_FACTOR} x the training length {config.n} unless max_context is set); ask for shorter lengths or raise max_context")
-    if config.n not in lengths:
-        lengths = tuple(sorted(set(lengths) | {config.n}))
-    config.eval_lengths, config.max_context = lengths, max_context
-    return config
+    """``config.validate()``: one-line errors for settings that cannot run; fills the length defaults."""
+    return config.validate()
 
 
 def _spec(config: ICLConfig, heads: int, attention: str = "softmax") -> TrainSpec:
     return TrainSpec(d=config.d, n=config.n, heads=heads, attention=attention, steps=config.steps, lr=config.lr,
-                     batch=config.batch, noise_var=config.noise_var, covariance=config.covariance, rho=config.rho,
+                     batch=config.batch_size, noise_var=config.noise_var, covariance=config.covariance, rho=config.rho,
                      seed=config.seed, checkpoint_every=config.checkpoint_every)
 
 
@@ -104,6 +114,108 @@ class ICLResult(Result):
 
     SUMMARY_KEYS = ("heads", "kq_offdiag_share", "kq_diag_cv", "ov_offlast_share", "mu", "zero_sum_ratio")
 
+    # ----- the trained model's size -----------------------------------------------
+    @property
+    def heads(self) -> int:
+        return int(self.metrics["heads"])
+
+    @property
+    def d(self) -> int:
+        return int(self.metrics["d"])
+
+    @property
+    def n(self) -> int:
+        """Training context length."""
+        return int(self.metrics["n"])
+
+    @property
+    def steps(self) -> int:
+        return int(self.metrics["steps"])
+
+    # ----- weights and curves over training -----------------------------------------
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        """The Adam steps of the KQ/OV checkpoints (0 = initialisation)."""
+        return [int(v) for v in self.arrays["checkpoint_steps"].tolist()]
+
+    @property
+    def kq(self) -> torch.Tensor:
+        """[checkpoint head d+1 d+1] KQ = W_Q^T W_K per head."""
+        return self.arrays["kq"]
+
+    @property
+    def ov(self) -> torch.Tensor:
+        """[checkpoint head d+1] OV per head (the last entry is mu_h)."""
+        return self.arrays["ov"]
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """[steps] training loss of the multi-head model."""
+        return self.arrays["loss"]
+
+    @property
+    def losses(self) -> dict[str, torch.Tensor]:
+        """Training loss per trained model: ``model``, and ``single_head`` / ``linear`` with baselines."""
+        out = {"model": self.arrays["loss"]}
+        for name in ("single_head", "linear"):
+            if f"{name}.loss" in self.arrays:
+                out[name] = self.arrays[f"{name}.loss"]
+        return out
+
+    def curve(self, score: str) -> torch.Tensor:
+        """A pattern score over checkpoints: ``[checkpoint head]`` or ``[checkpoint]`` (e.g. ``zero_sum_ratio``)."""
+        return self.arrays[f"curve.{score}"]
+
+    # ----- the final patterns ---------------------------------------------------------
+    @property
+    def zero_sum_ratio(self) -> float:
+        """|sum mu_h| / sum |mu_h| at the end of training (0 = the heads cancel exactly)."""
+        return float(self.metrics["zero_sum_ratio"])
+
+    @property
+    def kq_offdiag_weighted(self) -> float:
+        """KQ off-diagonal share, weighted by |mu_h|."""
+        return float(self.metrics["kq_offdiag_weighted"])
+
+    @property
+    def kq_diag_cv_weighted(self) -> float:
+        return float(self.metrics["kq_diag_cv_weighted"])
+
+    @property
+    def ov_offlast_total(self) -> float:
+        """Share of OV energy outside the y entry."""
+        return float(self.metrics["ov_offlast_total"])
+
+    @property
+    def mu(self) -> list[float]:
+        return list(self.metrics["mu"])
+
+    # ----- predictors -------------------------------------------------------------------
+    @property
+    def predictors(self) -> list[str]:
+        return list(self.metrics["predictors"])
+
+    @property
+    def lengths(self) -> list[int]:
+        """The evaluated context lengths."""
+        return [int(v) for v in self.metrics["lengths"]]
+
+    @property
+    def mse(self) -> dict[str, float]:
+        """Mean squared error per predictor at the training length."""
+        return dict(self.metrics["mse"])
+
+    @property
+    def mse_by_length(self) -> torch.Tensor:
+        """[predictor length] mean squared error on fresh prompts (rows in ``predictors`` order)."""
+        return self.arrays["mse_by_length"]
+
+    @property
+    def dgd_pred_gap(self) -> float | None:
+        """Relative squared difference between the model's and debiased GD's predictions at n."""
+        gap = self.metrics.get("dgd_pred_gap")
+        return None if gap is None else float(gap)
+
     def summary(self) -> dict[str, Any]:
         m = self.metrics
         out: dict[str, Any] = {k: m[k] for k in self.SUMMARY_KEYS}
@@ -113,19 +225,9 @@ class ICLResult(Result):
         return out
 
     def report_sections(self) -> list:
-        from analyses.icl import figures as figs
-        from workbench.report import Section
+        from .figures import icl_sections
 
-        m = self.metrics
-        text = (f"H={m['heads']} heads, d={m['d']}, n={m['n']}, {m['steps']} steps. Zero-sum ratio "
-                f"{m['zero_sum_ratio']:.3f}; |mu|-weighted KQ off-diagonal share {m['kq_offdiag_weighted']:.3f}; "
-                f"OV energy outside y {m['ov_offlast_total']:.3f}; model vs debiased GD prediction gap "
-                f"{m['dgd_pred_gap']:.4f}.")
-        rows = [{"predictor": k, "mse": v} for k, v in m["mse"].items()]
-        return [Section(title="ICL regression: KQ / OV patterns", text=text,
-                        figures=[figs.kq_heatmaps(self), figs.ov_heatmap(self), figs.pattern_curves(self)]),
-                Section(title="ICL regression: predictors", tables=[rows],
-                        figures=[figs.mse_by_length(self), figs.loss_curves(self)])]
+        return icl_sections(self)
 
 
 @torch.no_grad()

@@ -15,14 +15,14 @@ def _token_labels(d: int) -> list[str]:
 
 
 def _checkpoint(result, step_index: int) -> tuple[int, int]:
-    steps = to_numpy(result.arrays["checkpoint_steps"]).astype(int)
+    steps = result.checkpoint_steps
     i = int(step_index) % len(steps)
-    return i, int(steps[i])
+    return i, steps[i]
 
 
 def kq_heatmaps(result, step_index: int = -1) -> go.Figure:
     """One heatmap per head of KQ = W_Q^T W_K [query entry, key entry] at a checkpoint."""
-    kq = to_numpy(result.arrays["kq"])  # [S head D D]
+    kq = to_numpy(result.kq)  # [S head D D]
     i, step = _checkpoint(result, step_index)
     H, D = kq.shape[1], kq.shape[2]
     labels = _token_labels(D - 1)
@@ -40,7 +40,7 @@ def kq_heatmaps(result, step_index: int = -1) -> go.Figure:
 
 def ov_heatmap(result, step_index: int = -1) -> go.Figure:
     """OV = W_V^T O_h per head [head, token entry] at a checkpoint; the y column holds mu_h."""
-    ov = to_numpy(result.arrays["ov"])  # [S head D]
+    ov = to_numpy(result.ov)  # [S head D]
     i, step = _checkpoint(result, step_index)
     H, D = ov.shape[1], ov.shape[2]
     lim = float(np.abs(ov[i]).max()) or 1.0
@@ -55,15 +55,15 @@ def ov_heatmap(result, step_index: int = -1) -> go.Figure:
 def pattern_curves(result) -> go.Figure:
     """The pattern scores over training: per head KQ off-diagonal share, diagonal spread, share
     touching y, omega_h, OV share outside y, mu_h; and the zero-sum ratio |sum mu| / sum |mu|."""
-    steps = to_numpy(result.arrays["checkpoint_steps"])
-    panels = [("curve.kq_offdiag_share", "KQ off-diagonal share"), ("curve.kq_diag_cv", "KQ diagonal spread (CV)"),
-              ("curve.kq_y_share", "KQ share touching y"), ("curve.omega", "omega_h"),
-              ("curve.ov_offlast_share", "OV share outside y"), ("curve.mu", "mu_h"),
-              ("curve.zero_sum_ratio", "|sum mu| / sum |mu|")]
+    steps = np.array(result.checkpoint_steps)
+    panels = [("kq_offdiag_share", "KQ off-diagonal share"), ("kq_diag_cv", "KQ diagonal spread (CV)"),
+              ("kq_y_share", "KQ share touching y"), ("omega", "omega_h"),
+              ("ov_offlast_share", "OV share outside y"), ("mu", "mu_h"),
+              ("zero_sum_ratio", "|sum mu| / sum |mu|")]
     fig = make_subplots(rows=2, cols=4, subplot_titles=[t for _, t in panels], vertical_spacing=0.14)
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
     for k, (key, _) in enumerate(panels):
-        vals = to_numpy(result.arrays[key])
+        vals = to_numpy(result.curve(key))
         r, c = k // 4 + 1, k % 4 + 1
         if vals.ndim == 1:
             fig.add_trace(go.Scatter(x=steps, y=vals, mode="lines", name="zero-sum", line={"color": "black"},
@@ -73,7 +73,7 @@ def pattern_curves(result) -> go.Figure:
             fig.add_trace(go.Scatter(x=steps, y=vals[:, h], mode="lines", name=head_label(0, h),
                                      line={"color": palette[h % len(palette)]}, legendgroup=str(h),
                                      showlegend=k == 0), row=r, col=c)
-        if key == "curve.kq_diag_cv":
+        if key == "kq_diag_cv":
             fig.update_yaxes(type="log", row=r, col=c)
     fig.update_xaxes(title_text="step", row=2)
     fig.update_layout(title="Pattern scores over training", height=560, margin={"l": 50, "r": 20, "t": 70, "b": 40})
@@ -82,14 +82,14 @@ def pattern_curves(result) -> go.Figure:
 
 def mse_by_length(result) -> go.Figure:
     """Mean squared error of every predictor against context length (dotted line: training length)."""
-    lengths = [int(v) for v in to_numpy(result.arrays["lengths"])]
-    table = to_numpy(result.arrays["mse_by_length"])
-    names = result.metrics["predictors"]
+    lengths = result.lengths
+    table = to_numpy(result.mse_by_length)
+    names = result.predictors
     fig = go.Figure()
     for i, name in enumerate(names):
         dash = "dot" if name.startswith("gd") or name == "ridge" else "solid"
         fig.add_trace(go.Scatter(x=lengths, y=table[i], mode="lines+markers", name=name, line={"dash": dash}))
-    fig.add_vline(x=result.metrics["n"], line_dash="dot", line_color="grey", annotation_text="training n")
+    fig.add_vline(x=result.n, line_dash="dot", line_color="grey", annotation_text="training n")
     fig.update_layout(title="Error on fresh prompts over context length", xaxis_title="context length",
                       yaxis_title="mean squared error", xaxis_type="log", yaxis_type="log", height=420)
     return fig
@@ -98,14 +98,39 @@ def mse_by_length(result) -> go.Figure:
 def loss_curves(result, smooth: int = 50) -> go.Figure:
     """Training loss (moving average over ``smooth`` steps) of each trained model."""
     fig = go.Figure()
-    for key, name in (("loss", f"multi-head (H={result.metrics['heads']})"), ("single_head.loss", "single head"),
-                      ("linear.loss", "linear attention")):
-        if key not in result.arrays:
-            continue
-        loss = to_numpy(result.arrays[key])
+    names = {"model": f"multi-head (H={result.heads})", "single_head": "single head", "linear": "linear attention"}
+    for key, loss in result.losses.items():
+        name = names.get(key, key)
+        loss = to_numpy(loss)
         k = max(1, min(smooth, len(loss)))
         avg = np.convolve(loss, np.ones(k) / k, mode="valid")
         fig.add_trace(go.Scatter(x=np.arange(k, len(loss) + 1), y=avg, mode="lines", name=name))
     fig.update_layout(title="Training loss", xaxis_title="step", yaxis_title="squared error", yaxis_type="log",
                       height=380)
     return fig
+
+
+def headline(result) -> list[tuple[str, str]]:
+    """The tiles on the ICL page: how close the trained model is to the paper's patterns."""
+    gap = result.dgd_pred_gap
+    return [("zero-sum |sum mu| / sum |mu|", f"{result.zero_sum_ratio:.3f}"),
+            ("KQ off-diagonal share (|mu|-weighted)", f"{result.kq_offdiag_weighted:.3f}"),
+            ("OV energy outside y", f"{result.ov_offlast_total:.3f}"),
+            ("model vs debiased GD gap", "n/a" if gap is None else f"{gap:.4f}")]
+
+
+def icl_sections(result) -> list:
+    """The report sections (and the page's figures): KQ / OV at the last checkpoint and the
+    pattern scores over training; the predictors' errors over context length and the losses."""
+    from workbench.report import Section
+
+    gap = result.dgd_pred_gap
+    text = (f"H={result.heads} heads, d={result.d}, n={result.n}, {result.steps} steps. Zero-sum ratio "
+            f"{result.zero_sum_ratio:.3f}; |mu|-weighted KQ off-diagonal share {result.kq_offdiag_weighted:.3f}; "
+            f"OV energy outside y {result.ov_offlast_total:.3f}; model vs debiased GD prediction gap "
+            + ("n/a." if gap is None else f"{gap:.4f}."))
+    rows = [{"predictor": k, "mse at training n": v} for k, v in result.mse.items()]
+    return [Section(title="ICL regression: KQ / OV patterns", text=text,
+                    figures=[kq_heatmaps(result), ov_heatmap(result), pattern_curves(result)]),
+            Section(title="ICL regression: predictors", tables=[rows],
+                    figures=[mse_by_length(result), loss_curves(result)])]

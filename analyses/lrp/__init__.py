@@ -1,0 +1,26 @@
+"""LRP saliency: AttnLRP on a language model's prompt (token and head relevance, against
+gradient x input and attention rollout) or LRP and the SR map on a photograph
+(EfficientNet-Lite0), each method scored by the same deletion test. lxt and zennit are
+imported only when a run needs them."""
+from workbench.spec import AnalysisSpec
+
+from .analysis import LrpImageResult, LrpOptions, LrpResult, run, wants_language_model
+from .figures import headline, lrp_sections
+from .page import mode_explorer
+
+SPEC = AnalysisSpec(
+    key="lrp",
+    title="LRP saliency",
+    help="Explain a prompt with AttnLRP (or an image with LRP and the SR map) and score each method by deletion.",
+    config=LrpOptions,
+    result=LrpResult,
+    run=run,
+    figures=lrp_sections,
+    headline=headline,
+    extra_results=(LrpImageResult,),
+    needs_model=wants_language_model,
+    page_defaults={"n_prompts": 2, "max_delete": 6, "n_random": 2},
+    page_extra=mode_explorer,
+    description="A prompt run explains logit(target) - logit(contrast) at the last position (IOI prompts: IO minus "
+                "S); an image run explains EfficientNet-Lite0's top-1 class. Give --prompt or --image.",
+)

@@ -9,15 +9,18 @@ Two configs, one ``run``:
 * ``LrpConfig`` (prompts): explain ``logit(target) - logit(contrast)`` (or one logit) at the last
   position; with no prompts, IOI prompts explaining IO minus S.  -> ``LrpResult``
 * ``LrpImageConfig`` (photographs or image files): explain the top-1 class logit.  -> ``LrpImageResult``
+* ``LrpOptions``: the options of ``workbench lrp`` (and the page's form), both modes in one;
+  ``run`` turns it into one of the two configs (``--image`` given: images, else prompts).
 
-The engines live in ``analyses/lrp_attnlrp.py`` (language model), ``analyses/lrp_cnn.py`` (CNN,
-SR map) and ``analyses/lrp_imports.py`` (how zennit and lxt are imported here).
+The engines live in ``attnlrp.py`` (language model), ``cnn.py`` (CNN, SR map) and
+``imports.py`` (how zennit and lxt are imported here); all three are imported only when a
+run needs them, so importing this module never loads lxt or zennit.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -25,6 +28,9 @@ from tqdm.auto import tqdm
 
 from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
+from workbench.spec import option
+
+from .cnn import COMPOSITES
 
 METHODS = ("attnlrp", "gradient_x_input", "rollout")
 IMAGE_METHODS = ("lrp", "sr", "gradient")
@@ -34,7 +40,7 @@ CONSERVATION_TOLERANCE = 1e-3  # relative: |sum(token R) + softmax-absorbed R - 
 # ============================================================================ prompts
 @dataclass
 class LrpConfig:
-    """Explain prompts. ``prompts`` empty -> ``n`` IOI prompts (target IO, contrast S).
+    """Explain prompts. ``prompts`` empty -> ``n_prompts`` IOI prompts (target IO, contrast S).
     ``target`` / ``contrast``: single tokens (leading space matters); no target -> the model's
     top prediction; no contrast -> the target logit alone."""
 
@@ -42,10 +48,11 @@ class LrpConfig:
     target: str | None = None
     contrast: str | None = None
     task: str = "ioi"
-    n: int = 8
+    n_prompts: int = 8
     seed: int = 0
     max_delete: int = 10
     n_random: int = 3
+    renamed: ClassVar[dict[str, str]] = {"n": "n_prompts"}
 
 
 @register_result
@@ -66,6 +73,82 @@ class LrpResult(Result):
     def head_relevance(self) -> torch.Tensor:
         """[layer head] AttnLRP head relevance, mean over prompts."""
         return self.arrays["head_relevance_attnlrp"].mean(0)
+
+    @property
+    def task(self) -> str:
+        """``ioi`` (IO minus S on IOI prompts) or ``prompts`` (the given prompts)."""
+        return str(self.metrics["task"])
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.metrics["n_prompts"])
+
+    @property
+    def prompts(self) -> list[str]:
+        return list(self.metrics["prompts"])
+
+    @property
+    def targets(self) -> list[str]:
+        """The explained token of each prompt."""
+        return list(self.metrics["targets"])
+
+    @property
+    def contrasts(self) -> list[str | None]:
+        """The contrast token of each prompt (None: the target logit alone)."""
+        return list(self.metrics["contrasts"])
+
+    @property
+    def target_values(self) -> torch.Tensor:
+        """[prompt] the explained value, logit(target) - logit(contrast)."""
+        return self.arrays["target_value"]
+
+    @property
+    def target_value_mean(self) -> float:
+        return float(self.metrics["target_value_mean"])
+
+    @property
+    def conservation_error(self) -> float:
+        """Largest relative AttnLRP conservation error over the prompts."""
+        return float(self.metrics["conservation_error"])
+
+    @property
+    def conservation_tolerance(self) -> float:
+        return float(self.metrics["conservation_tolerance"])
+
+    @property
+    def softmax_absorbed_fraction(self) -> float:
+        """Mean share of the explained value absorbed by the softmax rule."""
+        return float(self.metrics["softmax_absorbed_fraction_mean"])
+
+    @property
+    def aopc(self) -> dict[str, float]:
+        """Area over the deletion curve per method (and ``random``)."""
+        return dict(self.metrics["aopc"])
+
+    @property
+    def io_share(self) -> dict[str, float] | None:
+        """IOI only: the IO name's share of relevance, per method."""
+        return self.metrics.get("io_share")
+
+    @property
+    def io_top1_rate(self) -> dict[str, float] | None:
+        """IOI only: how often the IO name is the most relevant token, per method."""
+        return self.metrics.get("io_top1_rate")
+
+    @property
+    def top_heads(self) -> list[dict[str, Any]]:
+        return list(self.metrics["top_heads"])
+
+    @property
+    def deletion_curves(self) -> dict[str, torch.Tensor]:
+        """Per method, ``[prompt step]`` explained value after deleting the most relevant tokens
+        first (NaN past a prompt's length)."""
+        return {k[len("deletion_"):]: v for k, v in self.arrays.items() if k.startswith("deletion_")}
+
+    @property
+    def deletion_step(self) -> int:
+        """Tokens deleted per step of the deletion curves."""
+        return 1
 
     def summary(self) -> dict[str, Any]:
         out = {
@@ -107,7 +190,7 @@ def _prompt_targets(model: Any, config: LrpConfig) -> tuple[list[str], list[int]
         raise InputError(f"unknown task '{config.task}'; give --prompt text or use task ioi")
     from workbench.datasets import ioi_prompts
 
-    ps = ioi_prompts(config.n, tok, seed=config.seed)
+    ps = ioi_prompts(config.n_prompts, tok, seed=config.seed)
     correct, wrong = ps.answer_ids(model)
     return ps.prompts, correct.tolist(), wrong.tolist(), {"task": "ioi", "io_ids": correct.tolist(), "s_ids": wrong.tolist()}
 
@@ -269,6 +352,47 @@ class LrpImageResult(Result):
     def names(self) -> list[str]:
         return list(self.metrics["images"])
 
+    @property
+    def top_classes(self) -> dict[str, list[dict[str, Any]]]:
+        """Per image name, its top classes ``{"index", "name", "prob"}``, most probable first."""
+        return dict(self.metrics["top_classes"])
+
+    @property
+    def top1(self) -> dict[str, str]:
+        return dict(self.metrics["top1"])
+
+    @property
+    def aopc(self) -> dict[str, float]:
+        """Area over the region-deletion curve per method (and ``random``), mean over images."""
+        return dict(self.metrics["aopc"])
+
+    @property
+    def rules(self) -> str:
+        """The LRP rules of the composite used, in words."""
+        return str(self.metrics["rules"])
+
+    @property
+    def removed_fraction_max(self) -> float:
+        return float(self.metrics["removed_fraction_max"])
+
+    def image(self, i: int = 0) -> torch.Tensor:
+        """[H W 3] uint8 the centre crop that was explained."""
+        return self.arrays["images"][i]
+
+    def saliency(self, method: str = "lrp", i: int = 0) -> torch.Tensor:
+        """[H W] the ``lrp`` (signed), ``sr`` or ``gradient`` map of image ``i``."""
+        return self.arrays[f"map_{method}"][i]
+
+    @property
+    def deletion_curves(self) -> dict[str, torch.Tensor]:
+        """Per method, ``[image step]`` explained logit after deleting the most salient regions first."""
+        return {k[len("deletion_"):]: v for k, v in self.arrays.items() if k.startswith("deletion_")}
+
+    @property
+    def deletion_step(self) -> int:
+        """Regions deleted per step of the deletion curves."""
+        return int(self.config.step) if self.config is not None else 1
+
     def summary(self) -> dict[str, Any]:
         out = {"top_classes": self.metrics["top_classes"], "aopc": self.metrics["aopc"]}
         if self.path is not None:
@@ -359,11 +483,71 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
                           meta=provenance(model="efficientnet-lite0", seed=config.seed))
 
 
+# ============================================================================ the command's options
+IMAGE_BASELINES = ("blur", "gray")
+
+
+@dataclass
+class LrpOptions:
+    """The options of ``workbench lrp``: a prompt run (``--prompt``, or IOI prompts when neither
+    ``--prompt`` nor ``--image`` is given) or an image run (``--image``). ``run`` turns them into
+    an ``LrpConfig`` or an ``LrpImageConfig``; a saved run keeps that config."""
+
+    prompts: tuple[str, ...] = option((), flag="--prompt", aliases=("-p",),
+                                      help="prompt to explain; none and no --image: IOI prompts")
+    images: tuple[str, ...] = option((), flag="--image", aliases=("-i",),
+                                     help="image file or shipped photo (chelsea, coffee, astronaut, ...; "
+                                          "'all' = every shipped photo)")
+    target: str | None = option(None, help="answer token to explain (leading space matters, e.g. ' Mary'); "
+                                           "default: the top prediction")
+    contrast: str | None = option(None, help="explain logit(target) - logit(contrast) instead of one logit")
+    n_prompts: int = option(8, flag="--n", help="IOI prompts when no --prompt is given", min=1, max=100_000)
+    max_delete: int = option(10, help="tokens deleted in the faithfulness test", min=1)
+    n_random: int = option(3, help="random deletion orders averaged as the baseline (prompts)", min=0)
+    class_index: int = option(-1, flag="--class", help="ImageNet class to explain (-1: the top-1 class)",
+                              min=-1, max=999)
+    composite: str = option("epsilon_gamma_box", help="LRP rules for the CNN", choices=COMPOSITES)
+    baseline: str = option("blur", help="what replaces deleted image regions", choices=IMAGE_BASELINES)
+    image_size: int = option(224, flag="--size", help="image side in pixels fed to the CNN (224 = as trained)", min=32)
+    n_steps: int = option(16, flag="--steps", help="deletion steps for images (4 regions of 16x16 each)", min=1)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.prompts and self.images:
+            raise InputError("give either --prompt or --image, not both")
+        if any(not p.strip() for p in self.prompts):
+            raise InputError("the prompt is empty; give some text to explain with --prompt")
+
+    @property
+    def explains_images(self) -> bool:
+        return bool(self.images)
+
+    def analysis_config(self) -> LrpConfig | LrpImageConfig:
+        """The config of the run these options ask for (``all`` expands to every shipped photo)."""
+        self.validate()
+        if self.images:
+            from workbench.vision import PHOTOS
+
+            images = tuple(p for spec in self.images for p in (PHOTOS if spec == "all" else (spec,)))
+            return LrpImageConfig(images=images, class_index=None if self.class_index < 0 else self.class_index, composite=self.composite,
+                                  baseline=self.baseline, image_size=self.image_size, n_steps=self.n_steps,
+                                  seed=self.seed)
+        return LrpConfig(prompts=self.prompts, target=self.target, contrast=self.contrast, n_prompts=self.n_prompts,
+                         seed=self.seed, max_delete=self.max_delete, n_random=self.n_random)
+
+
+def wants_language_model(config: Any) -> bool:
+    """Prompt runs explain a language model (``--model``); image runs build the CNN themselves."""
+    return not (isinstance(config, LrpImageConfig) or getattr(config, "explains_images", False))
+
+
 # ============================================================================ entry point
-def run(model: Any, config: LrpConfig | LrpImageConfig | None = None, progress: bool = True) -> Result:
+def run(model: Any, config: LrpConfig | LrpImageConfig | LrpOptions | None = None, progress: bool = True) -> Result:
     """Prompt mode with an ``LrpConfig`` (needs ``model``), image mode with an ``LrpImageConfig``
-    (``model`` is ignored: the CNN is built here)."""
+    (``model`` is ignored: the CNN is built here); ``LrpOptions`` pick one of the two."""
     config = config or LrpConfig()
+    if isinstance(config, LrpOptions):
+        config = config.analysis_config()
     if isinstance(config, LrpImageConfig):
         return run_images(config, progress=progress)
     return run_prompts(model, config, progress=progress)

@@ -11,6 +11,8 @@ from plotly.subplots import make_subplots
 
 from workbench.figures.common import to_numpy, bar_top_heads, head_grid, line_curves
 
+from .analysis import METHODS as PROMPT_METHODS
+
 METHOD_LABELS = {"attnlrp": "AttnLRP", "gradient_x_input": "gradient x input", "rollout": "attention rollout",
                  "random": "random order", "lrp": "LRP", "sr": "SR map", "gradient": "gradient"}
 
@@ -57,16 +59,12 @@ def deletion_figure(result: Any, unit: str = "tokens deleted") -> go.Figure:
     """Mean explained value after deleting the most relevant inputs first, one curve per method,
     AOPC in the legend."""
     curves, x = {}, None
-    aopc = result.metrics.get("aopc", {})
-    for key, arr in result.arrays.items():
-        if not key.startswith("deletion_"):
-            continue
-        method = key[len("deletion_"):]
+    aopc = result.aopc
+    for method, arr in result.deletion_curves.items():
         a = to_numpy(arr)
         mean = np.nanmean(a, axis=0)
         if x is None:
-            step = result.config.step if hasattr(result.config, "step") else 1
-            x = np.arange(len(mean)) * step
+            x = np.arange(len(mean)) * result.deletion_step
         curves[f"{METHOD_LABELS.get(method, method)} (AOPC {aopc.get(method, float('nan')):.3g})"] = mean
     yaxis = "explained logit" if unit != "tokens deleted" else "explained logit (difference)"
     return line_curves(x, curves, "deletion test: most relevant first", unit, yaxis)
@@ -83,28 +81,23 @@ def prompt_sections(result: Any) -> list:
     """HTML report sections for a prompt result."""
     from workbench.report import Section
 
-    m = result.metrics
     tokens = result.tokens(0)
-    rel = {k: result.relevance(k, 0) for k in ("attnlrp", "gradient_x_input", "rollout")}
-    text = (f"{m['n_prompts']} prompt(s), task {m['task']}. AttnLRP conservation error (tokens + softmax-absorbed vs "
-            f"explained value): {m['conservation_error']:.2e} (tolerance {m['conservation_tolerance']:.0e}); "
-            f"the softmax rule absorbs on average {m['softmax_absorbed_fraction_mean']:.0%} of the explained value.")
-    rows = [{"method": METHOD_LABELS.get(k, k), "AOPC": v} for k, v in m["aopc"].items()]
-    if "io_share" in m:
-        for row, k in zip(rows, m["aopc"]):
-            row["IO share"] = m["io_share"].get(k, float("nan"))
-            row["IO most relevant"] = m["io_top1_rate"].get(k, float("nan"))
+    rel = {k: result.relevance(k, 0) for k in PROMPT_METHODS}
+    text = (f"{result.n_prompts} prompt(s), task {result.task}. AttnLRP conservation error (tokens + softmax-absorbed "
+            f"vs explained value): {result.conservation_error:.2e} (tolerance {result.conservation_tolerance:.0e}); "
+            f"the softmax rule absorbs on average {result.softmax_absorbed_fraction:.0%} of the explained value.")
+    aopc = result.aopc
+    rows = [{"method": METHOD_LABELS.get(k, k), "AOPC": v} for k, v in aopc.items()]
+    io_share, io_top1 = result.io_share, result.io_top1_rate
+    if io_share is not None:
+        for row, k in zip(rows, aopc):
+            row["IO share"] = io_share.get(k, float("nan"))
+            row["IO most relevant"] = (io_top1 or {}).get(k, float("nan"))
     return [Section(
         title="LRP saliency: tokens and heads (AttnLRP)", text=text, tables=[rows],
-        figures=[token_relevance(tokens, rel["attnlrp"], f"AttnLRP relevance: {m['prompts'][0]!r}"),
+        figures=[token_relevance(tokens, rel["attnlrp"], f"AttnLRP relevance: {result.prompts[0]!r}"),
                  method_comparison(tokens, rel), head_relevance_grid(result), deletion_figure(result)],
     )]
-
-
-def ablation_report_section(result: Any) -> Any:
-    """The one section the head-ablation report adds for an LRP prompt result (IOI): the head
-    grid next to the ablation grid, the token colouring and the AOPC table."""
-    return prompt_sections(result)[0]
 
 
 # ---------------------------------------------------------------------------- images
@@ -125,11 +118,11 @@ def _overlay(fig: go.Figure, image: np.ndarray, heat: np.ndarray | None, row: in
 def image_maps(result: Any, i: int = 0) -> go.Figure:
     """The photograph, its LRP map (signed), its SR map and its gradient map, overlaid."""
     name = result.names[i]
-    image = to_numpy(result.arrays["images"][i]).astype(np.uint8)
-    lrp = to_numpy(result.arrays["map_lrp"][i])
-    sr = to_numpy(result.arrays["map_sr"][i])
-    grad = to_numpy(result.arrays["map_gradient"][i])
-    top = result.metrics["top_classes"][name][0]
+    image = to_numpy(result.image(i)).astype(np.uint8)
+    lrp = to_numpy(result.saliency("lrp", i))
+    sr = to_numpy(result.saliency("sr", i))
+    grad = to_numpy(result.saliency("gradient", i))
+    top = result.top_classes[name][0]
     fig = make_subplots(rows=1, cols=4, subplot_titles=(f"{name}: {top['name']} ({top['prob']:.0%})", "LRP", "SR map", "gradient"))
     _overlay(fig, image, None, 1, 1, False)
     _overlay(fig, image, lrp, 1, 2, True)
@@ -144,7 +137,7 @@ def image_maps(result: Any, i: int = 0) -> go.Figure:
 
 def top_classes_figure(result: Any, i: int = 0) -> go.Figure:
     name = result.names[i]
-    top = result.metrics["top_classes"][name]
+    top = result.top_classes[name]
     fig = go.Figure(go.Bar(x=[t["prob"] for t in top][::-1], y=[t["name"] for t in top][::-1], orientation="h"))
     fig.update_layout(title=f"top classes: {name}", xaxis_title="probability", height=60 + 40 * len(top))
     return fig
@@ -153,12 +146,33 @@ def top_classes_figure(result: Any, i: int = 0) -> go.Figure:
 def image_sections(result: Any) -> list:
     from workbench.report import Section
 
-    m = result.metrics
-    rows = [{"image": n, "top-1": t, "p": m["top_classes"][n][0]["prob"]} for n, t in m["top1"].items()]
-    aopc_rows = [{"method": METHOD_LABELS.get(k, k), "AOPC": v} for k, v in m["aopc"].items()]
-    text = (f"EfficientNet-Lite0 (ImageNet). LRP rules: {m['rules']}. Deletion: regions of "
-            f"{result.config.region}px, {result.config.step} per step, up to {m['removed_fraction_max']:.0%} of the image, "
-            f"replaced by a {result.config.baseline} baseline.")
-    figs = [aopc_bar(m["aopc"]), deletion_figure(result, unit="regions deleted")]
+    top_classes = result.top_classes
+    rows = [{"image": n, "top-1": t, "p": top_classes[n][0]["prob"]} for n, t in result.top1.items()]
+    aopc_rows = [{"method": METHOD_LABELS.get(k, k), "AOPC": v} for k, v in result.aopc.items()]
+    text = (f"EfficientNet-Lite0 (ImageNet). LRP rules: {result.rules}. Deletion: regions of "
+            f"{result.config.region}px, {result.config.step} per step, up to {result.removed_fraction_max:.0%} of the "
+            f"image, replaced by a {result.config.baseline} baseline.")
+    figs = [aopc_bar(result.aopc), deletion_figure(result, unit="regions deleted")]
     figs += [image_maps(result, i) for i in range(len(result.names))]
     return [Section(title="LRP saliency: EfficientNet-Lite0, LRP and SR maps", text=text, tables=[rows, aopc_rows], figures=figs)]
+
+
+# ---------------------------------------------------------------------------- the spec's figures
+def is_image_result(result: Any) -> bool:
+    return getattr(result, "analysis", None) == "lrp_image"
+
+
+def lrp_sections(result: Any) -> list:
+    """The report sections (and the page's figures) of either kind of LRP run."""
+    return image_sections(result) if is_image_result(result) else prompt_sections(result)
+
+
+def headline(result: Any) -> list[tuple[str, Any]]:
+    """The tiles on the LRP page."""
+    if is_image_result(result):
+        first = result.names[0]
+        aopc = result.aopc
+        return [("images", len(result.names)), (f"top-1 ({first})", result.top1[first]),
+                ("AOPC LRP", f"{aopc.get('lrp', float('nan')):.3g}"), ("AOPC SR map", f"{aopc.get('sr', float('nan')):.3g}")]
+    return [("explained value", f"{result.target_value_mean:.3f}"),
+            ("conservation error", f"{result.conservation_error:.1e}"), ("prompts", result.n_prompts)]
