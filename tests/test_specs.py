@@ -122,3 +122,26 @@ def test_no_private_names_imported_across_modules():
                     hits += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
                              if a.name.startswith("_") and not a.name.startswith("__")]
     assert hits == []
+
+
+def test_runs_saved_under_old_field_names_still_load(tmp_path):
+    """A run folder written before the one-vocabulary rename (``n``, ``max_batch``) loads
+    into today's Config, through the spec, under the old command's analysis name."""
+    import json
+
+    import torch
+
+    from analyses.ablation.analysis import AblationConfig, AblationResult
+    from workbench.results import load_result
+
+    result = AblationResult(config=AblationConfig(n_prompts=5, batch_size=64),
+                            metrics={"clean_logit_diff": 1.5, "accuracy": 1.0, "n_prompts": 5, "top_heads": []},
+                            arrays={"effect": torch.zeros(2, 4)}, meta={"model": "tiny-llama"})
+    folder = result.save(tmp_path / "old-run")
+    doc = json.loads((folder / "result.json").read_text())
+    doc["config"] = {"task": "ioi", "n": 5, "seed": 0, "ablation": "mean", "max_batch": 64, "top_k": 10}
+    (folder / "result.json").write_text(json.dumps(doc))
+    loaded = load_result(folder)
+    assert type(loaded) is AblationResult
+    assert (loaded.config.n_prompts, loaded.config.batch_size) == (5, 64)
+    assert loaded.clean_logit_diff == 1.5 and loaded.effect.shape == (2, 4)
