@@ -34,7 +34,7 @@ from workbench.models import load_model  # noqa: E402
 from workbench.patching.engine import (  # noqa: E402
     head_masks_all_positions, head_masks_per_position, run_head_patches)
 from workbench.patching.metrics import logit_diff  # noqa: E402
-from workbench.patching.suffix import _final_norm, _layers, clean_run, plan_chunks, suffix_work  # noqa: E402
+from workbench.patching.suffix import clean_run, plan_chunks, suffix_work  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -88,8 +88,9 @@ def plain_suffix_forwards(model, tokens, clean, masks, max_batch, device) -> flo
     stream, without prefix keys, patching or hooks; then the final norm and unembedding of
     the last positions. Seconds."""
     n = tokens.input_ids.shape[0]
-    layers = _layers(model)
-    norm, unembed = _final_norm(model), model.hf.get_output_embeddings()
+    adapter = model.adapter
+    layers = adapter.layers(model.hf)
+    norm, unembed = adapter.final_norm(model.hf), adapter.unembed(model.hf)
     _sync(device)
     start = time.perf_counter()
     with torch.no_grad():
@@ -104,12 +105,8 @@ def plain_suffix_forwards(model, tokens, clean, masks, max_batch, device) -> flo
                     x = xj if x is None else torch.cat([x, xj])
                     active += joining
                 mask = clean.mask_add[:, :, p0:, p0:].repeat(active, 1, 1, 1)
-                if model.arch == "llama":
-                    cos, sin = clean.rotary
-                    x = layers[l](x, attention_mask=mask, position_embeddings=(cos[:, p0:], sin[:, p0:]))
-                else:
-                    x = layers[l](x, attention_mask=mask)
-                x = x[0] if isinstance(x, tuple) else x
+                rotary = None if clean.rotary is None else tuple(r[:, p0:] for r in clean.rotary)
+                x = adapter.call_layer(layers[l], x, mask, rotary)
             last = (tokens.last_positions - p0).clamp(min=0).repeat(active)
             unembed(norm(x[torch.arange(x.shape[0]), last]))
     _sync(device)

@@ -25,6 +25,13 @@ def tiny_gpt2():
 
 
 @pytest.fixture(scope="session")
+def tiny_neox():
+    from workbench.models import load_model
+
+    return load_model("tiny-neox")
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     from workbench.models import load_model
 

@@ -22,7 +22,7 @@ def test_left_pad_lines_up_last_tokens():
         left_pad([], 0)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
 def test_batched_greedy_matches_hf_generate(fixture, request):
     model = request.getfixturevalue(fixture)
     gen = greedy_generate(model, PROMPTS, max_new_tokens=6)

@@ -72,6 +72,24 @@ def test_patch_mix_project_bfloat16(triton_kernels, shape):
     assert (got.float() - want).abs().max() <= 2 ** -7 * (1 + want.abs().max())
 
 
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
+def test_patch_mix_project_on_each_architectures_output_projection(triton_kernels, name, request):
+    """The kernel reads W_O as the adapter gives it (a strided view of the model's own weight:
+    a transposed Linear for Llama and GPT-NeoX, a Conv1D for GPT-2), with its bias."""
+    model = request.getfixturevalue(name)
+    s = model.shape
+    attn = model.adapter.attn(model.adapter.layers(model.hf)[1])
+    w, b = model.adapter.out_weights(attn, s)
+    assert w.shape == (s.n_heads, s.d_head, s.d_model)
+    z, src, mask, _, _ = _inputs((3, 2, 5, s.n_heads, s.d_head, s.d_model), seed=11)
+    got = triton_kernels.patch_mix_project(z, src, mask, w, b)
+    want = reference.patch_mix_project(z, src, mask, w, b)
+    assert (got - want).abs().max() <= 1e-5 * (1 + want.abs().max())
+    mixed = torch.where(mask[:, None, :, :, None], src[None], z)
+    manual = mixed.reshape(3, 2, 5, -1) @ w.reshape(-1, s.d_model) + (0 if b is None else b)
+    assert (want - manual).abs().max() <= 1e-5 * (1 + manual.abs().max())
+
+
 def test_patch_mix_project_is_the_mix_then_the_projection():
     """Closed form: mask all False is z @ W_O, all True is source @ W_O."""
     z, src, mask, w, _ = _inputs((2, 2, 3, 3, 4, 5), seed=1)

@@ -55,7 +55,7 @@ def hook_reference(model, tokens, source, clean_z, edge):
     return metric(logits[rows, tokens.last_positions], rows)
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
 def test_single_edges_match_hook_reference(name, request):
     model = request.getfixturevalue(name)
     tokens, source, clean_z = setup(model)

@@ -65,7 +65,7 @@ def naive_loop(model, tokens, source, masks):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
 def test_suffix_equals_full_and_naive(name, request):
     model = request.getfixturevalue(name)
     tokens, source = setup(model)
@@ -128,17 +128,20 @@ def test_bfloat16_suffix_matches_full():
     assert (fast.metric.float() - full.metric.float()).abs().max() <= 0.1
 
 
-def test_suffix_with_triton_kernel_under_interpreter(tiny_llama, monkeypatch):
-    """Kernel (interpreter) vs reference vs naive loop, inside the engine."""
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
+def test_suffix_with_triton_kernel_under_interpreter(name, request, monkeypatch):
+    """Kernel (interpreter) vs reference vs naive loop, inside the engine (each architecture's
+    W_O view: transposed Linear for Llama and NeoX, Conv1D for GPT-2)."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     import kernels.patch_mix  # noqa: F401  (decorated now, under the interpreter)
 
-    tokens, source = setup(tiny_llama)
-    masks = random_masks(tiny_llama, tokens.input_ids.shape[1], 4, seed=5, density=0.1)
-    ker = run_head_patches(tiny_llama, tokens, source, masks, metric, kernel="triton")
-    ref = run_head_patches(tiny_llama, tokens, source, masks, metric, kernel="reference")
-    naive = naive_loop(tiny_llama, tokens, source, masks)
+    model = request.getfixturevalue(name)
+    tokens, source = setup(model)
+    masks = random_masks(model, tokens.input_ids.shape[1], 4, seed=5, density=0.1)
+    ker = run_head_patches(model, tokens, source, masks, metric, kernel="triton")
+    ref = run_head_patches(model, tokens, source, masks, metric, kernel="reference")
+    naive = naive_loop(model, tokens, source, masks)
     assert (ker.metric - ref.metric).abs().max() <= 1e-4
     assert (ker.metric - naive).abs().max() <= 1e-4
 

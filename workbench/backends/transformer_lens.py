@@ -1,7 +1,10 @@
 """The TransformerLens 4.x backend: a ``TransformerBridge`` over the same Hugging Face
-module. Canonical names are TransformerLens's own, except that the workbench's
+module. Canonical names are TransformerLens's own, except where the architecture
+adapter renames them (``Adapter.tl_names``): with rotary, the workbench's
 ``hook_q``/``hook_k`` are what attention sees, i.e. after rotary (the bridge's
-``hook_rot_q``/``hook_rot_k``)."""
+``hook_rot_q``/``hook_rot_k``; the NeoX bridge has no post-rotary hooks, so those two
+names are refused there); with a parallel residual (GPT-NeoX), ``hook_resid_mid`` is the
+MLP's input stream (the bridge's ``ln2.hook_in``)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -26,12 +29,11 @@ def wrap(model: Any) -> Any:
 
 def bridge_name(model: Any, name: str) -> str:
     """The bridge's hook name for a canonical name."""
-    hook_dict = model.wrapper.hook_dict
-    if model.arch == "llama" and name.endswith(("attn.hook_q", "attn.hook_k")):
-        name = name[: -len("hook_q")] + "hook_rot_" + name[-1]
-    if name not in hook_dict:
-        raise HookNameError(f"the TransformerLens bridge has no hook '{name}'; use the 'hf' or 'nnsight' backend for it")
-    return name
+    bridged = model.adapter.tl_name(name)
+    if bridged is None or bridged not in model.wrapper.hook_dict:
+        raise HookNameError(f"the TransformerLens bridge has no hook '{name}' for this {model.adapter.name} model; "
+                            "use the 'hf' or 'nnsight' backend for it")
+    return bridged
 
 
 def forward(

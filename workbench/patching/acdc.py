@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..cache import Tokens
 from ..errors import InputError
-from .graph import Graph, _rank, run_edge_masks
+from .graph import Graph, run_edge_masks
 
 MAX_EDGES_TRIED = 5000
 
@@ -33,11 +33,11 @@ def acdc(model: Any, graph: Graph, tokens: Tokens, ablate: dict[str, torch.Tenso
     current = float(run_edge_masks(model, graph, tokens, ablate, keep, metric).mean())
     dist = abs(full - current)
     scores = torch.zeros(graph.valid.shape)
-    order_r = sorted(range(len(graph.receivers)), key=lambda j: -_rank(graph.receivers[j], graph.n_layers))
+    order_r = sorted(range(len(graph.receivers)), key=lambda j: -graph.rank(graph.receivers[j]))
     bar = tqdm(total=n_try, desc="acdc", disable=not progress, leave=False)
     for j in order_r:
         senders = [i for i in keep[:, j].nonzero().flatten().tolist()]
-        senders.sort(key=lambda i: -_rank(graph.senders[i], graph.n_layers))
+        senders.sort(key=lambda i: -graph.rank(graph.senders[i]))
         for i in senders:
             trial = keep.clone()
             trial[i, j] = False

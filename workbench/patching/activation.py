@@ -50,15 +50,17 @@ def check_pair(clean: Tokens, corrupt: Tokens) -> None:
                          f"{tuple(corrupt.input_ids.shape)} or padding); patching needs token-aligned pairs")
 
 
-def _last(logits: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+def last_logits(logits: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+    """[batch vocab]: each prompt's logits at its last (unpadded) position."""
     return logits[torch.arange(logits.shape[0]), tokens.last_positions]
 
 
-def _baseline(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable, names: list[str]):
+def baseline_metrics(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable, names: list[str]):
+    """(mean clean metric, mean corrupt metric, the corrupt run's cache of ``names``)."""
     with torch.no_grad():
         lc, _ = forward(model, clean, [])
         lk, cache = forward(model, corrupt, names)
-    return float(metric(_last(lc, clean)).mean()), float(metric(_last(lk, corrupt)).mean()), cache
+    return float(metric(last_logits(lc, clean)).mean()), float(metric(last_logits(lk, corrupt)).mean()), cache
 
 
 def _sweep(model: Any, clean: Tokens, name_of: Callable[[int], str], configs: list[tuple[int, torch.Tensor]],
@@ -87,7 +89,7 @@ def _sweep(model: Any, clean: Tokens, name_of: Callable[[int], str], configs: li
             patches[name_of(layer)] = fn
         with torch.no_grad():
             logits, _ = forward(model, big, [], patches)
-        out.append(metric(_last(logits, big).view(c, n, -1)).mean(1))
+        out.append(metric(last_logits(logits, big).view(c, n, -1)).mean(1))
     return torch.cat(out)
 
 
@@ -97,7 +99,7 @@ def patch_residual(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable,
     check_pair(clean, corrupt)
     L, P = model.shape.n_layers, clean.input_ids.shape[1]
     names = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
-    c, k, cache = _baseline(model, clean, corrupt, metric, names)
+    c, k, cache = baseline_metrics(model, clean, corrupt, metric, names)
     configs = [(l, torch.arange(P) == p) for l in range(L) for p in range(P)]
     vals = _sweep(model, clean, lambda l: f"blocks.{l}.hook_resid_pre", configs, dict(cache), metric, max_batch,
                   progress, "resid patching")
@@ -110,7 +112,7 @@ def patch_mlps(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable, per
     check_pair(clean, corrupt)
     L, P = model.shape.n_layers, clean.input_ids.shape[1]
     names = [f"blocks.{l}.hook_mlp_out" for l in range(L)]
-    c, k, cache = _baseline(model, clean, corrupt, metric, names)
+    c, k, cache = baseline_metrics(model, clean, corrupt, metric, names)
     if per_position:
         configs = [(l, torch.arange(P) == p) for l in range(L) for p in range(P)]
     else:
@@ -128,7 +130,7 @@ def patch_heads(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable, pe
     s = model.shape
     P = clean.input_ids.shape[1]
     names = [f"blocks.{l}.attn.hook_z" for l in range(s.n_layers)]
-    c, k, cache = _baseline(model, clean, corrupt, metric, names)
+    c, k, cache = baseline_metrics(model, clean, corrupt, metric, names)
     source = {l: cache[f"blocks.{l}.attn.hook_z"] for l in range(s.n_layers)}
     masks = (head_masks_per_position if per_position else head_masks_all_positions)(s.n_layers, s.n_heads, P)
     sweep = run_head_patches(model, clean, source, masks, lambda logits, idx: metric(logits),

@@ -121,7 +121,7 @@ class _Outputs:
         H = self.runner.model.shape.n_heads
         if idx not in self._source:
             l, h = divmod(idx, H)
-            self._source[idx] = self.project(self.runner._source(l, self.n, self.t)[:, :, h], l, h)
+            self._source[idx] = self.project(self.runner.source_for(l, self.n, self.t)[:, :, h], l, h)
         return self._source[idx]
 
 
@@ -217,7 +217,7 @@ def _run_edge_chunk(runner: _suffix.SuffixRunner, outs: _Outputs, masks: torch.T
         xc = clean.resid_pre[l0]
         x = xc.expand(c, *xc.shape).reshape(c * n, t, -1)
     for l in range(l0, L):
-        q, k, v = runner._qkv(l, x, 0)
+        q, k, v = runner.qkv(l, x, 0)
         k, v = runner.per_query_head(l, k, v, c, 0)
         dests = [h for h in range(H) if masks[:, :, l * H + h].any()]
         if dests:
@@ -235,7 +235,7 @@ def _run_edge_chunk(runner: _suffix.SuffixRunner, outs: _Outputs, masks: torch.T
         attn_out = z.reshape(c, n, t, -1) @ w_o.reshape(-1, w_o.shape[-1])
         if b_o is not None:
             attn_out = attn_out + b_o
-        x = runner._mlp(l, x + attn_out.reshape(c * n, t, -1))
+        x = runner.finish_layer(l, x, attn_out.reshape(c * n, t, -1))
     last = clean.last_positions
     rows = torch.arange(n, device=last.device)
     if l0 < L:

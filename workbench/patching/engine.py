@@ -78,10 +78,11 @@ def _last_logits(model: Any, tokens: Tokens, hooks: dict[int, Callable]) -> torc
     handles = [model.hook_points[f"blocks.{l}.attn.hook_z"].register_forward_hook(fn) for l, fn in hooks.items()]
     try:
         with torch.no_grad():
-            hidden = model.hf.base_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                                         use_cache=False).last_hidden_state
+            adapter = model.adapter
+            hidden = adapter.base(model.hf)(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                                            use_cache=False).last_hidden_state
             last = hidden[torch.arange(hidden.shape[0]), tokens.last_positions]
-            return model.hf.get_output_embeddings()(last)
+            return adapter.unembed(model.hf)(last)
     finally:
         for h in handles:
             h.remove()

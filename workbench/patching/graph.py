@@ -5,7 +5,9 @@ v's input that is u's output". Senders: the input embedding, every attention hea
 ``L{l}H{h}`` (its output z_h W_O_h) and every MLP ``M{l}``. Receivers: every head (its
 own copy of the residual it reads, feeding its query, key and value), every MLP
 (its input) and the logits (the final residual). An edge exists when the sender comes
-before the receiver: heads of layer l feed MLP l and every later layer.
+before the receiver: heads of layer l feed MLP l and every later layer; with a parallel
+residual (GPT-NeoX: attention and MLP both read the layer's input) heads of layer l feed
+only the later layers, not MLP l.
 
 Two primitives live here:
 
@@ -17,8 +19,8 @@ Two primitives live here:
   configurations per batch: faithfulness, exact edge patching and ACDC use it.
 
 Only the caching layer's hook points are used; the weights W_O, W_Q, W_K, W_V and the
-norm before attention are read from the Hugging Face module to rebuild per-head
-queries, keys and values from per-head inputs.
+norm before attention are read through the model's architecture adapter
+(``workbench.adapters``) to rebuild per-head queries, keys and values from per-head inputs.
 """
 from __future__ import annotations
 
@@ -60,23 +62,28 @@ class Graph:
     senders: tuple[str, ...]
     receivers: tuple[str, ...]
     valid: torch.Tensor  # [S R] bool
+    parallel: bool = False  # heads and MLP of one layer read the same residual (no head -> own-layer MLP edge)
 
     @classmethod
-    def build(cls, n_layers: int, n_heads: int) -> "Graph":
+    def build(cls, n_layers: int, n_heads: int, parallel: bool = False) -> "Graph":
         senders = ["input"]
         receivers = []
         for l in range(n_layers):
             senders += [f"L{l}H{h}" for h in range(n_heads)] + [f"M{l}"]
             receivers += [f"L{l}H{h}" for h in range(n_heads)] + [f"M{l}"]
         receivers.append("logits")
-        s_rank = torch.tensor([_rank(s, n_layers) for s in senders])
-        r_rank = torch.tensor([_rank(r, n_layers) for r in receivers])
+        s_rank = torch.tensor([_rank(s, n_layers, parallel) for s in senders])
+        r_rank = torch.tensor([_rank(r, n_layers, parallel) for r in receivers])
         valid = s_rank[:, None] < r_rank[None, :]
-        return cls(n_layers, n_heads, tuple(senders), tuple(receivers), valid)
+        return cls(n_layers, n_heads, tuple(senders), tuple(receivers), valid, parallel)
 
     @classmethod
     def for_model(cls, model: Any) -> "Graph":
-        return cls.build(model.shape.n_layers, model.shape.n_heads)
+        return cls.build(model.shape.n_layers, model.shape.n_heads, parallel=model.adapter.parallel)
+
+    def rank(self, name: str) -> int:
+        """Topological rank of a node (a sender never feeds a receiver of equal or lower rank)."""
+        return _rank(name, self.n_layers, self.parallel)
 
     @property
     def n_edges(self) -> int:
@@ -109,14 +116,15 @@ class Graph:
         return [n for n in self.senders if n in used and n != "input"]
 
 
-def _rank(name: str, n_layers: int) -> int:
-    """Topological rank: input 0, heads of layer l 2l+1, MLP l 2l+2, logits last."""
+def _rank(name: str, n_layers: int, parallel: bool = False) -> int:
+    """Topological rank: input 0, heads of layer l 2l+1, MLP l 2l+2 (2l+1 with a parallel
+    residual: it reads the same residual as the heads), logits last."""
     if name == "input":
         return 0
     if name == "logits":
         return 2 * n_layers + 1
     if name.startswith("M"):
-        return 2 * int(name[1:]) + 2
+        return 2 * int(name[1:]) + (1 if parallel else 2)
     return 2 * int(name[1:].split("H")[0]) + 1
 
 
@@ -135,7 +143,7 @@ def prune_dangling(graph: Graph, edges: torch.Tensor) -> torch.Tensor:
     edges = edges.clone() & graph.valid
     alive = {"logits"}
     # senders in reverse topological order; a node is alive if it has a kept edge to an alive receiver
-    order = sorted(range(len(graph.senders)), key=lambda i: -_rank(graph.senders[i], graph.n_layers))
+    order = sorted(range(len(graph.senders)), key=lambda i: -graph.rank(graph.senders[i]))
     r_index = {r: j for j, r in enumerate(graph.receivers)}
     for i in order:
         name = graph.senders[i]
@@ -169,41 +177,36 @@ def top_edges(graph: Graph, scores: torch.Tensor, n_edges: int | None = None, th
 
 # ----------------------------------------------------------------------------- weights
 def _attn(model: Any, layer: int):
-    base = getattr(model.hf, "model", None) or getattr(model.hf, "transformer", None)
-    blocks = base.layers if hasattr(base, "layers") else base.h
-    block = blocks[layer]
-    if model.arch == "llama":
-        return block, block.self_attn, block.input_layernorm
-    return block, block.attn, block.ln_1
+    """(decoder layer, attention module, norm before attention) of ``layer``."""
+    adapter = model.adapter
+    block = adapter.layers(model.hf)[layer]
+    return block, adapter.attn(block), adapter.attn_norm(block)
 
 
 def out_weights(model: Any, layer: int) -> torch.Tensor:
     """W_O of each head of ``layer``: [head d_head d_model] (z_h @ W_O[h] is the head's output)."""
-    s = model.shape
     _, attn, _ = _attn(model, layer)
-    if model.arch == "llama":
-        w = attn.o_proj.weight  # [d_model, H*d]
-        return w.T.reshape(s.n_heads, s.d_head, s.d_model)
-    return attn.c_proj.weight.reshape(s.n_heads, s.d_head, s.d_model)  # Conv1D [in, out]
+    return model.adapter.out_weights(attn, model.shape)[0]
 
 
 def attn_scale(model: Any, layer: int) -> float:
     _, attn, _ = _attn(model, layer)
-    return float(getattr(attn, "scaling", None) or model.shape.d_head ** -0.5)
+    return model.adapter.scaling(attn, model.shape)
 
 
 class QKV:
     """Rebuilds per-query-head q, k, v [batch pos head d_head] from per-head residual inputs
-    [batch pos head d_model] with the model's own norm and projections (and rotary)."""
+    [batch pos head d_model] with the model's own norm and projections (and rotary, whose
+    cos/sin it keeps from the model's forward pass)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.adapter = model.adapter
         self.rotary: tuple[torch.Tensor, torch.Tensor] | None = None
         self._handle = None
-        if model.arch == "llama":
-            base = model.hf.model
-            if hasattr(base, "rotary_emb"):
-                self._handle = base.rotary_emb.register_forward_hook(self._keep_rotary)
+        rotary_emb = self.adapter.rotary_emb(model.hf)
+        if rotary_emb is not None:
+            self._handle = rotary_emb.register_forward_hook(self._keep_rotary)
 
     def _keep_rotary(self, module, inputs, output) -> None:
         self.rotary = (output[0].detach(), output[1].detach())
@@ -217,39 +220,20 @@ class QKV:
         s = self.model.shape
         _, attn, norm = _attn(self.model, layer)
         n = norm(x)
-        rep = s.n_heads // s.n_kv_heads
-        group = torch.arange(s.n_heads, device=x.device) // rep
-        if self.model.arch == "llama":
-            wq = attn.q_proj.weight.view(s.n_heads, s.d_head, s.d_model)
-            wk = attn.k_proj.weight.view(s.n_kv_heads, s.d_head, s.d_model)[group]
-            wv = attn.v_proj.weight.view(s.n_kv_heads, s.d_head, s.d_model)[group]
-            q = torch.einsum("bphm,hdm->bphd", n, wq)
-            k = torch.einsum("bphm,hdm->bphd", n, wk)
-            v = torch.einsum("bphm,hdm->bphd", n, wv)
-            for proj, t, heads in ((attn.q_proj, "q", None), (attn.k_proj, "k", group), (attn.v_proj, "v", group)):
-                if getattr(proj, "bias", None) is not None:
-                    b = proj.bias.view(-1, s.d_head)
-                    b = b if heads is None else b[heads]
-                    if t == "q":
-                        q = q + b
-                    elif t == "k":
-                        k = k + b
-                    else:
-                        v = v + b
-            if self.rotary is not None:
-                cos, sin = (r[:, :, None, :].to(q.dtype) for r in self.rotary)
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
-            return q, k, v
-        w = attn.c_attn.weight.view(s.d_model, 3, s.n_heads, s.d_head)
-        b = attn.c_attn.bias.view(3, s.n_heads, s.d_head)
-        out = [torch.einsum("bphm,mhd->bphd", n, w[:, i]) + b[i] for i in range(3)]
-        return out[0], out[1], out[2]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        group = torch.arange(s.n_heads, device=x.device) // (s.n_heads // s.n_kv_heads)
+        w = self.adapter.qkv_weights(attn, s)
+        out = []
+        for weight, bias, heads in ((w.w_q, w.b_q, None), (w.w_k, w.b_k, group), (w.w_v, w.b_v, group)):
+            weight = weight if heads is None else weight[heads]
+            t = torch.einsum("bphm,hdm->bphd", n, weight)
+            if bias is not None:
+                t = t + (bias if heads is None else bias[heads])
+            out.append(t)
+        q, k, v = out
+        if self.rotary is not None:
+            cos, sin = (r[:, :, None, :] for r in self.rotary)
+            q, k = self.adapter.apply_rotary(q, cos, sin), self.adapter.apply_rotary(k, cos, sin)
+        return q, k, v
 
 
 def per_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor, scale: float,
@@ -263,8 +247,12 @@ def per_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked
     return scores, z
 
 
-def _masked(scores: torch.Tensor) -> torch.Tensor:
+def masked_positions(scores: torch.Tensor) -> torch.Tensor:
+    """[b head q k] True where the model masks a key (its score is the dtype's minimum)."""
     return scores < torch.finfo(scores.dtype).min / 2
+
+
+_masked = masked_positions  # the old name
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -365,33 +353,16 @@ def head_input_grads(model: Any, qkv: QKV, layer: int, x: torch.Tensor, g_q: tor
     """Per-head input gradients [b pos head d_model] from per-query-head gradients at q, k, v
     [b pos head d_head]: back through rotary, the projections and the norm, in closed form."""
     s = model.shape
+    adapter = model.adapter
     _, attn, norm = _attn(model, layer)
-    rep = s.n_heads // s.n_kv_heads
-    group = torch.arange(s.n_heads, device=x.device) // rep
-    if model.arch == "llama":
-        if qkv.rotary is not None:
-            cos, sin = (r[:, :, None, :].to(g_q.dtype) for r in qkv.rotary)
-            g_q = g_q * cos - _rotate_half(g_q * sin)
-            g_k = g_k * cos - _rotate_half(g_k * sin)
-        wq = attn.q_proj.weight.view(s.n_heads, s.d_head, s.d_model)
-        wk = attn.k_proj.weight.view(s.n_kv_heads, s.d_head, s.d_model)[group]
-        wv = attn.v_proj.weight.view(s.n_kv_heads, s.d_head, s.d_model)[group]
-        g_n = (torch.einsum("bphd,hdm->bphm", g_q, wq) + torch.einsum("bphd,hdm->bphm", g_k, wk)
-               + torch.einsum("bphd,hdm->bphm", g_v, wv))
-        u = g_n * norm.weight
-        eps = getattr(norm, "variance_epsilon", 1e-6)
-        r = (x.pow(2).mean(-1, keepdim=True) + eps).rsqrt()[:, :, None]  # [b p 1 1]
-        xe = x[:, :, None]
-        return r * u - xe * r.pow(3) * (xe * u).sum(-1, keepdim=True) / s.d_model
-    w = attn.c_attn.weight.view(s.d_model, 3, s.n_heads, s.d_head)
-    g_n = (torch.einsum("bphd,mhd->bphm", g_q, w[:, 0]) + torch.einsum("bphd,mhd->bphm", g_k, w[:, 1])
-           + torch.einsum("bphd,mhd->bphm", g_v, w[:, 2]))
-    u = g_n * norm.weight
-    mu = x.mean(-1, keepdim=True)
-    var = (x - mu).pow(2).mean(-1, keepdim=True)
-    inv = (var + norm.eps).rsqrt()[:, :, None]
-    xhat = ((x - mu)[:, :, None]) * inv
-    return inv * (u - u.mean(-1, keepdim=True) - xhat * (u * xhat).mean(-1, keepdim=True))
+    group = torch.arange(s.n_heads, device=x.device) // (s.n_heads // s.n_kv_heads)
+    if qkv.rotary is not None:
+        cos, sin = (r[:, :, None, :] for r in qkv.rotary)
+        g_q, g_k = adapter.rotary_grad(g_q, cos, sin), adapter.rotary_grad(g_k, cos, sin)
+    w = adapter.qkv_weights(attn, s)
+    g_n = (torch.einsum("bphd,hdm->bphm", g_q, w.w_q) + torch.einsum("bphd,hdm->bphm", g_k, w.w_k[group])
+           + torch.einsum("bphd,hdm->bphm", g_v, w.w_v[group]))
+    return adapter.norm_input_grad(norm, x[:, :, None], g_n)
 
 
 def _fresh(a: torch.Tensor) -> torch.Tensor:
@@ -497,7 +468,7 @@ def _edge_forward(model: Any, graph: Graph, tokens: Tokens, ablate: dict[str, to
             if xh is None:
                 return sc
             q, k, v = qkv(l, xh)
-            new_scores, z = per_head_attention(q, k, v, _masked(sc), attn_scale(model, l), sc)
+            new_scores, z = per_head_attention(q, k, v, masked_positions(sc), attn_scale(model, l), sc)
             state["z"] = z
             return new_scores
 

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from ..cache import Tokens, forward
 from ..errors import InputError
-from .activation import PatchGrid, _baseline, _last, check_pair
-from .graph import attn_scale, per_head_attention, _masked
+from .activation import PatchGrid, baseline_metrics, check_pair, last_logits
+from .graph import attn_scale, masked_positions, per_head_attention
 
 
 def _check_heads(model: Any, heads: Sequence[tuple[int, int]], what: str) -> None:
@@ -54,7 +54,7 @@ def path_patch(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable,
         receivers = list(receivers)
         _check_heads(model, receivers, "receiver")
     z_names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
-    clean_metric, corrupt_metric, corrupt_cache = _baseline(model, clean, corrupt, metric, z_names)
+    clean_metric, corrupt_metric, corrupt_cache = baseline_metrics(model, clean, corrupt, metric, z_names)
     with torch.no_grad():
         _, clean_cache = forward(model, clean, z_names)
     n = len(clean)
@@ -92,7 +92,7 @@ def _chunk(model, clean, chunk, clean_cache, corrupt_cache, metric, receivers, r
     with torch.no_grad():
         logits, rec = forward(model, big, names, patches)
     if to_logits:
-        return metric(_last(logits, big).view(c, n, -1)).mean(1)
+        return metric(last_logits(logits, big).view(c, n, -1)).mean(1)
 
     # step 3: clean run with only the receivers' q/k/v replaced
     state: dict[str, torch.Tensor] = {}
@@ -120,7 +120,7 @@ def _chunk(model, clean, chunk, clean_cache, corrupt_cache, metric, receivers, r
                     k[:, :, h] = rk[:, :, h]
                 if "v" in receiver_inputs:
                     v[:, :, h] = rv[:, :, h]
-            new_scores, z = per_head_attention(q, k, v, _masked(sc), attn_scale(model, l), sc)
+            new_scores, z = per_head_attention(q, k, v, masked_positions(sc), attn_scale(model, l), sc)
             state["z"] = z
             out = sc.clone()
             out[:, heads] = new_scores[:, heads]
@@ -137,4 +137,4 @@ def _chunk(model, clean, chunk, clean_cache, corrupt_cache, metric, receivers, r
         hooks[f"blocks.{l}.attn.hook_z"] = on_z
     with torch.no_grad():
         logits, _ = forward(model, big, [], hooks)
-    return metric(_last(logits, big).view(c, n, -1)).mean(1)
+    return metric(last_logits(logits, big).view(c, n, -1)).mean(1)

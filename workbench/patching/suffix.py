@@ -14,19 +14,22 @@ clean there). The mix of head outputs with the source and the output projection 
 fused op (``kernels.dispatch.patch_mix_project``: the Triton kernel on CUDA, its PyTorch
 reference elsewhere).
 
-Supports the Llama family (RMSNorm, rotary, grouped-query attention) and GPT-2, with
-right padding (``attention_mask``). Shapes: N prompts, T positions, S = T - p0 suffix
-positions, H query heads, K key-value heads, D head size, M model width.
+Works on every architecture with an adapter (``workbench.adapters``: the Llama family
+with RMSNorm, rotary and grouped-query attention; GPT-2; GPT-NeoX with partial rotary and
+the parallel residual), with right padding (``attention_mask``). Shapes: N prompts, T
+positions, S = T - p0 suffix positions, H query heads, K key-value heads, D head size, M
+model width.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from kernels import dispatch
 
+from ..adapters import Adapter, adapter_for
 from ..cache import Tokens
 from ..errors import InputError
 
@@ -43,23 +46,12 @@ class CleanRun:
     last_logits: torch.Tensor  # [N vocab]
     mask_add: torch.Tensor  # [N 1 T T] additive causal + padding mask
     last_positions: torch.Tensor  # [N]
-    rotary: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin [1 T D] (Llama)
+    rotary: tuple[torch.Tensor, torch.Tensor] | None  # cos, sin [1 T rotary_dims] (None without rotary)
 
 
-def _layers(model: Any) -> list[Any]:
-    base = model.hf.base_model
-    return list(base.layers) if model.arch == "llama" else list(base.h)
-
-
-def _final_norm(model: Any) -> Any:
-    base = model.hf.base_model
-    return base.norm if model.arch == "llama" else base.ln_f
-
-
-def check_supported(model: Any) -> None:
-    if model.arch not in ("llama", "gpt2"):
-        raise InputError(f"suffix-only patching supports Llama-family and GPT-2 models, not '{model.arch}'; "
-                         "use method='full' for this model")
+def check_supported(model: Any) -> Adapter:
+    """The model's architecture adapter (a one-line error for an architecture without one)."""
+    return adapter_for(model)
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -75,7 +67,7 @@ def clean_run(model: Any, tokens: Tokens) -> CleanRun:
     """One clean forward keeping what the suffixes reuse. It reads the workbench hook points
     directly (like the caching layer's hf backend) so that only the last positions are
     unembedded: the [N T vocab] logits would cost a quarter of a forward."""
-    check_supported(model)
+    adapter = check_supported(model)
     L = model.shape.n_layers
     names = [f"blocks.{l}.{n}" for l in range(L) for n in ("hook_resid_pre", "attn.hook_k", "attn.hook_v", "attn.hook_z")]
     names.append(f"blocks.{L - 1}.hook_resid_post")
@@ -90,18 +82,15 @@ def clean_run(model: Any, tokens: Tokens) -> CleanRun:
     rows = torch.arange(n, device=last.device)
     try:
         with torch.no_grad():
-            hidden = model.hf.base_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                                         use_cache=False).last_hidden_state
-            last_logits = model.hf.get_output_embeddings()(hidden[rows, last])
+            hidden = adapter.base(model.hf)(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                                            use_cache=False).last_hidden_state
+            last_logits = adapter.unembed(model.hf)(hidden[rows, last])
     finally:
         for h in handles:
             h.remove()
-    rotary = None
-    if model.arch == "llama":
-        t = tokens.input_ids.shape[1]
-        pos = torch.arange(t, device=model.device)[None]
-        with torch.no_grad():
-            rotary = model.hf.base_model.rotary_emb(store["blocks.0.hook_resid_pre"], pos)
+    pos = torch.arange(tokens.input_ids.shape[1], device=model.device)[None]
+    with torch.no_grad():
+        rotary = adapter.rotary_cos_sin(model.hf, store["blocks.0.hook_resid_pre"], pos)
     return CleanRun(
         resid_pre=[store[f"blocks.{l}.hook_resid_pre"] for l in range(L)],
         keys=[store[f"blocks.{l}.attn.hook_k"].transpose(1, 2) for l in range(L)],
@@ -117,51 +106,39 @@ def clean_run(model: Any, tokens: Tokens) -> CleanRun:
 
 def output_projection(model: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """W_O as a view [H D M] and b_O [M] (or None)."""
-    s = model.shape
-    block = _layers(model)[layer]
-    if model.arch == "llama":
-        lin = block.self_attn.o_proj
-        return lin.weight.T.view(s.n_heads, s.d_head, -1), lin.bias
-    conv = block.attn.c_proj
-    return conv.weight.view(s.n_heads, s.d_head, -1), conv.bias
+    adapter = model.adapter
+    return adapter.out_weights(adapter.attn(adapter.layers(model.hf)[layer]), model.shape)
 
 
 class SuffixRunner:
     """Runs chunks of configurations on their suffixes against one cached clean run."""
 
     def __init__(self, model: Any, clean: CleanRun, source_z: dict[int, torch.Tensor], kernel: str | None = None):
-        check_supported(model)
+        self.adapter = adapter = check_supported(model)
         self.model, self.clean, self.kernel = model, clean, kernel
-        self.layers = _layers(model)
-        self.norm = _final_norm(model)
-        self.unembed = model.hf.get_output_embeddings()
+        self.layers = adapter.layers(model.hf)
+        self.attns = [adapter.attn(layer) for layer in self.layers]
+        self.norm = adapter.final_norm(model.hf)
+        self.unembed = adapter.unembed(model.hf)
         self.source = source_z
-        self.w_o = [output_projection(model, l) for l in range(model.shape.n_layers)]
+        self.w_o = [adapter.out_weights(attn, model.shape) for attn in self.attns]
+        self.w_qkv = [adapter.qkv_weights(attn, model.shape) for attn in self.attns]
+        self.scaling = [adapter.scaling(attn, model.shape) for attn in self.attns]
 
     # ------------------------------------------------------------------ one layer's pieces
-    def _qkv(self, l: int, x: torch.Tensor, p0: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B S M] -> q [B H S D], k and v [B K S D] (rotary applied for Llama)."""
-        s = self.model.shape
-        b, S, _ = x.shape
-        block = self.layers[l]
-        if self.model.arch == "llama":
-            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-            attn = block.self_attn
-            h = block.input_layernorm(x)
-            q = attn.q_proj(h).view(b, S, -1, s.d_head).transpose(1, 2)
-            k = attn.k_proj(h).view(b, S, -1, s.d_head).transpose(1, 2)
-            v = attn.v_proj(h).view(b, S, -1, s.d_head).transpose(1, 2)
-            cos, sin = self.clean.rotary
-            q, k = apply_rotary_pos_emb(q, k, cos[:, p0:], sin[:, p0:])
-            return q, k, v
-        h = block.ln_1(x)
-        q, k, v = block.attn.c_attn(h).split(s.d_model, dim=2)
-        return tuple(t.view(b, S, -1, s.d_head).transpose(1, 2) for t in (q, k, v))  # type: ignore[return-value]
+    def qkv(self, l: int, x: torch.Tensor, p0: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B S M] (positions p0..) -> q [B H S D], k and v [B K S D] (rotary applied)."""
+        a = self.adapter
+        h = a.attn_norm(self.layers[l])(x)
+        q, k, v = (t.transpose(1, 2) for t in a.qkv(self.attns[l], h, self.model.shape))
+        if self.clean.rotary is not None:
+            cos, sin = (r[:, None, p0:] for r in self.clean.rotary)
+            q, k = a.apply_rotary(q, cos, sin), a.apply_rotary(k, cos, sin)
+        return q, k, v
 
     def _attention(self, l: int, x: torch.Tensor, c: int, p0: int) -> torch.Tensor:
         """Head outputs z [c N S H D] of the suffix, attending to the clean prefix keys."""
-        q, k, v = self._qkv(l, x, p0)
+        q, k, v = self.qkv(l, x, p0)
         k, v = self.per_query_head(l, k, v, c, p0)
         return self.attend(l, q, k, v, c, p0)
 
@@ -184,8 +161,7 @@ class SuffixRunner:
         """q [B H S D], k and v [B H T D] -> z [c N S H D] (causal + padding mask, as HF eager)."""
         s = self.model.shape
         n = self.clean.mask_add.shape[0]
-        scaling = self.layers[l].self_attn.scaling if self.model.arch == "llama" else self.layers[l].attn.scaling
-        scores = torch.matmul(q, k.transpose(2, 3)) * scaling  # [B H S T]
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling[l]  # [B H S T]
         S, T = scores.shape[-2:]
         scores = (scores.view(c, n, s.n_heads, S, T) + self.clean.mask_add[None, :, :, p0:, :T]).view(c * n, s.n_heads, S, T)
         pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -194,37 +170,27 @@ class SuffixRunner:
 
     def head_qkv(self, l: int, h: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Query, key and value [B S D] of query head ``h`` (its KV group's key and value)
-        from its own input x [B S M], positions from 0 (rotary applied for Llama)."""
+        from its own input x [B S M], positions from 0 (rotary applied)."""
         s = self.model.shape
-        d = s.d_head
-        block = self.layers[l]
-        if self.model.arch == "llama":
-            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        w = self.w_qkv[l]
+        g = h // (s.n_heads // s.n_kv_heads)
+        hx = self.adapter.attn_norm(self.layers[l])(x)
 
-            attn = block.self_attn
-            g = h // (s.n_heads // s.n_kv_heads)
-            hx = block.input_layernorm(x)
+        def part(weight: torch.Tensor, bias: torch.Tensor | None, i: int) -> torch.Tensor:
+            return torch.nn.functional.linear(hx, weight[i], None if bias is None else bias[i])
 
-            def part(lin, i):
-                bias = lin.bias[i * d:(i + 1) * d] if lin.bias is not None else None
-                return torch.nn.functional.linear(hx, lin.weight[i * d:(i + 1) * d], bias)
-
-            q, k, v = part(attn.q_proj, h), part(attn.k_proj, g), part(attn.v_proj, g)
+        q, k, v = part(w.w_q, w.b_q, h), part(w.w_k, w.b_k, g), part(w.w_v, w.b_v, g)
+        if self.clean.rotary is not None:
             cos, sin = self.clean.rotary
-            q, k = apply_rotary_pos_emb(q[:, None], k[:, None], cos, sin)
-            return q[:, 0], k[:, 0], v
-        hx = block.ln_1(x)
-        w, b = block.attn.c_attn.weight, block.attn.c_attn.bias
-        cols = [slice(j * s.d_model + h * d, j * s.d_model + (h + 1) * d) for j in range(3)]
-        return tuple(hx @ w[:, cs] + b[cs] for cs in cols)  # type: ignore[return-value]
+            q, k = self.adapter.apply_rotary(q, cos, sin), self.adapter.apply_rotary(k, cos, sin)
+        return q, k, v
 
-    def _mlp(self, l: int, x: torch.Tensor) -> torch.Tensor:
-        block = self.layers[l]
-        if self.model.arch == "llama":
-            return x + block.mlp(block.post_attention_layernorm(x))
-        return x + block.mlp(block.ln_2(x))
+    def finish_layer(self, l: int, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """Layer l's output residual from its input ``x`` and its attention output (MLP added
+        as the architecture does: sequential, or parallel for GPT-NeoX)."""
+        return self.adapter.finish_layer(self.layers[l], x, attn_out)
 
-    def _source(self, l: int, n: int, t: int) -> torch.Tensor:
+    def source_for(self, l: int, n: int, t: int) -> torch.Tensor:
         s = self.model.shape
         if l not in self.source:
             raise InputError(f"the patch masks patch layer {l} but source_z has no entry for it; pass source_z[{l}] "
@@ -262,13 +228,12 @@ class SuffixRunner:
             mask_l = masks[:active, l, :, p0:].transpose(1, 2)  # [active S H]
             w_o, b_o = self.w_o[l]
             if mask_l.any():
-                attn_out = dispatch.patch_mix_project(z, self._source(l, n, t)[:, p0:], mask_l, w_o, b_o, backend=self.kernel)
+                attn_out = dispatch.patch_mix_project(z, self.source_for(l, n, t)[:, p0:], mask_l, w_o, b_o, backend=self.kernel)
             else:
                 attn_out = z.reshape(active, n, S, -1) @ w_o.reshape(-1, w_o.shape[-1])
                 if b_o is not None:
                     attn_out = attn_out + b_o
-            x = x + attn_out.reshape(active * n, S, -1)
-            x = self._mlp(l, x)
+            x = self.finish_layer(l, x, attn_out.reshape(active * n, S, -1))
         c = active
         last = clean.last_positions
         inside = last >= p0
