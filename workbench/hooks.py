@@ -164,6 +164,20 @@ def install_hook_points(hf_model: nn.Module) -> tuple[str, dict[str, HookPoint]]
     return adapter.name, points
 
 
+def unhooked_copy(hf_model: nn.Module) -> nn.Module:
+    """A deep copy of a hooked model without the module hooks ``install_hook_points`` added
+    (they would call the original model's hook points). The attention hook points live in
+    the attention function and keep working on the copy's own modules. For analyses that
+    rewrite a model's modules (LRP rules) without touching the shared one."""
+    import copy
+
+    clone = copy.deepcopy(hf_model)
+    for module in clone.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return clone
+
+
 def _resid_pre_hook(bh: BlockHooks):
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:

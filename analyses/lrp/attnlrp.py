@@ -26,7 +26,6 @@ scalar up to what the softmax rule does not conserve; ``conservation_error`` is
 """
 from __future__ import annotations
 
-import copy
 import types
 import weakref
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import torch
 
 from workbench.cache import Tokens, forward, run_with_cache
 from workbench.errors import InputError
+from workbench.hooks import unhooked_copy
 
 from analyses.lrp.imports import import_lxt
 
@@ -104,13 +104,7 @@ def attnlrp_model(model: Any) -> torch.nn.Module:
     lrp = _COPIES.get(model.hf)
     if lrp is None:
         _register_impl()
-        lrp = copy.deepcopy(model.hf)
-        # the copy inherited the workbench's residual/embedding hooks, which call the *shared*
-        # model's hook points: drop them (the attention hook points live inside the attention
-        # function and keep working on the copy's own modules).
-        for m in lrp.modules():
-            m._forward_hooks.clear()
-            m._forward_pre_hooks.clear()
+        lrp = unhooked_copy(model.hf)
         lrp.config._attn_implementation = ATTNLRP_IMPL
         if hasattr(lrp, "set_attn_implementation"):
             lrp.set_attn_implementation(ATTNLRP_IMPL)
