@@ -102,3 +102,145 @@ def test_overwrite_is_atomic_replace(tmp_path):
     r2.save(path)
     assert load_result(path).metrics["score"] == 0.5
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+# ----- runs validated on load (issue 12) ------------------------------------------
+def _doc(path):
+    return json.loads((path / "result.json").read_text())
+
+
+def _write_doc(path, doc):
+    (path / "result.json").write_text(json.dumps(doc))
+
+
+def test_checksum_recorded_at_save(tmp_path):
+    import hashlib
+
+    path = _toy().save(tmp_path / "run")
+    doc = _doc(path)
+    data = (path / "arrays.safetensors").read_bytes()
+    assert doc["arrays_sha256"] == hashlib.sha256(data).hexdigest() and doc["arrays_bytes"] == len(data)
+
+
+def test_flipped_array_bytes_are_one_line_error(tmp_path):
+    path = _toy().save(tmp_path / "run")
+    arr = path / "arrays.safetensors"
+    data = bytearray(arr.read_bytes())
+    data[-3] ^= 0xFF  # inside the tensor data, past the header: safetensors alone would load it
+    arr.write_bytes(bytes(data))
+    with pytest.raises(ResultError) as err:
+        load_result(path)
+    msg = str(err.value)
+    assert "arrays.safetensors" in msg and "sha256" in msg and "\n" not in msg
+    (broken,) = list_runs(tmp_path)
+    assert broken["analysis"] == "broken" and "sha256" in broken["reason"]
+
+
+def test_runs_saved_without_checksums_still_load(tmp_path):
+    path = _toy().save(tmp_path / "run")
+    doc = _doc(path)
+    del doc["arrays_sha256"], doc["arrays_bytes"]
+    _write_doc(path, doc)
+    back = load_result(path)
+    assert torch.equal(back.arrays["grid"], torch.arange(6.0).view(2, 3))
+    assert list_runs(tmp_path)[0]["analysis"] == "toy"
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("metrics", [1, 2], "metrics is a list"),
+    ("config", "abc", "config is a string"),
+    ("meta", 5, "meta is a number"),
+    ("arrays", "grid", "arrays is not a list"),
+    ("arrays", [1, 2], "arrays is not a list"),
+    ("analysis", 3, "analysis is a number"),
+    ("format_version", 99, "format_version 99"),
+    ("format_version", "1", "format_version is a string"),
+    ("arrays_sha256", "0" * 10, "arrays_sha256"),
+])
+def test_wrong_types_in_result_json_are_refused(tmp_path, key, value, words):
+    path = _toy().save(tmp_path / "run")
+    doc = _doc(path)
+    doc[key] = value
+    _write_doc(path, doc)
+    with pytest.raises(ResultError) as err:
+        load_result(path)
+    assert words in str(err.value) and "\n" not in str(err.value)
+    (row,) = list_runs(tmp_path)
+    assert row["analysis"] == "broken" and words in row["reason"]
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[1, 2, 3]", "holds a list"),
+    ('{"format_version": 1, "analysis": "toy", "metrics": {"x": NaN}, "arrays": []}', "corrupt"),
+    ("[" * 100000 + "]" * 100000, "corrupt"),
+])
+def test_odd_json_documents_are_refused(tmp_path, text, words):
+    path = _toy().save(tmp_path / "run")
+    (path / "result.json").write_text(text)
+    with pytest.raises(ResultError, match=words):
+        load_result(path)
+    assert list_runs(tmp_path)[0]["analysis"] == "broken"
+
+
+def test_meta_of_the_wrong_type_cannot_break_the_listing(tmp_path):
+    good = _toy().save(tmp_path / "good")
+    bad = _toy().save(tmp_path / "bad")
+    doc = _doc(bad)
+    doc["meta"]["created"] = 12345  # would break sorting the runs by time
+    _write_doc(bad, doc)
+    rows = {r["path"]: r for r in list_runs(tmp_path)}
+    assert rows[str(good)]["analysis"] == "toy" and rows[str(good)]["reason"] is None
+    assert rows[str(bad)]["analysis"] == "broken" and "meta.created" in rows[str(bad)]["reason"]
+
+
+def test_config_fields_of_the_wrong_type_are_refused(tmp_path):
+    path = _toy().save(tmp_path / "run")
+    doc = _doc(path)
+    doc["config"]["n"] = "five"
+    _write_doc(path, doc)
+    with pytest.raises(ResultError, match="field 'n' is a string"):
+        load_result(path)
+    assert list_runs(tmp_path)[0]["analysis"] == "broken"
+
+
+@register_result
+@dataclass
+class TypedResult(Result):
+    analysis = "typed-toy"
+
+    @property
+    def score(self) -> float:
+        return float(self.metrics["score"])
+
+    @property
+    def heads(self) -> list[dict]:
+        return list(self.metrics["heads"])
+
+
+@pytest.mark.parametrize("metrics,words", [
+    ({"heads": [{"layer": 0}]}, "'score' cannot be read"),
+    ({"score": "high", "heads": []}, "'score' cannot be read"),
+    ({"score": 1.0, "heads": "x"}, "'heads' is not list[dict]"),
+    ({"score": 1.0, "heads": [[0, 1]]}, "'heads' is not list[dict]"),
+])
+def test_typed_properties_are_checked_on_load(tmp_path, metrics, words):
+    path = TypedResult(metrics={"score": 0.5, "heads": [{"layer": 0}]}).save(tmp_path / "run")
+    assert load_result(path).score == 0.5
+    doc = _doc(path)
+    doc["metrics"] = metrics
+    _write_doc(path, doc)
+    with pytest.raises(ResultError) as err:
+        load_result(path)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_out_whose_parent_is_a_file_is_refused_before_work(tmp_path, monkeypatch):
+    from workbench.results import check_run_target
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ResultError, match="is a file, not a folder"):
+        check_run_target(tmp_path / "file" / "deeper" / "run")
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "file"))
+    with pytest.raises(ResultError, match="runs folder"):
+        check_run_target(None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

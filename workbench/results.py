@@ -4,14 +4,22 @@ atomically, and loads back into the same object.
 
 A run folder holds::
 
-    result.json          analysis, config, metrics, provenance (model, seed, git, versions, time)
+    result.json          analysis, config, metrics, provenance (model, seed, git, versions, time),
+                         and the sha256 and size of arrays.safetensors
     arrays.safetensors   named tensors (absent when the result has none)
     report.html          optional, written by ``workbench.report``
+
+Loading validates a run: the schema of result.json (format version, the types of config,
+metrics, meta and the array list, the config fields against the Config's annotations),
+the arrays' checksum recorded at save time (runs saved before checksums load without
+it), and every typed property of the Result; anything wrong is one ``ResultError`` line.
+``list_runs`` never raises: a bad folder is listed as ``analysis: "broken"`` with a reason.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -19,6 +27,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -27,12 +37,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .errors import ResultError
+from .errors import ResultError, WorkbenchError
 from .paths import runs_dir
 
 RESULT_FILE = "result.json"
 ARRAYS_FILE = "arrays.safetensors"
 FORMAT_VERSION = 1
+KNOWN_FORMAT_VERSIONS = (1,)  # versions this workbench can read
+CHECKSUM_KEY = "arrays_sha256"  # sha256 of arrays.safetensors, recorded at save time
+SIZE_KEY = "arrays_bytes"  # its size, which ``list_runs`` checks without reading the file
 
 _RESULT_CLASSES: dict[str, type["Result"]] = {}
 
@@ -182,16 +195,41 @@ class Result:
             "meta": _jsonable(self.meta),
             "arrays": sorted(self.arrays),
         }
-        (folder / RESULT_FILE).write_text(json.dumps(doc, indent=2, allow_nan=False))
         if self.arrays:
             tensors = {k: _as_tensor(v).contiguous() for k, v in self.arrays.items()}
             save_file(tensors, str(folder / ARRAYS_FILE))
+            doc[CHECKSUM_KEY] = sha256_file(folder / ARRAYS_FILE)
+            doc[SIZE_KEY] = (folder / ARRAYS_FILE).stat().st_size
+        (folder / RESULT_FILE).write_text(json.dumps(doc, indent=2, allow_nan=False))
         for name, content in extra_files.items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(folder / name, mode) as fh:
                 fh.write(content)
 
     # ----- loading ------------------------------------------------------------
+    def check(self) -> None:
+        """Read every typed property and the summary once, so a run whose metrics or
+        arrays lack a key or hold the wrong type is refused on load (one ``ResultError``)
+        rather than crashing a page or a report later. Subclasses may check more."""
+        where = self.path / RESULT_FILE if self.path is not None else f"this {self.analysis} result"
+        for name in _property_names(type(self)):
+            try:
+                value = getattr(self, name)
+            except WorkbenchError:  # the property's own one-line refusal (not for this kind of run)
+                continue
+            except _READ_ERRORS as exc:
+                raise ResultError(f"{where} does not fit {type(self).__name__}: its '{name}' cannot be read "
+                                  f"({_brief(exc)}); the run folder is broken, delete it and re-run the analysis") from None
+            expected = _return_annotation(type(self), name)
+            if expected is not None and not _value_fits(value, expected):
+                raise ResultError(f"{where} does not fit {type(self).__name__}: its '{name}' is not "
+                                  f"{_type_name(expected)}; the run folder is broken, delete it and re-run the analysis")
+        try:
+            self.summary()
+        except _READ_ERRORS as exc:
+            raise ResultError(f"{where} does not fit {type(self).__name__}: its summary cannot be built "
+                              f"({_brief(exc)}); the run folder is broken, delete it and re-run the analysis") from None
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Result":
         """Load a run folder back into its result type (``load_result`` for any type)."""
@@ -210,17 +248,225 @@ def is_run_folder(path: Path) -> bool:
 
 def check_run_target(path: str | os.PathLike | None) -> None:
     """Refuse, before any work, an ``--out`` that would replace something the user made:
-    it may name a new or empty folder, or an earlier run folder (replaced atomically)."""
+    it may name a new or empty folder, or an earlier run folder (replaced atomically).
+    Its nearest existing parent must be a writable folder. ``None`` checks the runs folder
+    the run would go to (``$WORKBENCH_RUNS``)."""
     if path is None:
+        base = runs_dir()
+        if base.exists() and not base.is_dir():
+            raise ResultError(f"the runs folder {base} is a file, not a folder; set WORKBENCH_RUNS to a folder or pass --out")
+        _check_writable(base, f"the runs folder {base}", "set WORKBENCH_RUNS to a writable folder or pass --out")
         return
     target = Path(path)
     if not target.exists() and not target.is_symlink():
+        _check_writable(target.parent, f"run folder {target}", "name a folder elsewhere with --out")
         return
     if target.is_symlink() or not target.is_dir():
         raise ResultError(f"--out {target} is an existing file, not a run folder; name a new folder")
     if any(target.iterdir()) and not is_run_folder(target):
         raise ResultError(f"--out {target} is a folder that does not hold a workbench run; "
                           "name a new folder (nothing was changed)")
+    _check_writable(target.parent, f"run folder {target}", "name a folder elsewhere with --out")
+
+
+def _check_writable(folder: Path, what: str, fix: str) -> None:
+    """The nearest existing ancestor of ``folder`` (itself included) is a writable folder."""
+    probe = folder if str(folder) else Path(".")
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ResultError(f"cannot write {what}: {probe} is a file, not a folder; {fix}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ResultError(f"cannot write {what}: {probe} is not writable; {fix}")
+
+
+_READ_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError)
+
+
+def _brief(exc: BaseException) -> str:
+    """``Name: first line of the message`` (at most 160 characters), for one-line errors."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _property_names(cls: type) -> list[str]:
+    """The ``@property`` accessors a Result subclass defines (the base defines none)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass is Result or not issubclass(klass, Result):
+            continue
+        names += [n for n, v in vars(klass).items() if isinstance(v, property) and n not in names]
+    return names
+
+
+def _return_annotation(cls: type, name: str) -> Any:
+    """The return annotation of property ``name``, or None when it cannot be resolved."""
+    prop = getattr(cls, name, None)
+    fget = getattr(prop, "fget", None)
+    try:
+        return typing.get_type_hints(fget).get("return") if fget is not None else None
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: no check
+        return None
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_args(annotation) or not hasattr(annotation, "__name__"):
+        return str(annotation).replace("typing.", "").replace("torch.", "")
+    return annotation.__name__
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float, np.number)) or (isinstance(value, np.ndarray) and value.size == 1)
+
+
+def _value_fits(value: Any, annotation: Any) -> bool:
+    """A loose check of a property's value against its return annotation: scalars,
+    strings, tensors and containers (list elements too); anything else passes."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_value_fits(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation in (int, float):
+        return _is_number(value)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is torch.Tensor:
+        return isinstance(value, torch.Tensor)
+    if annotation in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        elems = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return len(set(elems)) != 1 or all(_value_fits(v, elems[0]) for v in value)
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_result_doc(folder: Path) -> dict[str, Any]:
+    """result.json of a run folder, parsed and schema-checked (no arrays read): a
+    ``ResultError`` naming the file and what is wrong, else the document."""
+    doc_path = folder / RESULT_FILE
+    if not doc_path.is_file():
+        raise ResultError(f"run folder {folder} has no {RESULT_FILE}; it is incomplete or not a run folder, re-run the analysis")
+    try:
+        doc = json.loads(doc_path.read_text(), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ResultError(f"{doc_path} is corrupt ({type(exc).__name__}); delete the run folder and re-run the analysis") from None
+    except OSError as exc:
+        raise ResultError(f"{doc_path} cannot be read ({exc.strerror or type(exc).__name__}); check its permissions") from None
+    check_doc(doc, doc_path)
+    return doc
+
+
+def check_doc(doc: Any, doc_path: Path | str = RESULT_FILE) -> None:
+    """The schema of result.json: a ``ResultError`` for the first thing of the wrong type."""
+    def bad(what: str) -> ResultError:
+        return ResultError(f"{doc_path} is corrupt: {what}; delete the run folder and re-run the analysis")
+
+    if not isinstance(doc, dict):
+        raise bad(f"it holds {_json_type(doc)}, not an object")
+    version = doc.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise bad(f"format_version is {_json_type(version)}, not a number")
+    if version not in KNOWN_FORMAT_VERSIONS:
+        raise ResultError(f"{doc_path} has format_version {version}, which this workbench cannot read (it reads "
+                          f"{', '.join(map(str, KNOWN_FORMAT_VERSIONS))}); update the workbench or re-run the analysis")
+    analysis = doc.get("analysis")
+    if not isinstance(analysis, str) or not analysis.strip():
+        raise bad(f"analysis is {_json_type(analysis)}, not a name")
+    for key, allow_null in (("config", True), ("metrics", False), ("meta", False)):
+        value = doc.get(key)
+        if key not in doc or (value is None and allow_null):
+            continue
+        if not isinstance(value, dict):
+            raise bad(f"{key} is {_json_type(value)}, not an object")
+    arrays = doc.get("arrays", [])
+    if not isinstance(arrays, list) or not all(isinstance(a, str) for a in arrays):
+        raise bad("arrays is not a list of names")
+    meta = doc.get("meta") or {}
+    for key in ("model", "created"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(f"meta.{key} is {_json_type(meta[key])}, not a string")
+    checksum = doc.get(CHECKSUM_KEY)
+    if checksum is not None and not (isinstance(checksum, str) and len(checksum) == 64
+                                     and all(c in "0123456789abcdef" for c in checksum)):
+        raise bad(f"{CHECKSUM_KEY} is not a sha256 hex digest")
+    size = doc.get(SIZE_KEY)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise bad(f"{SIZE_KEY} is not a byte count")
+
+
+CHEAP_CHECKSUM_BYTES = 32 << 20  # ``list_runs`` checks the sha256 of arrays files up to this size
+
+
+def _check_arrays_file(folder: Path, doc: dict[str, Any], full: bool) -> None:
+    """The arrays file is there and has the recorded size; with ``full`` (or when the
+    file is small enough to hash in a blink), its sha256 too."""
+    arr_path = folder / ARRAYS_FILE
+    if not doc.get("arrays"):
+        return
+    if not arr_path.is_file():
+        raise ResultError(f"run folder {folder} lacks {ARRAYS_FILE}; it is incomplete, re-run the analysis")
+    size = doc.get(SIZE_KEY)
+    if size is not None and arr_path.stat().st_size != size:
+        raise ResultError(f"{arr_path} is corrupt: it has {arr_path.stat().st_size} bytes where {size} were saved; "
+                          "delete the run folder and re-run the analysis")
+    if (full or arr_path.stat().st_size <= CHEAP_CHECKSUM_BYTES) and doc.get(CHECKSUM_KEY) is not None:
+        try:
+            digest = sha256_file(arr_path)
+        except OSError as exc:
+            raise ResultError(f"{arr_path} cannot be read ({exc.strerror or type(exc).__name__}); check its permissions") from None
+        if digest != doc[CHECKSUM_KEY]:
+            raise ResultError(f"{arr_path} is corrupt: its sha256 differs from the one recorded when it was saved; "
+                              "delete the run folder and re-run the analysis")
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value can stand for a config field of this annotation (None always
+    can: older runs and optional knobs); unknown annotations accept anything."""
+    if value is None or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_fits(value, a) for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation in (str, Path):
+        return isinstance(value, str)
+    if annotation is tuple or origin is tuple or annotation is list or origin is list:
+        if not isinstance(value, list):
+            return False
+        elems = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return len(set(elems)) != 1 or all(_fits(v, elems[0]) for v in value)
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
@@ -235,6 +481,13 @@ def _build_config(config_cls: type | None, raw: Any) -> Any:
     names = {f.name for f in dataclasses.fields(config_cls) if f.init}
     renamed = getattr(config_cls, "renamed", {})  # old field name -> new, so older runs still load
     raw = {renamed.get(k, k): v for k, v in raw.items()}
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: skip the type check
+        hints = {}
+    for k, v in raw.items():
+        if k in names and k in hints and not _fits(v, hints[k]):
+            raise TypeError(f"field '{k}' is {_json_type(v)} ({json.dumps(v)[:40]}), not {getattr(hints[k], '__name__', hints[k])}")
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in names}
     return config_cls(**kwargs)
 
@@ -248,21 +501,15 @@ def load_result(path: str | os.PathLike) -> Result:
     folder = Path(path)
     if not folder.is_dir():
         raise ResultError(f"run folder {folder} does not exist; list saved runs with `workbench runs`")
+    doc = read_result_doc(folder)
     doc_path = folder / RESULT_FILE
-    if not doc_path.is_file():
-        raise ResultError(f"run folder {folder} has no {RESULT_FILE}; it is incomplete or not a run folder, re-run the analysis")
-    try:
-        doc = json.loads(doc_path.read_text())
-        analysis = doc["analysis"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise ResultError(f"{doc_path} is corrupt ({type(exc).__name__}); delete the run folder and re-run the analysis") from None
+    analysis = doc["analysis"]
     result_cls = _RESULT_CLASSES.get(analysis) or _spec_result_class(analysis) or Result
     arrays: dict[str, torch.Tensor] = {}
     expected = doc.get("arrays") or []
     if expected:
+        _check_arrays_file(folder, doc, full=True)
         arr_path = folder / ARRAYS_FILE
-        if not arr_path.is_file():
-            raise ResultError(f"run folder {folder} lacks {ARRAYS_FILE}; it is incomplete, re-run the analysis")
         try:
             arrays = load_file(str(arr_path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -272,9 +519,28 @@ def load_result(path: str | os.PathLike) -> Result:
             raise ResultError(f"{arr_path} lacks arrays {sorted(missing)}; the run folder is corrupt, re-run the analysis")
     try:
         config = _build_config(result_cls.config_cls, doc.get("config"))
-    except TypeError as exc:
-        raise ResultError(f"{doc_path} has a config that does not fit {result_cls.__name__}: {exc}; re-run the analysis") from None
-    return result_cls(config=config, metrics=doc.get("metrics") or {}, arrays=arrays, meta=doc.get("meta") or {}, path=folder)
+    except (TypeError, ValueError) as exc:
+        raise ResultError(f"{doc_path} has a config that does not fit {result_cls.__name__}: {_brief(exc)}; "
+                          "re-run the analysis") from None
+    result = result_cls(config=config, metrics=doc.get("metrics") or {}, arrays=arrays, meta=doc.get("meta") or {},
+                        path=folder)
+    result.check()
+    return result
+
+
+def _check_config_types(doc: dict[str, Any], doc_path: Path) -> None:
+    """The config builds into its analysis's Config (when an installed analysis knows it)."""
+    try:
+        result_cls = _RESULT_CLASSES.get(doc["analysis"]) or _spec_result_class(doc["analysis"])
+    except Exception:  # noqa: BLE001 - no installed spec to check against: list the run as it is
+        return
+    if result_cls is None:
+        return
+    try:
+        _build_config(result_cls.config_cls, doc.get("config"))
+    except (TypeError, ValueError) as exc:
+        raise ResultError(f"{doc_path} has a config that does not fit {result_cls.__name__}: {_brief(exc)}; "
+                          "re-run the analysis") from None
 
 
 def _spec_result_class(analysis: str) -> type[Result] | None:
@@ -291,20 +557,25 @@ def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         return []
     runs = []
     for doc_path in base.glob(f"*/{RESULT_FILE}"):
-        if doc_path.parent.name.startswith("."):
+        folder = doc_path.parent
+        if folder.name.startswith("."):
             continue
         try:
-            doc = json.loads(doc_path.read_text())
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
-            runs.append({"path": str(doc_path.parent), "analysis": "corrupt", "model": None, "created": None})
+            doc = read_result_doc(folder)
+            _check_arrays_file(folder, doc, full=False)
+            _check_config_types(doc, folder / RESULT_FILE)
+        except (ResultError, OSError) as exc:
+            runs.append({"path": str(folder), "analysis": "broken", "model": None, "created": None,
+                         "reason": str(exc)})
             continue
         meta = doc.get("meta") or {}
         runs.append(
             {
-                "path": str(doc_path.parent),
-                "analysis": doc.get("analysis"),
+                "path": str(folder),
+                "analysis": doc["analysis"],
                 "model": meta.get("model"),
                 "created": meta.get("created"),
+                "reason": None,
             }
         )
     runs.sort(key=lambda r: r.get("created") or "", reverse=True)

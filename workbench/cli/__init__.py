@@ -34,7 +34,12 @@ def main() -> None:
     """Entry point: run the app; user-fixable errors are one line on stderr."""
     try:
         register_analyses()
-        app(standalone_mode=False)
+        # not standalone, typer turns Ctrl-C into Exit(130) and returns the exit code
+        code = app(standalone_mode=False)
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -43,9 +48,25 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # click (or typer's vendored click) usage errors arrive here
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            if getattr(exc, "ctx", False) is None:  # e.g. a missing option value: click shows no usage line
+                _usage_line()
             exc.show()
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":
             print("interrupted", file=sys.stderr)
             sys.exit(130)
         raise
+
+
+def _usage_line() -> None:
+    """Typer's usage line for the command on the command line (or the app)."""
+    try:
+        from typer._click.utils import _detect_program_name
+
+        prog = _detect_program_name()
+    except Exception:  # noqa: BLE001 - only the program's name
+        prog = "workbench"
+    names = {c.name or getattr(c.callback, "__name__", "").replace("_", "-") for c in app.registered_commands}
+    command = next((a for a in sys.argv[1:] if a in names), None)
+    usage = f"{prog} {command} [OPTIONS]" if command else f"{prog} [OPTIONS] COMMAND [ARGS]..."
+    print(f"Usage: {usage}\nTry '{usage.split(' [')[0]} --help' for help.\n", file=sys.stderr)

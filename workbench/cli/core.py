@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPT,
         root: Optional[Path] = typer.Option(None, "--root", help="runs folder (default: $WORKBENCH_RUNS or ./runs)"),
     ) -> None:
-        """Saved runs, newest first."""
+        """Saved runs, newest first; a broken run folder is listed with the reason."""
         from ..results import list_runs
 
         rows = list_runs(root)
@@ -41,7 +41,13 @@ def register(app: typer.Typer) -> None:
         if not rows:
             print("no saved runs yet; try `workbench ablation`")
         for r in rows:
-            print(f"{r['created'] or '?':<27} {r['analysis'] or '?':<10} {r['model'] or '?':<16} {r['path']}")
+            line = f"{r['created'] or '?':<27} {r['analysis'] or '?':<10} {r['model'] or '?':<16} {r['path']}"
+            if r.get("reason"):
+                line += f"  ({r['reason']})"
+            print(line)
+        broken = sum(1 for r in rows if r["analysis"] == "broken")
+        if broken:
+            print(f"{broken} broken run folder(s): delete them and re-run the analysis", file=sys.stderr)
 
     @app.command(name="app")
     def app_cmd(

@@ -1,0 +1,521 @@
+"""The bad-input catalogue of issue 12, as tests: hostile or tired-user inputs to the
+core and the generic CLI. Each case runs ``workbench`` as a subprocess (runs folder in
+``tmp_path``) and asserts the exit code, one line on stderr without a traceback, and
+that nothing on disk changed. The good answers stay tested too (unknown-model hints).
+
+Per-analysis checks (``circuit --n 1000000000`` refused with a memory estimate,
+``vhd --top-k 100000``, ``lrp --steps 0``, ``retrieval --kv-protect 100``) belong with
+each analysis's Config ranges and ``check_model``/``estimate_bytes`` spec hooks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.errors import InputError, ModelNotAvailable, ResultError
+
+TIMEOUT = 600
+
+
+# ----- helpers ---------------------------------------------------------------------
+def workbench(args: list[str], cwd: Path, *, script: str | None = None, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    """``python -m workbench ARGS`` (or a script that adds a command first) in ``cwd``,
+    with the runs folder at ``cwd/runs``."""
+    env = dict(os.environ, WORKBENCH_RUNS=str(cwd / "runs"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "workbench", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its kind and content hash: what 'nothing changed' compares."""
+    out: dict[str, tuple] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_dir():
+            out[rel] = ("dir",)
+        else:
+            out[rel] = ("file", hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def lines_of(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def assert_one_error(proc: subprocess.CompletedProcess, *words: str, before_load: bool = True) -> str:
+    """Exit 2, no traceback, one ``error:`` line (the last) naming ``words``; before the
+    model loads, that line is all of stderr."""
+    err = lines_of(proc.stderr)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert err and err[-1].startswith("error: "), proc.stderr[-2000:]
+    assert sum(line.startswith("error:") for line in err) == 1
+    if before_load:
+        assert len(err) == 1, err
+    for w in words:
+        assert w in err[-1], err[-1]
+    return err[-1]
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """Typer's usage line and one ``Error:`` line, exit 2, no traceback."""
+    err = lines_of(proc.stderr)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert err[0].startswith("Usage:"), err
+    errors = [line for line in err if line.startswith("Error:")]
+    assert len(errors) == 1, err
+    for w in words:
+        assert w in errors[0], errors[0]
+
+
+def save_toy_run(folder: Path, model: str = "tiny-llama") -> Path:
+    from workbench.results import Result, provenance
+
+    return Result(config={"n": 1}, metrics={"score": 1.0}, arrays={"grid": torch.arange(6.0).view(2, 3)},
+                  meta=provenance(model=model)).save(folder)
+
+
+def _break(folder: Path, how: str) -> None:
+    doc_path = folder / "result.json"
+    doc = json.loads(doc_path.read_text())
+    if how == "metrics-list":
+        doc["metrics"] = [1, 2, 3]
+    elif how == "config-string":
+        doc["config"] = "abc"
+    elif how == "arrays-not-names":
+        doc["arrays"] = {"grid": 1}
+    elif how == "flipped-bytes":
+        arr = folder / "arrays.safetensors"
+        data = bytearray(arr.read_bytes())
+        data[-2] ^= 0x55
+        arr.write_bytes(bytes(data))
+        return
+    doc_path.write_text(json.dumps(doc))
+
+
+# ----- usage errors: typer's usage line, exit 2 -----------------------------------
+@pytest.mark.parametrize("args,words", [
+    (["ablation", "--n", "abc"], ["--n"]),
+    (["ablation", "--bogus-option"], ["--bogus-option"]),
+    (["ablation", "--n"], ["--n"]),
+    (["no-such-command"], ["no-such-command"]),
+])
+def test_usage_errors_print_the_usage_line(tmp_path, args, words):
+    before = snapshot(tmp_path)
+    assert_usage_error(workbench(args, tmp_path), *words)
+    assert snapshot(tmp_path) == before
+
+
+def test_bare_workbench_prints_help(tmp_path):
+    proc = workbench([], tmp_path)
+    assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "Usage:" in text and "ablation" in text and "runs" in text
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----- options checked before any work: one line, exit 2 --------------------------
+@pytest.mark.parametrize("args,words", [
+    (["--n", "0"], ["--n", "at least 1"]),
+    (["--n", "-5"], ["--n"]),
+    (["--n", "1000000000"], ["--n", "at most"]),
+    (["--batch-size", "0"], ["--batch-size"]),
+    (["--ablation", "resample"], ["--ablation", "mean", "zero"]),
+    (["--device", "tpu"], ["--device", "tpu"]),
+    (["--dtype", "int8"], ["--dtype", "int8"]),
+])
+def test_bad_options_are_refused_before_the_model_loads(tmp_path, args, words):
+    before = snapshot(tmp_path)
+    proc = workbench(["ablation", "--model", "tiny-llama", *args], tmp_path)
+    assert_one_error(proc, *words)
+    assert "loading" not in proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda(tmp_path):
+    proc = workbench(["ablation", "--model", "tiny-llama", "--device", "cuda"], tmp_path)
+    assert_one_error(proc, "cuda", "--device cpu")
+    assert list(tmp_path.iterdir()) == []
+
+
+TOY_FLOAT_CLI = textwrap.dedent('''
+    import sys
+    from dataclasses import dataclass
+    import workbench.cli as cli
+    from workbench.cli.analysis import register_analysis
+    from workbench.results import Result
+    from workbench.spec import AnalysisSpec, option
+
+    @dataclass
+    class ToyFloatConfig:
+        alpha: float = option(0.5, help="a float", min=0.0)
+        taus: tuple[float, ...] = option((0.1, 0.2), help="floats")
+
+    @dataclass
+    class ToyFloatResult(Result):
+        analysis = "toyfloat"
+        config_cls = ToyFloatConfig
+
+    def run(target, config, progress=True):
+        open("RAN", "w").write("the analysis ran")
+        raise SystemExit(0)
+
+    register_analysis(cli.app, AnalysisSpec(key="toyfloat", title="toy", help="toy", config=ToyFloatConfig,
+                                            result=ToyFloatResult, run=run, needs_model=False))
+    sys.argv = ["workbench", *sys.argv[1:]]
+    cli.main()
+''')
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--alpha", "nan"], "--alpha"),
+    (["--alpha", "inf"], "--alpha"),
+    (["--alpha", "-inf"], "--alpha"),
+    (["--alpha", "1e400"], "--alpha"),
+    (["--taus", "0.1,nan"], "--taus"),
+])
+def test_nan_and_inf_floats_are_refused(tmp_path, args, flag):
+    """Through the generic CLI, on a float option of a Config (NaN/inf used to run and be saved as null)."""
+    proc = workbench(["toyfloat", *args], tmp_path, script=TOY_FLOAT_CLI)
+    assert_one_error(proc, flag, "finite")
+    assert list(tmp_path.iterdir()) == []  # the analysis never ran, nothing was written
+
+
+def _float_options() -> list[tuple[str, str]]:
+    """(command, flag) of the first float option of every installed analysis."""
+    try:
+        from workbench.spec import base_type, config_fields, flag_of, specs
+
+        found = []
+        for key, spec in specs().items():
+            for f, annotation in config_fields(spec.config):
+                kind, _ = base_type(annotation)
+                floaty = kind is float or (typing.get_origin(kind) is tuple and float in typing.get_args(kind))
+                if floaty and f.init and f.metadata.get("cli", True) and not f.metadata.get("choices"):
+                    found.append((key, flag_of(f)))
+                    break
+        return found
+    except Exception:  # noqa: BLE001 - collection must not fail on an analysis in the making
+        return []
+
+
+@pytest.mark.parametrize("command,flag", _float_options())
+def test_nan_refused_by_every_installed_analysis(tmp_path, command, flag):
+    proc = workbench([command, flag, "nan", "--model", "tiny-llama"], tmp_path)
+    assert_one_error(proc, flag, "finite")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----- --out: never delete what the user did not make -----------------------------
+def test_out_at_an_existing_folder_that_is_not_a_run_is_refused(tmp_path):
+    mine = tmp_path / "thesis"
+    (mine / "chapters").mkdir(parents=True)
+    (mine / "notes.txt").write_text("months of work")
+    (mine / "chapters" / "one.tex").write_text("\\chapter{One}")
+    before = snapshot(tmp_path)
+    proc = workbench(["ablation", "--model", "tiny-llama", "--n", "2", "--out", str(mine)], tmp_path)
+    assert_one_error(proc, str(mine), "does not hold a workbench run")
+    assert "loading" not in proc.stderr  # refused before any work
+    assert snapshot(tmp_path) == before
+
+
+def test_out_at_a_run_folder_with_a_user_file_is_refused(tmp_path):
+    run = save_toy_run(tmp_path / "run")
+    (run / "my-notes.txt").write_text("what I saw")
+    before = snapshot(tmp_path)
+    proc = workbench(["ablation", "--model", "tiny-llama", "--n", "2", "--out", str(run)], tmp_path)
+    assert_one_error(proc, "does not hold a workbench run")
+    assert snapshot(tmp_path) == before
+
+
+def test_out_at_an_existing_file_is_refused(tmp_path):
+    target = tmp_path / "results.csv"
+    target.write_text("a,b\n1,2\n")
+    before = snapshot(tmp_path)
+    proc = workbench(["ablation", "--model", "tiny-llama", "--n", "2", "--out", str(target)], tmp_path)
+    assert_one_error(proc, "existing file")
+    assert snapshot(tmp_path) == before
+    assert not list(tmp_path.glob(".results.csv*"))  # not moved aside either
+
+
+def test_out_at_a_symlink_is_refused(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "keep.txt").write_text("keep")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    before = snapshot(tmp_path)
+    proc = workbench(["ablation", "--model", "tiny-llama", "--n", "2", "--out", str(tmp_path / "link")], tmp_path)
+    assert_one_error(proc, "not a run folder")
+    assert snapshot(tmp_path) == before
+
+
+def test_out_under_a_file_is_refused_before_work(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    before = snapshot(tmp_path)
+    proc = workbench(["ablation", "--model", "tiny-llama", "--n", "2", "--out", str(tmp_path / "file.txt" / "run")],
+                     tmp_path)
+    assert_one_error(proc, "is a file, not a folder")
+    assert "loading" not in proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_out_at_an_earlier_run_replaces_it_and_broken_runs_stop_nothing(tmp_path):
+    """--out naming an earlier run replaces it atomically; broken run folders beside it
+    (the report gathers the latest run of every analysis) neither stop the run nor change."""
+    from workbench.results import load_result
+
+    runs = tmp_path / "runs"
+    earlier = save_toy_run(runs / "earlier")
+    for how in ("metrics-list", "config-string", "flipped-bytes"):
+        _break(save_toy_run(runs / f"broken-{how}"), how)
+    broken_before = {k: v for k, v in snapshot(runs).items() if k.startswith("broken-")}
+    proc = workbench(["ablation", "--model", "tiny-llama", "--n", "2", "--out", str(earlier)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    back = load_result(earlier)
+    assert back.analysis == "ablation" and back.config.n_prompts == 2
+    assert (earlier / "report.html").is_file()
+    assert {k: v for k, v in snapshot(runs).items() if k.startswith("broken-")} == broken_before
+    assert sorted(p.name for p in runs.iterdir()) == sorted(
+        ["earlier", "broken-metrics-list", "broken-config-string", "broken-flipped-bytes"])  # no .tmp / .old left
+
+
+# ----- models: clear lines for bad names and local paths --------------------------
+def _pickle_model_folder(folder: Path, marker: Path) -> None:
+    """A model folder whose weights are a pickle that would run a command when unpickled."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 16,
+        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+        "max_position_embeddings": 32}))
+    with open(folder / "pytorch_model.bin", "wb") as fh:
+        pickle.dump({"model.embed_tokens.weight": Payload()}, fh)
+
+
+@pytest.mark.parametrize("case,words", [
+    ("file", ["is a file, not a model folder"]),
+    ("empty", ["is empty", "config.json"]),
+    ("no-config", ["has no config.json"]),
+    ("broken-config", ["config.json is not valid JSON"]),
+    ("missing", ["does not exist"]),
+    ("pickle", ["pickle", "safetensors"]),
+])
+def test_local_model_paths_get_a_clear_line(tmp_path, case, words):
+    target = tmp_path / "model"
+    marker = tmp_path / "PAYLOAD-RAN"
+    if case == "file":
+        target.write_text("not a model")
+    elif case == "empty":
+        target.mkdir()
+    elif case == "no-config":
+        target.mkdir()
+        (target / "model.safetensors").write_bytes(b"\0" * 16)
+    elif case == "broken-config":
+        target.mkdir()
+        (target / "config.json").write_text("{\"model_type\": \"llama\",")
+    elif case == "pickle":
+        _pickle_model_folder(target, marker)
+    before = snapshot(tmp_path)
+    proc = workbench(["ablation", "--model", str(target), "--n", "2"], tmp_path)
+    line = assert_one_error(proc, *words, before_load=False)
+    assert "huggingface-cli download" not in line and "not reachable" not in line
+    assert not marker.exists()  # the pickle's payload did not run
+    assert snapshot(tmp_path) == before
+
+
+def test_unknown_model_names_the_nearest(tmp_path):
+    proc = workbench(["ablation", "--model", "tiny-lama", "--n", "2"], tmp_path)
+    assert_one_error(proc, "unknown model 'tiny-lama'", "did you mean tiny-llama", before_load=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"device": "cuda:7"}, "cuda:7"),
+    ({"dtype": torch.int8}, "not a floating-point type"),
+    ({"dtype": "int8"}, "unknown dtype 'int8'"),
+    ({"backend": "jax"}, "unknown backend 'jax'"),
+])
+def test_load_model_refuses_bad_devices_and_dtypes(kwargs, words):
+    from workbench.models import load_model
+
+    with pytest.raises(InputError) as err:
+        load_model("tiny-llama", **kwargs)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_load_model_local_paths_api(tmp_path):
+    from workbench.models import load_model
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        load_model(str(tmp_path / "f"))
+    with pytest.raises(ModelNotAvailable, match="does not exist"):
+        load_model(str(tmp_path / "nowhere"))
+
+
+def test_prompt_longer_than_the_context_is_one_line(tiny_llama):
+    limit = tiny_llama.shape.n_ctx
+    long_prompt = " ".join(["word"] * (limit + 100))
+    with pytest.raises(InputError) as err:
+        tiny_llama.to_tokens(["a short prompt", long_prompt])
+    msg = str(err.value)
+    assert "prompt 1" in msg and str(limit) in msg and "\n" not in msg
+    ids, _ = tiny_llama.to_tokens(["a short prompt"])  # prompts within the context still work
+    assert ids.shape[0] == 1
+
+
+# ----- saved runs: validated on load, listed as broken ----------------------------
+@pytest.mark.parametrize("how,words", [
+    ("metrics-list", "metrics is a list"),
+    ("config-string", "config is a string"),
+    ("arrays-not-names", "arrays is not a list"),
+    ("flipped-bytes", "sha256"),
+])
+def test_broken_runs_are_listed_with_the_reason(tmp_path, how, words):
+    runs = tmp_path / "runs"
+    good = save_toy_run(runs / "good")
+    bad = save_toy_run(runs / "bad")
+    _break(bad, how)
+    before = snapshot(tmp_path)
+    proc = workbench(["runs"], tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    out = {line.split()[3]: line for line in proc.stdout.splitlines()}  # created, analysis, model, path, (reason)
+    assert out[str(good)].split()[1] == "result" and "(" not in out[str(good)]
+    assert out[str(bad)].split()[1] == "broken" and words in out[str(bad)]
+    rows = {r["path"]: r for r in json.loads(workbench(["runs", "--json"], tmp_path).stdout)}
+    assert rows[str(bad)]["analysis"] == "broken" and words in rows[str(bad)]["reason"]
+    assert rows[str(good)]["analysis"] == "result" and rows[str(good)]["reason"] is None
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("how,words", [
+    ("metrics-list", "metrics is a list"),
+    ("config-string", "config is a string"),
+    ("flipped-bytes", "sha256"),
+])
+def test_broken_runs_are_one_line_on_load(tmp_path, how, words):
+    from workbench.results import load_result
+
+    bad = save_toy_run(tmp_path / "bad")
+    _break(bad, how)
+    with pytest.raises(ResultError) as err:
+        load_result(bad)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_report_skips_broken_runs(tmp_path, monkeypatch):
+    from workbench.report import latest_runs
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    good = save_toy_run(tmp_path / "runs" / "good")
+    for how in ("metrics-list", "config-string", "flipped-bytes"):
+        _break(save_toy_run(tmp_path / "runs" / f"bad-{how}"), how)
+    assert latest_runs("tiny-llama") == [str(good)]
+
+
+def test_safetensors_header_tampering_stays_an_error(tmp_path):
+    """Good already: a tampered header (shapes) is refused by safetensors itself."""
+    from workbench.results import load_result
+
+    run = save_toy_run(tmp_path / "run")
+    doc = json.loads((run / "result.json").read_text())
+    del doc["arrays_sha256"], doc["arrays_bytes"]  # as an older run, so safetensors must catch it
+    (run / "result.json").write_text(json.dumps(doc))
+    arr = run / "arrays.safetensors"
+    data = arr.read_bytes().replace(b"[2,3]", b"[9,9]")
+    arr.write_bytes(data)
+    with pytest.raises(ResultError, match="corrupt"):
+        load_result(run)
+
+
+# ----- Ctrl-C --------------------------------------------------------------------
+@pytest.mark.slow
+def test_ctrl_c_prints_interrupted_and_leaves_no_run(tmp_path):
+    env = dict(os.environ, WORKBENCH_RUNS=str(tmp_path / "runs"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "ablation", "--model", "tiny-llama", "--n", "64"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.time() + TIMEOUT
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("loaded "):
+                time.sleep(0.5)
+                proc.send_signal(signal.SIGINT)
+                break
+            assert time.time() < deadline
+        _, rest = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert any(line.startswith("loaded ") for line in seen), "".join(seen)
+    assert proc.returncode == 130, rest
+    assert "Traceback" not in rest and lines_of(rest)[-1] == "interrupted"
+    runs = tmp_path / "runs"
+    assert not runs.exists() or list(runs.iterdir()) == []  # no run folder, no hidden temp folder
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["runs"])
+
+
+def test_save_interrupted_leaves_nothing(tmp_path, monkeypatch):
+    """A Ctrl-C while the run folder is written leaves neither the run nor its temp folder."""
+    from workbench import results
+
+    def interrupted(self, folder, extra):
+        (folder / "result.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results.Result, "_write_into", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        results.Result(metrics={"x": 1}).save(tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----- the dashboard's home page with broken runs ---------------------------------
+def test_home_page_survives_broken_runs(tmp_path, monkeypatch):
+    """Broken run folders (wrong types, flipped bytes, metrics that do not fit the result)
+    neither crash the home page nor any run picked in it: each shows its reason."""
+    from streamlit.testing.v1 import AppTest
+
+    from analyses.ablation.analysis import AblationConfig, AblationResult
+    from workbench.results import provenance
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("WORKBENCH_RUNS", str(runs))
+    for how in ("metrics-list", "config-string", "flipped-bytes"):
+        _break(save_toy_run(runs / f"bad-{how}"), how)
+    AblationResult(config=AblationConfig(n_prompts=2), arrays={"effect": torch.zeros(2, 4)},
+                            metrics={"clean_logit_diff": 0.1, "accuracy": 1.0, "n_prompts": 2, "top_heads": "x"},
+                            meta=provenance(model="tiny-llama")).save(runs / "misfit")
+    before = snapshot(tmp_path)
+    at = AppTest.from_string("from app.home import home_page\nhome_page()\n", default_timeout=120).run()
+    assert not at.exception, at.exception
+    picker = at.selectbox[0]
+    assert len(picker.options) == 4
+    for i in range(4):
+        at = picker.set_value(i).run()
+        assert not at.exception, at.exception
+        assert at.error, f"run {i} should show why it is broken"
+        picker = at.selectbox[0]
+    assert snapshot(tmp_path) == before
