@@ -60,12 +60,7 @@ def main() -> None:
 
 def _usage_line() -> None:
     """Typer's usage line for the command on the command line (or the app)."""
-    try:
-        from typer._click.utils import _detect_program_name
-
-        prog = _detect_program_name()
-    except Exception:  # noqa: BLE001 - only the program's name
-        prog = "workbench"
+    prog = "workbench"
     names = {c.name or getattr(c.callback, "__name__", "").replace("_", "-") for c in app.registered_commands}
     command = next((a for a in sys.argv[1:] if a in names), None)
     usage = f"{prog} {command} [OPTIONS]" if command else f"{prog} [OPTIONS] COMMAND [ARGS]..."
