@@ -62,6 +62,7 @@ def run_form(spec: AnalysisSpec) -> Any:
                 config = spec.config(**values)
                 check_config(config)
                 target = get_model(name) if (name and spec.wants_model(config)) else None
+                spec.check_target(config, target)
                 with st.spinner(f"running {spec.key} ..."):
                     result = spec.run(target, config, progress=False)
                     result.save()

@@ -29,7 +29,9 @@ def model_picker(key: str = "model") -> str:
 
 def run_picker(spec: Any, label: str = "saved run"):
     """A select box of saved runs of an analysis (a spec, or a saved ``analysis`` name);
-    returns the loaded Result or None. Broken runs are listed with their reason."""
+    returns the loaded Result or None. Broken run folders are not offered here: ``list_runs``
+    cannot tell whose they are (their analysis is "broken"), so the home page lists them, with
+    the reason. A run that fails to load when picked shows its one-line error."""
     names = spec.result_names if hasattr(spec, "result_names") else (spec,)
     key = spec.key if hasattr(spec, "key") else spec
     runs = [r for r in list_runs() if r["analysis"] in names]

@@ -23,7 +23,8 @@ def home_page() -> None:
     if not runs:
         st.info("No saved runs yet. Run `workbench ablation --n 64` (or `make run`) and reload this page.")
     else:
-        st.dataframe([{k: r.get(k) for k in ("created", "analysis", "model", "path")} for r in runs], width="stretch")
+        st.dataframe([{k: r.get(k) for k in ("created", "analysis", "model", "path", "reason")} for r in runs],
+                     width="stretch")
         labels = [f"{r['analysis']} · {r['model']} · {Path(r['path']).name}" for r in runs]
         pick = st.selectbox("open a run", range(len(runs)), format_func=lambda i: labels[i])
         try:

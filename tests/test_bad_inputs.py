@@ -4,11 +4,13 @@ core and the generic CLI. Each case runs ``workbench`` as a subprocess (runs fol
 that nothing on disk changed. The good answers stay tested too (unknown-model hints).
 
 Per-analysis checks (``circuit --n 1000000000`` refused with a memory estimate,
-``vhd --top-k 100000``, ``lrp --steps 0``, ``retrieval --kv-protect 100``) belong with
-each analysis's Config ranges and ``check_model``/``estimate_bytes`` spec hooks.
+``vhd --top-k 100000``, ``lrp --steps 0``, ``retrieval --kv-protect 100``) come from
+each analysis's Config ranges and ``check_model``/``estimate_bytes`` spec hooks; their
+cases are the last section.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -519,3 +521,167 @@ def test_home_page_survives_broken_runs(tmp_path, monkeypatch):
         assert at.error, f"run {i} should show why it is broken"
         picker = at.selectbox[0]
     assert snapshot(tmp_path) == before
+
+
+# ----- per-analysis checks: ranges, the model's limits, memory estimates ----------
+FAST = 5.0  # seconds: issue 12's bound for `circuit --n 1000000000` (the CLI's own imports take about 3.5 s)
+NO_MODEL = 10.0  # seconds for the other refusals that need no model: "within seconds", with room for a busy machine
+
+
+def timed(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    proc = workbench(args, cwd)
+    return proc, time.perf_counter() - start
+
+
+def test_circuit_n_1e9_is_refused_within_seconds_with_the_estimate(tmp_path):
+    """It grew to 24 GB and was killed by the out-of-memory killer: now the prompt set alone
+    (a floor under any model's run) is refused before the model loads, with its size."""
+    from analyses.circuits.analysis import prompt_set_bytes
+    from workbench.resources import free_memory_bytes, human_bytes
+
+    estimate = prompt_set_bytes("ioi", 10**9)
+    if free_memory_bytes() > estimate:
+        pytest.skip("this machine has the memory for it")
+    before = snapshot(tmp_path)
+    proc, seconds = timed(["circuit", "--model", "tiny-llama", "--n", "1000000000"], tmp_path)
+    line = assert_one_error(proc, "--n 1000000000", "would need about", human_bytes(estimate), "lower --n")
+    assert seconds < FAST, f"refused after {seconds:.1f} s: {line}"
+    assert "loading" not in proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("args,words", [
+    (["lrp", "--n", "1000000000"], ["--n", "at most"]),
+    (["lrp", "--steps", "0"], ["--steps", "at least 1"]),
+    (["lrp", "--max-delete", "0"], ["--max-delete", "at least 1"]),
+    (["lrp", "--image", "chelsea", "--size", "1000"], ["--size 1000", "multiple of the 16-pixel"]),
+    (["induction", "--n", "1000000000"], ["--n", "at most"]),
+    (["vhd", "--n-scenes", "100000000"], ["--n-scenes", "at most"]),
+    (["sinks", "--n-calib", "100000000"], ["--n-calib 100000000", "the task has 81", "--n-calib 33 or less"]),
+    (["sinks", "--n-heldout", "100"], ["--n-heldout 100", "--n-heldout 80 or less"]),
+    (["reuse", "--intervention-prompts", "1000000000"], ["--intervention-prompts 1000000000", "would need about"]),
+    (["ablation", "--n", "1000", "--batch-size", "512"], ["--batch-size 512", "--n 1000"]),
+])
+def test_per_analysis_options_are_refused_before_the_model_loads(tmp_path, args, words):
+    before = snapshot(tmp_path)
+    proc, seconds = timed([*args, "--model", "tiny-llama"], tmp_path)
+    line = assert_one_error(proc, *words)
+    assert seconds < NO_MODEL, f"refused after {seconds:.1f} s: {line}"
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("args,words", [
+    (["icl", "--n", "1000000000"], ["workbench icl would need about", "TB"]),
+    (["lrp", "--image", "chelsea", "--size", "20000"], ["workbench lrp would need about", "TB"]),
+])
+def test_memory_estimates_without_a_model_are_refused_within_seconds(tmp_path, args, words):
+    """icl builds its own model and lrp's image mode its own CNN: the estimate needs neither."""
+    before = snapshot(tmp_path)
+    proc, seconds = timed(args, tmp_path)
+    line = assert_one_error(proc, *words, "is free", before_load=False)
+    assert seconds < NO_MODEL, f"refused after {seconds:.1f} s: {line}"
+    assert "loading" not in proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+def _estimate(key: str, model, **values) -> int:
+    from workbench.spec import check_config, get_spec
+
+    spec = get_spec(key)
+    config = spec.config(**values)
+    check_config(config)
+    return spec.estimate_bytes(config, model)
+
+
+@pytest.mark.parametrize("key,args,values", [
+    ("circuit", ["--n", "1000000", "--n-edges", "20"], {"n_prompts": 1_000_000, "n_edges": 20}),
+    ("ablation", ["--n", "100000", "--batch-size", "100000"], {"n_prompts": 100_000, "batch_size": 100_000}),
+    ("vhd", ["--n-scenes", "16", "--image-size", "100000"], {"n_scenes": 16, "image_size": 100_000, "top_k": 8}),
+])
+def test_memory_estimates_with_the_model_are_refused_before_the_run(tmp_path, tiny_llama, key, args, values):
+    """Within the options' ranges the size that drives memory is checked against the free
+    memory once the model's shape is known, before the analysis starts; the estimate is in the line."""
+    from workbench.resources import free_memory_bytes, human_bytes
+
+    estimate = _estimate(key, tiny_llama, **values)
+    if free_memory_bytes() > estimate:
+        pytest.skip(f"this machine has the {human_bytes(estimate)} it needs")
+    before = snapshot(tmp_path)
+    proc, seconds = timed([key, "--model", "tiny-llama", *args], tmp_path)
+    line = assert_one_error(proc, f"workbench {key} would need about {human_bytes(estimate)}", "is free",
+                            before_load=False)
+    assert seconds < 120, f"refused after {seconds:.1f} s: {line}"
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("key,args,words,not_words", [
+    ("vhd", ["--top-k", "100000"], ["--top-k 100000", "2 layers x 4 = 8", "--top-k 8 or less"], []),
+    ("retrieval", ["--kv-protect", "100", "--ks", "2", "--lengths", "200"],
+     ["--kv-protect 100", "8 heads", "--kv-protect 4 or less"], ["--ks", "--lengths", "random heads from"]),
+    ("retrieval", ["--lengths", "200"], ["--ks 5,10,20", "1..4", "8 heads"], []),
+    ("retrieval", ["--lengths", "10000000", "--ks", "2", "--kv-protect", "2"],
+     ["--lengths 10000000", "context of 512 tokens", "up to 512"], []),
+])
+def test_options_beyond_the_model_are_refused_before_the_run(tmp_path, key, args, words, not_words):
+    """``vhd --top-k 100000`` ran on 270 heads; ``--kv-protect 100`` was refused only after the
+    whole analysis, naming the wrong option; both are one line naming the option and the limit."""
+    before = snapshot(tmp_path)
+    proc, seconds = timed([key, "--model", "tiny-llama", *args], tmp_path)
+    line = assert_one_error(proc, *words, before_load=False)
+    for w in not_words:
+        assert w not in line, line
+    assert "scoring" not in proc.stderr and "prefill" not in proc.stderr  # the analysis never started
+    assert seconds < 120, f"refused after {seconds:.1f} s: {line}"
+    assert snapshot(tmp_path) == before
+
+
+def test_a_10000_word_prompt_is_one_line_naming_the_length_and_the_limit(tmp_path, tiny_gpt2):
+    limit = tiny_gpt2.shape.n_ctx
+    prompt = " ".join(["word"] * 10_000)
+    n_tokens = len(tiny_gpt2.tokenizer(prompt)["input_ids"])
+    before = snapshot(tmp_path)
+    proc = workbench(["lrp", "--model", "tiny-gpt2", "--prompt", prompt], tmp_path)
+    line = assert_one_error(proc, f"--prompt is {n_tokens} tokens", f"context of {limit} tokens",
+                            f"at most {limit}", before_load=False)
+    assert "explaining" not in proc.stderr and len(line) < 300
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("key,values,measured", [
+    # peak RSS over the RSS after the model loaded, CPU, float32 (see each estimate's docstring)
+    ("circuit", {"n_prompts": 128, "n_edges": 20}, 2.86e9),
+    ("ablation", {"n_prompts": 512}, 2.06e9),
+    ("retrieval", {"context_lengths": (512,), "depths": tuple(float(d) for d in range(0, 101, 10)), "n_needles": 3,
+                   "mask_ks": (2,), "n_random": 1, "kv_protect": 2, "batch_size": 33, "max_new_tokens": 4}, 0.41e9),
+    ("vhd", {"n_scenes": 128, "alphas": (2.0,), "image_size": 64, "batch_size": 2, "top_k": 3, "max_new_tokens": 3},
+     0.69e9),
+])
+def test_memory_estimates_match_measured_runs(tiny_llama, key, values, measured):
+    """The estimates against the peak memory of real small runs on tiny-llama: within a factor of 1.5."""
+    estimate = _estimate(key, tiny_llama, **values)
+    assert measured / 1.5 < estimate < measured * 1.5, (key, estimate, measured)
+
+
+@pytest.mark.parametrize("key,values,measured", [
+    ("icl", {"n": 160, "steps": 30}, 1.08e9),
+    ("lrp", {"images": ("chelsea",), "image_size": 448}, 1.68e9),
+])
+def test_memory_estimates_without_a_model_match_measured_runs(key, values, measured):
+    estimate = _estimate(key, None, **values)
+    assert measured / 1.5 < estimate < measured * 1.5, (key, estimate, measured)
+
+
+def test_every_float_option_is_typed_float():
+    """check_config refuses NaN and infinity only in fields typed float: a float default under
+    another type would let them through."""
+    from workbench.spec import base_type, config_fields, specs
+
+    for key, spec in specs().items():
+        for f, annotation in config_fields(spec.config):
+            kind, _ = base_type(annotation)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            defaults = default if isinstance(default, tuple) else (default,)
+            if any(isinstance(v, float) for v in defaults):
+                floaty = kind is float or (typing.get_origin(kind) is tuple and float in typing.get_args(kind))
+                assert floaty, f"{key}: {f.name} has a float default but is typed {annotation}"

@@ -126,6 +126,16 @@ class AnalysisSpec:
         """The result's report sections: the spec's figures, else the result's own."""
         return self.figures(result) if self.figures is not None else result.report_sections()
 
+    def check_target(self, config: Any, target: Any) -> None:
+        """The checks that need what the analysis runs on (``check_model``, then the memory
+        estimate against the free memory), before any work; the CLI and the app both call it."""
+        if self.check_model is not None:
+            self.check_model(config, target)
+        if self.estimate_bytes is not None:
+            from .resources import check_memory
+
+            check_memory(self.estimate_bytes(config, target), f"workbench {self.key}")
+
     def wants_model(self, config: Any) -> bool:
         return self.needs_model(config) if callable(self.needs_model) else bool(self.needs_model)
 

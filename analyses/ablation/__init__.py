@@ -2,7 +2,7 @@
 task's logit difference; its run folder carries the HTML report of every analysis."""
 from workbench.spec import AnalysisSpec
 
-from .analysis import AblationConfig, AblationResult, run
+from .analysis import AblationConfig, AblationResult, estimate_bytes, run
 from .figures import ablation_sections, headline
 
 
@@ -28,6 +28,7 @@ SPEC = AnalysisSpec(
     headline=headline,
     aliases=("ablate",),
     finish=write_report,
+    estimate_bytes=estimate_bytes,
     page_defaults={"n_prompts": 16},
     description="Each head's output z is replaced by its mean over corrupted (ABC) prompts; the effect is the "
                 "change in the IO - S logit difference.",

@@ -9,6 +9,7 @@ tokens, so the ablated head carries no information about the names.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,6 +37,32 @@ class AblationConfig:
     include: tuple[str, ...] = option((), help="saved runs whose sections join the report "
                                       "(default: the latest run of every other analysis on this model)")
     renamed: ClassVar[dict[str, str]] = {"n": "n_prompts", "max_batch": "batch_size"}
+
+    def validate(self) -> None:
+        if self.batch_size < self.n_prompts:  # one configuration runs every prompt in one batch
+            raise InputError(f"--batch-size {self.batch_size} cannot hold one head's run over --n {self.n_prompts} "
+                             f"prompts; use --batch-size {self.n_prompts} or more, or a smaller --n")
+
+
+def estimate_bytes(config: AblationConfig, model: Any) -> int:
+    """The spec's memory estimate before a run: the mean over the corrupt prompts is one forward
+    over all ``--n`` of them, whose logits (prompts x positions x vocab) dominate; the patch
+    sweep keeps the last position's logits of ``--batch-size`` rows.
+
+    Calibration (tiny-llama, CPU, float32, ru_maxrss over the RSS after the model loaded):
+    --n 256 / 512: 1.03 / 2.06 GB, 4.0 MB a prompt at 20 positions; this estimate: 0.98 / 1.9 GB.
+    --n 8: 30 MB; this estimate: 31 MB."""
+    s = model.shape
+    size = torch.empty((), dtype=model.dtype).element_size()
+    n = config.n_prompts
+    pos = int(build_prompts(model, dataclasses.replace(config, n_prompts=min(n, 64))).tokens(model).input_ids.shape[1])
+    mean_forward = n * pos * size * (s.d_vocab + 4 * s.n_heads * s.d_model)
+    rows = min(config.batch_size, n * s.n_layers * s.n_heads)
+    sweep = rows * size * (s.d_vocab + 24 * pos * s.d_model)
+    return int(max(mean_forward, sweep) + PROMPT_BYTES * n)
+
+
+PROMPT_BYTES = 400  # an IOI prompt's strings (clean, corrupt, answers), measured with tracemalloc
 
 
 def build_prompts(model: Any, config: AblationConfig) -> PromptSet:

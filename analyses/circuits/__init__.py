@@ -19,6 +19,7 @@ CIRCUIT_SPEC = AnalysisSpec(
     figures=circuit_sections,
     headline=circuit_headline,
     check_model=analysis.check_model,
+    estimate_bytes=analysis.estimate_bytes,
     page_defaults={"n_prompts": 4, "ig_steps": 2, "batch_size": 4, "n_edges": 40},
     description="A circuit on IOI or Colored Objects by EAP, EAP-IG, ACDC or path patching; edges outside it carry "
                 "their mean over the corrupt prompts, and faithfulness is the circuit's logit difference over the "
@@ -35,6 +36,7 @@ REUSE_SPEC = AnalysisSpec(
     figures=reuse_sections,
     headline=reuse_headline,
     check_model=reuse.check_model,
+    estimate_bytes=reuse.estimate_bytes,
     page_defaults={"n_prompts": 4, "ig_steps": 2, "batch_size": 4, "n_edges": 40},
     description="The IOI and Colored Objects circuits (EAP-IG), their head overlap, the head classes and the "
                 "intervention experiment (Merullo et al. 2023); single-task circuits are on the circuit page.",

@@ -20,7 +20,8 @@ from workbench.results import Result, provenance, register_result
 from workbench.spec import option
 
 from .analysis import (ABLATIONS, METHODS, CircuitConfig, as_float, build_task, check_circuit_size,
-                       check_task_and_method, discover, faithfulness, prepare, task_scores)
+                       check_prompt_memory, check_task_and_method, discover, faithfulness, positions, prepare,
+                       prompt_set_bytes, run_bytes, task_scores)
 
 BATCH_SIZE = 6  # prompts per forward pass when --batch-size is not given: min(BATCH_SIZE, n_prompts)
 TASK_KEYS = ("ioi", "colored_objects")
@@ -28,7 +29,8 @@ TASK_KEYS = ("ioi", "colored_objects")
 
 @dataclass
 class ReuseConfig:
-    n_prompts: int = option(6, flag="--n", help="prompts per task for discovery", min=1, max=100_000)
+    n_prompts: int = option(6, flag="--n", help="prompts per task for discovery (bounded by the memory they need, "
+                            "checked before the run)", min=1)
     seed: int = 0
     method: str = option("eap-ig", help=f"discovery method: {' | '.join(METHODS)}")
     n_edges: int = option(150, help="circuit size: top edges by |score|", min=1)
@@ -45,6 +47,8 @@ class ReuseConfig:
 
     def validate(self) -> None:
         check_task_and_method("ioi", self.method)
+        check_prompt_memory("reuse", "colored-objects", self.n_prompts)
+        check_prompt_memory("reuse", "colored-objects", self.intervention_prompts, "--intervention-prompts")
 
 
 @dataclass
@@ -211,6 +215,19 @@ class ReuseResult(Result):
 def check_model(config: ReuseConfig, model: Any) -> None:
     """The spec's check before a run: both circuits fit the model's graph."""
     check_circuit_size(model, config.n_edges)
+
+
+def estimate_bytes(config: ReuseConfig, model: Any) -> int:
+    """The spec's memory estimate before a run: the larger of the two circuits (``run_bytes``,
+    no faithfulness curve) and the intervention's one forward over its Colored Objects prompts."""
+    s = model.shape
+    size = torch.empty((), dtype=model.dtype).element_size()
+    circuits = max(run_bytes(model, task, config.n_prompts, config.method, config.n_edges, config.batch_size,
+                             config.seed, curve=False) for task in ("ioi", "colored-objects"))
+    n = config.intervention_prompts
+    pos = positions(model, "colored-objects", n, config.seed + 1)
+    intervention = n * pos * size * (s.d_vocab + 4 * s.n_heads * s.d_model) + prompt_set_bytes("colored-objects", n)
+    return int(max(circuits, intervention))
 
 
 def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) -> ReuseResult:

@@ -4,7 +4,7 @@ predictions with single-head and linear attention, GD, debiased GD and ridge. Bu
 trains its own model, so the command takes no ``--model``."""
 from workbench.spec import AnalysisSpec
 
-from .analysis import ICLConfig, ICLResult, run
+from .analysis import ICLConfig, ICLResult, estimate_bytes, run
 from .figures import headline, icl_sections
 from .page import checkpoint_explorer
 
@@ -18,6 +18,7 @@ SPEC = AnalysisSpec(
     figures=icl_sections,
     headline=headline,
     needs_model=False,
+    estimate_bytes=estimate_bytes,
     page_defaults={"steps": 1000, "eval_prompts": 2000},
     page_extra=checkpoint_explorer,
     description="One-layer attention trained on prompts (x_i, y_i), query (x_q, 0). Patterns of He, Pan, Chen, "

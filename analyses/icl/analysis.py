@@ -95,6 +95,22 @@ class ICLConfig:
         return self
 
 
+def estimate_bytes(config: ICLConfig, model: Any = None) -> int:
+    """The spec's memory estimate before a run: the largest batch of prompts the run holds at
+    once, times its context length, times the float32 entries each context token costs (its
+    (x, y) token, every head's key and value and their products: about 3 H + 3 per entry).
+    Evaluation draws ``eval_prompts`` prompts at each length up to the longest; training draws
+    ``batch_size`` prompts of ``n`` pairs and keeps them for the backward pass (twice).
+
+    Calibration (CPU, ru_maxrss over the RSS before the run; d=5, H=4, 30 steps, 4000 evaluation
+    prompts): --n 40 / 160 (longest evaluated context 160 / 640): 0.39 / 1.08 GB, 15 bytes per
+    4-byte entry (eval_prompts x length x (d+1)) between the two, over about 0.15 GB fixed."""
+    lengths = tuple(int(v) for v in config.eval_lengths) or (4 * config.n,)
+    longest = max(max(lengths), config.n)
+    per_entry = 4 * (config.d + 1) * (3 * config.heads + 3)
+    return int(150 * 2**20 + per_entry * max(config.eval_prompts * longest, 2 * config.batch_size * config.n))
+
+
 def validate(config: ICLConfig) -> ICLConfig:
     """``config.validate()``: one-line errors for settings that cannot run; fills the length defaults."""
     return config.validate()

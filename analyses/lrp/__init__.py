@@ -4,7 +4,7 @@ gradient x input and attention rollout) or LRP and the SR map on a photograph
 imported only when a run needs them."""
 from workbench.spec import AnalysisSpec
 
-from .analysis import LrpImageResult, LrpOptions, LrpResult, run, wants_language_model
+from .analysis import LrpImageResult, LrpOptions, LrpResult, check_model, estimate_bytes, run, wants_language_model
 from .figures import headline, lrp_sections
 from .page import mode_explorer
 
@@ -19,6 +19,8 @@ SPEC = AnalysisSpec(
     headline=headline,
     extra_results=(LrpImageResult,),
     needs_model=wants_language_model,
+    check_model=check_model,
+    estimate_bytes=estimate_bytes,
     page_defaults={"n_prompts": 2, "max_delete": 6, "n_random": 2},
     page_extra=mode_explorer,
     description="A prompt run explains logit(target) - logit(contrast) at the last position (IOI prompts: IO minus "

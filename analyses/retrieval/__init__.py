@@ -3,7 +3,7 @@ the masking test (top-k retrieval heads against k random heads) and a RazorAtten
 KV-cache compression check."""
 from workbench.spec import AnalysisSpec
 
-from .analysis import RetrievalConfig, RetrievalResult, run
+from .analysis import RetrievalConfig, RetrievalResult, check_model, estimate_bytes, run
 from .figures import headline, retrieval_sections
 
 SPEC = AnalysisSpec(
@@ -15,6 +15,8 @@ SPEC = AnalysisSpec(
     run=run,
     figures=retrieval_sections,
     headline=headline,
+    check_model=check_model,
+    estimate_bytes=estimate_bytes,
     page_defaults={"context_lengths": (200,), "depths": (50.0,), "n_needles": 1, "mask_ks": (2,), "n_random": 1,
                    "kv_protect": 5},
     description="Wu et al.: heads whose attention argmax copies the needle token being generated.",

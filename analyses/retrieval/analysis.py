@@ -84,12 +84,29 @@ class RetrievalConfig:
             total = model.shape.n_layers * model.shape.n_heads
             bad = [k for k in self.mask_ks if not 0 < int(k) <= total // 2]
             if bad:
-                raise InputError(f"mask k {bad} outside 1..{total // 2} (half of the {total} heads); choose smaller k")
+                raise InputError(f"--ks {','.join(map(str, bad))}: masking k heads outside 1..{total // 2} "
+                                 f"(half of the {total} heads); choose smaller k")
 
 
 def validate(config: RetrievalConfig, model: Any | None = None) -> None:
     """``config.validate(model)``: the checks as a function."""
     config.validate(model)
+
+
+def check_model(config: RetrievalConfig, model: Any) -> None:
+    """The spec's check before a run: the masking ks (``validate``), every context length
+    within the model's context, and ``--kv-protect``: the KV check protects that many top
+    heads and draws as many random heads outside them for its control, so at most half the heads."""
+    config.validate(model)
+    s = model.shape
+    longest = max(int(v) for v in config.context_lengths)
+    if longest > s.n_ctx:
+        raise InputError(f"--lengths {longest} is longer than {model.name}'s context of {s.n_ctx} tokens; "
+                         f"choose lengths up to {s.n_ctx}")
+    total = s.n_layers * s.n_heads
+    if config.kv_protect > total // 2:
+        raise InputError(f"--kv-protect {config.kv_protect} protects that many heads and draws as many random heads "
+                         f"for the control, but {model.name} has {total} heads; choose --kv-protect {total // 2} or less")
 
 
 # ---------------------------------------------------------------------------- ROUGE
@@ -460,3 +477,27 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
         "kv_success": kv_success.to(torch.uint8),
     }
     return RetrievalResult(config=cfg, metrics=metrics, arrays=arrays, meta=provenance(model=model.name, seed=cfg.seed))
+
+
+FIXED_BYTES = 128 * 2**20  # haystack, tokenizer work, scorer: measured on tiny-llama (--lengths 256 / 512: 134 / 143 MB)
+
+
+def estimate_bytes(config: RetrievalConfig, model: Any) -> int:
+    """The spec's memory estimate before a run: every test's prefilled KV cache (all kept, one
+    prefill serves every decoding configuration), plus the larger of one prefill forward
+    (one layer's eager attention: the mask and two score-sized tensors at once over the longest
+    context; the logits of the last position only) and one decoding chunk
+    (``decode_rows`` repeated caches, buffered for the answer).
+
+    Calibration (tiny-llama, CPU, ru_maxrss over the RSS after the model loaded): 33 tests of
+    512 tokens in one prefill (--batch-size 33): 0.41 GB; this estimate: 0.47 GB."""
+    s = model.shape
+    size = torch.empty((), dtype=model.dtype).element_size()
+    longest = max(int(v) for v in config.context_lengths)
+    n_tests = config.n_needles * len(config.context_lengths) * len(config.depths)
+    kv_token = 2 * s.n_layers * s.n_kv_heads * s.d_head * size
+    states = n_tests * longest * kv_token
+    prefill = min(config.batch_size, n_tests) * longest * size * ((2 * s.n_heads + 1) * longest + 8 * s.d_model)
+    n_cfg = max(2, len(config.mask_ks) * (1 + config.n_random))  # masking configurations (KV check: 2)
+    decode = min(config.decode_rows, n_tests * n_cfg) * (longest + config.max_new_tokens) * kv_token * 2
+    return int(FIXED_BYTES + states + max(prefill, decode))

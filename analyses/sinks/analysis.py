@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.cache import run_with_cache
-from workbench.datasets.multiple_choice import MCQuestion, mc_splits, option_token_ids
+from workbench.datasets.multiple_choice import MCQuestion, all_questions, mc_splits, option_token_ids
 from workbench.errors import InputError
 from workbench.generation import last_token_logits, left_pad
 from workbench.heads import head_name
@@ -57,6 +57,12 @@ class SinksConfig:
                 raise InputError(f"{name}={v} is outside 0..1; pass a value between 0 and 1")
         if self.n_calib < 1 or self.n_heldout < 1:
             raise InputError("n_calib and n_heldout must be at least 1")
+        pool = len(all_questions())  # the task's fixed question set bounds both splits
+        if self.n_calib + self.n_heldout > pool:
+            fix = (f"choose --n-calib {pool - self.n_heldout} or less" if self.n_heldout < pool
+                   else f"choose --n-heldout {pool - 1} or less")
+            raise InputError(f"--n-calib {self.n_calib} plus --n-heldout {self.n_heldout} asks for "
+                             f"{self.n_calib + self.n_heldout} questions but the task has {pool}; {fix}")
         if self.max_search < 0 or self.max_heads < 1 or self.min_queries < 1:
             raise InputError("max_search must be >= 0, max_heads and min_queries >= 1")
 

@@ -3,7 +3,7 @@
 from real parts, or on a local LLaVA folder (``--llava``)."""
 from workbench.spec import AnalysisSpec
 
-from .analysis import VHDConfig, VHDResult, caption_one, load_target, needs_model, run
+from .analysis import VHDConfig, VHDResult, caption_one, check_model, estimate_bytes, load_target, needs_model, run
 from .figures import headline, vision_sections
 from .page import page_extra
 
@@ -18,6 +18,8 @@ SPEC = AnalysisSpec(
     headline=headline,
     needs_model=needs_model,
     load_target=load_target,
+    check_model=check_model,
+    estimate_bytes=estimate_bytes,
     page_defaults={"n_scenes": 4, "alphas": (2.0,)},
     page_extra=page_extra,
     description="VHD: L2 distance of each head's output before W_O (blocks.{l}.attn.hook_z) with vs without the "

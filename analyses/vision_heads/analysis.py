@@ -39,6 +39,7 @@ from analyses.vision_heads.vlm.scenes import make_scenes
 from analyses.vision_heads.vlm.train import ProjectorConfig, build_vlm, caption_losses, encode_scenes
 
 N_SHOWN = 8  # scenes whose images travel with the result (for the app page)
+TOP_K = 10  # T-VHD's default k
 
 
 @dataclass
@@ -46,7 +47,8 @@ class VHDConfig:
     n_scenes: int = option(16, aliases=("--n",), help="held-out scenes to caption and score", max=10_000)
     alpha: float = option(2.0, help="VHR amplification reported as 'after'")
     alphas: tuple[float, ...] = option((1.5, 2.0, 3.0), help="the alpha sweep (always includes --alpha)")
-    top_k: int = option(10, help="T-VHD: mean of the k largest head VHDs per token", min=1)
+    top_k: int = option(TOP_K, help="T-VHD: mean of the k largest head VHDs per token (at most the model's heads; "
+                        f"the default {TOP_K} becomes the head count on a smaller model)", min=1)
     distance: str = option("l2", help="distance between the head outputs with and without the image", choices=DISTANCES)
     max_new_tokens: int = option(14, help="caption tokens generated per scene", min=1)
     prompt: str = option(DEFAULT_PROMPT, help="must hold one <image> placeholder")
@@ -73,6 +75,50 @@ class VHDConfig:
             from workbench.vision.images import load_image
 
             load_image(self.image)
+
+
+def language_model(target: Any) -> Any:
+    """The language model inside what ``load_target`` returns (a LLaVA adapter's ``lm``, or the model)."""
+    return getattr(target, "lm", None) or target
+
+
+def check_model(config: VHDConfig, target: Any) -> None:
+    """The spec's check before a run: T-VHD's top k fits the language model's heads (the
+    default k is lowered to the head count on a model with fewer heads, and saved so)."""
+    lm = language_model(target)
+    shape = getattr(lm, "shape", None)
+    if shape is None:
+        return
+    total = shape.n_layers * shape.n_heads
+    if config.top_k == TOP_K and total < TOP_K:
+        config.top_k = total
+    if config.top_k > total:
+        raise InputError(f"--top-k {config.top_k} is more heads than {getattr(lm, 'name', 'the model')} has "
+                         f"({shape.n_layers} layers x {shape.n_heads} = {total}); choose --top-k {total} or less")
+
+
+def estimate_bytes(config: VHDConfig, target: Any) -> int:
+    """The spec's memory estimate before a run: every held-out scene's image is kept
+    (``image_size`` squared x 3 float32), and the caption losses and the object ranking run
+    all scenes in one forward each, whose logits (scenes x positions x vocab) dominate at the
+    default size; positions: the prompt, grid x grid visual tokens and a caption.
+
+    Calibration (tiny-llama, CPU, ru_maxrss over the RSS after the model loaded, --image-size 64,
+    --grid 2, 3 new tokens): --n-scenes 16 / 128: 0.29 / 0.69 GB, 3.6 MB a scene over about
+    0.23 GB (the encoder, the projector); this estimate: 0.26 / 0.71 GB."""
+    lm = language_model(target)
+    shape = getattr(lm, "shape", None)
+    n = config.n_scenes
+    images = n * config.image_size ** 2 * 3 * 4
+    if shape is None or getattr(lm, "tokenizer", None) is None:
+        return int(FIXED_BYTES + images)
+    size = torch.empty((), dtype=lm.dtype).element_size() if hasattr(lm, "dtype") else 4
+    pos = len(lm.tokenizer.encode(config.prompt)) + config.grid ** 2 + CAPTION_TOKENS
+    return int(FIXED_BYTES + images + n * pos * shape.d_vocab * size)
+
+
+CAPTION_TOKENS = 10  # " a cat, a cup and a rocket."
+FIXED_BYTES = 200 * 2**20  # the image encoder and the projector
 
 
 def projector_config(config: VHDConfig, lm_name: str) -> ProjectorConfig:

@@ -126,12 +126,7 @@ def execute(spec: AnalysisSpec, config: Any, common: Common, progress: bool = Tr
         target = load(common.model, common.backend, common.device, common.dtype)
     else:
         target = None
-    if spec.check_model is not None:
-        spec.check_model(config, target)
-    if spec.estimate_bytes is not None:
-        from ..resources import check_memory
-
-        check_memory(spec.estimate_bytes(config, target), f"workbench {spec.key}")
+    spec.check_target(config, target)
     result = spec.run(target, config, progress=progress)
     extra_files = spec.finish(result, config, common) if spec.finish is not None else {}
     if extra_files:
