@@ -127,7 +127,7 @@ def test_path_patching_equals_hand_computed_value(planted):
 def test_receiver_grads_match_finite_differences():
     from workbench.models import load_model
 
-    for name in ("tiny-llama", "tiny-gpt2"):
+    for name in ("tiny-llama", "tiny-gpt2", "tiny-neox"):  # NeoX: partial rotary, LayerNorm, parallel residual
         m = load_model(name)
         ids = torch.randint(100, 5000, (3, 7), generator=torch.Generator().manual_seed(0))
         tc = as_tokens(m, ids)
@@ -148,7 +148,7 @@ def test_receiver_grads_match_finite_differences():
                     xh = x[:, :, None].repeat(1, 1, H, 1)
                     xh[:, :, h] += sign * d
                     q, k, v = qkv(l, xh)
-                    new, z = G.per_head_attention(q, k, v, G._masked(sc), G.attn_scale(m, l), sc)
+                    new, z = G.per_head_attention(q, k, v, G.masked_positions(sc), G.attn_scale(m, l), sc)
                     state["z"] = z
                     return new
 

@@ -252,7 +252,6 @@ def masked_positions(scores: torch.Tensor) -> torch.Tensor:
     return scores < torch.finfo(scores.dtype).min / 2
 
 
-_masked = masked_positions  # the old name
 
 
 # ----------------------------------------------------------------------------- gradients
