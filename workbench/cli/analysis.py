@@ -13,7 +13,7 @@ import typer
 
 from ..errors import InputError
 from ..spec import AnalysisSpec, base_type, check_config, config_fields, flag_of
-from .common import finish, load, number_list, status
+from .common import JSON_OPT, finish, load, number_list, status
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -39,7 +39,7 @@ COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
     ("dtype", str, typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16")),
     ("seed", int, typer.Option(0, "--seed", help="random seed (datasets, head draws, initialisation)")),
     ("out", Optional[Path], typer.Option(None, "--out", help="run folder to write (default: runs/<analysis>-<model>-<time>); a new folder or an earlier run")),
-    ("as_json", bool, typer.Option(False, "--json", help="print the summary as JSON on stdout")),
+    ("as_json", bool, JSON_OPT),
 ]
 
 
