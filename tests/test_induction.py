@@ -90,6 +90,11 @@ def test_planted_heads_score_exactly(tiny_llama, bos):
     # only the planted head passes the threshold (the random heads are near uniform)
     assert result.induction_heads == ["L1H0"] and result.n_induction_heads == 1
     assert result.bos is bos and result.n_prompts == 6 and result.seq_len == seq_len
+    # ranked on the even sequences, scored on the odd ones: the planted head is #1 with the exact
+    # held-out score 1 and a zero-width interval over the 3 held-out sequences
+    first = next(iter(result.intervals.items()))
+    assert first[0].endswith("(L1H0)") and first[1].split == "held-out half" and first[1].n == 3
+    assert abs(first[1].value - 1) < 1e-6 and abs(first[1].low - 1) < 1e-6 and abs(first[1].high - 1) < 1e-6
     # the hooks are gone: the same run without them has no induction head
     assert run(tiny_llama, cfg, progress=False).n_induction_heads == 0
 
@@ -135,7 +140,7 @@ def test_result_round_trip_and_spec(tiny_llama, tmp_path):
     assert torch.equal(back.induction_score, result.induction_score) and back.top_heads == result.top_heads
     spec = get_spec("induction")
     assert spec.result is InductionResult and spec.config is InductionConfig
-    assert [s.title for s in spec.sections(back)] == ["Induction heads", "Previous-token heads"]
+    assert [s.title for s in spec.sections(back)] == ["Induction heads", "Previous-token heads", "Intervals"]
     assert [label for label, _ in spec.headline(back)][0] == "top induction head"
 
 

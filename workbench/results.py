@@ -146,6 +146,19 @@ class Result:
         rows = [{"metric": k, "value": v} for k, v in _jsonable(self.metrics).items() if not isinstance(v, (list, dict))]
         return [Section(title=f"{self.analysis}: metrics", tables=[rows])]
 
+    # ----- intervals ----------------------------------------------------------
+    def set_interval(self, name: str, interval: Any) -> None:
+        """Store a figure's interval (``workbench.stats.Interval``) under ``metrics["intervals"]``,
+        where the report, the app and ``benchmarks/headlines.py`` find it."""
+        self.metrics.setdefault("intervals", {})[name] = interval.to_dict()
+
+    @property
+    def intervals(self) -> dict[str, Any]:
+        """Every stored interval by figure name, as ``workbench.stats.Interval``."""
+        from .stats import Interval
+
+        return {k: Interval.from_dict(v) for k, v in (self.metrics.get("intervals") or {}).items()}
+
     # ----- saving -------------------------------------------------------------
     def default_run_name(self) -> str:
         model = str(self.meta.get("model") or "model").replace("/", "_")

@@ -88,6 +88,51 @@ def check_config(config: Any) -> None:
 
 
 @dataclass(frozen=True)
+class Headline:
+    """One README row: the command that makes it (arguments after ``workbench``, the
+    command's defaults unless ``why`` says otherwise) and ``figures(result) -> [dict]``,
+    each made by ``figure()``.
+    ``benchmarks/headlines.py`` runs the command, reads the figures and writes them to
+    ``docs/headlines.json``; the README's table is generated from that file."""
+
+    label: str
+    args: tuple[str, ...]
+    figures: Callable[[Any], list[dict[str, Any]]]
+    why: str = ""
+
+
+def figure(text: str, value: float | None = None, *, interval: Any = None, n: int | None = None,
+           split: str = "", fmt: str = ".3g") -> dict[str, Any]:
+    """One headline figure: ``text`` says what it is, the README prints the value (``fmt``),
+    its interval, n and split after it. With an ``Interval`` those come from it."""
+    if interval is not None:
+        value = interval.value if value is None else value
+        n = interval.n if n is None else n
+        split = split or interval.split
+    return {"text": text, "value": value, "fmt": fmt,
+            "interval": interval.to_dict() if interval is not None else None, "n": n, "split": split}
+
+
+@dataclass(frozen=True)
+class HeadColumn:
+    """One per-head quantity an analysis contributes to the head atlas (``workbench atlas``).
+
+    ``values(result)`` gives a ``[layer head]`` tensor from a saved Result (read through its
+    typed properties), a dict of them (one column per key, named ``{name}_{key}``, e.g. one
+    per task), or None when this run does not carry the quantity. ``direction`` is +1 when
+    larger values mean more of the head's role, -1 when smaller (more negative) ones do (an
+    ablation effect). ``threshold``, when given, is the value past which a head has the
+    role (used to say whether a role is present in a model)."""
+
+    name: str
+    values: Callable[[Any], Any]
+    unit: str = ""
+    direction: int = 1
+    description: str = ""
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
 class AnalysisSpec:
     """Everything the CLI, the app, the report and the results store know of an analysis.
 
@@ -116,6 +161,8 @@ class AnalysisSpec:
     page_defaults: dict[str, Any] = field(default_factory=dict)
     page_extra: Callable[[Any], None] | None = None
     description: str = ""
+    headlines: tuple[Headline, ...] = ()
+    head_columns: tuple[HeadColumn, ...] = ()
 
     @property
     def result_names(self) -> tuple[str, ...]:
@@ -124,7 +171,8 @@ class AnalysisSpec:
 
     def sections(self, result: Any) -> list:
         """The result's report sections: the spec's figures, else the result's own."""
-        return self.figures(result) if self.figures is not None else result.report_sections()
+        sections = self.figures(result) if self.figures is not None else result.report_sections()
+        return sections + interval_sections(result)
 
     def check_target(self, config: Any, target: Any) -> None:
         """The checks that need what the analysis runs on (``check_model``, then the memory
@@ -138,6 +186,20 @@ class AnalysisSpec:
 
     def wants_model(self, config: Any) -> bool:
         return self.needs_model(config) if callable(self.needs_model) else bool(self.needs_model)
+
+
+def interval_sections(result: Any) -> list:
+    """The result's stored intervals as one table, appended to every page and report."""
+    intervals = getattr(result, "intervals", None) or {}
+    if not intervals:
+        return []
+    from .report import Section
+
+    rows = [{"figure": name, "estimate": f"{iv.value:.4g}", "interval": f"[{iv.low:.4g}, {iv.high:.4g}]",
+             "level": f"{iv.level:.0%}", "n": iv.n, "method": iv.method, "split": iv.split}
+            for name, iv in intervals.items()]
+    return [Section("Intervals", text="Each figure with its interval, sample size and the split it was measured on.",
+                    tables=[rows])]
 
 
 _SPECS: dict[str, AnalysisSpec] | None = None

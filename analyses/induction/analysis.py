@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from workbench.cache import run_with_cache
 from workbench.errors import InputError
+from workbench.stats import bootstrap
 from workbench.results import Result, provenance
 from workbench.spec import option
 
@@ -189,7 +190,7 @@ def run(model: Any, config: InductionConfig | None = None, progress: bool = True
     bos = uses_bos(model, config)
     tokens = repeated_tokens(model, config)
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(s.n_layers)]
-    ind_sum = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
+    ind_seq = torch.zeros(config.n_prompts, s.n_layers, s.n_heads, dtype=torch.float64)
     prev_sum = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
     starts = range(0, config.n_prompts, config.batch_size)
     for start in tqdm(starts, desc="induction scores", disable=not progress, leave=False):
@@ -197,10 +198,10 @@ def run(model: Any, config: InductionConfig | None = None, progress: bool = True
         _, cache = run_with_cache(model, chunk, names, return_logits=False)
         for l, name in enumerate(names):
             pattern = cache[name].double()  # [batch head query key]
-            ind_sum[l] += induction_stripe(pattern, config.seq_len).sum(dim=(0, 2)).cpu()
+            ind_seq[start:start + len(chunk), l] = induction_stripe(pattern, config.seq_len).mean(dim=2).cpu()
             prev_sum[l] += previous_token_stripe(pattern).sum(dim=(0, 2)).cpu()
     n_pos = tokens.shape[1]
-    induction = (ind_sum / (config.n_prompts * config.seq_len)).float()
+    induction = ind_seq.mean(dim=0).float()
     prev = (prev_sum / (config.n_prompts * (n_pos - 1))).float()
 
     flat = induction.flatten()
@@ -220,6 +221,23 @@ def run(model: Any, config: InductionConfig | None = None, progress: bool = True
         "seq_len": config.seq_len,
         "bos": bos,
     }
-    arrays = {"induction_score": induction, "prev_token_score": prev}
-    return InductionResult(config=config, metrics=metrics, arrays=arrays,
-                           meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend})
+    arrays = {"induction_score": induction, "prev_token_score": prev, "induction_per_sequence": ind_seq.float()}
+    result = InductionResult(config=config, metrics=metrics, arrays=arrays,
+                             meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend})
+    set_held_out_intervals(result)
+    return result
+
+
+def set_held_out_intervals(result: InductionResult, n_top: int = 3) -> None:
+    """Rank heads on the even-numbered sequences, score the top ``n_top`` on the odd ones
+    (a choice and its measurement on different data), with bootstrap intervals."""
+    per_seq = result.arrays["induction_per_sequence"]
+    if per_seq.shape[0] < 2:
+        return
+    n_heads = per_seq.shape[2]
+    ranking = per_seq[0::2].mean(dim=0).flatten()
+    held_out = per_seq[1::2].flatten(1)
+    for rank, i in enumerate(torch.argsort(ranking, descending=True, stable=True)[:n_top].tolist(), start=1):
+        name = f"L{i // n_heads}H{i % n_heads}"
+        result.set_interval(f"induction score, head ranked #{rank} on the ranking half ({name})",
+                            bootstrap(held_out[:, i].numpy(), split="held-out half"))

@@ -49,3 +49,14 @@ def sections(result: Any) -> list[Section]:
                 "over the whole repeated sequence: the first half of the induction circuit.",
                 figures=[prev_token_grid(result)]),
     ]
+
+
+def headline_figures(result: Any) -> list[dict[str, Any]]:
+    """README row: how many heads pass the threshold, and the top heads' held-out scores."""
+    from workbench.spec import figure
+
+    out = [figure(f"heads with induction score over {result.threshold:g}", result.n_induction_heads,
+                  n=result.n_prompts, fmt="d"),
+           figure("uniform-attention baseline", result.uniform_baseline, fmt=".3f")]
+    out += [figure(name, interval=iv, fmt=".2f") for name, iv in result.intervals.items()]
+    return out
