@@ -63,3 +63,48 @@ def test_multi_token_answer_is_a_one_line_error(tok):
         colored_object_prompts(2, tok, answer_format=" the {color} one")
     with pytest.raises(InputError, match="n=0"):
         colored_object_prompts(0, tok)
+
+
+@pytest.mark.parametrize("fmt", ["plain-0shot", "plain-lower-1shot", "chat-0shot", "chat-2shot"])
+def test_formats_build_aligned_prompts(tok, fmt):
+    from workbench.datasets.colored_objects import FORMATS
+
+    shots, answer_format, chat = FORMATS[fmt]
+    ps = colored_object_prompts(6, tok, seed=5, format=fmt)
+    for p, c, a, w, q, sp in zip(ps.prompts, ps.corrupt, ps.answers, ps.wrong, ps.meta["query_colors"], ps.meta["spans"]):
+        assert len(tok.encode(p)) == len(tok.encode(c))
+        assert a in q and w in q and len(set(q)) == 3 and q[sp["answer"]] == a
+        if chat:
+            assert p.endswith("<|im_start|>assistant\n") and p.count("<|im_start|>user") == shots + 1
+            assert a == a.strip() and a.islower()
+        else:
+            assert p.endswith("?\nA:") and p.count("Q: ") == shots + 1
+        ids = tok.encode(p, add_special_tokens=False)
+        for ch in sp["colors"]:  # the spans point into the final query
+            assert ch > len(p) - 200
+            assert tok.decode([ids[token_index(tok, p, ch)]]).strip().lower() in COLORS
+
+
+def test_unknown_format_is_a_one_line_error(tok):
+    with pytest.raises(InputError, match="unknown Colored Objects format 'haiku'"):
+        colored_object_prompts(2, tok, format="haiku")
+
+
+def test_colour_accuracy_among_prompt_and_all_colours(tiny_llama):
+    """Known answer: logits that favour a colour outside the prompt are wrong among all eight
+    colours but may be right among the prompt's three."""
+    import torch
+
+    from analyses.circuits.formats import colour_scores
+
+    ps = colored_object_prompts(2, tiny_llama.tokenizer, seed=0, format="plain-lower-0shot")
+    V = tiny_llama.shape.d_vocab
+    logits = torch.zeros(2, V)
+    tid = tiny_llama.token_id
+    outside = [c for c in ps.meta["candidates"] if c not in ps.meta["query_colors"][0]][0]
+    logits[0, tid(ps.answers[0])] = 2.0
+    logits[0, tid(outside)] = 5.0  # prompt 0: right among the three, wrong among all
+    logits[1, tid(ps.wrong[1])] = 1.0  # prompt 1: wrong everywhere
+    acc = colour_scores(logits, ps, tiny_llama)
+    assert acc.among_prompt.tolist() == [True, False] and acc.among_all.tolist() == [False, False]
+    assert acc.logit_diff.tolist() == [2.0, -1.0]

@@ -67,13 +67,53 @@ def overlap_grid(ioi_heads: list[str], co_heads: list[str], n_layers: int, n_hea
     return head_grid(z, title, colorbar="1 IOI · 2 CO · 3 both", diverging=False)
 
 
-def intervention_bars(intervention: Any, title: str = "Colored Objects accuracy") -> go.Figure:
+def intervention_bars(intervention: Any, title: str = "Colored Objects accuracy (test split)",
+                      intervals: dict[str, Any] | None = None) -> go.Figure:
     """Accuracy before, after adjusting the chosen heads, and with random heads adjusted
-    (an ``Intervention`` of a reuse result)."""
+    (an ``Intervention`` of a reuse result), with 95% intervals where given and the chance level."""
     labels = ["before", f"after ({', '.join(intervention.heads)})", "random heads"]
     vals = [intervention.before, intervention.after, intervention.random_control]
-    fig = go.Figure(go.Bar(x=labels, y=vals, text=[f"{v:.2f}" if v is not None else "" for v in vals], textposition="auto"))
-    fig.update_layout(title=title, yaxis_title="accuracy", yaxis_range=[0, 1])
+    keys = ["intervention: accuracy before", "intervention: accuracy after", "intervention: accuracy, random heads"]
+    ivs = [(intervals or {}).get(k) for k in keys]
+    err = None
+    if all(iv is not None for iv in ivs):
+        err = {"type": "data", "symmetric": False, "array": [iv.high - iv.value for iv in ivs],
+               "arrayminus": [iv.value - iv.low for iv in ivs]}
+    fig = go.Figure(go.Bar(x=labels, y=vals, error_y=err, text=[f"{v:.2f}" if v is not None else "" for v in vals],
+                           textposition="auto"))
+    fig.add_hline(y=intervention.chance, line_dash="dash", annotation_text=f"chance {intervention.chance:.2f}")
+    fig.update_layout(title=f"{title}, n={intervention.n_prompts}", yaxis_title="accuracy among the prompt's colours",
+                      yaxis_range=[0, 1])
+    return fig
+
+
+def faithfulness_figure(curve: dict[str, Any], target: float | None = None, title: str = "") -> go.Figure:
+    """Normalised faithfulness against the edges kept (log axis), one line per method, ACDC and
+    other single circuits as points, the target as a dashed line."""
+    fig = go.Figure()
+    for m, row in (curve.get("methods") or {}).items():
+        fig.add_trace(go.Scatter(x=row["n_edges"], y=row["faithfulness"], mode="lines+markers", name=m))
+    for m, row in (curve.get("extra") or {}).items():
+        fig.add_trace(go.Scatter(x=[max(1, row["n_edges"])], y=[row["faithfulness"]], mode="markers", name=m,
+                                 marker={"size": 12, "symbol": "diamond"}))
+    if target is not None:
+        fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target:g}")
+    fig.update_layout(title=title or "faithfulness against circuit size (validation prompts)",
+                      xaxis_title="edges kept (top |score|, pruned)", xaxis_type="log",
+                      yaxis_title="(circuit − all ablated) / (full − all ablated)")
+    return fig
+
+
+def convergence_figure(conv: dict[str, Any]) -> go.Figure:
+    """EAP-IG with 1, 2, 4, ... steps against its highest step count."""
+    from workbench.figures.common import line_curves
+
+    curves = {"Spearman vs max steps (all edges)": conv["spearman_vs_max"],
+              f"top-{conv['k']} Jaccard vs max steps": conv["topk_jaccard_vs_max"]}
+    if conv.get("faithfulness"):
+        curves[f"faithfulness of the top-{conv['k']} circuit"] = conv["faithfulness"]
+    fig = line_curves(conv["steps"], curves, "EAP-IG convergence in integration steps", "integration steps", "value")
+    fig.update_layout(xaxis_type="log")
     return fig
 
 
@@ -90,11 +130,11 @@ def circuit_figures(result: Any) -> list[go.Figure]:
     if result.head_patching is not None:
         figs.append(head_grid(result.head_patching, "exact activation patching of heads", "Δ metric"))
     curve = result.faithfulness_curve
-    if curve:
-        from workbench.figures.common import line_curves
-
-        figs.append(line_curves(curve["n_edges"], {"faithfulness": curve["faithfulness"]},
-                                "faithfulness against circuit size", "edges kept (top |score|)", "circuit / full model"))
+    if curve and "methods" in curve:
+        figs.append(faithfulness_figure(curve, result.target, f"{result.task}: faithfulness against circuit size "
+                                                                "(validation prompts)"))
+    if result.convergence:
+        figs.append(convergence_figure(result.convergence))
     figs.append(bar_top_heads(result.head_scores, "top heads by |score|"))
     return figs
 
@@ -102,21 +142,61 @@ def circuit_figures(result: Any) -> list[go.Figure]:
 def circuit_headline(result: Any) -> list[tuple[str, Any]]:
     """The tiles on the circuit page."""
     return [("task / method", f"{result.task} / {result.method}"), ("edges", result.n_edges),
-            ("heads", result.n_heads), ("faithfulness", f"{result.faithfulness:.2f}")]
+            ("heads", result.n_heads), ("faithfulness (test)", f"{result.faithfulness:.2f}"),
+            ("target met", {True: "yes", False: "NO", None: "—"}[result.target_met])]
+
+
+def convergence_rows(conv: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not conv:
+        return []
+    rows = []
+    for i, s in enumerate(conv["steps"]):
+        row = {"steps": s, "Spearman vs max": conv["spearman_vs_max"][i], f"top-{conv['k']} Jaccard": conv["topk_jaccard_vs_max"][i]}
+        if conv.get("faithfulness"):
+            row[f"faithfulness top-{conv['k']} (validation)"] = conv["faithfulness"][i]
+        rows.append(row)
+    return rows
 
 
 def circuit_sections(result: Any) -> list:
     from workbench.report import Section
 
-    rows = [{"task": result.task, "method": result.method, "n_prompts": result.n_prompts,
+    m = result.metrics
+    rows = [{"task": result.task, "format": result.format or "", "method": result.method,
+             "prompts (discovery / validation / test)": f"{m.get('n_prompts')} / {m.get('n_val')} / {m.get('n_test')}",
              "logit_diff": result.logit_diff, "accuracy": result.accuracy, "n_edges": result.n_edges,
-             "n_heads": result.n_heads, "faithfulness": result.faithfulness,
+             "n_heads": result.n_heads, "faithfulness (test)": result.faithfulness,
              "spearman_vs_patching": result.spearman_vs_patching}]
     edges = [{"sender": s, "receiver": r, "score": v} for s, r, v in result.top_edges]
+    tables = [rows, result.curve_rows()] + ([convergence_rows(result.convergence)] if result.convergence else []) + [edges]
     return [Section(title=f"Circuit: {result.task} by {result.method}",
-                    text="Edges outside the circuit carry their mean over the corrupt prompts; faithfulness is the "
-                         "circuit's logit difference over the full model's.",
-                    figures=circuit_figures(result), tables=[rows, edges])]
+                    text=f"Edges outside the circuit carry the corrupt prompts' {m.get('ablation', 'mean')} value. Faithfulness "
+                         "is normalised: (circuit − all ablated) / (full model − all ablated). Scores come from the "
+                         "discovery prompts, the curve and the size choice from the validation prompts, the reported "
+                         f"faithfulness from the test prompts. Chosen: {result.target_text()}.",
+                    figures=circuit_figures(result), tables=tables)]
+
+
+def circuit_headline_figures(result: Any) -> list[dict[str, Any]]:
+    """README rows of ``workbench circuit``: the chosen circuit's size and test faithfulness, and
+    the validation curve at each size for each method."""
+    from workbench.spec import figure
+
+    out = [figure(f"{result.task} {result.method} circuit: edges (chosen on validation; target "
+                  f"{result.target:g} {'met' if result.target_met else 'NOT met'})", result.n_edges, n=result.metrics.get("n_val"),
+                  split="validation", fmt="d"),
+           figure(f"{result.task} {result.method} circuit: faithfulness (normalised, {result.metrics.get('ablation')} ablation)",
+                  interval=result.faithfulness_interval)]
+    c = result.faithfulness_curve or {}
+    row = (c.get("methods") or {}).get(result.method)
+    if row:
+        curve = ", ".join(f"{n_e}: {f:.2f}" for n_e, f in zip(row["n_edges"], row["faithfulness"]))
+        out.append(figure(f"{result.task} {result.method} faithfulness by edges kept ({curve}); best", max(row["faithfulness"]),
+                          n=result.metrics.get("n_val"), split="validation"))
+    for name, iv in result.intervals.items():
+        if name.startswith("accuracy"):
+            out.append(figure(f"{result.task} full-model {name}", interval=iv))
+    return out
 
 
 def reuse_figures(result: Any) -> list[go.Figure]:
@@ -133,8 +213,10 @@ def reuse_figures(result: Any) -> list[go.Figure]:
                       L, H, "IOI circuit"),
         circuit_graph(result.circuit_edges("colored_objects"), result.edge_scores("colored_objects"), list(g.senders),
                       list(g.receivers), L, H, "Colored Objects circuit"),
-        intervention_bars(result.intervention),
-    ]
+        intervention_bars(result.intervention, intervals=result.intervals),
+    ] + [faithfulness_figure(result.circuit(k).curve, result.metrics[k].get("target"),
+                             f"{k}: faithfulness against circuit size (validation prompts)")
+         for k in ("ioi", "colored_objects") if result.circuit(k).curve and "methods" in result.circuit(k).curve]
 
 
 def reuse_tables(result: Any) -> list[list[dict[str, Any]]]:
@@ -142,24 +224,65 @@ def reuse_tables(result: Any) -> list[list[dict[str, Any]]]:
     summary = []
     for key in ("ioi", "colored_objects"):
         c = result.circuit(key)
-        summary.append({"task": key, "n_heads": c.n_heads, "n_edges": c.n_edges, "faithfulness": c.faithfulness,
-                        "logit_diff": c.logit_diff, "accuracy": c.accuracy})
+        summary.append({"task": key, "n_heads": c.n_heads, "n_edges": c.n_edges,
+                        "faithfulness (validation)": c.faithfulness_validation, "faithfulness (test)": c.faithfulness,
+                        "target met": c.target_met, "logit_diff": c.logit_diff, "accuracy (test)": c.accuracy})
     ov = result.overlap
-    overlap = [{"shared heads": len(ov.shared), "share of smaller": ov.share_of_smaller, "jaccard": ov.jaccard,
-                "heads": " ".join(ov.shared)}]
+    overlap = [{"shared heads": len(ov.shared), "share of smaller": ov.share_of_smaller,
+                "random circuits (mean)": ov.null_mean, "permutation p": ov.p_value, "jaccard": ov.jaccard,
+                "caveat": result.metrics["overlap"].get("caveat", ""), "heads": " ".join(ov.shared)}]
     classes = [{"class": r["class"], "IOI circuit": " ".join(r["ioi"]), "Colored Objects circuit": " ".join(r["colored_objects"])}
                for r in result.class_table]
     iv = result.intervention
-    inter = [{"heads": " ".join(iv.heads), "before": iv.before, "after": iv.after, "random heads": iv.random_control}]
+    inter = [{"heads": " ".join(iv.heads), "before": iv.before, "after": iv.after, "random heads": iv.random_control,
+              "random draws": " ".join(f"{x:.2f}" for x in iv.random_draws), "n prompts": iv.n_prompts,
+              "chance": iv.chance}]
     return [summary, overlap, classes, inter]
 
 
 def reuse_headline(result: Any) -> list[tuple[str, Any]]:
     """The tiles on the reuse page."""
     ioi, co = result.ioi, result.colored_objects
+    ov = result.overlap
     return [("IOI heads", ioi.n_heads), ("IOI faithfulness", f"{ioi.faithfulness:.2f}"),
             ("Colored Objects heads", co.n_heads), ("CO faithfulness", f"{co.faithfulness:.2f}"),
-            ("overlap (share of smaller)", f"{result.overlap.share_of_smaller:.2f}")]
+            ("overlap (share of smaller)", f"{ov.share_of_smaller:.2f}"
+             + (f" (random {ov.null_mean:.2f})" if ov.null_mean is not None else ""))]
+
+
+def reuse_headline_figures(result: Any) -> list[dict[str, Any]]:
+    """README rows of ``workbench reuse``: Colored Objects accuracy against chance, both circuits,
+    the overlap against random circuits, the intervention with its controls."""
+    from workbench.spec import figure
+
+    iv = result.intervals
+    out = [figure(f"Colored Objects accuracy among the prompt's 3 colours, format {result.format} (chance 0.33)",
+                  interval=iv.get("intervention: accuracy before"))]
+    co_all = (result.metrics["colored_objects"].get("accuracies") or {}).get("among_all")
+    if co_all:
+        from workbench.stats import Interval
+
+        out.append(figure("Colored Objects accuracy, argmax over all 8 colours (chance 0.125)",
+                          interval=Interval.from_dict(co_all)))
+    for key, label in (("ioi", "IOI"), ("colored_objects", "Colored Objects")):
+        c = result.circuit(key)
+        met = "met" if c.target_met else "NOT met"
+        out.append(figure(f"{label} circuit: edges (target {result.metrics[key].get('target')} {met} on validation)",
+                          c.n_edges, n=result.metrics[key].get("n_val"), split="validation", fmt="d"))
+        out.append(figure(f"{label} circuit faithfulness (normalised)", interval=iv.get(f"{key}: faithfulness")))
+    ov = result.overlap
+    caveat = " (circuits NOT at target faithfulness)" if result.metrics["overlap"].get("caveat") else ""
+    out.append(figure(f"head overlap, share of the smaller circuit{caveat}", ov.share_of_smaller, fmt=".2f"))
+    if ov.null_mean is not None:
+        out.append(figure(f"same, random circuits of the same head counts (permutation p = {ov.p_value:.3g})",
+                          ov.null_mean, n=result.metrics["overlap"].get("n_permutations"), fmt=".2f"))
+    for name, text in (("intervention: accuracy after", f"after adjusting {' '.join(result.intervention.heads)}"),
+                       ("intervention: accuracy, random heads", "after adjusting random mid-layer heads"),
+                       ("intervention: after - before", "change, after - before"),
+                       ("intervention: after - random heads", "after - random heads")):
+        if name in iv:
+            out.append(figure(f"Colored Objects accuracy {text}", interval=iv[name]))
+    return out
 
 
 def reuse_sections(result: Any) -> list:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from workbench.cache import Tokens, forward
@@ -18,35 +19,52 @@ from workbench.datasets.colored_objects import token_index
 from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
+from workbench.stats import Interval, bootstrap, bootstrap_diff, permutation_p, wilson
 
-from .analysis import (ABLATIONS, METHODS, CircuitConfig, as_float, build_task, check_circuit_size,
-                       check_prompt_memory, check_task_and_method, discover, faithfulness, positions, prepare,
-                       prompt_set_bytes, run_bytes, task_scores)
+from .analysis import (ABLATIONS, SIZES, CircuitConfig, as_float, build_task, check_circuit_size, check_prompt_memory,
+                       correct_per_prompt, measure_circuit, parse_sizes, positions, prepare, prompt_set_bytes, run_bytes,
+                       say)
+from .formats import TEST_SEED
 
-BATCH_SIZE = 6  # prompts per forward pass when --batch-size is not given: min(BATCH_SIZE, n_prompts)
+BATCH_SIZE = 8  # prompts per forward pass when --batch-size is not given: min(BATCH_SIZE, n_prompts)
 TASK_KEYS = ("ioi", "colored_objects")
 
 
 @dataclass
 class ReuseConfig:
-    n_prompts: int = option(6, flag="--n", help="prompts per task for discovery (bounded by the memory they need, "
+    n_prompts: int = option(8, flag="--n", help="discovery prompts per task (bounded by the memory they need, "
                             "checked before the run)", min=1)
     seed: int = 0
-    method: str = option("eap-ig", help=f"discovery method: {' | '.join(METHODS)}")
-    n_edges: int = option(150, help="circuit size: top edges by |score|", min=1)
-    ig_steps: int = option(3, flag="--steps", help="EAP-IG integration steps", min=1, max=1000)
+    method: str = option("eap-ig", help="discovery method: eap | eap-ig")
+    n_edges: int | None = option(None, help="circuit size (top edges by |score|); default: per task, the smallest "
+                                 "size on the curve whose validation faithfulness reaches --target", min=1)
+    ig_steps: int = option(8, flag="--steps", help="EAP-IG integration steps", min=1, max=1000)
     ablation: str = option("mean", help="what edges outside a circuit carry", choices=ABLATIONS)
     batch_size: int | None = option(None, help=f"prompts per forward pass (default: min({BATCH_SIZE}, --n))", min=1)
+    target: float = option(0.8, help="faithfulness each circuit must reach on its validation prompts", min=0.0, max=1.0)
+    sizes: str = option(SIZES, help="circuit sizes (edges) of the faithfulness curves, comma-separated")
+    n_val: int = option(16, flag="--val", help="validation prompts per task (curve and size choice)", min=2)
+    n_test: int = option(16, flag="--test", help="test prompts per task (each circuit's faithfulness)", min=2)
+    format: str = option("", help="Colored Objects prompt format (default: the one chosen on the development split)")
     n_intervene: int = option(4, help="mid-layer heads to adjust", min=1)
-    n_random: int = option(3, help="random-head draws for the control", min=0)
-    intervention_prompts: int = option(16, help="Colored Objects prompts for the intervention", min=1)
+    n_random: int = option(5, help="random-head draws for the control", min=0)
+    intervention_prompts: int = option(64, help="Colored Objects test-split prompts for the intervention", min=1)
+    n_permutations: int = option(10000, help="random circuit pairs of the same head counts for the overlap baseline",
+                                 min=1)
 
     def __post_init__(self) -> None:
         if self.batch_size is None:
             self.batch_size = max(1, min(BATCH_SIZE, self.n_prompts))
 
     def validate(self) -> None:
-        check_task_and_method("ioi", self.method)
+        if self.method not in ("eap", "eap-ig"):
+            raise InputError(f"unknown method '{self.method}' for reuse; choose eap or eap-ig "
+                             "(ACDC and path patching are on the circuit command)")
+        parse_sizes(self.sizes)
+        if self.format:
+            from workbench.datasets.colored_objects import format_of
+
+            format_of(self.format)
         check_prompt_memory("reuse", "colored-objects", self.n_prompts)
         check_prompt_memory("reuse", "colored-objects", self.intervention_prompts, "--intervention-prompts")
 
@@ -63,13 +81,19 @@ class TaskCircuit:
     corrupt_logit_diff: float
     accuracy: float
     heads: list[str]
+    target_met: bool | None = None
+    faithfulness_validation: float | None = None
+    curve: dict[str, Any] | None = None
+    convergence: dict[str, Any] | None = None
 
     @classmethod
     def from_metrics(cls, m: dict[str, Any]) -> "TaskCircuit":
         return cls(n_heads=int(m["n_heads"]), n_edges=int(m["n_edges"]), faithfulness=as_float(m["faithfulness"]),
                    circuit_metric=as_float(m["circuit_metric"]), logit_diff=as_float(m["logit_diff"]),
                    corrupt_logit_diff=as_float(m["corrupt_logit_diff"]), accuracy=as_float(m["accuracy"]),
-                   heads=list(m["heads"]))
+                   heads=list(m["heads"]), target_met=m.get("target_met"),
+                   faithfulness_validation=m.get("faithfulness_validation"), curve=m.get("faithfulness_curve"),
+                   convergence=m.get("convergence"))
 
 
 @dataclass
@@ -79,6 +103,8 @@ class HeadOverlap:
     share_of_smaller: float
     jaccard: float
     shared: list[str]
+    null_mean: float | None = None  # share of the smaller expected of two random head sets of the same sizes
+    p_value: float | None = None  # one-sided permutation p-value of the observed share
 
 
 @dataclass
@@ -92,6 +118,8 @@ class Intervention:
     random_draws: list[float]
     n_prompts: int
     layers: list[int]
+    chance: float = 1 / 3
+    random_heads: list[list[str]] | None = None
 
 
 def circuit_heads(graph, edges) -> list[str]:
@@ -108,6 +136,21 @@ def overlap(a: list[str], b: list[str]) -> dict[str, Any]:
             "jaccard": len(shared) / union if union else 0.0, "shared": shared}
 
 
+def overlap_null(n_a: int, n_b: int, n_heads: int, draws: int = 10000, seed: int = 0) -> np.ndarray:
+    """Share of the smaller of two random head sets of sizes ``n_a`` and ``n_b`` drawn from
+    ``n_heads`` heads, ``draws`` times: the permutation baseline of the observed overlap."""
+    rng = np.random.default_rng(seed)
+    smaller = min(n_a, n_b)
+    if smaller == 0:
+        return np.zeros(draws)
+    out = np.empty(draws)
+    for i in range(draws):
+        a = rng.choice(n_heads, n_a, replace=False)
+        b = rng.choice(n_heads, n_b, replace=False)
+        out[i] = len(np.intersect1d(a, b, assume_unique=True)) / smaller
+    return out
+
+
 def wrong_color_positions(model: Any, ps) -> list[list[int]]:
     """Token positions of the two non-answer colours in each query."""
     out = []
@@ -116,32 +159,65 @@ def wrong_color_positions(model: Any, ps) -> list[list[int]]:
     return out
 
 
-def intervene_accuracy(model: Any, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
-                       correct: torch.Tensor, candidates: torch.Tensor) -> float:
-    """Colour accuracy with each head in ``heads`` attending from the final token only to ``targets``
-    (split evenly), as S-inhibition heads attend to the distractor in IOI."""
-    from workbench.patching.metrics import accuracy
-
-    end = tokens.last_positions
+def intervened_logits(model: Any, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
+                      batch_size: int = 16) -> torch.Tensor:
+    """Last-token logits [N vocab] with each head in ``heads`` attending from the final token
+    only to ``targets`` (split evenly), as S-inhibition heads attend to the distractor in IOI."""
     by_layer: dict[int, list[int]] = {}
     for l, h in heads:
         by_layer.setdefault(l, []).append(h)
     target = torch.zeros(len(tokens), tokens.input_ids.shape[1])
     for b, pos in enumerate(targets):
         target[b, pos] = 1.0 / len(pos)
+    outs = []
+    for start in range(0, len(tokens), batch_size):
+        stop = min(len(tokens), start + batch_size)
+        tk = tokens.slice(start, stop)
+        end = tk.last_positions
 
-    def setter(hs):
-        def fn(p):
-            p = p.clone()
-            for b in range(p.shape[0]):
-                p[b, hs, end[b]] = target[b].to(p.dtype)
-            return p
-        return fn
+        def setter(hs, start=start, end=end):
+            def fn(p):
+                p = p.clone()
+                for b in range(p.shape[0]):
+                    p[b, hs, end[b]] = target[start + b].to(p.dtype)
+                return p
+            return fn
 
-    with torch.no_grad():
-        logits, _ = forward(model, tokens, [], {f"blocks.{l}.attn.hook_pattern": setter(hs) for l, hs in by_layer.items()})
-    last = logits[torch.arange(len(tokens)), end]
-    return float(accuracy(last, correct, candidates))
+        with torch.no_grad():
+            logits, _ = forward(model, tk, [], {f"blocks.{l}.attn.hook_pattern": setter(hs) for l, hs in by_layer.items()})
+        outs.append(logits[torch.arange(stop - start), end])
+    return torch.cat(outs)
+
+
+def intervene_hits(model: Any, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
+                   correct: torch.Tensor, candidates: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """[N] bool: the correct answer is the argmax among ``candidates`` [N k] after the intervention."""
+    last = intervened_logits(model, tokens, heads, targets, batch_size)
+    pick = candidates.gather(1, last.gather(1, candidates).argmax(1, keepdim=True))[:, 0]
+    return (pick == correct).cpu()
+
+
+def intervene_accuracy(model: Any, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
+                       correct: torch.Tensor, candidates: torch.Tensor) -> float:
+    """Accuracy among ``candidates`` after the intervention (see ``intervened_logits``)."""
+    return float(intervene_hits(model, tokens, heads, targets, correct, candidates).float().mean())
+
+
+def mid_layers(n_layers: int) -> tuple[int, int]:
+    """[lo, hi): the middle third of the layers, where Merullo et al. intervene."""
+    lo = n_layers // 3
+    return lo, max(lo + 1, (2 * n_layers) // 3)
+
+
+def choose_heads(s_inhibition: torch.Tensor, in_circuit: list[str], n: int) -> list[tuple[int, int]]:
+    """The ``n`` mid-layer heads to adjust: those in the IOI circuit first, each group by
+    S-inhibition score (attention from the final token to S2), highest first."""
+    L, H = s_inhibition.shape
+    lo, hi = mid_layers(L)
+    mid = [(l, h) for l in range(lo, hi) for h in range(H)]
+    ranked = sorted((lh for lh in mid if f"L{lh[0]}H{lh[1]}" in in_circuit), key=lambda lh: -float(s_inhibition[lh]))
+    rest = sorted((lh for lh in mid if lh not in ranked), key=lambda lh: -float(s_inhibition[lh]))
+    return (ranked + rest)[:n]
 
 
 @register_result
@@ -167,7 +243,8 @@ class ReuseResult(Result):
     @property
     def overlap(self) -> HeadOverlap:
         ov = self.metrics["overlap"]
-        return HeadOverlap(float(ov["share_of_smaller"]), float(ov["jaccard"]), list(ov["shared"]))
+        return HeadOverlap(float(ov["share_of_smaller"]), float(ov["jaccard"]), list(ov["shared"]),
+                           ov.get("null_mean"), ov.get("p_value"))
 
     @property
     def intervention(self) -> Intervention:
@@ -176,7 +253,13 @@ class ReuseResult(Result):
         return Intervention(heads=list(iv["heads"]), before=float(iv["before"]), after=float(iv["after"]),
                             random_control=None if rc is None else float(rc),
                             random_draws=[float(x) for x in iv.get("random_draws", [])],
-                            n_prompts=int(iv["n_prompts"]), layers=list(iv["layers"]))
+                            n_prompts=int(iv["n_prompts"]), layers=list(iv["layers"]),
+                            chance=float(iv.get("chance", 1 / 3)), random_heads=iv.get("random_heads"))
+
+    @property
+    def format(self) -> str | None:
+        """The Colored Objects prompt format the study ran on."""
+        return self.metrics.get("format")
 
     @property
     def class_table(self) -> list[dict[str, Any]]:
@@ -218,49 +301,71 @@ def check_model(config: ReuseConfig, model: Any) -> None:
 
 
 def estimate_bytes(config: ReuseConfig, model: Any) -> int:
-    """The spec's memory estimate before a run: the larger of the two circuits (``run_bytes``,
-    no faithfulness curve) and the intervention's one forward over its Colored Objects prompts."""
+    """The spec's memory estimate before a run: the larger of the two circuits (``run_bytes``)
+    and the intervention's forwards over its Colored Objects prompts (16 at a time)."""
     s = model.shape
     size = torch.empty((), dtype=model.dtype).element_size()
     circuits = max(run_bytes(model, task, config.n_prompts, config.method, config.n_edges, config.batch_size,
-                             config.seed, curve=False) for task in ("ioi", "colored-objects"))
+                             config.seed, n_val=config.n_val, n_test=config.n_test,
+                             format=config.format if task != "ioi" else "") for task in ("ioi", "colored-objects"))
     n = config.intervention_prompts
-    pos = positions(model, "colored-objects", n, config.seed + 1)
-    intervention = n * pos * size * (s.d_vocab + 4 * s.n_heads * s.d_model) + prompt_set_bytes("colored-objects", n)
+    pos = positions(model, "colored-objects", n, TEST_SEED, config.format)
+    intervention = min(n, 16) * pos * size * (s.d_vocab + 4 * s.n_heads * s.d_model) + prompt_set_bytes("colored-objects", n)
     return int(max(circuits, intervention))
 
 
 def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) -> ReuseResult:
     from .head_classes import CLASSES, head_classes
-    from workbench.patching.eap import head_grid, node_scores
 
     config = config or ReuseConfig()
-    check_task_and_method("ioi", config.method)
-    if config.n_intervene < 1:
-        raise InputError(f"n_intervene={config.n_intervene}: intervene on at least one head")
+    config.validate()
     start = time.perf_counter()
     metrics: dict[str, Any] = {}
     arrays: dict[str, torch.Tensor] = {}
+    intervals: dict[str, Interval] = {}
     circuits = {}
+    fmt = config.format
+    if not fmt:
+        from workbench.datasets.colored_objects import DEFAULT_FORMAT
+
+        fmt = DEFAULT_FORMAT
+    metrics["format"] = fmt
     for key, task in (("ioi", "ioi"), ("colored_objects", "colored-objects")):
         cfg = CircuitConfig(task=task, method=config.method, n_prompts=config.n_prompts, seed=config.seed,
                             n_edges=config.n_edges, ig_steps=config.ig_steps, ablation=config.ablation,
-                            batch_size=config.batch_size)
-        prep = prepare(model, build_task(task, model.tokenizer, config.n_prompts, config.seed))
-        base = task_scores(model, prep)
-        graph, scores, edges = discover(model, cfg, prep, progress)
-        circ, faith = faithfulness(model, graph, prep, edges, config.ablation, config.batch_size)
-        heads = circuit_heads(graph, edges)
-        circuits[key] = heads
-        metrics[key] = {"n_heads": len(heads), "n_edges": int(edges.sum()), "faithfulness": faith,
-                        "circuit_metric": circ, **base, "heads": heads}
-        arrays[f"{key}_edge_scores"] = scores
-        arrays[f"{key}_circuit"] = edges.to(torch.uint8)
-        arrays[f"{key}_head_scores"] = head_grid(graph, node_scores(graph, scores))
-        if key == "ioi":
-            ioi_set = prep.prompts
-    metrics["overlap"] = overlap(circuits["ioi"], circuits["colored_objects"])
+                            batch_size=config.batch_size, target=config.target, sizes=config.sizes,
+                            curve_methods=config.method, n_val=config.n_val, n_test=config.n_test,
+                            format=fmt if task != "ioi" else "")
+        m, arr, ivs = measure_circuit(model, cfg, progress)
+        circuits[key] = m["heads"]
+        keep = ("n_heads", "n_edges", "faithfulness", "faithfulness_validation", "target", "target_met", "chosen_k", "chosen_by",
+                "circuit_metric", "full_metric", "ablated_metric", "logit_diff", "corrupt_logit_diff", "accuracy",
+                "accuracy_kind", "accuracies", "heads", "faithfulness_curve", "convergence", "n_prompts", "n_val", "n_test")
+        metrics[key] = {k: m.get(k) for k in keep}
+        arrays[f"{key}_edge_scores"] = arr["edge_scores"]
+        arrays[f"{key}_circuit"] = arr["circuit"]
+        arrays[f"{key}_head_scores"] = arr["head_scores"]
+        for name, iv in ivs.items():
+            intervals[f"{key}: {name}"] = iv
 
+    # ---- head overlap against random circuits of the same head counts
+    L, H = model.shape.n_layers, model.shape.n_heads
+    ov = overlap(circuits["ioi"], circuits["colored_objects"])
+    null = overlap_null(len(circuits["ioi"]), len(circuits["colored_objects"]), L * H, config.n_permutations, config.seed)
+    ov["null_mean"] = float(null.mean())
+    ov["null_q95"] = float(np.quantile(null, 0.95))
+    ov["p_value"] = permutation_p(ov["share_of_smaller"], null)
+    ov["n_permutations"] = int(config.n_permutations)
+    short = [k for k in ("ioi", "colored_objects") if not metrics[k].get("target_met")]
+    ov["caveat"] = (f"the {' and '.join(short)} circuit{'s' if len(short) > 1 else ''} did not reach the target "
+                    "faithfulness on validation prompts: this overlap is between circuits that do not carry the "
+                    "behaviour") if short and config.n_edges is None else ""
+    metrics["overlap"] = ov
+    say(progress, f"overlap {ov['share_of_smaller']:.3f} of the smaller circuit ({len(ov['shared'])} heads); random "
+                  f"circuits {ov['null_mean']:.3f}, p = {ov['p_value']:.3g}")
+
+    say(progress, "head classes on IOI prompts and repeated random tokens")
+    ioi_set = build_task("ioi", model.tokenizer, max(config.n_prompts, 16), config.seed)
     classes = head_classes(model, ioi_set, n_random=4, seed=config.seed)
     labels = classes.labels()
     for cls in CLASSES:
@@ -269,31 +374,50 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
     for cls in CLASSES:
         names = [f"L{l}H{h}" for l, h in labels[cls]]
         table.append({"class": cls, "ioi": [n for n in names if n in circuits["ioi"]],
-                      "colored_objects": [n for n in names if n in circuits["colored_objects"]]})
+                      "colored_objects": [n for n in names if n in circuits["colored_objects"]],
+                      "all": names})
     metrics["class_table"] = table
 
-    # intervention: mid-layer IOI-circuit heads ranked by S-inhibition score
-    L, H = model.shape.n_layers, model.shape.n_heads
-    lo, hi = L // 3, max(L // 3 + 1, (2 * L) // 3)
-    s_inh = classes.scores["s_inhibition"]
-    mid = [(l, h) for l in range(lo, hi) for h in range(H)]
-    in_circuit = [lh for lh in mid if f"L{lh[0]}H{lh[1]}" in circuits["ioi"]]
-    ranked = sorted(in_circuit, key=lambda lh: -float(s_inh[lh]))
-    rest = sorted((lh for lh in mid if lh not in ranked), key=lambda lh: -float(s_inh[lh]))
-    chosen = (ranked + rest)[: config.n_intervene]
-    co = build_task("colored-objects", model.tokenizer, config.intervention_prompts, config.seed + 1)
+    # ---- intervention: mid-layer IOI-circuit heads ranked by S-inhibition score, on the test split
+    lo, hi = mid_layers(L)
+    chosen = choose_heads(classes.scores["s_inhibition"], circuits["ioi"], config.n_intervene)
+    say(progress, f"intervention on {[f'L{l}H{h}' for l, h in chosen]} and {config.n_random} random draws, "
+                  f"{config.intervention_prompts} test prompts")
+    co = build_task("colored-objects", model.tokenizer, config.intervention_prompts, TEST_SEED, fmt)
     co_prep = prepare(model, co)
     targets = wrong_color_positions(model, co)
-    before = intervene_accuracy(model, co_prep.clean, [], targets, co_prep.metric.correct, co_prep.candidates)
-    after = intervene_accuracy(model, co_prep.clean, chosen, targets, co_prep.metric.correct, co_prep.candidates)
+    correct, cands = co_prep.metric.correct, co_prep.query_candidates
+    bs = config.batch_size
+
+    def hits(heads):
+        return intervene_hits(model, co_prep.clean, heads, targets, correct, cands, bs).float().numpy()
+
+    before, after = hits([]), hits(chosen)
+    say(progress, f"accuracy among the prompt's colours: before {before.mean():.3f}, after {after.mean():.3f} (n={len(before)})")
     rng = random.Random(config.seed)
-    pool = [lh for lh in mid if lh not in chosen]
-    draws = []
-    for _ in range(config.n_random):
-        heads = rng.sample(pool, min(config.n_intervene, len(pool)))
-        draws.append(intervene_accuracy(model, co_prep.clean, heads, targets, co_prep.metric.correct, co_prep.candidates))
-    metrics["intervention"] = {"heads": [f"L{l}H{h}" for l, h in chosen], "before": before, "after": after,
-                               "random_control": sum(draws) / len(draws) if draws else None, "random_draws": draws,
-                               "n_prompts": len(co), "layers": [lo, hi - 1]}
+    pool = [(l, h) for l in range(lo, hi) for h in range(H) if (l, h) not in chosen]
+    draws, draw_heads = [], []
+    for _ in range(config.n_random if len(pool) >= config.n_intervene else 0):
+        heads = rng.sample(pool, config.n_intervene)
+        draw_heads.append([f"L{l}H{h}" for l, h in heads])
+        draws.append(hits(heads))
+        say(progress, f"random heads {draw_heads[-1]}: {draws[-1].mean():.3f}")
+    n = len(co)
+    intervals["intervention: accuracy before"] = wilson(int(before.sum()), n, split="test")
+    intervals["intervention: accuracy after"] = wilson(int(after.sum()), n, split="test")
+    intervals["intervention: after - before"] = bootstrap_diff(after, before, split="test", seed=config.seed)
+    if draws:
+        rand = np.stack(draws).mean(0)  # per prompt, the share of random draws that got it right
+        intervals["intervention: accuracy, random heads"] = bootstrap(rand, split="test", seed=config.seed)
+        intervals["intervention: after - random heads"] = bootstrap_diff(after, rand, split="test", seed=config.seed)
+    metrics["intervention"] = {"heads": [f"L{l}H{h}" for l, h in chosen], "before": float(before.mean()),
+                               "after": float(after.mean()),
+                               "random_control": float(np.mean([d.mean() for d in draws])) if draws else None,
+                               "random_draws": [float(d.mean()) for d in draws], "random_heads": draw_heads,
+                               "n_prompts": n, "layers": [lo, hi - 1], "chance": 1 / 3,
+                               "accuracy": "argmax among the three colours in the prompt", "split": "test"}
     metrics["seconds"] = time.perf_counter() - start
-    return ReuseResult(config=config, metrics=metrics, arrays=arrays, meta=provenance(model=model.name, seed=config.seed))
+    result = ReuseResult(config=config, metrics=metrics, arrays=arrays, meta=provenance(model=model.name, seed=config.seed))
+    for name, iv in intervals.items():
+        result.set_interval(name, iv)
+    return result

@@ -66,6 +66,52 @@ def edge_attribution(model: Any, clean: Tokens, corrupt: Tokens, metric: LogitDi
     return scores.float()
 
 
+def edge_attribution_steps(model: Any, clean: Tokens, corrupt: Tokens, metric: LogitDiff, steps: int = 8,
+                           batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+    """EAP-IG's score of every edge at each integration point separately: [steps S R], the
+    gradient taken at alpha = k/steps (k = 0..steps-1). Their mean is ``edge_attribution(...,
+    "eap-ig", steps)``; the mean over every ``steps // s``-th point is EAP-IG with ``s`` steps
+    (``ig_subsample``), so one run shows how the scores converge in the number of steps."""
+    if steps < 1:
+        raise InputError(f"steps={steps}: EAP-IG needs at least one integration step")
+    if clean.input_ids.shape != corrupt.input_ids.shape:
+        raise InputError(f"clean tokens {tuple(clean.input_ids.shape)} and corrupt tokens {tuple(corrupt.input_ids.shape)} "
+                         "differ in shape; patching needs token-aligned pairs of equal length")
+    graph = Graph.for_model(model)
+    n = len(clean)
+    out = torch.zeros(steps, *graph.valid.shape, dtype=torch.float64)
+    qkv = QKV(model)
+    chunks = list(range(0, n, batch_size))
+    bar = tqdm(total=len(chunks) * steps, desc="eap-ig steps", disable=not progress, leave=False)
+    try:
+        for start in chunks:
+            stop = min(n, start + batch_size)
+            c, k = clean.slice(start, stop), corrupt.slice(start, stop)
+            m = metric.sub(start, stop)
+            _, acts_clean = sender_outputs(model, c)
+            _, acts_corrupt = sender_outputs(model, k)
+            deltas = sender_deltas(model, graph, acts_clean, acts_corrupt)
+            e_clean, e_corrupt = acts_clean["embed"], acts_corrupt["embed"]
+            for step in range(steps):
+                e = e_corrupt + (step / steps) * (e_clean - e_corrupt)
+                g, _ = receiver_grads(model, c, m, embed=e, qkv=qkv)
+                out[step] += edge_scores_from(graph, deltas, g).double() * (stop - start) / n
+                bar.update(1)
+    finally:
+        qkv.close()
+        bar.close()
+    return out.float()
+
+
+def ig_subsample(per_step: torch.Tensor, steps: int) -> torch.Tensor:
+    """EAP-IG scores with ``steps`` integration points from the per-point scores of
+    ``edge_attribution_steps`` run with a multiple of ``steps`` points: [S R]."""
+    total = per_step.shape[0]
+    if steps < 1 or total % steps:
+        raise InputError(f"EAP-IG with {steps} steps cannot be read from {total} points; use a divisor of {total}")
+    return per_step[:: total // steps].mean(0)
+
+
 def node_scores(graph: Graph, scores: torch.Tensor) -> torch.Tensor:
     """A sender's score as the sum of its outgoing edges' scores [S]: the first-order effect
     of patching its output everywhere (what activation patching of the node measures)."""
