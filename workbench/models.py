@@ -59,9 +59,18 @@ class Model:
     source: str = ""
     hook_points: dict[str, Any] = field(default_factory=dict, repr=False)
     load_seconds: float = 0.0
+    load_args: dict[str, Any] = field(default_factory=dict, repr=False)  # load_model keywords that load it again
+    device_map: dict[str, Any] | None = None  # accelerate's map (module -> device) when split over devices
+    remote: bool | str = False  # nnsight backend: True sends traces to NDIF, "local" simulates that path here
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the first parameter's device, or for a model split by a device map
+        the map's main device (accelerate's rule: the first device that is not cpu or disk)."""
+        if self.remote is True:  # the weights are on NDIF; inputs are made here
+            return torch.device("cpu")
+        if self.device_map:
+            return main_device(self.device_map)
         return next(self.hf.parameters()).device
 
     @property
@@ -84,7 +93,9 @@ class Model:
         """The same weights behind another backend (no reload)."""
         return _attach_backend(
             Model(self.name, self.hf, self.tokenizer, self.shape, arch=self.arch, source=self.source,
-                  hook_points=self.hook_points, load_seconds=self.load_seconds),
+                  hook_points=self.hook_points, load_seconds=self.load_seconds,
+                  load_args={**self.load_args, "backend": backend} if self.load_args else {},
+                  device_map=self.device_map),
             backend,
         )
 
@@ -426,36 +437,146 @@ def load_model(
     backend: str = "hf",
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
+    device_map: str | dict[str, Any] | None = None,
+    remote: bool | str = False,
+    offload_dir: str | os.PathLike | None = None,
 ) -> Model:
     """Load a model by registry name, hub id or local folder, behind one backend:
     ``hf`` (plain PyTorch hooks, fastest), ``transformer_lens`` (TransformerBridge) or
-    ``nnsight`` (LanguageModel). All three expose the same canonical hook names."""
+    ``nnsight`` (LanguageModel). All three expose the same canonical hook names.
+
+    ``device_map``: split the model over devices with accelerate (``"auto"``, or an explicit
+    map ``{module: device}`` as a dict, JSON text or ``module=device,...``; devices are
+    ``cuda:N``, ``cpu`` or ``disk``); ``device`` is then not used. ``remote`` (nnsight backend
+    only): True sends every trace to NDIF (see ``workbench.backends.nnsight``), "local" runs
+    the same serialised traces here."""
     from .hooks import install_hook_points
 
     if backend not in BACKENDS:
         raise InputError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     dtype = _check_dtype(dtype)
     device = _check_device(device)
+    if remote:
+        if backend != "nnsight":
+            raise InputError("--remote sends nnsight traces to NDIF; add --backend nnsight")
+        if device_map is not None:
+            raise InputError("--remote runs the model on NDIF, where --device-map means nothing; drop one of them")
+        if remote is True:
+            from .backends.nnsight import load_remote
+
+            start = time.perf_counter()
+            model = load_remote(name, dtype)
+            model.load_seconds = time.perf_counter() - start
+            return model
+    parsed_map = parse_device_map(device_map) if device_map is not None else None
     spec = _resolve(name)
     start = time.perf_counter()
     hf, tok = spec.loader(dtype)
-    hf = hf.to(device).eval()
+    if parsed_map is not None:
+        hf, used_map = _dispatch(hf.eval(), parsed_map, dtype, offload_dir)
+    else:
+        hf, used_map = hf.to(device).eval(), None
     for p in hf.parameters():
         p.requires_grad_(False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     arch, hook_points = install_hook_points(hf)
     model = Model(name=name, hf=hf, tokenizer=tok, shape=shape_of(hf), arch=arch, source=spec.description,
-                  hook_points=hook_points)
+                  hook_points=hook_points, device_map=used_map, remote=remote)
+    model.load_args = {"name": name, "backend": backend, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                       "device_map": device_map, "remote": remote}
     model = _attach_backend(model, backend)
     model.load_seconds = time.perf_counter() - start
     return model
+
+
+# ---------------------------------------------------------------------------- device maps
+DEVICE_MAP_HELP = ("--device-map takes 'auto' or an explicit map: JSON like '{\"model.layers.0\": \"cuda:0\", ...}' "
+                   "or 'module=device,...' (devices cuda:N, cpu, disk)")
+
+
+def parse_device_map(value: str | dict[str, Any]) -> str | dict[str, Any]:
+    """'auto' (also 'balanced', 'sequential'), a dict, JSON text or 'module=device,...' -> a map
+    accelerate takes; one line otherwise."""
+    import json
+
+    if isinstance(value, dict):
+        doc = value
+    else:
+        text = str(value).strip()
+        if text in ("auto", "balanced", "balanced_low_0", "sequential"):
+            return text
+        if text.startswith("{"):
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                raise InputError(f"--device-map '{text[:60]}' is not valid JSON; {DEVICE_MAP_HELP}") from None
+        elif "=" in text:
+            doc = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                key, _, dev = part.partition("=")
+                if not key or not dev:
+                    raise InputError(f"--device-map entry '{part}' is not module=device; {DEVICE_MAP_HELP}")
+                doc[key.strip()] = dev.strip()
+        else:
+            raise InputError(f"unknown --device-map '{text}'; {DEVICE_MAP_HELP}")
+    if not isinstance(doc, dict) or not doc:
+        raise InputError(f"--device-map is empty; {DEVICE_MAP_HELP}")
+    out: dict[str, Any] = {}
+    for key, dev in doc.items():
+        if isinstance(dev, int):
+            dev = f"cuda:{dev}"
+        if dev not in ("cpu", "disk", "meta"):
+            _check_device(dev if ":" in str(dev) or dev != "cuda" else "cuda:0")
+        out[str(key)] = str(dev)
+    return out
+
+
+def main_device(device_map: dict[str, Any]) -> torch.device:
+    """accelerate's main device of a map: the first that is not cpu or disk (cpu when none is)."""
+    for dev in device_map.values():
+        if str(dev) not in ("cpu", "disk", "meta"):
+            return torch.device(f"cuda:{dev}" if isinstance(dev, int) else str(dev))
+    return torch.device("cpu")
+
+
+def _dispatch(hf: Any, device_map: str | dict[str, Any], dtype: torch.dtype,
+              offload_dir: str | os.PathLike | None) -> tuple[Any, dict[str, Any]]:
+    """Place the model's modules by ``device_map`` with accelerate (execution hooks move each
+    module's inputs to its device; cpu/disk entries are offloaded when a GPU is the main device)."""
+    import tempfile
+
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(hf, "_no_split_modules", None) or [])
+    if isinstance(device_map, str):
+        kwargs: dict[str, Any] = {"no_split_module_classes": no_split, "dtype": dtype}
+        if device_map != "sequential":
+            kwargs["max_memory"] = get_balanced_memory(hf, low_zero=device_map == "balanced_low_0", **kwargs)
+        device_map = infer_auto_device_map(hf, **kwargs)
+    names = {n for n, _ in hf.named_modules()}
+    unknown = [k for k in device_map if k and k not in names]
+    if unknown:
+        top = ", ".join(n for n, _ in hf.named_children())
+        raise InputError(f"--device-map names '{unknown[0]}', which is not a module of this model; "
+                         f"use module names like {top} or model.layers.N")
+    if "disk" in device_map.values() and offload_dir is None:
+        offload_dir = tempfile.mkdtemp(prefix="wb-offload-")
+    try:
+        hf = dispatch_model(hf, device_map=device_map, offload_dir=str(offload_dir) if offload_dir else None)
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(f"accelerate refused the device map ({_one_line(exc)}); {DEVICE_MAP_HELP}, "
+                         "covering every module of the model") from None
+    return hf, dict(device_map)
 
 
 def _attach_backend(model: Model, backend: str) -> Model:
     if backend not in BACKENDS:
         raise InputError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     model.backend = backend
+    if model.load_args:
+        model.load_args["backend"] = backend
     if backend == "transformer_lens":
         from .backends.transformer_lens import wrap
 

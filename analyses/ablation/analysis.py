@@ -15,10 +15,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from workbench.cache import run_with_cache
+from workbench.cache import Tokens, run_with_cache, run_with_patches
 from workbench.datasets import PromptSet, ioi_prompts
 from workbench.errors import InputError
-from workbench.patching import head_masks_all_positions, logit_diff, run_head_patches
+from workbench.parallel import MapStats, current, run_head_patches_parallel, supports_ray
+from workbench.patching import HeadPatchSweep, head_masks_all_positions, logit_diff
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
 
@@ -121,8 +122,50 @@ class AblationResult(Result):
         return ablation_sections(self)
 
 
+def traced_head_sweep(model: Any, tokens: Tokens, source: dict[int, torch.Tensor], masks: torch.Tensor,
+                      metric: Any, max_batch: int, progress: bool) -> HeadPatchSweep:
+    """The head sweep as plain traces through ``run_with_patches`` (one patched forward per chunk
+    of configurations): the path for the nnsight backend's remote mode, where every forward is an
+    nnsight trace sent to NDIF (or simulated here), so no weights are read outside a trace."""
+    from tqdm.auto import tqdm
+
+    n, n_pos = tokens.input_ids.shape
+    idx = torch.arange(n)
+    last = tokens.last_positions
+    logits = run_with_patches(model, tokens, {})
+    clean = metric(logits[torch.arange(n), last].float()[None], idx)[0]
+    per_chunk = max(1, max_batch // n)
+    out, forwards = [], 1
+    for start in tqdm(range(0, masks.shape[0], per_chunk), desc="ablating heads (traces)", disable=not progress, leave=False):
+        chunk = masks[start:start + per_chunk]
+        c = chunk.shape[0]
+        big = Tokens(tokens.input_ids.repeat(c, 1), tokens.attention_mask.repeat(c, 1))
+        patches = {}
+        for l in chunk.any(dim=(0, 2, 3)).nonzero().flatten().tolist():
+            m = chunk[:, l].permute(0, 2, 1)[:, None, :, :, None]  # [c 1 pos head 1]
+            src = source[l]
+
+            def patch(z: torch.Tensor, m: torch.Tensor = m, src: torch.Tensor = src, c: int = c) -> torch.Tensor:
+                z5 = z.reshape(c, z.shape[0] // c, *z.shape[1:])
+                return torch.where(m.to(z.device), src.to(device=z.device, dtype=z.dtype).expand_as(z5[0])[None], z5).reshape(z.shape)
+
+            patches[f"blocks.{l}.attn.hook_z"] = patch
+        logits = run_with_patches(model, big, patches)
+        rows = torch.arange(c * n)
+        last_logits = logits[rows, last.repeat(c)].float().view(c, n, -1)
+        out.append(metric(last_logits, idx))
+        forwards += 1
+    return HeadPatchSweep(metric=torch.cat(out).to(clean.dtype), clean_metric=clean, n_forwards=forwards)
+
+
+@supports_ray
 def run(model: Any, config: AblationConfig | None = None, progress: bool = True) -> AblationResult:
-    """Ablate every head (one configuration per head, batched) and rank them by effect."""
+    """Ablate every head (one configuration per head, batched) and rank them by effect.
+
+    With ``--ray`` (``workbench.parallel.use``) the head sweep's chunks run on Ray workers,
+    with the same numbers. A model split by ``--device-map`` runs the sweep as full hooked
+    forwards (the suffix method reads weights outside the forward); the nnsight backend's
+    ``--remote`` runs it as traces (``traced_head_sweep``)."""
     config = config or AblationConfig()
     if config.ablation not in ("mean", "zero"):
         raise InputError(f"unknown ablation '{config.ablation}'; choose mean or zero")
@@ -139,8 +182,20 @@ def run(model: Any, config: AblationConfig | None = None, progress: bool = True)
         return logit_diff(last_logits, correct[idx], wrong[idx])
 
     masks = head_masks_all_positions(s.n_layers, s.n_heads, tokens.input_ids.shape[1])
-    sweep = run_head_patches(model, tokens, source, masks, metric, max_batch=config.batch_size,
-                             progress=progress, desc="ablating heads")
+    par = current()
+    stats = MapStats()
+    if getattr(model, "remote", False):
+        sweep = traced_head_sweep(model, tokens, source, masks, metric, config.batch_size, progress)
+        how = {"sweep": "nnsight traces", "remote": model.remote}
+    else:
+        method = "full" if getattr(model, "device_map", None) else "suffix"
+        sweep = run_head_patches_parallel(model, tokens, source, masks, metric, max_batch=config.batch_size,
+                                          progress=progress, desc="ablating heads", method=method,
+                                          workers=par.workers, ray_address=par.ray, stats=stats)
+        how = {"sweep": method}
+        if par.ray:
+            how |= {"ray": par.ray, "workers": par.workers, "units": stats.units, "reruns": stats.reruns,
+                    "dead_workers": stats.dead_workers, "sweep_seconds": round(stats.seconds, 3)}
     clean = sweep.clean_metric
     effect = (sweep.metric - clean[None]).mean(dim=1).view(s.n_layers, s.n_heads)
     # accuracy: the correct name beats the wrong one
@@ -158,4 +213,4 @@ def run(model: Any, config: AblationConfig | None = None, progress: bool = True)
     }
     arrays = {"effect": effect, "clean_logit_diff": clean, "ablated_logit_diff": sweep.metric.view(s.n_layers, s.n_heads, -1)}
     return AblationResult(config=config, metrics=metrics, arrays=arrays,
-                          meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend})
+                          meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend, "parallel": how})

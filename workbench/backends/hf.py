@@ -10,6 +10,14 @@ import torch
 PatchFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+def on_device_of(value: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """A patch's value on the device of the activation it replaces: with a model split over
+    devices (``device_map``) a patch made from another layer's cache lives elsewhere."""
+    if isinstance(value, torch.Tensor) and value.device != act.device:
+        return value.to(act.device)
+    return value
+
+
 @contextmanager
 def hooked(model: Any, cache_names: list[str], patches: dict[str, PatchFn], grad: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Install ``patches`` and cache hooks (which see the patched values) on the hook
@@ -18,7 +26,7 @@ def hooked(model: Any, cache_names: list[str], patches: dict[str, PatchFn], grad
     handles = []
     try:
         for name, fn in patches.items():
-            handles.append(model.hook_points[name].register_forward_hook(lambda m, i, o, fn=fn: fn(o)))
+            handles.append(model.hook_points[name].register_forward_hook(lambda m, i, o, fn=fn: on_device_of(fn(o), o)))
         for name in cache_names:
             def keep(m, i, o, name=name):
                 store[name] = o if grad else o.detach()

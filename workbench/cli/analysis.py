@@ -30,6 +30,10 @@ class Common:
     seed: int = 0
     out: Optional[Path] = None
     as_json: bool = False
+    ray: Optional[str] = None
+    workers: int = 2
+    device_map: Optional[str] = None
+    remote: bool = False
 
 
 COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
@@ -40,6 +44,10 @@ COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
     ("seed", int, typer.Option(0, "--seed", help="random seed (datasets, head draws, initialisation)")),
     ("out", Optional[Path], typer.Option(None, "--out", help="run folder to write (default: runs/<analysis>-<model>-<time>); a new folder or an earlier run")),
     ("as_json", bool, JSON_OPT),
+    ("ray", Optional[str], typer.Option(None, "--ray", help="spread the sweep over Ray: auto (a local cluster for this run) or a cluster address (needs pip install \"workbench[ray]\")")),
+    ("workers", int, typer.Option(2, "--workers", help="Ray workers (with --ray); each loads the model once")),
+    ("device_map", Optional[str], typer.Option(None, "--device-map", help="split the model over devices with accelerate: auto, or module=device,... / JSON")),
+    ("remote", bool, typer.Option(False, "--remote", help="with --backend nnsight: run the traces on NDIF (needs NDIF_API_KEY)")),
 ]
 
 
@@ -116,6 +124,45 @@ def check_common(spec: AnalysisSpec, common: Common) -> None:
     from ..results import check_run_target
 
     check_run_target(common.out)
+    check_scaling(spec, common)
+
+
+def check_scaling(spec: AnalysisSpec, common: Common) -> None:
+    """--ray / --workers / --device-map / --remote, before any model loads."""
+    from ..parallel import ray_module, runs_on_ray
+
+    if common.workers < 1:
+        raise InputError(f"--workers must be at least 1 (got {common.workers})")
+    if common.ray is not None:
+        if not runs_on_ray(spec.run):
+            raise InputError(f"{spec.key} does not run on Ray yet (ablation does); drop --ray")
+        if common.device_map or common.remote:
+            raise InputError("--ray runs the sweep on workers that each load the whole model; drop --device-map/--remote")
+        ray_module()
+    if common.device_map is not None:
+        from ..models import parse_device_map
+
+        parse_device_map(common.device_map)
+    if common.remote:
+        if common.backend != "nnsight":
+            raise InputError("--remote sends nnsight traces to NDIF; add --backend nnsight")
+        from ..backends.nnsight import remote_requirements
+
+        remote_requirements()  # the key and the network, before anything loads
+
+
+def load_common(common: Common) -> Any:
+    """The model of --model/--backend/--device/--dtype (and --device-map/--remote when given)."""
+    if not common.device_map and not common.remote:
+        return load(common.model, common.backend, common.device, common.dtype)
+    from ..models import load_model
+
+    where = f"device map {common.device_map}" if common.device_map else "NDIF (remote)"
+    status(f"loading {common.model} ({common.backend}, {where}, {common.dtype}) ...")
+    m = load_model(common.model, backend=common.backend, device=common.device, dtype=common.dtype,
+                   device_map=common.device_map, remote=common.remote)
+    status(f"loaded {common.model} in {m.load_seconds:.1f}s: {m.shape.n_layers} layers x {m.shape.n_heads} heads")
+    return m
 
 
 def execute(spec: AnalysisSpec, config: Any, common: Common, progress: bool = True) -> Any:
@@ -123,11 +170,14 @@ def execute(spec: AnalysisSpec, config: Any, common: Common, progress: bool = Tr
     if spec.load_target is not None:
         target = spec.load_target(config, common)
     elif spec.wants_model(config):
-        target = load(common.model, common.backend, common.device, common.dtype)
+        target = load_common(common)
     else:
         target = None
     spec.check_target(config, target)
-    result = spec.run(target, config, progress=progress)
+    from ..parallel import use
+
+    with use(ray=common.ray, workers=common.workers):
+        result = spec.run(target, config, progress=progress)
     extra_files = spec.finish(result, config, common) if spec.finish is not None else {}
     if extra_files:
         result.save(common.out, extra_files=extra_files)
@@ -149,15 +199,24 @@ def register_analysis(app: typer.Typer, spec: AnalysisSpec) -> None:
         param, parse = _cli_parameter(f, annotation)
         params.append(param)
         parsers[f.name] = parse
-    common_names = {name for name, _, _ in COMMON_OPTIONS}
+    # a Config may take over a common option by declaring a field with its flag (the atlas's
+    # repeatable --model): that field replaces the common option and fills it with its first value
+    taken = {flag: f.name for f, _ in config_fields(spec.config) if f.name in parsers
+             for flag in (flag_of(f), *f.metadata.get("aliases", ()))}
+    common_opts = [(name, ann, opt) for name, ann, opt in COMMON_OPTIONS if not set(opt.param_decls) & set(taken)]
+    takeover = {name: taken[opt.param_decls[0]] for name, _, opt in COMMON_OPTIONS if opt.param_decls[0] in taken}
+    common_names = {name for name, _, _ in common_opts}
     clash = common_names & set(parsers)
     if clash:
         raise TypeError(f"{spec.config.__name__} fields {sorted(clash)} clash with the common options")
-    params += [_param(name, ann, opt) for name, ann, opt in COMMON_OPTIONS]
+    params += [_param(name, ann, opt) for name, ann, opt in common_opts]
 
     def command(**kwargs: Any) -> None:
         common = Common(**{name: kwargs.pop(name) for name in common_names})
         values = {name: parsers[name](value) for name, value in kwargs.items()}
+        for name, field_name in takeover.items():
+            value = values[field_name]
+            setattr(common, name, value[0] if isinstance(value, tuple) and value else value)
         if has_seed:
             values["seed"] = common.seed
         config = build_config(spec, values)
