@@ -61,6 +61,7 @@ def naive_loop(tl_model, tokens, source_z, masks, metric, device) -> tuple[float
     n = tokens.input_ids.shape[0]
     idx = torch.arange(n)
     rows = torch.arange(n, device=device)
+    last = tokens.last_positions.to(device)
     out = []
     _sync(device)
     start = time.perf_counter()
@@ -76,7 +77,7 @@ def naive_loop(tl_model, tokens, source_z, masks, metric, device) -> tuple[float
 
                 patches[f"blocks.{l}.attn.hook_z"] = fn
             logits = run_with_patches(tl_model, tokens, patches)
-            out.append(metric(logits[rows, tokens.last_positions][None], idx)[0])
+            out.append(metric(logits[rows, last][None], idx)[0])
     _sync(device)
     return time.perf_counter() - start, torch.stack(out)
 
@@ -145,11 +146,11 @@ def main() -> None:
     s = model.shape
     ps = ioi_prompts(args.n_prompts, model.tokenizer, seed=0, templates=[TEMPLATES[0]])
     tokens, corrupt = ps.tokens(model), ps.corrupt_tokens(model)
-    correct, wrong = ps.answer_ids(model)
+    correct, wrong = (ids.to(args.device) for ids in ps.answer_ids(model))
     metric = lambda lg, idx: logit_diff(lg, correct[idx], wrong[idx])  # noqa: E731
     n, t = tokens.input_ids.shape
     _, cache = run_with_cache(model, corrupt, [f"blocks.{l}.attn.hook_z" for l in range(s.n_layers)])
-    source_z = {l: cache[f"blocks.{l}.attn.hook_z"] for l in range(s.n_layers)}
+    source_z = {l: cache[f"blocks.{l}.attn.hook_z"].to(args.device) for l in range(s.n_layers)}  # the naive loop reads it on the model's device
     heads = list(range(args.heads or s.n_heads))
     sweeps = {
         "head": subset(head_masks_all_positions(s.n_layers, s.n_heads, t), mid_layers(s.n_layers, args.layer_step), heads),

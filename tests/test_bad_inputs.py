@@ -559,8 +559,8 @@ def test_circuit_n_1e9_is_refused_within_seconds_with_the_estimate(tmp_path):
     (["lrp", "--image", "chelsea", "--size", "1000"], ["--size 1000", "multiple of the 16-pixel"]),
     (["induction", "--n", "1000000000"], ["--n", "at most"]),
     (["vhd", "--n-scenes", "100000000"], ["--n-scenes", "at most"]),
-    (["sinks", "--n-calib", "100000000"], ["--n-calib 100000000", "the task has 81", "--n-calib 33 or less"]),
-    (["sinks", "--n-heldout", "100"], ["--n-heldout 100", "--n-heldout 80 or less"]),
+    (["sinks", "--n-calib", "100000000"], ["--n-calib 100000000", "category task", "--n-calib 140 or less"]),
+    (["sinks", "--n-heldout", "1000"], ["--n-heldout 1000", "--n-heldout 276 or less"]),
     (["reuse", "--intervention-prompts", "1000000000"], ["--intervention-prompts 1000000000", "would need about"]),
     (["ablation", "--n", "1000", "--batch-size", "512"], ["--batch-size 512", "--n 1000"]),
 ])

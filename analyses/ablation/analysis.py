@@ -77,8 +77,8 @@ def mean_head_outputs(model: Any, prompts: list[str]) -> dict[int, torch.Tensor]
     names = [f"blocks.{l}.attn.hook_z" for l in range(model.shape.n_layers)]
     tokens = model.to_tokens(prompts)
     _, cache = run_with_cache(model, tokens, names, return_logits=False)
-    mask = tokens[1].bool()
-    return {l: cache[names[l]][mask].mean(dim=0) for l in range(model.shape.n_layers)}
+    mask = tokens[1].bool().to(cache[names[0]].device)  # the cache may sit elsewhere than the model
+    return {l: cache[names[l]][mask].mean(dim=0).to(model.device) for l in range(model.shape.n_layers)}
 
 
 @register_result

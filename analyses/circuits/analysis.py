@@ -283,7 +283,7 @@ def normalised(circuit: float | torch.Tensor, full: float | torch.Tensor, empty:
 def faithfulness_interval(values: torch.Tensor, split: str, seed: int = 0) -> Interval:
     """Normalised faithfulness of rows [full, all ablated, circuit] x prompts, with a bootstrap
     interval over prompts (the ratio of means recomputed on each resample)."""
-    x = values.T.double().numpy()  # [N 3]
+    x = values.T.double().cpu().numpy()  # [N 3]
 
     def stat(r):
         return normalised(r[:, 2].mean(), r[:, 0].mean(), r[:, 1].mean())
@@ -322,7 +322,7 @@ def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: dict[st
     for name, m in (extra or {}).items():
         masks.append(m & graph.valid)
         keys.append(("extra", name))
-    vals = edge_metrics(model, graph, prep, torch.stack(masks), ablation, progress=progress)
+    vals = edge_metrics(model, graph, prep, torch.stack(masks), ablation, progress=progress).cpu()
     mean = vals.mean(1)
     full, empty = float(mean[0]), float(mean[1])
     effect = bootstrap_diff(vals[0].double().numpy(), vals[1].double().numpy(), split="validation")
@@ -633,7 +633,7 @@ def estimate_bytes(config: CircuitConfig, model: Any) -> int:
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     from scipy.stats import spearmanr
 
-    return float(spearmanr(a.flatten().numpy(), b.flatten().numpy()).statistic)
+    return float(spearmanr(a.flatten().cpu().numpy(), b.flatten().cpu().numpy()).statistic)
 
 
 def say(progress: bool, message: str) -> None:

@@ -390,7 +390,7 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
     bs = config.batch_size
 
     def hits(heads):
-        return intervene_hits(model, co_prep.clean, heads, targets, correct, cands, bs).float().numpy()
+        return intervene_hits(model, co_prep.clean, heads, targets, correct, cands, bs).float().cpu().numpy()
 
     before, after = hits([]), hits(chosen)
     say(progress, f"accuracy among the prompt's colours: before {before.mean():.3f}, after {after.mean():.3f} (n={len(before)})")

@@ -55,24 +55,81 @@ def sink_tokens_bar(result: Any) -> go.Figure:
 
 
 def calibration_bar(result: Any) -> go.Figure:
-    heads = result.calibrated_heads
-    fig = go.Figure([
-        go.Bar(name="before", x=["calibration split", "held-out split"],
-               y=[result.calibration_split_before, result.calibration_before]),
-        go.Bar(name=f"after (ACT, beta={result.config.beta})", x=["calibration split", "held-out split"],
-               y=[result.calibration_split_after, result.calibration_after]),
-    ])
-    fig.update_layout(barmode="group", title=f"Multiple-choice accuracy with {len(heads)} calibrated heads: "
-                      f"{', '.join(heads) or 'none'}", yaxis_title="accuracy", yaxis_range=[0, 1])
+    """Accuracy before and after ACT per task, on the calibration split (which chose the heads,
+    beta and threshold) and on the held-out split (which chose nothing), with 95% Wilson
+    intervals; the dotted line is chance."""
+    fig = go.Figure()
+    rows = result.calibration
+    for what, label, color in (("base", "before", "#7f7f7f"), ("act", "after (ACT)", "#1f77b4")):
+        xs, ys, hi, lo, text = [], [], [], [], []
+        for row in rows:
+            t = row["task"]
+            for split, key in (("calibration", f"calibration {what}"), ("held-out", what)):
+                iv = result.interval(t, key)
+                xs.append(f"{t}<br>{split} (n={iv.n})")
+                ys.append(iv.value)
+                hi.append(iv.high - iv.value)
+                lo.append(iv.value - iv.low)
+                text.append(f"{iv.value:.3f} [{iv.low:.3f}, {iv.high:.3f}]")
+        fig.add_trace(go.Bar(name=label, x=xs, y=ys, marker_color=color, hovertext=text,
+                             error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
+    for i, row in enumerate(rows):
+        fig.add_shape(type="line", xref="x", yref="y", x0=2 * i - 0.5, x1=2 * i + 1.5, y0=row["chance"],
+                      y1=row["chance"], line={"dash": "dot", "color": "black"})
+    heads = "; ".join(f"{r['task']}: {', '.join(r['heads']) or 'none'} (beta {r['beta']}, threshold {r['threshold']})"
+                      for r in rows)
+    fig.update_layout(barmode="group", title=f"Multiple-choice accuracy before and after ACT<br><sup>{heads}</sup>",
+                      yaxis_title="accuracy (95% Wilson interval)", yaxis_range=[0, 1.05])
+    return fig
+
+
+def difference_plot(result: Any) -> go.Figure:
+    """The paired held-out differences ACT - base per task (accuracy and log p of the right
+    option) with their 95% bootstrap intervals."""
+    fig = go.Figure()
+    for what, label in (("difference", "accuracy"), ("difference by group", "accuracy, resampling groups"),
+                        ("logprob difference", "log p(right option)")):
+        xs, ys, hi, lo = [], [], [], []
+        for t in result.task_names:
+            iv = result.interval(t, what)
+            xs.append(f"{t} (n={iv.n})")
+            ys.append(iv.value)
+            hi.append(iv.high - iv.value)
+            lo.append(iv.value - iv.low)
+        fig.add_trace(go.Scatter(name=label, x=xs, y=ys, mode="markers", marker={"size": 11},
+                                 error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
+    fig.add_hline(y=0, line_dash="dot")
+    fig.update_layout(title="Held-out change with ACT (paired, 95% bootstrap interval)", yaxis_title="ACT - base")
     return fig
 
 
 def headline(result: Any) -> list[tuple[str, Any]]:
     """The tiles on the sinks page."""
-    return [("sinks beyond the first token", result.n_sinks_beyond_first),
-            ("heads with such sinks", result.n_heads_with_sinks),
-            ("held-out accuracy before", f"{result.calibration_before:.3f}"),
-            ("after calibration", f"{result.calibration_after:.3f}")]
+    tiles = [("sinks beyond the first token", result.n_sinks_beyond_first),
+             ("heads with such sinks", result.n_heads_with_sinks)]
+    for row in result.calibration:
+        tiles.append((f"{row['task']}: held-out before -> ACT", f"{row['before']:.3f} -> {row['after']:.3f}"))
+    return tiles
+
+
+def _groups(task: str) -> str:
+    return {"category": "words", "sentiment": "adjectives"}.get(task, "questions")
+
+
+def headline_figures(result: Any) -> list[dict[str, Any]]:
+    """The README row: held-out accuracy before and after ACT per task, and their paired difference."""
+    from workbench.spec import figure
+
+    out = [figure("heads with sinks beyond the first token", result.n_heads_with_sinks, n=result.n_sink_prompts,
+                  split="calibration", fmt="d")]
+    for row in result.calibration:
+        t = row["task"]
+        out += [figure(f"{t} (chance {row['chance']:.2f}): held-out accuracy, base", interval=result.interval(t, "base")),
+                figure(f"{t}: held-out accuracy with ACT ({len(row['heads'])} heads, beta {row['beta']}, "
+                       f"threshold {row['threshold']})", interval=result.interval(t, "act")),
+                figure(f"{t}: ACT - base (paired; bootstrap over {_groups(t)})",
+                       interval=result.interval(t, "difference by group"), fmt="+.3f")]
+    return out
 
 
 def sinks_sections(result: Any) -> list:
@@ -80,15 +137,26 @@ def sinks_sections(result: Any) -> list:
 
     classes = ", ".join(f"{k}: {v}" for k, v in result.sink_token_classes.items())
     text = (f"{result.n_sinks_beyond_first} sinks beyond the first token (head x prompt x position) in "
-            f"{result.n_heads_with_sinks} heads; token classes: {classes}. Calibration on the held-out split: "
-            f"{result.calibration_before:.3f} -> {result.calibration_after:.3f} ({result.n_heldout} questions). "
-            f"Example prompt: {result.example_prompt!r}")
+            f"{result.n_heads_with_sinks} heads over {result.n_sink_prompts} calibration prompts; token classes: "
+            f"{classes}. Example prompt: {result.example_prompt!r}")
+    calib = " ".join(
+        f"{r['task']} (chance {r['chance']:.2f}): held-out {r['before']:.3f} -> {r['after']:.3f} "
+        f"(n={r['n_heldout']}, {r['changed']} answers changed), heads {', '.join(r['heads']) or 'none'}, "
+        f"beta {r['beta']}, threshold {r['threshold']}, chosen on {r['n_calib']} calibration questions."
+        for r in result.calibration)
+    cfg = result.config
+    params = (f"Search: the {cfg.max_search} heads (layer >= {cfg.min_layer}) with the strongest non-first sinks on "
+              f"each task's calibration prompts, each calibrated alone at beta {cfg.beta}, threshold {cfg.threshold} "
+              f"(a sink must be seen by >= {cfg.min_queries} queries); kept when calibration accuracy rises (or ties "
+              f"and log p rises), at most {cfg.max_heads}; then beta in {list(cfg.betas)} x threshold in "
+              f"{list(cfg.thresholds)} for the kept set.")
     search = result.search
     return [
         Section("Attention sinks beyond the first token", text=text,
                 figures=[sink_strength_grid(result), sink_map(result), sink_tokens_bar(result)]),
         Section("Massive activations at sink tokens (and at the first token)",
                 tables=[t for t in (result.massive_activations, result.first_token_massive_activations) if t]),
-        Section("ACT attention calibration", text="Head search: single-head calibration gain on the calibration split.",
-                figures=[calibration_bar(result)], tables=[search] if search else []),
+        Section("ACT attention calibration", text=calib + " " + params,
+                figures=[calibration_bar(result), difference_plot(result)],
+                tables=[t for t in (result.calibration, search, result.grid) if t]),
     ]

@@ -59,7 +59,7 @@ def edge_attribution(model: Any, clean: Tokens, corrupt: Tokens, metric: LogitDi
                     grads = g if grads is None else grads + g
                     bar.update(1)
                 grads = grads / steps
-            scores += edge_scores_from(graph, deltas, grads).double() * (stop - start) / n
+            scores += edge_scores_from(graph, deltas, grads).double().cpu() * (stop - start) / n  # [S R] is kept on the CPU
     finally:
         qkv.close()
         bar.close()
@@ -95,7 +95,7 @@ def edge_attribution_steps(model: Any, clean: Tokens, corrupt: Tokens, metric: L
             for step in range(steps):
                 e = e_corrupt + (step / steps) * (e_clean - e_corrupt)
                 g, _ = receiver_grads(model, c, m, embed=e, qkv=qkv)
-                out[step] += edge_scores_from(graph, deltas, g).double() * (stop - start) / n
+                out[step] += edge_scores_from(graph, deltas, g).double().cpu() * (stop - start) / n
                 bar.update(1)
     finally:
         qkv.close()

@@ -191,8 +191,10 @@ def _run_full(model, tokens, source_z, masks, metric, max_batch, progress, desc)
 
             def fn(mod, inp, z, m=m, src=src, c=c):
                 z4 = z.view(c, n, *z.shape[1:])  # [c N pos head d]
-                s = src.to(z.dtype).expand(n, *z.shape[1:]) if src.ndim < 4 or src.shape[0] != n else src.to(z.dtype)
-                return torch.where(m[:, None, :, :, None], s[None], z4).view_as(z)
+                # z's device, not the first layer's: under a device map the layers sit on different devices
+                src = src.to(device=z.device, dtype=z.dtype)
+                s = src.expand(n, *z.shape[1:]) if src.ndim < 4 or src.shape[0] != n else src
+                return torch.where(m.to(z.device)[:, None, :, :, None], s[None], z4).view_as(z)
 
             hooks[l] = fn
         logits = _last_logits(model, big, hooks).view(c, n, -1)

@@ -383,7 +383,8 @@ def sender_deltas(model: Any, graph: Graph, a: dict[str, torch.Tensor], b: dict[
 def edge_scores_from(graph: Graph, deltas: list[torch.Tensor], grads: torch.Tensor) -> torch.Tensor:
     """EAP's score matrix [S R]: sum over prompts and positions of delta_u . grad_v."""
     blocks = [torch.einsum("bpsm,rbpm->sr", d, grads) for d in deltas]
-    return torch.cat(blocks, dim=0).masked_fill(~graph.valid, 0.0)
+    scores = torch.cat(blocks, dim=0)
+    return scores.masked_fill(~graph.valid.to(scores.device), 0.0)
 
 
 # ----------------------------------------------------------------------------- edge-masked forward
