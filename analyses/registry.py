@@ -12,4 +12,5 @@ PACKAGES = [
     "analyses.induction",
     "analyses.retrieval",
     "analyses.sinks",
+    "analyses.atlas",
 ]

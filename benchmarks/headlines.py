@@ -53,6 +53,11 @@ def _cache_figures(d: dict[str, Any]) -> list[dict[str, Any]]:
                    n=d["n_prompts"], fmt=".2f")]
 
 
+def _backend_figures(d: dict[str, Any]) -> list[dict[str, Any]]:
+    return [figure(f"{b}: max |logit difference| from pristine Hugging Face", v, n=d["n_tokens"], fmt=".1e")
+            for b, v in d["max_abs_logit_diff"].items()]
+
+
 def _patching_figures(d: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, label in (("head", "head sweep"), ("head_pos", "head x position sweep")):
@@ -65,6 +70,7 @@ def _patching_figures(d: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("bench-backends", "backends (float32)", ("benchmarks/bench_backends.py", "--json"), _backend_figures),
     Benchmark("bench-cache", "caching (name-filtered)", ("benchmarks/bench_cache.py", "--json"), _cache_figures),
     Benchmark("bench-patching", "batched patching", ("benchmarks/bench_patching.py", "--n-prompts", "16", "--layer-step", "3",
                                                      "--pos-layer-step", "6", "--pos-heads", "3", "--json"),
@@ -157,6 +163,16 @@ def merge(doc: dict[str, Any], new_rows: list[dict[str, Any]], order: list[tuple
     return {"rows": known}
 
 
+def save(new_rows: list[dict[str, Any]], order: list[tuple[str, str]]) -> None:
+    """Merge rows into docs/headlines.json and regenerate the README table, one writer at a time."""
+    with _locked():
+        doc = merge(hl.load(), new_rows, order)
+        tmp = hl.HEADLINES_JSON.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(hl.HEADLINES_JSON)
+        hl.write_readme(doc)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", default=[], help="a spec or benchmark key (repeatable)")
@@ -183,12 +199,8 @@ def main() -> None:
             row.update(stamp, date=_dt.date.today().isoformat())
             new_rows.append(row)
             print(hl.row_text(row), flush=True)
-    with _locked():
-        doc = merge(hl.load(), new_rows, order)
-        tmp = hl.HEADLINES_JSON.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        tmp.replace(hl.HEADLINES_JSON)
-        hl.write_readme(doc)
+            save([row], order)  # each row as soon as it is measured: a long run stopped later keeps it
+    save([], order)
     total = sum(r["seconds"] for r in new_rows)
     print(f"headlines: {len(new_rows)} rows measured in {total / 60:.1f} min; {hl.HEADLINES_JSON.relative_to(ROOT)} "
           f"and the README table written", file=sys.stderr)

@@ -135,4 +135,35 @@ def run_report(result: Any, title: str, include: Sequence[str] | None = None, me
             if include:
                 raise
             print(f"skipping {p}: {exc}", file=sys.stderr)
+    atlas = atlas_of([result, *others], model)
+    if atlas is not None:
+        others = [r for r in others if r.analysis != atlas.analysis] + [atlas]
     return render(title, sections_for([result, *others]), meta=meta)
+
+
+def atlas_of(results: Sequence[Any], model: str | None) -> Any:
+    """The head atlas of these results (read through the ``atlas`` spec, no model forward),
+    when it is installed and at least two of them come from analyses that declare per-head
+    columns; None otherwise (a failure is a warning on stderr, never a broken report)."""
+    import sys
+
+    from .spec import get_spec, specs
+
+    atlas_spec = specs().get("atlas")
+    if atlas_spec is None or model is None:
+        return None
+    head_level = set()
+    for r in results:
+        try:
+            if get_spec(r.analysis).head_columns:
+                head_level.add(r.analysis)
+        except WorkbenchError:
+            continue
+    if len(head_level) < 2:
+        return None
+    try:
+        unsaved = tuple(r for r in results if r.path is None)
+        return atlas_spec.run(None, atlas_spec.config(models=(model,)), progress=False, results=unsaved)
+    except WorkbenchError as exc:
+        print(f"skipping the head atlas: {exc}", file=sys.stderr)
+        return None

@@ -209,7 +209,8 @@ class Result:
             "arrays": sorted(self.arrays),
         }
         if self.arrays:
-            tensors = {k: _as_tensor(v).contiguous() for k, v in self.arrays.items()}
+            # a copy each: safetensors refuses tensors that share storage (views of one another)
+            tensors = {k: _as_tensor(v).detach().cpu().contiguous().clone() for k, v in self.arrays.items()}
             save_file(tensors, str(folder / ARRAYS_FILE))
             doc[CHECKSUM_KEY] = sha256_file(folder / ARRAYS_FILE)
             doc[SIZE_KEY] = (folder / ARRAYS_FILE).stat().st_size
@@ -252,11 +253,14 @@ class Result:
         return result
 
 
+RUN_FILE_SUFFIXES = (".html", ".json", ".png", ".csv", ".parquet")  # what a run writes beside its result (report, tables)
+
+
 def is_run_folder(path: Path) -> bool:
     """A folder the workbench wrote: it holds ``result.json`` and nothing but run files."""
     if not path.is_dir() or not (path / RESULT_FILE).is_file():
         return False
-    return all(p.name in (RESULT_FILE, ARRAYS_FILE) or p.suffix in (".html", ".json", ".png") for p in path.iterdir())
+    return all(p.name in (RESULT_FILE, ARRAYS_FILE) or p.suffix in RUN_FILE_SUFFIXES for p in path.iterdir())
 
 
 def check_run_target(path: str | os.PathLike | None) -> None:

@@ -17,7 +17,10 @@ def write_report(result: AblationResult, config: AblationConfig, common) -> dict
     return {"report.html": run_report(result, title, include=config.include, meta=meta)}
 
 
+from .columns import HEAD_COLUMNS  # noqa: E402  (the head atlas's columns)
+
 SPEC = AnalysisSpec(
+    head_columns=HEAD_COLUMNS,
     key="ablation",
     title="Head ablation",
     help="Mean-ablate every attention head on a task; write an HTML report into the run folder.",

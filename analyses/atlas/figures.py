@@ -1,0 +1,203 @@
+"""Figures of the head atlas: the layer-by-head grid coloured by one column (clickable on the
+page), the correlation matrix, the role clusters, and two models' depth profiles; the report
+sections and the README figures. One function serves the page, notebooks and the report."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from workbench.report import Section
+from workbench.spec import figure
+
+GRID_MARKER = 18
+
+
+def column_label(col: dict[str, Any]) -> str:
+    arrow = "higher" if col["direction"] > 0 else "lower"
+    unit = f", {col['unit']}" if col.get("unit") else ""
+    return f"{col['name']} ({arrow} = stronger{unit})"
+
+
+def atlas_grid(result: Any, column: str, i: int = 0) -> go.Figure:
+    """Layer (rows) by head (columns), each head a square marker coloured by ``column``; one
+    scatter point per head so that a click selects exactly that head (customdata: layer, head)."""
+    a = result.atlas(i)
+    cols = {c["name"]: c for c in a["columns"]}
+    col = cols[column]
+    grid = result.column(column, i).numpy()
+    n_layers, n_heads = grid.shape
+    layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
+    values = grid.flatten()
+    text = [f"L{l}H{h}<br>{column} = {v:.4g}" for l, h, v in zip(layer, head, values)]
+    diverging = bool(np.nanmin(values) < 0 < np.nanmax(values))
+    limit = float(np.nanmax(np.abs(values))) if diverging else None
+    fig = go.Figure(go.Scatter(
+        x=head, y=layer, mode="markers", customdata=np.stack([layer, head], axis=1), text=text,
+        hovertemplate="%{text}<extra></extra>",
+        marker=dict(symbol="square", size=GRID_MARKER, color=values, colorscale="RdBu_r" if diverging else "Viridis",
+                    cmin=-limit if diverging else None, cmax=limit if diverging else None,
+                    colorbar=dict(title=col.get("unit") or column), line=dict(width=0)),
+    ))
+    fig.update_layout(title=f"{a['model']}: {column_label(col)}", xaxis_title="head", yaxis_title="layer",
+                      height=max(320, 22 * n_layers + 140), width=max(360, 40 * n_heads + 220),
+                      clickmode="event+select", dragmode=False, margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_xaxes(tickmode="linear", dtick=1, range=[-0.6, n_heads - 0.4])
+    fig.update_yaxes(tickmode="linear", dtick=max(1, n_layers // 15), autorange="reversed")
+    return fig
+
+
+def correlation_matrix(result: Any, i: int = 0) -> go.Figure:
+    """Spearman's rho between every pair of columns (hover: the permutation p-value and n)."""
+    a = result.atlas(i)
+    names = [c["name"] for c in a["columns"]]
+    n = len(names)
+    rho = np.full((n, n), np.nan)
+    hover = [["" for _ in range(n)] for _ in range(n)]
+    for j in range(n):
+        rho[j, j] = 1.0
+    for c in a["correlations"]:
+        p, q = names.index(c["a"]), names.index(c["b"])
+        if c["rho"] is not None:
+            rho[p, q] = rho[q, p] = c["rho"]
+            hover[p][q] = hover[q][p] = f"rho {c['rho']:.3f}, p {c['p']:.3g}, n {c['n']}"
+    fig = go.Figure(go.Heatmap(z=rho, x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu_r", text=hover,
+                               hovertemplate="%{y} vs %{x}: %{text}<extra></extra>", colorbar=dict(title="rho")))
+    fig.update_layout(title=f"{a['model']}: Spearman rank correlation between columns (over heads)",
+                      height=max(400, 26 * n + 160), yaxis_autorange="reversed")
+    return fig
+
+
+def cluster_grid(result: Any, i: int = 0) -> go.Figure:
+    """Layer by head coloured by role cluster."""
+    a = result.atlas(i)
+    labels = result.arrays[f"clusters_{i}"].numpy()
+    desc = {c["id"]: c["description"] for c in a["clusters"]["clusters"]}
+    text = [[f"L{l}H{h}: cluster {int(labels[l, h])}<br>{desc.get(int(labels[l, h]), '')}"
+             for h in range(labels.shape[1])] for l in range(labels.shape[0])]
+    fig = go.Figure(go.Heatmap(z=labels, text=text, hovertemplate="%{text}<extra></extra>", colorscale="Turbo",
+                               colorbar=dict(title="cluster")))
+    fig.update_layout(title=f"{a['model']}: role clusters ({a['clusters']['method']}, k={a['clusters']['k']})",
+                      xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed",
+                      height=max(320, 18 * labels.shape[0] + 140))
+    return fig
+
+
+def depth_profiles(result: Any) -> go.Figure:
+    """Two models lined up by relative depth: each shared column's mean rank per depth bin."""
+    comp = result.comparison
+    fig = go.Figure()
+    bins = comp["depth_bins"]
+    x = [(b + 0.5) / bins for b in range(bins)]
+    for row in comp["roles"]:
+        for tag, dash in (("a", "solid"), ("b", "dash")):
+            model = comp["models"][0 if tag == "a" else 1]
+            fig.add_trace(go.Scatter(x=x, y=row[f"profile_{tag}"], mode="lines+markers", line=dict(dash=dash),
+                                     name=f"{row['column']} · {model}", legendgroup=row["column"]))
+    fig.update_layout(title="Mean rank of each column by relative depth (solid: first model, dashed: second)",
+                      xaxis_title="relative depth (layer + 0.5) / n_layers", yaxis_title="mean rank (1 = strongest)",
+                      height=480)
+    return fig
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def top_heads_rows(result: Any, i: int = 0) -> list[dict[str, Any]]:
+    """One row per (column, top head): its value and its rank in every other column."""
+    a = result.atlas(i)
+    n = int(a["n_layers"]) * int(a["n_heads"])
+    rows = []
+    for col, heads in a["top_heads"].items():
+        for k, t in enumerate(heads, 1):
+            others = ", ".join(f"{c} {r}" for c, r in t["ranks"].items() if c != col)
+            rows.append({"column": col, "#": k, "head": t["head"], "value": _fmt(t["value"]),
+                         f"rank elsewhere (of {n})": others})
+    return rows
+
+
+def sources_rows(result: Any, i: int = 0) -> list[dict[str, Any]]:
+    return [{"column": c["name"], "analysis": c["analysis"], "unit": c["unit"],
+             "stronger": "higher" if c["direction"] > 0 else "lower", "run": c["run"] or "(this run)",
+             "what": c["description"]} for c in result.atlas(i)["columns"]]
+
+
+def correlation_rows(result: Any, i: int = 0) -> list[dict[str, Any]]:
+    rows = []
+    for c in sorted(result.atlas(i)["correlations"], key=lambda c: -abs(c["rho"]) if c["rho"] is not None else 1):
+        iv = c.get("interval") or {}
+        rows.append({"a": c["a"], "b": c["b"], "rho": _fmt(c["rho"]),
+                     "95% interval": f"[{_fmt(iv.get('low'))}, {_fmt(iv.get('high'))}]" if iv else "-",
+                     "permutation p": _fmt(c["p"]), "n heads": c["n"]})
+    return rows
+
+
+def cluster_rows(result: Any, i: int = 0) -> list[dict[str, Any]]:
+    return [{"cluster": c["id"], "heads": c["size"], "described by (mean direction-aware rank scaled to (0, 1], 1 = strongest)": c["description"],
+             "members": " ".join(c["members"][:12]) + (" ..." if c["size"] > 12 else "")}
+            for c in result.atlas(i)["clusters"]["clusters"]]
+
+
+def comparison_rows(result: Any) -> list[dict[str, Any]]:
+    comp = result.comparison
+    a, b = comp["models"]
+    return [{"column": r["column"], f"present in {a}": r["present_a"], f"present in {b}": r["present_b"],
+             f"heads ({a})": r["n_a"], f"heads ({b})": r["n_b"], f"mean depth ({a})": _fmt(r["depth_a"]),
+             f"mean depth ({b})": _fmt(r["depth_b"]), f"top ({a})": f"{r['top_a']} @ {r['top_depth_a']}",
+             f"top ({b})": f"{r['top_b']} @ {r['top_depth_b']}"} for r in comp["roles"]]
+
+
+def atlas_sections(result: Any) -> list[Section]:
+    out = []
+    for i in range(result.n_models):
+        a = result.atlas(i)
+        cl = a["clusters"]
+        filled = "; ".join(f"{f['analysis']} at {f['settings']}" for f in a.get("filled") or [])
+        text = (f"{a['n_layers']} layers x {a['n_heads']} heads of {a['model']}, {len(a['columns'])} columns "
+                f"from the newest saved run of each head-level analysis" + (f" (--fill ran: {filled})" if filled else "")
+                + (f"; attention entropy and distance on {a['n_attention_prompts']} IOI prompts" if a['n_attention_prompts'] else "")
+                + ". Correlations are over all heads (no split: nothing is chosen on them).")
+        out.append(Section(f"Head atlas: {a['model']}", text=text, tables=[sources_rows(result, i)],
+                           figures=[cluster_grid(result, i), correlation_matrix(result, i)]))
+        out.append(Section(f"Head atlas: {a['model']}: top heads of each column, with their ranks in the others",
+                           tables=[top_heads_rows(result, i)]))
+        sil = f", silhouette {cl['silhouette']:.3f}" if cl.get("silhouette") is not None else ""
+        out.append(Section(f"Head atlas: {a['model']}: role clusters",
+                           text=f"{cl['method']} over {len(cl['columns'])} columns, k={cl['k']}{sil}.",
+                           tables=[cluster_rows(result, i)]))
+        out.append(Section(f"Head atlas: {a['model']}: rank correlations",
+                           text="Spearman's rho over heads, Fisher-z 95% interval, two-sided permutation p-value "
+                                f"({result.config.n_permutations if result.config else '?'} shuffles).",
+                           tables=[correlation_rows(result, i)]))
+    if result.comparison:
+        comp = result.comparison
+        out.append(Section(f"Head atlas: {comp['models'][0]} vs {comp['models'][1]} by relative depth",
+                           text=f"Roles present in both: {', '.join(comp['roles_in_both']) or 'none'}. {comp['rule']}.",
+                           tables=[comparison_rows(result)], figures=[depth_profiles(result)]))
+    return out
+
+
+def headline(result: Any) -> list[tuple[str, Any]]:
+    a = result.atlas()
+    best = max((c for c in a["correlations"] if c["rho"] is not None), key=lambda c: abs(c["rho"]), default=None)
+    tiles = [("heads", int(a["n_layers"]) * int(a["n_heads"])), ("columns", len(a["columns"])),
+             ("role clusters", a["clusters"]["k"])]
+    if best is not None:
+        tiles.append((f"strongest rank correlation: {best['a']} ~ {best['b']}", f"{best['rho']:.2f}"))
+    return tiles
+
+
+def headline_figures(result: Any) -> list[dict[str, Any]]:
+    """README figures: the number of columns, the strongest correlation with its interval, and k."""
+    a = result.atlas()
+    out = [figure(f"columns gathered on {a['model']}", len(a["columns"]), n=int(a["n_layers"]) * int(a["n_heads"]),
+                  fmt="d")]
+    for name, iv in result.intervals.items():
+        out.append(figure(name, interval=iv))
+    out.append(figure("role clusters (k by silhouette)", a["clusters"]["k"], fmt="d"))
+    return out

@@ -1,0 +1,113 @@
+"""What the atlas page adds to the template: the layer-by-head grid coloured by a chosen
+column, and a head's card when it is clicked (or picked): every quantity with its
+percentile and rank, its attention pattern on a chosen prompt, its top tokens through W_O
+and the unembedding, and the saved runs behind each number."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .figures import atlas_grid
+
+
+def fmt(v: float) -> str:
+    """How the card and the table print a value."""
+    return "nan" if not np.isfinite(v) else f"{v:.4g}"
+
+
+def card_rows(result: Any, layer: int, head: int, i: int = 0) -> list[dict[str, str]]:
+    """Every quantity of one head: value, percentile among the model's heads (share of heads
+    with a value at or below it), rank (1 = strongest, direction-aware), unit, source run."""
+    a = result.atlas(i)
+    table = result.table_of(i).reshape(len(a["columns"]), -1).numpy()
+    idx = layer * int(a["n_heads"]) + head
+    rows = []
+    for j, c in enumerate(a["columns"]):
+        x = table[j]
+        v = float(x[idx])
+        ok = np.isfinite(x)
+        pct = 100.0 * float((x[ok] <= v).sum()) / max(1, int(ok.sum()))
+        rank = 1 + int((c["direction"] * x[ok] > c["direction"] * v).sum())
+        rows.append({"quantity": c["name"], "value": fmt(v), "percentile": f"{pct:.0f}", "rank": f"{rank} of {int(ok.sum())}",
+                     "unit": c["unit"], "from": c["run"] or "this run"})
+    return rows
+
+
+def _cached_model(name: str) -> Any:
+    import streamlit as st
+
+    @st.cache_resource(show_spinner=f"loading {name} ...")
+    def load(model_name: str) -> Any:
+        from workbench.models import load_model
+
+        return load_model(model_name)
+
+    return load(name)
+
+
+def _selected_head(event: Any) -> tuple[int, int] | None:
+    try:
+        points = event.selection.points if hasattr(event, "selection") else event["selection"]["points"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if not points:
+        return None
+    p = points[0]
+    return int(round(float(p["y"]))), int(round(float(p["x"])))  # the grid's y is the layer, x the head
+
+
+def atlas_explorer(result: Any) -> None:
+    import streamlit as st
+
+    from workbench.errors import WorkbenchError
+    from workbench.figures import token_heatmap
+
+    st.divider()
+    i = 0
+    if result.n_models > 1:
+        i = st.radio("model", range(result.n_models), format_func=lambda k: result.model_names[k], horizontal=True,
+                     key="atlas-which-model")
+    a = result.atlas(i)
+    names = [c["name"] for c in a["columns"]]
+    column = st.selectbox("colour the grid by", names, key="atlas-column")
+    event = st.plotly_chart(atlas_grid(result, column, i), on_select="rerun", selection_mode="points",
+                            key=f"atlas-grid-{i}-{column}")
+    clicked = _selected_head(event)
+    n_layers, n_heads = int(a["n_layers"]), int(a["n_heads"])
+    heads = [(l, h) for l in range(n_layers) for h in range(n_heads)]
+    if clicked is not None and st.session_state.get("atlas-last-click") != clicked:
+        st.session_state["atlas-last-click"] = clicked  # a new click picks the head; the select box may change it later
+        st.session_state["atlas-head"] = clicked[0] * n_heads + clicked[1]
+    pick = st.selectbox("head (or click one in the grid)", range(len(heads)),
+                        format_func=lambda k: f"L{heads[k][0]}H{heads[k][1]}", key="atlas-head")
+    layer, head = heads[pick]
+    st.subheader(f"Head card: L{layer}H{head}")
+    st.table(card_rows(result, layer, head, i))
+    runs = sorted({(c["analysis"], c["run"]) for c in a["columns"] if c["run"]})
+    if runs:
+        st.markdown("Saved runs behind these numbers: " + "; ".join(
+            f"[{key}](./{key}) `{run}`" for key, run in runs))
+    card, pattern = a.get("card"), result.arrays.get(f"card_pattern_{i}")
+    default = card["prompt"] if card else ""
+    prompt = st.text_input("prompt for the attention pattern and top tokens", default, key="atlas-card-prompt")
+    tokens, top, logits = None, None, None
+    if card is not None and prompt == card["prompt"] and pattern is not None:
+        tokens, pat = card["tokens"], pattern[layer, head]
+        top, logits = card["top_tokens"][layer][head], card["top_logits"][layer][head]
+    elif prompt.strip():
+        try:
+            from .analysis import head_card
+
+            model = _cached_model(a["model"])
+            fresh, patterns = head_card(model, prompt)
+            tokens, pat = fresh["tokens"], patterns[layer, head]
+            top, logits = fresh["top_tokens"][layer][head], fresh["top_logits"][layer][head]
+        except WorkbenchError as exc:
+            st.error(str(exc))
+    if tokens is not None:
+        st.plotly_chart(token_heatmap(pat, tokens, f"L{layer}H{head} attention on the prompt"), key="atlas-pattern")
+        st.markdown(f"**Top tokens of L{layer}H{head}'s output at the last position** (z @ W_O, the final norm's "
+                    "weight, the unembedding): " + ", ".join(f"`{t!r}` ({v:.2f})" for t, v in zip(top, logits)))
+    st.subheader("The whole table")
+    st.dataframe(result.frame(i), width="stretch")
