@@ -129,3 +129,49 @@ def test_interval_round_trips_through_a_result(tmp_path):
     path = r.save(tmp_path / "run")
     back = load_result(path)
     assert back.intervals["acc"] == wilson(3, 12, split="test")
+
+
+def test_intervals_reach_the_report_and_the_page():
+    """Every page and report draws ``spec.sections``, which ends with the stored intervals."""
+    from workbench.report import render
+    from workbench.results import Result
+    from workbench.spec import interval_sections
+
+    r = Result(config=None, metrics={})
+    assert interval_sections(r) == []
+    r.set_interval("needle accuracy, top-5 masked", wilson(3, 12, split="test"))
+    (section,) = interval_sections(r)
+    (row,) = section.tables[0]
+    assert row["figure"] == "needle accuracy, top-5 masked" and row["interval"] == "[0.08894, 0.5323]"
+    assert row["n"] == 12 and row["split"] == "test"
+    html = render("t", [section])
+    assert "[0.08894, 0.5323]" in html and "needle accuracy, top-5 masked" in html
+
+
+def test_split_half_top_chooses_on_one_half_and_measures_on_the_other():
+    from workbench.stats import split_half_top
+
+    # unit "b" wins on the even rows only, "c" on the odd rows only: the choice is "b", its value
+    # the mean of its odd rows (the in-sample top, "b" at 5.5 over all rows, would overstate it)
+    x = np.array([[0, 9, 1], [0, 2, 8], [0, 9, 1], [0, 2, 8]], dtype=float)
+    ((name, iv),) = split_half_top(x, ["a", "b", "c"], 1)
+    assert name == "b" and iv.value == 2.0 and iv.n == 2 and iv.split == "held-out half"
+    ((name, iv),) = split_half_top(x, ["a", "b", "c"], 1, largest=False)
+    assert name == "a" and iv.value == 0.0
+    assert split_half_top(x[:1], ["a", "b", "c"]) == []
+
+
+def test_ablation_intervals_from_per_prompt_numbers():
+    import torch
+
+    from analyses.ablation.analysis import AblationResult, set_intervals
+
+    clean = torch.tensor([2.0, -1.0, 3.0, 4.0])
+    ablated = clean.repeat(2, 3, 1).clone()  # [layer head prompt]: no head matters ...
+    ablated[1, 2] = clean - torch.tensor([5.0, 1.0, 5.0, 1.0])  # ... except L1H2: -5 on even prompts, -1 on odd
+    r = AblationResult(config=None, metrics={}, arrays={"clean_logit_diff": clean, "ablated_logit_diff": ablated})
+    set_intervals(r, n_top=1)
+    iv = r.intervals
+    assert iv["clean logit difference IO - S"].value == 2.0 and iv["clean accuracy"] == wilson(3, 4, split="all prompts")
+    ((name, top),) = [(k, v) for k, v in iv.items() if "ranked #1" in k]
+    assert name.endswith("(L1H2)") and top.value == -1.0 and top.low == top.high == -1.0 and top.n == 2

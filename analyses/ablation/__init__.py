@@ -1,9 +1,9 @@
 """Head ablation: mean-ablate each attention head and rank heads by the change in the
 task's logit difference; its run folder carries the HTML report of every analysis."""
-from workbench.spec import AnalysisSpec
+from workbench.spec import AnalysisSpec, Headline
 
 from .analysis import AblationConfig, AblationResult, estimate_bytes, run
-from .figures import ablation_sections, headline
+from .figures import ablation_sections, headline, headline_figures
 
 
 def write_report(result: AblationResult, config: AblationConfig, common) -> dict[str, str]:
@@ -33,6 +33,7 @@ SPEC = AnalysisSpec(
     finish=write_report,
     estimate_bytes=estimate_bytes,
     page_defaults={"n_prompts": 16},
+    headlines=(Headline("head ablation (IOI)", ("ablation",), headline_figures),),
     description="Each head's output z is replaced by its mean over corrupted (ABC) prompts; the effect is the "
                 "change in the IO - S logit difference.",
 )

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from workbench.stats import bootstrap, split_half_top, wilson
 from workbench.cache import Tokens, run_with_cache, run_with_patches
 from workbench.datasets import PromptSet, ioi_prompts
 from workbench.errors import InputError
@@ -212,5 +213,21 @@ def run(model: Any, config: AblationConfig | None = None, progress: bool = True)
         "example_prompt": ps.prompts[0],
     }
     arrays = {"effect": effect, "clean_logit_diff": clean, "ablated_logit_diff": sweep.metric.view(s.n_layers, s.n_heads, -1)}
-    return AblationResult(config=config, metrics=metrics, arrays=arrays,
-                          meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend, "parallel": how})
+    result = AblationResult(config=config, metrics=metrics, arrays=arrays,
+                            meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend, "parallel": how})
+    set_intervals(result)
+    return result
+
+
+def set_intervals(result: AblationResult, n_top: int = 3) -> None:
+    """The clean logit difference and accuracy over the prompts, and the costliest heads
+    chosen on the even-numbered prompts with their cost measured on the odd ones."""
+    clean = result.arrays["clean_logit_diff"].double()
+    ablated = result.arrays["ablated_logit_diff"].double()  # [layer head prompt]
+    n_layers, n_heads, n = ablated.shape
+    result.set_interval("clean logit difference IO - S", bootstrap(clean.numpy(), split="all prompts"))
+    result.set_interval("clean accuracy", wilson(int((clean > 0).sum()), n, split="all prompts"))
+    per_prompt = (ablated - clean).reshape(n_layers * n_heads, n).T.numpy()  # [prompt head]
+    names = [f"L{i // n_heads}H{i % n_heads}" for i in range(n_layers * n_heads)]
+    for rank, (name, iv) in enumerate(split_half_top(per_prompt, names, n_top, largest=False), start=1):
+        result.set_interval(f"logit difference change when ablated, head ranked #{rank} on the ranking half ({name})", iv)

@@ -38,3 +38,11 @@ def ablation_sections(result: Any) -> list:
         Section("Model on the task", tables=[summary]),
         Section("Head ablation", text=text, figures=[effect_grid(result), top_heads_bar(result)], tables=[top]),
     ]
+
+
+def headline_figures(result: Any) -> list[dict[str, Any]]:
+    """README row: the task as the model does it, and the costliest heads, chosen on one half
+    of the prompts and measured on the other."""
+    from workbench.spec import figure
+
+    return [figure(name, interval=iv, fmt=".2f") for name, iv in result.intervals.items()]

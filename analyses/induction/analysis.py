@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from workbench.cache import run_with_cache
 from workbench.errors import InputError
-from workbench.stats import bootstrap
+from workbench.stats import split_half_top
 from workbench.results import Result, provenance
 from workbench.spec import option
 
@@ -229,15 +229,10 @@ def run(model: Any, config: InductionConfig | None = None, progress: bool = True
 
 
 def set_held_out_intervals(result: InductionResult, n_top: int = 3) -> None:
-    """Rank heads on the even-numbered sequences, score the top ``n_top`` on the odd ones
-    (a choice and its measurement on different data), with bootstrap intervals."""
+    """The top heads ranked on the even-numbered sequences, scored on the odd ones."""
     per_seq = result.arrays["induction_per_sequence"]
-    if per_seq.shape[0] < 2:
-        return
     n_heads = per_seq.shape[2]
-    ranking = per_seq[0::2].mean(dim=0).flatten()
-    held_out = per_seq[1::2].flatten(1)
-    for rank, i in enumerate(torch.argsort(ranking, descending=True, stable=True)[:n_top].tolist(), start=1):
-        name = f"L{i // n_heads}H{i % n_heads}"
-        result.set_interval(f"induction score, head ranked #{rank} on the ranking half ({name})",
-                            bootstrap(held_out[:, i].numpy(), split="held-out half"))
+    names = [f"L{i // n_heads}H{i % n_heads}" for i in range(per_seq.shape[1] * n_heads)]
+    top = split_half_top(per_seq.flatten(1).numpy(), names, n_top)
+    for rank, (name, iv) in enumerate(top, start=1):
+        result.set_interval(f"induction score, head ranked #{rank} on the ranking half ({name})", iv)
