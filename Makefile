@@ -12,7 +12,7 @@ N ?= 32
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast test-real bench app clean
+.PHONY: install run test test-fast test-real bench headlines app clean
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ test-fast: install
 
 test-real: install
 	$(PY) -m pytest -q -m real_model $(PYTEST_ARGS)
+
+# Every README figure, re-measured at its stated size: writes docs/headlines.json and the README table.
+headlines: install
+	$(PY) benchmarks/headlines.py
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
