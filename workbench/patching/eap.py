@@ -42,16 +42,11 @@ def edge_attribution(model: Any, clean: Tokens, corrupt: Tokens, metric: LogitDi
     try:
         for start in chunks:
             stop = min(n, start + batch_size)
-            c, k = clean.slice(start, stop), corrupt.slice(start, stop)
-            m = metric.sub(start, stop)
-            _, acts_clean = sender_outputs(model, c)
-            _, acts_corrupt = sender_outputs(model, k)
-            deltas = sender_deltas(model, graph, acts_clean, acts_corrupt)
+            c, m, deltas, e_clean, e_corrupt = _chunk(model, graph, clean, corrupt, metric, start, stop)
             if method == "eap":
                 grads, _ = receiver_grads(model, c, m, qkv=qkv)
                 bar.update(1)
             else:
-                e_clean, e_corrupt = acts_clean["embed"], acts_corrupt["embed"]
                 grads = None
                 for step in range(steps):
                     e = e_corrupt + (step / steps) * (e_clean - e_corrupt)
@@ -64,6 +59,15 @@ def edge_attribution(model: Any, clean: Tokens, corrupt: Tokens, metric: LogitDi
         qkv.close()
         bar.close()
     return scores.float()
+
+
+def _chunk(model: Any, graph: Any, clean: Tokens, corrupt: Tokens, metric: LogitDiff, start: int, stop: int):
+    """One chunk's clean tokens, metric, sender deltas (corrupt - clean) and both embeddings."""
+    c, k = clean.slice(start, stop), corrupt.slice(start, stop)
+    _, acts_clean = sender_outputs(model, c)
+    _, acts_corrupt = sender_outputs(model, k)
+    deltas = sender_deltas(model, graph, acts_clean, acts_corrupt)
+    return c, metric.sub(start, stop), deltas, acts_clean["embed"], acts_corrupt["embed"]
 
 
 def edge_attribution_steps(model: Any, clean: Tokens, corrupt: Tokens, metric: LogitDiff, steps: int = 8,
@@ -86,12 +90,7 @@ def edge_attribution_steps(model: Any, clean: Tokens, corrupt: Tokens, metric: L
     try:
         for start in chunks:
             stop = min(n, start + batch_size)
-            c, k = clean.slice(start, stop), corrupt.slice(start, stop)
-            m = metric.sub(start, stop)
-            _, acts_clean = sender_outputs(model, c)
-            _, acts_corrupt = sender_outputs(model, k)
-            deltas = sender_deltas(model, graph, acts_clean, acts_corrupt)
-            e_clean, e_corrupt = acts_clean["embed"], acts_corrupt["embed"]
+            c, m, deltas, e_clean, e_corrupt = _chunk(model, graph, clean, corrupt, metric, start, stop)
             for step in range(steps):
                 e = e_corrupt + (step / steps) * (e_clean - e_corrupt)
                 g, _ = receiver_grads(model, c, m, embed=e, qkv=qkv)
