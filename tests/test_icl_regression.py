@@ -21,7 +21,7 @@ from workbench.errors import InputError
 from workbench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(d=3, n=20, heads=4, steps=300, eval_prompts=500, checkpoint_every=50)
+SMALL = dict(d=3, n=20, heads=4, steps=300, eval_prompts=500, checkpoint_every=50, n_seeds=2)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,9 @@ def test_cli_bad_input_prints_one_line(tmp_path):
 # ---------------------------------------------------------------- a small trained run
 def test_small_run_summary_and_trends(small_result):
     s = small_result.summary()
-    assert list(s) == ["heads", "kq_offdiag_share", "kq_diag_cv", "ov_offlast_share", "mu", "zero_sum_ratio", "mse"]
+    assert list(s) == ["heads", "kq_offdiag_share", "kq_diag_cv", "ov_offlast_share", "mu", "zero_sum_ratio", "mse",
+                       "seed_table"]
+    assert set(s["seed_table"]) == {"H=2", "H=4"} and s["seed_table"]["H=4"]["seeds"] == [0, 1]
     assert set(s["mse"]) == {"model", "single_head", "gd_debiased", "ridge"}
     assert s["heads"] == 4 and len(s["mu"]) == 4 and len(s["kq_offdiag_share"]) == 4
     m = small_result.metrics
@@ -266,7 +268,7 @@ def test_app_page(small_result):
     at = analysis_page_app("icl").run()
     assert not at.exception
     assert len(at.select_slider) == 1
-    assert len(at.get("plotly_chart")) == 5
+    assert len(at.get("plotly_chart")) == 6  # KQ, OV, pattern curves, error by length, losses, seed table
     at.select_slider[0].set_value(0).run()
     assert not at.exception
 
@@ -274,7 +276,7 @@ def test_app_page(small_result):
 # ---------------------------------------------------------------- the claims (default setting)
 @pytest.mark.slow
 def test_default_run_shows_the_patterns_and_claims(icl_cache):
-    r = run(None, ICLConfig(seed=0), progress=False)
+    r = run(None, ICLConfig(seed=0, n_seeds=0), progress=False)  # the seed table is the command's, not this test's
     m = r.metrics
     assert m["zero_sum_ratio"] < 0.05
     assert m["kq_offdiag_weighted"] < 0.1
@@ -292,7 +294,7 @@ def test_default_run_shows_the_patterns_and_claims(icl_cache):
 
 @pytest.mark.slow
 def test_anisotropic_covariates_give_a_preconditioner(icl_cache):
-    r = run(None, ICLConfig(seed=0, covariance="ar1", rho=0.5, baselines=False), progress=False)
+    r = run(None, ICLConfig(seed=0, covariance="ar1", rho=0.5, baselines=False, n_seeds=0), progress=False)
     m = r.metrics
     assert m["precond_dist_inv_cov"] < 0.5 * m["precond_dist_identity"]
     assert m["mse"]["model"] < 0.8 * m["mse"]["gd_debiased"]  # plain debiased GD ignores Sigma

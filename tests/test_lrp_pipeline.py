@@ -17,13 +17,14 @@ from workbench.errors import InputError
 from workbench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPT_KEYS = {"tokens", "relevance", "head_relevance", "conservation_error", "aopc"}
+PROMPT_KEYS = {"tokens", "relevance", "head_relevance", "conservation_error", "token_conservation_error",
+               "softmax_absorbed_share", "aopc", "aopc_by_task", "intervals"}
 IMAGE_KEYS = {"top_classes", "aopc"}
 
 
 @pytest.fixture(scope="module")
 def prompt_result(tiny_llama):
-    return run(tiny_llama, LrpConfig(n_prompts=2, max_delete=3, n_random=1), progress=False)
+    return run(tiny_llama, LrpConfig(n_prompts=2, max_delete=3, n_random=1, tasks=("ioi",)), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,7 @@ def test_prompt_result_summary_and_round_trip(prompt_result, tmp_path):
     assert s["conservation_error"] < CONSERVATION_TOLERANCE
     assert set(s["aopc"]) == {"attnlrp", "gradient_x_input", "rollout", "random"}
     assert {"io_share", "io_top1_rate"} <= set(r.metrics)
+    assert set(s["aopc_by_task"]) == {"ioi"} and "ioi: AOPC attnlrp - random" in s["intervals"]
     back = load_result(r.save(tmp_path / "run"))
     assert isinstance(back, LrpResult)
     assert back.summary() == {**s, "run": str(tmp_path / "run")}
@@ -156,7 +158,8 @@ def test_ioi_on_smollm2_conserves_and_finds_the_io_name(smollm2):
     r = run(smollm2, LrpConfig(n_prompts=2, max_delete=3, n_random=1), progress=False)
     m = r.metrics
     assert m["conservation_error"] < CONSERVATION_TOLERANCE
-    assert m["target_value_mean"] > 0  # the model prefers IO over S
+    assert r.tasks == ["ioi", "successor"]
+    assert all(v > 0 for v in r.target_values.tolist())  # the model prefers IO over S, the next item over the item
     assert m["io_share"]["attnlrp"] > 0.05  # the IO name carries a clear positive share for AttnLRP
     assert set(m["aopc"]) == {"attnlrp", "gradient_x_input", "rollout", "random"}
 

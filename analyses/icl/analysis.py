@@ -12,32 +12,46 @@ authors: 1e-3 for 500k steps on a GPU), so the patterns appear in minutes on a l
 
 ``run(None, config)`` trains its own models (cached by ``icl_training``); ``model`` is unused.
 
-What emerges here (d=5, n=40, 3000 steps, lr 3e-3; seeds 0-2): with H=4 the heads split into
-opposite signs in every seed (zero-sum, diagonal homogeneous KQ, last-entry OV on the heads
-that write; sometimes two heads go silent, as the authors note H>2 acts like H=2). With H=2,
-two of three seeds stay at the same-sign solution (= single-head error) for 3000 steps: a
-saddle that the authors' 500k steps at lr 1e-3 leave, this budget often does not.
+The seed table: the same training for ``n_seeds`` seeds at each head count of ``seed_heads``
+(default H = 2 and H = 4, five seeds each), and the share of seeds that reach the opposite-sign
+(zero-sum) pattern, with a Wilson interval. The criterion, fixed before looking: at the end of
+training ``|sum_h mu_h| / sum_h |mu_h| < ZERO_SUM_THRESHOLD`` (0.1; mu_h is head h's OV weight on y).
+The same-sign saddle has ratio 1, the paper's pattern ratio 0; the trained runs sit near one end
+or the other. With H = 2, seeds can stay at the same-sign saddle for the whole 3000 steps (the
+authors train 500k steps at lr 1e-3); the table counts how many.
+
+Step sizes of the GD baselines: derived in closed form for the task distribution at the
+training length (``predictors.optimal_step``), not fitted on any prompts. Every error is
+measured on fresh test prompts from their own generator (seed + 10007), never used in training
+(training draws from seed + 1) or in choosing anything; intervals are bootstrap intervals over
+those prompts (split ``test``), and the share of seeds is over seeds (split ``seeds``).
 """
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
 from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
+from workbench.stats import bootstrap, bootstrap_diff, wilson
 
 from analyses.icl import patterns as pat
 from analyses.icl import predictors as pred
 from analyses.icl.model import AttentionRegressor
 from analyses.icl.task import COVARIANCES, covariance_matrix, embed, sample_prompts
-from analyses.icl.training import TrainSpec, train
+from analyses.icl.training import TrainSpec, cache_path, train
 
 PREDICTORS = ("model", "single_head", "linear", "gd", "gd_debiased", "ridge")
 MAX_CONTEXT_FACTOR = 16  # default cap on evaluated context length: 16 x the training length
+ZERO_SUM_THRESHOLD = 0.1  # a seed reaches the opposite-sign pattern when |sum mu| / sum |mu| < this
+TEST_SPLIT = "test"
 
 
 @dataclass
@@ -60,6 +74,10 @@ class ICLConfig:
                                            help="context lengths to evaluate (default n/4,n/2,n,2n,4n)")
     max_context: int = option(0, help="longest context evaluated (0: 16 n; a memory cap, the model has no positions)",
                               min=0)
+    n_seeds: int = option(5, help="seeds of the seed table per head count (seed .. seed+n_seeds-1; 0: no table)",
+                          min=0, max=1000)
+    seed_heads: tuple[int, ...] = option((2, 4), help="head counts of the seed table")
+    workers: int = option(2, help="processes training the seed table side by side (one thread each)", min=1, max=64)
     renamed: ClassVar[dict[str, str]] = {"batch": "batch_size"}
 
     def validate(self) -> "ICLConfig":
@@ -91,6 +109,9 @@ class ICLConfig:
                 "ask for shorter --lengths or raise --max-context")
         if self.n not in lengths:
             lengths = tuple(sorted(set(lengths) | {self.n}))
+        bad_heads = [h for h in self.seed_heads if not isinstance(h, int) or h < 1]
+        if bad_heads:
+            raise InputError(f"--seed-heads must be positive head counts (got {bad_heads}); e.g. --seed-heads 2,4")
         self.eval_lengths, self.max_context = lengths, max_context
         return self
 
@@ -232,10 +253,35 @@ class ICLResult(Result):
         gap = self.metrics.get("dgd_pred_gap")
         return None if gap is None else float(gap)
 
+    @property
+    def steps_closed_form(self) -> dict[str, float]:
+        """The GD baselines' step sizes, each derived in closed form (``predictors.optimal_step``)."""
+        return {k[len("eta_"):]: float(v) for k, v in self.metrics.items() if k.startswith("eta_") and k != "eta_implied"}
+
+    # ----- the seed table ------------------------------------------------------------
+    @property
+    def seed_table(self) -> list[dict[str, Any]]:
+        """One row per (heads, seed): ``heads``, ``seed``, ``zero_sum_ratio``, ``reached``, ``mu``,
+        ``mse`` (test, at n), ``mse_gd_debiased`` (same prompts), ``train_seconds``."""
+        return [dict(r) for r in self.metrics.get("seed_table", [])]
+
+    @property
+    def zero_sum_threshold(self) -> float:
+        return float(self.metrics.get("zero_sum_threshold", ZERO_SUM_THRESHOLD))
+
+    def reached_share(self, heads: int) -> Any:
+        """The share of seeds with ``heads`` heads that reach the opposite-sign pattern (Wilson interval)."""
+        return self.intervals.get(f"H={heads}: share of seeds reaching the zero-sum pattern")
+
     def summary(self) -> dict[str, Any]:
         m = self.metrics
         out: dict[str, Any] = {k: m[k] for k in self.SUMMARY_KEYS}
         out["mse"] = {k: m["mse"].get(k) for k in ("model", "single_head", "gd_debiased", "ridge")}
+        if m.get("seed_table"):
+            out["seed_table"] = {f"H={h}": {"seeds": [r["seed"] for r in m["seed_table"] if r["heads"] == h],
+                                            "zero_sum_ratio": [round(r["zero_sum_ratio"], 4) for r in m["seed_table"] if r["heads"] == h],
+                                            "reached": sum(r["reached"] for r in m["seed_table"] if r["heads"] == h)}
+                                 for h in dict.fromkeys(r["heads"] for r in m["seed_table"])}
         if self.path is not None:
             out["run"] = str(self.path)
         return out
@@ -252,11 +298,56 @@ def _predict(model: AttentionRegressor, p) -> torch.Tensor:
     return model(z, zq)
 
 
+def _train_spec_worker(spec: TrainSpec) -> float:
+    """Train one spec into the cache in a worker process (one thread); returns its seconds."""
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    train(spec, progress=False)
+    return time.perf_counter() - t0
+
+
+def _train_all(specs: list[TrainSpec], workers: int, progress: bool) -> dict[TrainSpec, float]:
+    """Train every spec not yet in the cache, ``workers`` processes at a time; {spec: seconds}
+    (0 for specs found in the cache)."""
+    seconds = {spec: 0.0 for spec in specs}
+    todo = [spec for spec in dict.fromkeys(specs) if not cache_path(spec).is_file()]
+    if not todo:
+        return seconds
+    workers = max(1, min(workers, len(todo), os.cpu_count() or 1))
+    bar = tqdm(total=len(todo), desc=f"training {len(todo)} models ({workers} at a time)", disable=not progress, leave=False)
+    if workers == 1:
+        for spec in todo:
+            t0 = time.perf_counter()
+            train(spec, progress=progress)
+            seconds[spec] = time.perf_counter() - t0
+            bar.update()
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_spec_worker, spec): spec for spec in todo}
+            for fut in as_completed(futures):
+                seconds[futures[fut]] = fut.result()
+                bar.update()
+    bar.close()
+    return seconds
+
+
+def _seed_specs(config: ICLConfig) -> list[TrainSpec]:
+    return [replace(_spec(config, h), seed=config.seed + k) for h in config.seed_heads for k in range(config.n_seeds)]
+
+
 def run(model: Any = None, config: ICLConfig | None = None, progress: bool = True) -> ICLResult:
-    """Train (or load cached) models for ``config``, read their patterns, compare predictors."""
+    """Train (or load cached) models for ``config``, read their patterns, compare predictors,
+    and the seed table: the share of seeds per head count that reach the zero-sum pattern."""
     config = validate(config or ICLConfig())
     t0 = time.perf_counter()
-    main = train(_spec(config, config.heads), progress=progress)
+    main_spec = _spec(config, config.heads)
+    specs = [main_spec, *_seed_specs(config)]
+    if config.baselines:
+        specs += [_spec(config, 1), _spec(config, config.heads, "linear")]
+    seconds = _train_all(specs, config.workers, progress)
+    main = train(main_spec, progress=progress)
     single = train(_spec(config, 1), progress=progress) if config.baselines else None
     linear = train(_spec(config, config.heads, "linear"), progress=progress) if config.baselines else None
     train_seconds = time.perf_counter() - t0
@@ -268,14 +359,14 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
     gamma = pat.effective_preconditioner(main.kq[-1], main.ov[-1])
     inv_cov = torch.linalg.inv(cov.double()).float()
 
-    # ---- predictors on fresh prompts ---------------------------------------------------
+    # ---- predictors on fresh test prompts ------------------------------------------------
+    # GD step sizes in closed form at the training length: nothing is fitted on prompts.
+    aniso = config.covariance != "isotropic"
+    eta_gd = pred.optimal_step(config.n, cov, config.noise_var)
+    eta_dgd = pred.optimal_step(config.n, cov, config.noise_var, debiased=True)
+    eta_pdgd = pred.optimal_step(config.n, cov, config.noise_var, debiased=True, precond=inv_cov) if aniso else None
     gen = torch.Generator().manual_seed(config.seed + 10_007)
     cov_arg = None if config.covariance == "isotropic" else cov
-    fit = sample_prompts(config.eval_prompts, config.n, config.d, config.noise_var, cov_arg, generator=gen)
-    eta_gd = pred.fit_step(pred.gd_direction(fit), fit.yq)
-    eta_dgd = pred.fit_step(pred.debiased_gd_direction(fit), fit.yq)
-    aniso = config.covariance != "isotropic"
-    eta_pdgd = pred.fit_step(pred.debiased_gd_direction(fit, inv_cov), fit.yq) if aniso else None
     lam = pred.bayes_lambda(config.d, config.noise_var)
     lengths = list(config.eval_lengths)
     names = [n for n in PREDICTORS if config.baselines or n not in ("single_head", "linear")]
@@ -283,6 +374,8 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
         names.insert(names.index("gd_debiased") + 1, "gd_debiased_precond")
     table = torch.zeros(len(names), len(lengths))
     gap = pgap = None
+    sq_at_n: dict[str, torch.Tensor] = {}
+    p_n = None
     for j, L in enumerate(lengths):
         p = sample_prompts(config.eval_prompts, L, config.d, config.noise_var, cov_arg, generator=gen)
         preds = {"model": _predict(main.model, p)}
@@ -297,6 +390,8 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
         for i, name in enumerate(names):
             table[i, j] = pred.mse(preds[name], p.yq)
         if L == config.n:
+            p_n = p
+            sq_at_n = {name: (preds[name] - p.yq) ** 2 for name in names}
             diff = preds["model"] - preds["gd_debiased"]
             gap = float((diff**2).mean() / (preds["gd_debiased"] ** 2).mean())
             if aniso:
@@ -306,6 +401,18 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
     mse = {name: float(table[i, at_n]) for i, name in enumerate(names)}
     tail = max(1, config.steps // 10)
     mus = final["mu"]
+
+    # ---- the seed table ------------------------------------------------------------------
+    seed_rows = []
+    for spec in _seed_specs(config):
+        rec = train(spec, progress=False)  # from the cache
+        mu_s = pat.mu(rec.ov[-1])
+        ratio = float(pat.zero_sum_ratio(mu_s))
+        err = (_predict(rec.model, p_n) - p_n.yq) ** 2
+        seed_rows.append({"heads": spec.heads, "seed": spec.seed, "zero_sum_ratio": ratio,
+                          "reached": bool(ratio < ZERO_SUM_THRESHOLD), "mu": [float(v) for v in mu_s],
+                          "mse": float(err.mean()), "mse_gd_debiased": mse["gd_debiased"],
+                          "train_seconds": round(seconds.get(spec, 0.0), 1)})
 
     metrics: dict[str, Any] = {
         "heads": config.heads, "d": config.d, "n": config.n, "steps": config.steps,
@@ -324,6 +431,7 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
         "lengths": lengths,
         "predictors": names,
         "eta_gd": eta_gd, "eta_gd_debiased": eta_dgd,
+        "step_sizes": "closed form (predictors.optimal_step), at the training length n; nothing fitted",
         "eta_implied": float((mus * final["omega"]).sum()),
         "dgd_pred_gap": gap,
         "dgd_mse_gap_rel": (mse["model"] - mse["gd_debiased"]) / mse["gd_debiased"],
@@ -332,8 +440,14 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
         "precond_dist_identity": pat.scaled_distance(gamma, torch.eye(config.d)),
         "precond_dist_inv_cov": pat.scaled_distance(gamma, inv_cov),
         "train_seconds": train_seconds,
-        "cached": bool(main.cached),
+        "cached": all(v == 0.0 for v in seconds.values()) and bool(main.cached),
+        "seed_table": seed_rows,
+        "zero_sum_threshold": ZERO_SUM_THRESHOLD,
+        "zero_sum_criterion": f"|sum_h mu_h| / sum_h |mu_h| < {ZERO_SUM_THRESHOLD} at the end of training",
+        "test_prompts": config.eval_prompts,
     }
+    if aniso:
+        metrics["eta_gd_debiased_precond"] = eta_pdgd
     arrays = {
         "checkpoint_steps": main.checkpoint_steps, "kq": main.kq, "ov": main.ov, "loss": main.loss,
         "lengths": torch.tensor(lengths), "mse_by_length": table,
@@ -347,4 +461,19 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
         arrays["linear.loss"] = linear.loss
     meta = provenance(model=f"icl-attn-H{config.heads}-d{config.d}-n{config.n}", seed=config.seed)
     meta["train_spec_key"] = _spec(config, config.heads).key()
-    return ICLResult(config=config, metrics=metrics, arrays=arrays, meta=meta)
+    result = ICLResult(config=config, metrics=metrics, arrays=arrays, meta=meta)
+
+    # ---- intervals: over test prompts (errors) and over seeds (the share reaching the pattern)
+    for name, sq in sq_at_n.items():
+        result.set_interval(f"MSE {name} at n", bootstrap(sq.numpy(), split=TEST_SPLIT))
+    for other in ("single_head", "gd_debiased"):
+        if other in sq_at_n:
+            result.set_interval(f"MSE model - {other} at n",
+                                bootstrap_diff(sq_at_n["model"].numpy(), sq_at_n[other].numpy(), split=TEST_SPLIT))
+    for h in config.seed_heads:
+        rows = [r for r in seed_rows if r["heads"] == h]
+        if rows:
+            result.set_interval(f"H={h}: share of seeds reaching the zero-sum pattern",
+                                wilson(sum(r["reached"] for r in rows), len(rows), split="seeds"))
+            result.set_interval(f"H={h}: test MSE over seeds", bootstrap([r["mse"] for r in rows], split="seeds"))
+    return result

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.figures.common import to_numpy, head_label
+from workbench.spec import figure
 
 
 def _token_labels(d: int) -> list[str]:
@@ -110,6 +111,56 @@ def loss_curves(result, smooth: int = 50) -> go.Figure:
     return fig
 
 
+def seed_table_figure(result) -> go.Figure:
+    """The zero-sum ratio |sum mu| / sum |mu| of every seed at each head count, with the
+    criterion's threshold: below it, the seed reached the opposite-sign pattern."""
+    rows = result.seed_table
+    fig = go.Figure()
+    for h in dict.fromkeys(r["heads"] for r in rows):
+        sel = [r for r in rows if r["heads"] == h]
+        iv = result.reached_share(h)
+        share = f"{iv.value:.0%} [{iv.low:.0%}, {iv.high:.0%}]" if iv is not None else ""
+        fig.add_trace(go.Scatter(x=[f"H={h}"] * len(sel), y=[r["zero_sum_ratio"] for r in sel], mode="markers+text",
+                                 text=[f"seed {r['seed']}" for r in sel], textposition="middle right",
+                                 name=f"H={h}: {sum(r['reached'] for r in sel)}/{len(sel)} reached {share}",
+                                 marker={"size": 10}))
+    fig.add_hline(y=result.zero_sum_threshold, line_dash="dot", line_color="grey",
+                  annotation_text=f"criterion: ratio < {result.zero_sum_threshold}")
+    fig.update_layout(title="Seed table: |sum mu| / sum |mu| at the end of training (0 = zero-sum, 1 = same sign)",
+                      yaxis_title="zero-sum ratio", yaxis_range=[-0.05, 1.05], height=380)
+    return fig
+
+
+def seed_rows(result) -> list[dict]:
+    return [{"heads": r["heads"], "seed": r["seed"], "zero-sum ratio": round(r["zero_sum_ratio"], 4),
+             "reached": r["reached"], "mu": ", ".join(f"{v:+.3f}" for v in r["mu"]),
+             "test MSE at n": round(r["mse"], 4), "debiased GD MSE": round(r["mse_gd_debiased"], 4),
+             "train seconds": r["train_seconds"]} for r in result.seed_table]
+
+
+def headline_figures(result) -> list[dict]:
+    """The README's ICL row (``benchmarks/headlines.py``): per head count, the share of seeds that
+    reach the zero-sum pattern (Wilson interval over seeds) and their mean test MSE; the main
+    model's test MSE against single-head attention and closed-form debiased GD (bootstrap over
+    test prompts)."""
+    out = []
+    for h in dict.fromkeys(r["heads"] for r in result.seed_table):
+        iv = result.reached_share(h)
+        if iv is not None:
+            out.append(figure(f"H={h}: share of seeds reaching the zero-sum pattern (|sum mu|/sum|mu| < "
+                              f"{result.zero_sum_threshold})", interval=iv, fmt=".2f"))
+        mse_iv = result.intervals.get(f"H={h}: test MSE over seeds")
+        if mse_iv is not None:
+            out.append(figure(f"H={h}: test MSE at n, mean over seeds", interval=mse_iv, fmt=".3f"))
+    ivs = result.intervals
+    for name, text in (("MSE model at n", f"H={result.heads} seed {result.config.seed if result.config else 0}: test MSE"),
+                       ("MSE model - single_head at n", "same model: test MSE minus single-head attention"),
+                       ("MSE model - gd_debiased at n", "same model: test MSE minus debiased GD (closed-form step)")):
+        if name in ivs:
+            out.append(figure(text, interval=ivs[name], fmt=".3f"))
+    return out
+
+
 def headline(result) -> list[tuple[str, str]]:
     """The tiles on the ICL page: how close the trained model is to the paper's patterns."""
     gap = result.dgd_pred_gap
@@ -129,8 +180,26 @@ def icl_sections(result) -> list:
             f"{result.zero_sum_ratio:.3f}; |mu|-weighted KQ off-diagonal share {result.kq_offdiag_weighted:.3f}; "
             f"OV energy outside y {result.ov_offlast_total:.3f}; model vs debiased GD prediction gap "
             + ("n/a." if gap is None else f"{gap:.4f}."))
-    rows = [{"predictor": k, "mse at training n": v} for k, v in result.mse.items()]
-    return [Section(title="ICL regression: KQ / OV patterns", text=text,
-                    figures=[kq_heatmaps(result), ov_heatmap(result), pattern_curves(result)]),
-            Section(title="ICL regression: predictors", tables=[rows],
-                    figures=[mse_by_length(result), loss_curves(result)])]
+    ivs = result.intervals
+    rows = []
+    for k, v in result.mse.items():
+        iv = ivs.get(f"MSE {k} at n")
+        rows.append({"predictor": k, "test MSE at training n": v,
+                     "95% interval": f"[{iv.low:.4g}, {iv.high:.4g}] (n={iv.n})" if iv is not None else ""})
+    steps = ", ".join(f"{k} {v:.4f}" for k, v in result.steps_closed_form.items())
+    pred_text = (f"Errors on fresh test prompts (their own generator, never used in training), 95% bootstrap intervals "
+                 f"over prompts. GD step sizes derived in closed form at n={result.n} (nothing fitted): {steps}.")
+    sections = [Section(title="ICL regression: KQ / OV patterns", text=text,
+                        figures=[kq_heatmaps(result), ov_heatmap(result), pattern_curves(result)]),
+                Section(title="ICL regression: predictors", text=pred_text, tables=[rows],
+                        figures=[mse_by_length(result), loss_curves(result)])]
+    if result.seed_table:
+        counts = "; ".join(f"H={h}: {iv.value:.0%} of {iv.n} seeds [{iv.low:.0%}, {iv.high:.0%}]"
+                           for h in dict.fromkeys(r["heads"] for r in result.seed_table)
+                           for iv in [result.reached_share(h)] if iv is not None)
+        sections.append(Section(
+            title="ICL regression: seed table", tables=[seed_rows(result)], figures=[seed_table_figure(result)],
+            text=(f"Share of seeds reaching the opposite-sign (zero-sum) pattern, criterion fixed beforehand: "
+                  f"|sum mu| / sum |mu| < {result.zero_sum_threshold} at the end of training. {counts} "
+                  f"(Wilson 95% intervals). Test MSE at n on the same test prompts for every seed.")))
+    return sections

@@ -6,7 +6,10 @@
   head cannot avoid cancels;
 - ridge (Bayes-optimal posterior mean for beta ~ N(0, I/d), noise variance s2):
   beta_hat = (X^T X + s2 d I)^-1 X^T y, for any covariate covariance.
-The GD step sizes are fitted by least squares on fresh prompts (``fit_step``).
+The GD step sizes are derived in closed form (``optimal_step``): the step that minimises the
+expected squared error over the task distribution at the training context length n, from Gaussian
+moment identities; nothing is fitted on prompts. ``fit_step`` (least squares on prompts) is kept
+for the tests, which check the closed form against it on a large Monte-Carlo sample.
 """
 from __future__ import annotations
 
@@ -35,6 +38,29 @@ def debiased_gd_direction(p: Prompts, precond: torch.Tensor | None = None) -> to
 def fit_step(direction: torch.Tensor, target: torch.Tensor) -> float:
     """The least-squares step size eta = <g, y> / <g, g> for predictions eta * g."""
     return float((direction * target).sum() / (direction * direction).sum().clamp_min(1e-30))
+
+
+def optimal_step(n: int, covariance: torch.Tensor, noise_var: float, debiased: bool = False,
+                 precond: torch.Tensor | None = None) -> float:
+    """The step size eta minimising E[(eta g - y_q)^2] for g the (debiased) GD direction with
+    preconditioner P (default I), over x ~ N(0, Sigma), beta ~ N(0, I/d), noise variance s2 and
+    n context pairs. With B = P^T Sigma P and c = n + 1 (GD) or n (debiased GD):
+
+        eta = n tr(Sigma P^T Sigma) / (c tr(Sigma B Sigma) + tr(B Sigma) tr(Sigma) + s2 d tr(B Sigma)).
+
+    Derivation: E[g y_q] = E[h^T P^T Sigma beta] and E[g^2] = E[h^T B h] with h = (1/n) sum_i
+    x_i y_i, whose moments follow from E[x x^T A x x^T] = 2 Sigma A Sigma + tr(A Sigma) Sigma; for
+    the debiased direction h = (1/n)(S beta + sum_i (x_i - xbar) eps_i) with the scatter matrix
+    S ~ Wishart(Sigma, n - 1), E[S A S] = m(m+1) Sigma A Sigma + m tr(A Sigma) Sigma. Isotropic:
+    eta_GD = n / (n + 1 + d + s2 d), eta_debiased = n / (n + d + s2 d)."""
+    cov = covariance.double()
+    d = cov.shape[0]
+    P = torch.eye(d, dtype=torch.float64) if precond is None else precond.double()
+    B = P.T @ cov @ P
+    c = n if debiased else n + 1
+    num = n * torch.trace(cov @ P.T @ cov)
+    den = c * torch.trace(cov @ B @ cov) + torch.trace(B @ cov) * torch.trace(cov) + noise_var * d * torch.trace(B @ cov)
+    return float(num / den)
 
 
 def ridge_predict(p: Prompts, lam: float) -> torch.Tensor:

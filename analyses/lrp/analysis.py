@@ -7,7 +7,10 @@ found what the model needs.
 Two configs, one ``run``:
 
 * ``LrpConfig`` (prompts): explain ``logit(target) - logit(contrast)`` (or one logit) at the last
-  position; with no prompts, IOI prompts explaining IO minus S.  -> ``LrpResult``
+  position; with no prompts, ``n_prompts`` prompts of each task (IOI: IO minus S; successor:
+  the next month/day/letter/number minus the item asked about), with per-task bootstrap
+  intervals over prompts for every AOPC and the paired differences AttnLRP minus each other
+  method.  -> ``LrpResult``
 * ``LrpImageConfig`` (photographs or image files): explain the top-1 class logit.  -> ``LrpImageResult``
 * ``LrpOptions``: the options of ``workbench lrp`` (and the page's form), both modes in one;
   ``run`` turns it into one of the two configs (``--image`` given: images, else prompts).
@@ -29,29 +32,41 @@ from tqdm.auto import tqdm
 from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
+from workbench.stats import Interval, bootstrap, bootstrap_diff, wilson
 
 from .cnn import COMPOSITES
+from .tasks import TASKS, successor_questions, task_prompts
 
 METHODS = ("attnlrp", "gradient_x_input", "rollout")
 IMAGE_METHODS = ("lrp", "sr", "gradient")
 CONSERVATION_TOLERANCE = 1e-3  # relative: |sum(token R) + softmax-absorbed R - target| / |target|
+# The defaults of a prompt run, chosen for the size of the test, not by looking at its result:
+# 32 prompts per task (the issue's floor) on two tasks, 10 deletions (AOPC's usual K), one random
+# order per prompt (the bootstrap over prompts carries the random order's spread). About 40
+# forward passes a prompt; 64 prompts take a few minutes on two CPU cores.
+DEFAULT_TASKS = TASKS
+DEFAULT_N = 32
+DEFAULT_MAX_DELETE = 10
+DEFAULT_N_RANDOM = 1
+SPLIT = "test"  # nothing is fitted or chosen on the prompts: the methods' settings are fixed beforehand
 
 
 # ============================================================================ prompts
 @dataclass
 class LrpConfig:
-    """Explain prompts. ``prompts`` empty -> ``n_prompts`` IOI prompts (target IO, contrast S).
+    """Explain prompts. ``prompts`` empty -> ``n_prompts`` prompts of each task in ``tasks``
+    (``ioi``: IO minus S; ``successor``: next item minus the item asked about; ``tasks.py``).
     ``target`` / ``contrast``: single tokens (leading space matters); no target -> the model's
     top prediction; no contrast -> the target logit alone."""
 
     prompts: tuple[str, ...] = ()
     target: str | None = None
     contrast: str | None = None
-    task: str = "ioi"
-    n_prompts: int = 8
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    n_prompts: int = DEFAULT_N
     seed: int = 0
-    max_delete: int = 10
-    n_random: int = 3
+    max_delete: int = DEFAULT_MAX_DELETE
+    n_random: int = DEFAULT_N_RANDOM
     renamed: ClassVar[dict[str, str]] = {"n": "n_prompts"}
 
 
@@ -76,8 +91,18 @@ class LrpResult(Result):
 
     @property
     def task(self) -> str:
-        """``ioi`` (IO minus S on IOI prompts) or ``prompts`` (the given prompts)."""
+        """The tasks explained, joined by '+' (``ioi+successor``), or ``prompts`` (given prompts)."""
         return str(self.metrics["task"])
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks explained, in order (``["prompts"]`` for given prompts)."""
+        return list(self.metrics.get("tasks", [self.metrics["task"]]))
+
+    @property
+    def prompt_tasks(self) -> list[str]:
+        """The task of each prompt."""
+        return list(self.metrics.get("prompt_tasks", [self.tasks[0]] * self.n_prompts))
 
     @property
     def n_prompts(self) -> int:
@@ -108,7 +133,8 @@ class LrpResult(Result):
 
     @property
     def conservation_error(self) -> float:
-        """Largest relative AttnLRP conservation error over the prompts."""
+        """The accounting identity: largest ``|sum(token R) + softmax-absorbed R - value| / |value|``
+        over the prompts (bookkeeping, ~1e-6; not conservation by the tokens)."""
         return float(self.metrics["conservation_error"])
 
     @property
@@ -116,14 +142,38 @@ class LrpResult(Result):
         return float(self.metrics["conservation_tolerance"])
 
     @property
+    def token_conservation_error(self) -> float:
+        """Conservation by the tokens alone: mean over prompts of ``|sum(token R) - value| / |value|``."""
+        return float(self.metrics.get("token_conservation_error_mean", float("nan")))
+
+    @property
     def softmax_absorbed_fraction(self) -> float:
-        """Mean share of the explained value absorbed by the softmax rule."""
+        """Mean share of the explained value absorbed by the softmax rule (signed)."""
         return float(self.metrics["softmax_absorbed_fraction_mean"])
 
     @property
     def aopc(self) -> dict[str, float]:
-        """Area over the deletion curve per method (and ``random``)."""
+        """Area over the deletion curve per method (and ``random``), mean over every prompt."""
         return dict(self.metrics["aopc"])
+
+    @property
+    def aopc_by_task(self) -> dict[str, dict[str, float]]:
+        """Per task, the mean AOPC per method (and ``random``)."""
+        return {t: dict(v) for t, v in (self.metrics.get("aopc_by_task") or {self.task: self.aopc}).items()}
+
+    @property
+    def accuracy_by_task(self) -> dict[str, float]:
+        """Per task, the share of prompts whose explained value is positive (target over contrast)."""
+        return dict(self.metrics.get("accuracy_by_task") or {})
+
+    def prompt_aopc(self, method: str) -> torch.Tensor:
+        """[prompt] AOPC of one method (or ``random``) on each prompt."""
+        return torch.tensor([curve_aopc(c) for c in self.arrays[f"deletion_{method}"]])
+
+    def task_interval(self, task: str, figure: str) -> Interval | None:
+        """A stored interval of ``task``: figure ``AOPC attnlrp``, ``AOPC attnlrp - random``,
+        ``token-only conservation error``, ``softmax-absorbed share``, ``accuracy``."""
+        return self.intervals.get(f"{task}: {figure}")
 
     @property
     def io_share(self) -> dict[str, float] | None:
@@ -156,7 +206,11 @@ class LrpResult(Result):
             "relevance": [round(float(v), 6) for v in self.relevance("attnlrp", 0)],
             "head_relevance": [[round(float(v), 6) for v in row] for row in self.head_relevance],
             "conservation_error": self.metrics["conservation_error"],
+            "token_conservation_error": self.metrics.get("token_conservation_error_mean"),
+            "softmax_absorbed_share": self.metrics.get("softmax_absorbed_fraction_mean"),
             "aopc": self.metrics["aopc"],
+            "aopc_by_task": self.metrics.get("aopc_by_task"),
+            "intervals": {k: iv.to_dict() for k, iv in self.intervals.items()},
         }
         if self.path is not None:
             out["run"] = str(self.path)
@@ -168,8 +222,14 @@ class LrpResult(Result):
         return prompt_sections(self)
 
 
-def _prompt_targets(model: Any, config: LrpConfig) -> tuple[list[str], list[int], list[int | None], dict]:
-    """(prompts, target ids, contrast ids or None, extra info such as IO positions)."""
+def curve_aopc(curve: torch.Tensor) -> float:
+    """AOPC of one deletion curve (NaN entries past the prompt's length left out)."""
+    c = curve[~torch.isnan(curve)]
+    return float((c[0] - c).mean()) if len(c) else float("nan")
+
+
+def _prompt_targets(model: Any, config: LrpConfig) -> tuple[list[str], list[int], list[int | None], list[str], dict]:
+    """(prompts, target ids, contrast ids or None, the task of each prompt, extra info such as IO ids)."""
     tok = model.tokenizer
     if config.prompts:
         prompts = [str(p) for p in config.prompts]
@@ -185,14 +245,21 @@ def _prompt_targets(model: Any, config: LrpConfig) -> tuple[list[str], list[int]
                     logits, _ = forward(model, as_tokens(model, p))
                 targets.append(int(logits[0, -1].argmax()))
         contrast = [model.token_id(config.contrast)] * len(prompts) if config.contrast else [None] * len(prompts)
-        return prompts, targets, contrast, {"task": "prompts", "io_ids": None}
-    if config.task != "ioi":
-        raise InputError(f"unknown task '{config.task}'; give --prompt text or use task ioi")
-    from workbench.datasets import ioi_prompts
-
-    ps = ioi_prompts(config.n_prompts, tok, seed=config.seed)
-    correct, wrong = ps.answer_ids(model)
-    return ps.prompts, correct.tolist(), wrong.tolist(), {"task": "ioi", "io_ids": correct.tolist(), "s_ids": wrong.tolist()}
+        return prompts, targets, contrast, ["prompts"] * len(prompts), {"io_ids": None}
+    if not config.tasks:
+        raise InputError("no task and no prompt given; pass --task ioi (or successor) or --prompt text")
+    prompts, targets, contrasts, labels = [], [], [], []
+    io_ids: list[int | None] = []
+    for task in config.tasks:
+        tp = task_prompts(task, config.n_prompts, tok, seed=config.seed)
+        t_ids = [model.token_id(t) for t in tp.targets]
+        c_ids = [model.token_id(c) for c in tp.contrasts]
+        prompts += tp.prompts
+        targets += t_ids
+        contrasts += c_ids
+        labels += [task] * len(tp.prompts)
+        io_ids += t_ids if task == "ioi" else [None] * len(tp.prompts)
+    return prompts, targets, contrasts, labels, {"io_ids": io_ids if "ioi" in config.tasks else None}
 
 
 def _target_fn(target: int, contrast: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -202,7 +269,8 @@ def _target_fn(target: int, contrast: int | None) -> Callable[[torch.Tensor], to
 
 
 def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResult:
-    """AttnLRP, gradient x input and rollout on every prompt, then the deletion test."""
+    """AttnLRP, gradient x input and rollout on every prompt, then the deletion test, with
+    per-task bootstrap intervals over prompts."""
     from analyses.lrp import attnlrp as A
 
     if model is None:
@@ -211,7 +279,10 @@ def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResu
         raise InputError(f"max_delete={config.max_delete}: delete at least one token")
     if config.n_random < 0:
         raise InputError(f"n_random={config.n_random}: give zero or more random deletion orders")
-    prompts, targets, contrasts, info = _prompt_targets(model, config)
+    for task in config.tasks:
+        if task not in TASKS:
+            raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
+    prompts, targets, contrasts, labels, info = _prompt_targets(model, config)
     rng = random.Random(config.seed)
     s = model.shape
     per_method = {m: [] for m in METHODS}
@@ -265,14 +336,22 @@ def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResu
     arrays["head_relevance_gradient_x_input"] = torch.stack(heads_gxi)
     for m, cs in curves.items():
         arrays[f"deletion_{m}"] = torch.stack(cs)
+    shares = [a / v if abs(v) > 1e-6 else float("nan") for a, v in zip(absorbed, values)]
+    arrays["token_conservation_error"] = torch.tensor(token_cons)
+    arrays["conservation_error"] = torch.tensor(cons)
+    arrays["softmax_absorbed_share"] = torch.tensor(shares)
 
-    aopc = {m: _nanmean([A.aopc(c[~torch.isnan(c)]) for c in arrays[f"deletion_{m}"]]) for m in curves}
+    per_prompt_aopc = {m: np.array([curve_aopc(c) for c in arrays[f"deletion_{m}"]]) for m in curves}
+    aopc = {m: _nanmean(list(v)) for m, v in per_prompt_aopc.items()}
     mean_heads = arrays["head_relevance_attnlrp"].mean(0)
     order = torch.argsort(mean_heads.flatten().abs(), descending=True)[:10]
     top_heads = [{"layer": int(k // s.n_heads), "head": int(k % s.n_heads), "relevance": float(mean_heads.flatten()[k])}
                  for k in order]
+    task_names = list(dict.fromkeys(labels))
     metrics: dict[str, Any] = {
-        "task": info["task"],
+        "task": "+".join(task_names),
+        "tasks": task_names,
+        "prompt_tasks": labels,
         "n_prompts": n,
         "prompts": prompts,
         "tokens": token_lists,
@@ -282,15 +361,54 @@ def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResu
         "conservation_error": float(max(cons)),
         "conservation_tolerance": CONSERVATION_TOLERANCE,
         "token_conservation_error_mean": float(np.mean(token_cons)),
-        "softmax_absorbed_fraction_mean": float(np.mean([a / v for a, v in zip(absorbed, values) if abs(v) > 1e-6] or [0.0])),
+        "softmax_absorbed_fraction_mean": _nanmean(shares),
         "aopc": aopc,
         "max_delete": config.max_delete,
+        "n_random": config.n_random,
         "top_heads": top_heads,
+        "split": SPLIT,
     }
+    result = LrpResult(config=config, metrics=metrics, arrays=arrays, meta={})
+    _task_statistics(result, labels, per_prompt_aopc, values, token_cons, shares)
     if info.get("io_ids"):
-        metrics.update(_io_metrics(per_method, id_lists, info["io_ids"]))
-    meta = provenance(model=model.name, seed=config.seed) | {"backend": model.backend}
-    return LrpResult(config=config, metrics=metrics, arrays=arrays, meta=meta)
+        keep = [i for i, io in enumerate(info["io_ids"]) if io is not None]
+        metrics.update(_io_metrics({m: [r[i] for i in keep] for m, r in per_method.items()},
+                                   [id_lists[i] for i in keep], [info["io_ids"][i] for i in keep]))
+    result.meta = provenance(model=model.name, seed=config.seed) | {"backend": model.backend}
+    return result
+
+
+def _task_statistics(result: LrpResult, labels: list[str], per_prompt_aopc: dict[str, np.ndarray],
+                     values: list[float], token_cons: list[float], shares: list[float]) -> None:
+    """Per task: mean AOPC per method with a bootstrap interval over prompts, AttnLRP minus each
+    other method (paired bootstrap over the same prompts), the token-only conservation error and
+    the softmax-absorbed share (bootstrap), and the share of prompts the model gets right (Wilson)."""
+    by_task: dict[str, dict[str, float]] = {}
+    accuracy: dict[str, float] = {}
+    labels_arr = np.array(labels)
+    for task in dict.fromkeys(labels):
+        rows = np.nonzero(labels_arr == task)[0]
+        by_task[task] = {}
+        for m, v in per_prompt_aopc.items():
+            iv = bootstrap(v[rows], split=SPLIT)
+            by_task[task][m] = iv.value
+            result.set_interval(f"{task}: AOPC {m}", iv)
+        for m in per_prompt_aopc:
+            if m != "attnlrp":
+                result.set_interval(f"{task}: AOPC attnlrp - {m}",
+                                    bootstrap_diff(per_prompt_aopc["attnlrp"][rows], per_prompt_aopc[m][rows], split=SPLIT))
+        result.set_interval(f"{task}: token-only conservation error",
+                            bootstrap(np.array(token_cons)[rows], split=SPLIT))
+        sh = np.array(shares)[rows]
+        sh = sh[np.isfinite(sh)]
+        if len(sh):
+            result.set_interval(f"{task}: softmax-absorbed share", bootstrap(sh, split=SPLIT))
+        right = int(sum(values[i] > 0 for i in rows))
+        iv = wilson(right, len(rows), split=SPLIT)
+        accuracy[task] = iv.value
+        result.set_interval(f"{task}: accuracy", iv)
+    result.metrics["aopc_by_task"] = by_task
+    result.metrics["accuracy_by_task"] = accuracy
 
 
 def _pad_curve(curve: torch.Tensor, length: int) -> torch.Tensor:
@@ -365,6 +483,11 @@ class LrpImageResult(Result):
     def aopc(self) -> dict[str, float]:
         """Area over the region-deletion curve per method (and ``random``), mean over images."""
         return dict(self.metrics["aopc"])
+
+    @property
+    def aopc_per_image(self) -> dict[str, list[float]]:
+        """Per method (and ``random``), the AOPC of each image, in ``names`` order."""
+        return {k: [float(x) for x in v] for k, v in self.metrics["aopc_per_image"].items()}
 
     @property
     def rules(self) -> str:
@@ -501,9 +624,14 @@ class LrpOptions:
     target: str | None = option(None, help="answer token to explain (leading space matters, e.g. ' Mary'); "
                                            "default: the top prediction")
     contrast: str | None = option(None, help="explain logit(target) - logit(contrast) instead of one logit")
-    n_prompts: int = option(8, flag="--n", help="IOI prompts when no --prompt is given", min=1, max=100_000)
-    max_delete: int = option(10, help="tokens deleted in the faithfulness test", min=1)
-    n_random: int = option(3, help="random deletion orders averaged as the baseline (prompts)", min=0)
+    tasks: tuple[str, ...] = option((), flag="--task", choices=TASKS,
+                                    help="prompt task(s) when no --prompt is given (repeat for several; default: ioi "
+                                         "and successor): ioi (IO minus S), successor (next month/day/letter/number "
+                                         "minus the last item listed)")
+    n_prompts: int = option(DEFAULT_N, flag="--n", help="prompts per task when no --prompt is given",
+                            min=1, max=100_000)
+    max_delete: int = option(DEFAULT_MAX_DELETE, help="tokens deleted in the faithfulness test", min=1)
+    n_random: int = option(DEFAULT_N_RANDOM, help="random deletion orders per prompt (the random baseline)", min=0)
     class_index: int = option(-1, flag="--class", help="ImageNet class to explain (-1: the top-1 class)",
                               min=-1, max=999)
     composite: str = option("epsilon_gamma_box", help="LRP rules for the CNN", choices=COMPOSITES)
@@ -517,6 +645,11 @@ class LrpOptions:
             raise InputError("give either --prompt or --image, not both")
         if any(not p.strip() for p in self.prompts):
             raise InputError("the prompt is empty; give some text to explain with --prompt")
+        n_successor = len(successor_questions())
+        if not self.prompts and not self.images and "successor" in (self.tasks or DEFAULT_TASKS) \
+                and self.n_prompts > n_successor:
+            raise InputError(f"--n {self.n_prompts}: the successor task has {n_successor} questions; "
+                             f"use --n {n_successor} or less, or --task ioi alone")
         region = LrpImageConfig.region
         if self.images and self.image_size % region:
             raise InputError(f"--size {self.image_size} is not a multiple of the {region}-pixel deletion regions; "
@@ -536,8 +669,8 @@ class LrpOptions:
             return LrpImageConfig(images=images, class_index=None if self.class_index < 0 else self.class_index, composite=self.composite,
                                   baseline=self.baseline, image_size=self.image_size, n_steps=self.n_steps,
                                   seed=self.seed)
-        return LrpConfig(prompts=self.prompts, target=self.target, contrast=self.contrast, n_prompts=self.n_prompts,
-                         seed=self.seed, max_delete=self.max_delete, n_random=self.n_random)
+        return LrpConfig(prompts=self.prompts, target=self.target, contrast=self.contrast, tasks=self.tasks or DEFAULT_TASKS,
+                         n_prompts=self.n_prompts, seed=self.seed, max_delete=self.max_delete, n_random=self.n_random)
 
 
 def check_model(config: LrpOptions, model: Any) -> None:

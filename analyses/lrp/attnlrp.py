@@ -21,8 +21,11 @@ positions and d_head: ``[layer head]``. Because W_O has no bias, the heads of a 
 the relevance of that layer's attention output.
 
 Conservation: with the explained scalar seeded as gradient 1, the token relevances sum to the
-scalar up to what the softmax rule does not conserve; ``conservation_error`` is
-``|sum(R) - target| / |target|``.
+scalar up to what the softmax rule does not conserve (its bias term keeps a share for itself).
+Two numbers, not to be confused: ``conservation_error`` is an accounting identity,
+``|sum(R) + absorbed - target| / |target|`` with ``absorbed`` measured at the softmax hooks and
+added back (it checks the bookkeeping, ~1e-6); ``token_conservation_error`` is conservation
+proper, ``|sum(R) - target| / |target|``, the tokens alone, and equals the absorbed share's size.
 """
 from __future__ import annotations
 
@@ -241,40 +244,56 @@ def deletion_orders(relevance: torch.Tensor) -> list[int]:
 
 
 def deletion_curves(model: Any, ids: torch.Tensor, orders: dict[str, list[int]], target: TargetFn,
-                    max_steps: int, batch: int = 64) -> dict[str, torch.Tensor]:
+                    max_steps: int, batch: int = 64,
+                    scorer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """For each named order, the explained value after deleting the first k positions from the
     prompt (tokens removed, the rest shifted together), k = 0..max_steps: ``{name: [steps+1]}``.
-    All variants of all orders run as right-padded batches through the caching layer."""
+    Identical variants (k = 0 of every order, shared prefixes) run once; all run as right-padded
+    batches through the caching layer. ``scorer(tokens [B T], mask [B T]) -> [B vocab]`` logits at
+    each row's last real position replaces the model (a planted function in the tests)."""
     ids = ids.reshape(-1).cpu()
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    variants: list[tuple[str, int, torch.Tensor]] = []
+    pad = 0
+    if model is not None and model.tokenizer.pad_token_id is not None:
+        pad = model.tokenizer.pad_token_id
+    if scorer is None:
+        def scorer(tok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                logits, _ = forward(model, Tokens(tok.to(model.device), mask.to(model.device)))
+            return logits[torch.arange(len(tok)), mask.sum(1).to(logits.device) - 1]
+    index: dict[tuple[int, ...], int] = {}
+    seqs: list[torch.Tensor] = []
+    where: list[tuple[str, int, int]] = []
     for name, order in orders.items():
         for k in range(max_steps + 1):
-            drop = set(order[:k])
-            keep = [i for i in range(len(ids)) if i not in drop]
-            variants.append((name, k, ids[keep]))
-    values = torch.empty(len(variants))
-    for start in range(0, len(variants), batch):
-        chunk = variants[start:start + batch]
-        width = max(len(v[2]) for v in chunk)
+            drop = frozenset(order[:k])
+            keep = tuple(i for i in range(len(ids)) if i not in drop)
+            if keep not in index:
+                index[keep] = len(seqs)
+                seqs.append(ids[list(keep)])
+            where.append((name, k, index[keep]))
+    values = torch.empty(len(seqs))
+    for start in range(0, len(seqs), batch):
+        chunk = seqs[start:start + batch]
+        width = max(len(v) for v in chunk)
         tok = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, (_, _, seq) in enumerate(chunk):
+        for r, seq in enumerate(chunk):
             tok[r, : len(seq)] = seq
             mask[r, : len(seq)] = 1
-        with torch.no_grad():
-            logits, _ = forward(model, Tokens(tok.to(model.device), mask.to(model.device)))
-        last = mask.sum(1) - 1
+        last = scorer(tok, mask)
         for r in range(len(chunk)):
-            values[start + r] = float(target(logits[r, last[r]].float()))
+            values[start + r] = float(target(last[r].float()))
     out: dict[str, torch.Tensor] = {name: torch.empty(max_steps + 1) for name in orders}
-    for (name, k, _), v in zip(variants, values):
-        out[name][k] = v
+    for name, k, j in where:
+        out[name][k] = values[j]
     return out
 
 
 def aopc(curve: torch.Tensor) -> float:
-    """Area over the perturbation curve: mean over k = 0..K of (f(x) - f(x with k deleted))."""
+    """Area over the perturbation curve (Samek et al. 2017): mean over k = 0..K of
+    (f(x) - f(x with its k most relevant inputs deleted)); NaN entries (past a prompt's length)
+    are left out."""
+    curve = curve[~torch.isnan(curve)]
     if len(curve) == 0:
         return float("nan")
     return float((curve[0] - curve).mean())

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.figures.common import to_numpy, bar_top_heads, head_grid, line_curves
+from workbench.spec import figure
 
 from .analysis import METHODS as PROMPT_METHODS
 
@@ -77,27 +78,96 @@ def aopc_bar(aopc: dict[str, float], title: str = "area over the perturbation cu
     return fig
 
 
+def aopc_by_task_figure(result: Any) -> go.Figure:
+    """Mean AOPC per method, one group of bars per task, with the bootstrap interval over prompts."""
+    fig = go.Figure()
+    tasks = result.tasks
+    methods = list(next(iter(result.aopc_by_task.values())))
+    for m in methods:
+        ys, lo, hi = [], [], []
+        for t in tasks:
+            iv = result.task_interval(t, f"AOPC {m}")
+            v = result.aopc_by_task[t][m]
+            ys.append(v)
+            lo.append(v - iv.low if iv is not None else 0.0)
+            hi.append(iv.high - v if iv is not None else 0.0)
+        fig.add_trace(go.Bar(name=METHOD_LABELS.get(m, m), x=tasks, y=ys,
+                             error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
+    fig.update_layout(barmode="group", title="AOPC per task (95% bootstrap interval over prompts; higher = more faithful)",
+                      yaxis_title="AOPC (explained logit difference)", height=360)
+    return fig
+
+
+def _iv_text(iv: Any, fmt: str = ".3g") -> str:
+    return "n/a" if iv is None else iv.text(fmt)
+
+
+def task_table(result: Any) -> list[dict[str, Any]]:
+    """One row per task: n, accuracy, AOPC per method, AttnLRP minus each, conservation figures."""
+    rows = []
+    n_by_task = {t: result.prompt_tasks.count(t) for t in result.tasks}
+    for t in result.tasks:
+        row: dict[str, Any] = {"task": t, "prompts": n_by_task[t], "accuracy": _iv_text(result.task_interval(t, "accuracy"), ".2f")}
+        for m in result.aopc_by_task.get(t, {}):
+            row[f"AOPC {METHOD_LABELS.get(m, m)}"] = _iv_text(result.task_interval(t, f"AOPC {m}"))
+        for m in result.aopc_by_task.get(t, {}):
+            if m != "attnlrp":
+                row[f"AttnLRP - {METHOD_LABELS.get(m, m)}"] = _iv_text(result.task_interval(t, f"AOPC attnlrp - {m}"))
+        row["token-only conservation error"] = _iv_text(result.task_interval(t, "token-only conservation error"))
+        row["softmax-absorbed share"] = _iv_text(result.task_interval(t, "softmax-absorbed share"))
+        rows.append(row)
+    return rows
+
+
 def prompt_sections(result: Any) -> list:
     """HTML report sections for a prompt result."""
     from workbench.report import Section
 
     tokens = result.tokens(0)
     rel = {k: result.relevance(k, 0) for k in PROMPT_METHODS}
-    text = (f"{result.n_prompts} prompt(s), task {result.task}. AttnLRP conservation error (tokens + softmax-absorbed "
-            f"vs explained value): {result.conservation_error:.2e} (tolerance {result.conservation_tolerance:.0e}); "
-            f"the softmax rule absorbs on average {result.softmax_absorbed_fraction:.0%} of the explained value.")
+    text = (f"{result.n_prompts} prompt(s), task(s) {result.task}; intervals are 95% bootstrap intervals over the prompts "
+            f"of each task (AttnLRP minus another method: paired, the same prompts resampled). Conservation, two "
+            f"numbers: the accounting identity (tokens + the relevance absorbed at the softmax, measured at its hooks "
+            f"and added back, against the explained value) holds to {result.conservation_error:.2e} (tolerance "
+            f"{result.conservation_tolerance:.0e}) and checks the bookkeeping only; the tokens alone miss the "
+            f"explained value by {result.token_conservation_error:.1%} on average (token-only conservation error), "
+            f"and the softmax rule absorbs on average {result.softmax_absorbed_fraction:.1%} of it (signed).")
     aopc = result.aopc
-    rows = [{"method": METHOD_LABELS.get(k, k), "AOPC": v} for k, v in aopc.items()]
+    rows = [{"method": METHOD_LABELS.get(k, k), "AOPC (all prompts)": v} for k, v in aopc.items()]
     io_share, io_top1 = result.io_share, result.io_top1_rate
     if io_share is not None:
         for row, k in zip(rows, aopc):
             row["IO share"] = io_share.get(k, float("nan"))
             row["IO most relevant"] = (io_top1 or {}).get(k, float("nan"))
-    return [Section(
-        title="LRP saliency: tokens and heads (AttnLRP)", text=text, tables=[rows],
-        figures=[token_relevance(tokens, rel["attnlrp"], f"AttnLRP relevance: {result.prompts[0]!r}"),
-                 method_comparison(tokens, rel), head_relevance_grid(result), deletion_figure(result)],
-    )]
+    figs = [token_relevance(tokens, rel["attnlrp"], f"AttnLRP relevance: {result.prompts[0]!r}"),
+            method_comparison(tokens, rel), head_relevance_grid(result), deletion_figure(result)]
+    tables = [rows]
+    if result.task_interval(result.tasks[0], "AOPC attnlrp") is not None:
+        figs.insert(0, aopc_by_task_figure(result))
+        tables.insert(0, task_table(result))
+    return [Section(title="LRP saliency: tokens and heads (AttnLRP)", text=text, tables=tables, figures=figs)]
+
+
+def headline_figures(result: Any) -> list[dict[str, Any]]:
+    """The README's LRP rows (``benchmarks/headlines.py``): per task, AOPC of AttnLRP and AttnLRP
+    minus random / rollout / gradient x input with paired bootstrap intervals, the model's accuracy,
+    and the conservation figures: the identity, the token-only error and the absorbed share."""
+    out = []
+    for t in result.tasks:
+        def iv(name: str) -> Any:
+            return result.task_interval(t, name)
+
+        out.append(figure(f"{t}: model accuracy (target over contrast)", interval=iv("accuracy"), fmt=".2f"))
+        out.append(figure(f"{t}: AOPC AttnLRP", interval=iv("AOPC attnlrp")))
+        for m in ("random", "rollout", "gradient_x_input"):
+            if iv(f"AOPC attnlrp - {m}") is not None:
+                out.append(figure(f"{t}: AOPC AttnLRP minus {METHOD_LABELS[m]}", interval=iv(f"AOPC attnlrp - {m}")))
+        out.append(figure(f"{t}: token-only conservation error |sum R_tokens - f| / |f|",
+                          interval=iv("token-only conservation error")))
+        out.append(figure(f"{t}: share of f absorbed at the softmax", interval=iv("softmax-absorbed share")))
+    out.append(figure("accounting identity |sum R_tokens + absorbed - f| / |f| (max over prompts)",
+                      result.conservation_error, n=result.n_prompts, split="test", fmt=".1e"))
+    return out
 
 
 # ---------------------------------------------------------------------------- images
@@ -175,4 +245,24 @@ def headline(result: Any) -> list[tuple[str, Any]]:
         return [("images", len(result.names)), (f"top-1 ({first})", result.top1[first]),
                 ("AOPC LRP", f"{aopc.get('lrp', float('nan')):.3g}"), ("AOPC SR map", f"{aopc.get('sr', float('nan')):.3g}")]
     return [("explained value", f"{result.target_value_mean:.3f}"),
-            ("conservation error", f"{result.conservation_error:.1e}"), ("prompts", result.n_prompts)]
+            ("identity error", f"{result.conservation_error:.1e}"),
+            ("token-only conservation error", f"{result.token_conservation_error:.1%}"),
+            ("softmax-absorbed share", f"{result.softmax_absorbed_fraction:.1%}"), ("prompts", result.n_prompts)]
+
+
+def image_headline_figures(result: Any) -> list[dict[str, Any]]:
+    """The README's CNN row: AOPC of LRP, the SR map and the gradient map over the photographs,
+    LRP minus random and minus the gradient (paired bootstrap over the photographs)."""
+    from workbench.stats import bootstrap, bootstrap_diff
+
+    per = result.aopc_per_image
+    n = len(result.names)
+    top1 = ", ".join(f"{k} -> {v}" for k, v in result.top1.items())
+    out = [figure(f"photographs explained (top-1: {top1})", n, n=n, split="photos", fmt=".0f")]
+    for m in ("lrp", "sr", "gradient"):
+        if m in per:
+            out.append(figure(f"AOPC {METHOD_LABELS[m]}", interval=bootstrap(per[m], split="photos")))
+    for m in ("random", "gradient"):
+        if m in per and "lrp" in per:
+            out.append(figure(f"AOPC LRP minus {METHOD_LABELS[m]}", interval=bootstrap_diff(per["lrp"], per[m], split="photos")))
+    return out
