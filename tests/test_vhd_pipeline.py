@@ -15,10 +15,13 @@ from analyses.vision_heads.analysis import VHDConfig, VHDResult, caption_one, ru
 from workbench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(n_scenes=2, alpha=2.0, alphas=(2.0,), max_new_tokens=3, projector_steps=1, projector_n_train=4,
-             image_size=64, batch_size=2, top_k=3)
-CLI_SMALL = ["--model", "tiny-llama", "--n-scenes", "1", "--alphas", "2", "--max-new-tokens", "2",
-             "--projector-steps", "1", "--projector-n-train", "4", "--image-size", "64"]
+SMALL = dict(n_scenes=3, n_val=2, alphas=(1.5, 2.0), head_sets=("vhr", "top2"), random_draws=2, max_new_tokens=3,
+             projector_steps=1, projector_n_train=4, image_size=64, batch_size=2, top_k=3)
+CLI_SMALL = ["--model", "tiny-llama", "--n-scenes", "1", "--n-val", "1", "--alphas", "2", "--head-sets", "vhr",
+             "--random-draws", "1", "--max-new-tokens", "2", "--projector-steps", "1", "--projector-n-train", "4",
+             "--image-size", "64"]
+SUMMARY_KEYS = {"vhd", "top_heads", "chair", "alpha", "head_set", "chosen_by", "splits", "n_scenes", "n_val", "intervals",
+                "validation"}
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +32,34 @@ def small_result(tiny_llama) -> VHDResult:
 def test_result_holds_the_issue_keys(small_result, tiny_llama):
     s = tiny_llama.shape
     summary = small_result.summary()
-    assert set(summary) == {"vhd", "top_heads", "chair", "alpha"}
+    assert set(summary) == SUMMARY_KEYS
     assert torch.tensor(summary["vhd"]).shape == (s.n_layers, s.n_heads)
-    assert set(summary["chair"]) == {"before", "after", "random_control"}
+    assert set(summary["chair"]) == {"before", "after", "random_control", "all_heads"}
     for scores in summary["chair"].values():
         assert 0.0 <= scores["chair_i"] <= 1.0 and 0.0 <= scores["chair_s"] <= 1.0
-    assert summary["alpha"] == 2.0
+    # chosen on the validation scenes: the best of the four settings by recall - CHAIR_i among
+    # those that keep half the mentions of no intervention
+    sweep = summary["validation"]["sweep"]
+    assert len(sweep) == 4 and summary["chosen_by"] == "val"
+    floor = 0.5 * summary["validation"]["before"]["mentioned_per_caption"]
+    pool = [r for r in sweep if r["vhr"]["mentioned_per_caption"] >= floor] or sweep
+    best = max(pool, key=lambda r: (r["objective"], -r["alpha"]))
+    assert (summary["head_set"], summary["alpha"]) == (best["head_set"], best["alpha"])
+    assert summary["splits"]["chair"] == "test" and summary["splits"]["sweep"] == "val"
+    assert summary["n_scenes"] == 3 and summary["n_val"] == 2
     assert summary["top_heads"][0]["name"].startswith("L")
+    ivs = small_result.intervals
+    for cond in ("before", "after", "random_control", "all_heads"):
+        for metric in ("chair_i", "chair_s", "recall", "mentioned"):
+            iv = ivs[f"{metric} {cond}"]
+            assert iv.split == "test" and iv.n == 3 and iv.low <= iv.value <= iv.high
+    assert ivs["recall before"].value == summary["chair"]["before"]["recall"]
     m = small_result.metrics
     assert m["caption_loss"] > 0 and m["caption_loss_no_image"] > 0
-    assert len(m["captions_before"]) == 2 and len(m["sweep"]) == 1
+    assert len(m["captions_before"]) == 3
     assert small_result.arrays["vhd_map"].min() >= 0
     steps = small_result.arrays["vhd_steps"]
-    assert steps.shape[0] == 2 and steps.shape[2:] == (s.n_layers, s.n_heads)
+    assert steps.shape[0] == 3 and steps.shape[2:] == (s.n_layers, s.n_heads)
 
 
 def test_round_trip(small_result, tmp_path):
@@ -60,10 +78,30 @@ def test_figures_and_report(small_result):
 
     figs = [vision.vhd_map_figure(small_result), vision.top_heads_figure(small_result), vision.tvhd_figure(small_result, 1),
             vision.sweep_figure(small_result), vision.projector_figure(small_result), vision.scene_figure(small_result, 0),
-            vision.loss_curve_figure(small_result)]
+            vision.loss_curve_figure(small_result), vision.conditions_figure(small_result)]
     assert all(isinstance(f, go.Figure) for f in figs)
     html = render("vhd", small_result.report_sections())
     assert "Vision-aware head divergence" in html and "CHAIR" in html
+
+
+def test_choice_ignores_settings_that_silence_the_captions():
+    from analyses.vision_heads.analysis import choose
+
+    before = {"mentioned_per_caption": 0.4}
+    quiet = {"head_set": "vhr", "alpha": 3.0, "objective": 0.0, "vhr": {"mentioned_per_caption": 0.0}}
+    talks = {"head_set": "vhr", "alpha": 1.5, "objective": -0.4, "vhr": {"mentioned_per_caption": 0.5}}
+    assert choose([quiet, talks], before) is talks
+    assert choose([quiet], before) is quiet  # nothing qualifies: the best of all
+
+
+def test_headline_figures(small_result):
+    from analyses.vision_heads import SPEC
+    from analyses.vision_heads.figures import headline_figures
+
+    rows = headline_figures(small_result)
+    assert any(r["text"].startswith("recall, before VHR") for r in rows)
+    assert all(r["split"] == "test" for r in rows) and len(SPEC.headlines) == 1
+    assert SPEC.headlines[0].args[0] == "vhd"
 
 
 def test_projector_is_cached_and_reloaded(tiny_llama):
@@ -95,8 +133,8 @@ def test_cli_json(tmp_path):
     assert res.exit_code == 0, res.output
     start = res.stdout.index("{")
     doc = json.loads(res.stdout[start:])
-    assert set(doc) == {"vhd", "top_heads", "chair", "alpha", "run"}
-    assert set(doc["chair"]) == {"before", "after", "random_control"}
+    assert set(doc) == SUMMARY_KEYS | {"run"}
+    assert set(doc["chair"]) == {"before", "after", "random_control", "all_heads"} and doc["chosen_by"] == "given"
 
 
 def test_app_page(small_result, tmp_path, monkeypatch):

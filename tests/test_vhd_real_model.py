@@ -16,9 +16,9 @@ from analyses.vision_heads.vlm.train import ProjectorConfig, build_vlm, caption_
 def test_vhd_on_smollm2(smollm2):
     cfg = ProjectorConfig(lm=smollm2.name, n_train=16, steps=0, image_size=96)
     vlm, _ = build_vlm(smollm2, cfg, progress=False)
-    scenes = make_scenes(2, "heldout", seed=1, size=96)
+    scenes = make_scenes(2, "test", seed=1, size=96)
     feats = encode_scenes(vlm, scenes)
-    assert feats.shape == (2, 4, 1280)
+    assert feats.shape == (2, 9, 1280)  # the encoder's last feature map: 3x3 at 96 px
     gen = generate(vlm, vlm.paired_batch(DEFAULT_PROMPT, feats), max_new_tokens=3, policy=HeadPolicy("vhr", alpha=1.5))
     s = smollm2.shape
     assert gen.vhd.shape[2:] == (s.n_layers, s.n_heads)

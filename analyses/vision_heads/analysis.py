@@ -8,14 +8,20 @@ Vision-aware Head Divergence", ACL 2025).
 * T-VHD of a token: the mean of the top-k head VHDs at its step.
 * The VHD map: the mean VHD per head over every decoding step of every held-out scene.
 * VHR: while decoding, per layer, drop outlier heads (VHD > layer mean + 1 std), pick the
-  heads above the layer median, multiply their z by alpha; compared with a random-heads
-  control (as many heads per layer, drawn at random) by CHAIR and caption recall.
+  heads above the layer median, multiply their z by alpha (head set ``vhr``); or multiply a
+  fixed set, the k heads of the largest VHD on the validation captions (``top<k>``).
+* The experiment: alpha and the head set are chosen on ``val`` scenes (the largest recall minus
+  CHAIR_i), then reported on ``test`` scenes (both held out from training: other photo halves,
+  other composition) against two controls: as many random heads (``random_draws`` draws) and
+  every head scaled alike, with bootstrap intervals over scenes (``workbench.stats``).
 
 The model: ``analyses.vision_heads.vlm`` (EfficientNet-Lite0 -> projector -> smollm2-135m), built and
-cached on first use; its projector quality (caption loss, object recall of greedy captions,
-and a forced-choice object ranking, ``analyses.vision_heads.vlm.probe``) is measured here against
-image-free baselines (another scene's image; no image). Any object with ``lm``, ``token_embeds`` and ``paired_batch``
-(e.g. ``analyses.vision_heads.vlm.llava.HFLlavaAdapter``) can be passed as ``model`` instead."""
+cached on first use; whether it sees (caption loss on the first test scenes, object recall of
+greedy captions) is measured here against image-free baselines (another scene's image; no
+image). The forced-choice object ranking (``analyses.vision_heads.vlm.probe``) is no longer run
+by default: it cost more forwards than the whole VHR experiment. Any object with ``lm``,
+``token_embeds`` and ``paired_batch`` (``analyses.vision_heads.vlm.hf_vlm.HFVisionAdapter``: the
+``--llava`` and ``--vlm`` folders) can be passed as ``model`` instead."""
 from __future__ import annotations
 
 import sys
@@ -29,52 +35,90 @@ from tqdm.auto import tqdm
 from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
 from workbench.spec import check_config, option
-from analyses.vision_heads.vlm.chair import chair, mentioned_objects
-from analyses.vision_heads.vlm.generate import HeadPolicy, generate_chunked
+from workbench.stats import Interval, bootstrap
+from analyses.vision_heads.vlm.chair import chair, mentioned_objects, per_caption
+from analyses.vision_heads.vlm.generate import Captioner, HeadPolicy, generate_chunked
 from analyses.vision_heads.vlm.heads import DISTANCES, token_vhd, top_heads
-from analyses.vision_heads.vlm.model import DEFAULT_PROMPT, split_prompt
+from analyses.vision_heads.vlm.model import DEFAULT_PROMPT, feature_grid, split_prompt
 from analyses.vision_heads.vlm.objects import SYNONYMS
-from analyses.vision_heads.vlm.probe import chance_recall, first_object_scores, ranking_recall
 from analyses.vision_heads.vlm.scenes import make_scenes
 from analyses.vision_heads.vlm.train import ProjectorConfig, build_vlm, caption_losses, encode_scenes
 
+LOSS_SCENES = 16  # test scenes the caption losses are measured on
+DEFAULT_ALPHA = 2.0  # caption_one's alpha when none is given (a single image has no validation split)
 N_SHOWN = 8  # scenes whose images travel with the result (for the app page)
 TOP_K = 10  # T-VHD's default k
 
 
+HEAD_SETS = ("vhr", "top16")
+HEAD_SET_HELP = "'vhr' (per layer and step, heads above the layer median, outliers dropped) or 'top<k>' (the k heads of largest VHD on the validation captions)"
+
+
 @dataclass
 class VHDConfig:
-    n_scenes: int = option(16, aliases=("--n",), help="held-out scenes to caption and score", max=10_000)
-    alpha: float = option(2.0, help="VHR amplification reported as 'after'")
-    alphas: tuple[float, ...] = option((1.5, 2.0, 3.0), help="the alpha sweep (always includes --alpha)")
+    n_scenes: int = option(64, aliases=("--n",), help="test scenes: captioned and scored with intervals", max=10_000)
+    n_val: int = option(32, help="validation scenes: alpha and the head set are chosen on them", min=1, max=10_000)
+    alpha: float = option(0.0, help="VHR amplification; 0 (the default) chooses it on the validation scenes from --alphas",
+                          min=0.0)
+    alphas: tuple[float, ...] = option((1.5, 2.0, 3.0), help="the alphas tried on the validation scenes")
+    head_set: str = option("auto", help="the heads VHR scales: 'auto' (chosen on the validation scenes from --head-sets), "
+                           + HEAD_SET_HELP)
+    head_sets: tuple[str, ...] = option(HEAD_SETS, help="the head sets tried on the validation scenes: " + HEAD_SET_HELP)
+    random_draws: int = option(5, help="draws of the random-heads control (as many heads as VHR scales)", min=1, max=100)
     top_k: int = option(TOP_K, help="T-VHD: mean of the k largest head VHDs per token (at most the model's heads; "
                         f"the default {TOP_K} becomes the head count on a smaller model)", min=1)
     distance: str = option("l2", help="distance between the head outputs with and without the image", choices=DISTANCES)
-    max_new_tokens: int = option(14, help="caption tokens generated per scene", min=1)
+    max_new_tokens: int = option(12, help="caption tokens generated per scene", min=1)
     prompt: str = option(DEFAULT_PROMPT, help="must hold one <image> placeholder")
     seed: int = 0
-    batch_size: int = option(16, help="scenes per decoding batch", min=1)
+    batch_size: int = option(32, help="scenes per decoding batch", min=1)
     projector_steps: int = option(ProjectorConfig.steps, help="caption-loss steps when the projector is built", min=0)
     projector_n_train: int = option(ProjectorConfig.n_train, help="training scenes when the projector is built", min=1)
-    grid: int = option(ProjectorConfig.grid, help="visual tokens per side (grid x grid per image)", min=1)
+    grid: int = option(ProjectorConfig.grid, help="visual tokens per side; 0: the encoder's last feature map "
+                       "(ceil(image size / 32))", min=0)
     image_size: int = option(ProjectorConfig.image_size, help="scene and encoder input size in pixels", min=32)
     image: str | None = option(None, help="also caption this image (file path or shipped photo name) before/after VHR")
-    llava: str | None = option(None, help="a local Hugging Face LLaVA folder to analyse instead of --model (untested "
-                               "offline; loaded in float16 unless --dtype bfloat16)")
+    llava: str | None = option(None, help="a local Hugging Face LLaVA folder (LlavaForConditionalGeneration) to analyse "
+                               "instead of the built model (--dtype applies)")
+    vlm: str | None = option(None, help="a local SmolVLM / Idefics3 folder to analyse instead of the built model "
+                             "(--dtype applies)")
     renamed: ClassVar[dict[str, str]] = {"chunk": "batch_size"}
 
     def validate(self) -> None:
         """Cross-field checks, run before any model loads."""
         if self.n_scenes < 1:  # the message names the field as older callers matched it
             raise InputError(f"--n-scenes (n_scenes) must be at least 1 (got {self.n_scenes})")
-        for a in (self.alpha, *self.alphas):
+        for a in self.alphas:
             if not a > 0:
-                raise InputError(f"--alpha/--alphas must be positive (got {a})")
+                raise InputError(f"--alphas must be positive (got {a})")
+        if not self.alphas and self.alpha == 0:
+            raise InputError("--alphas is empty and --alpha is 0; give alphas to choose from, or --alpha 1.5")
+        for hs in self.head_sets:
+            parse_head_set(hs)
+        if self.head_set != "auto":
+            parse_head_set(self.head_set)
+        if not self.head_sets and self.head_set == "auto":
+            raise InputError("--head-sets is empty and --head-set is auto; give head sets to choose from, or --head-set vhr")
         split_prompt(self.prompt)
+        if self.llava and self.vlm:
+            raise InputError("--llava and --vlm both given; analyse one model at a time (drop one of them)")
+        if self.llava or self.vlm:
+            from analyses.vision_heads.vlm.hf_vlm import check_folder
+
+            check_folder(self.llava or self.vlm, "llava" if self.llava else "smolvlm")
         if self.image is not None:
             from workbench.vision.images import load_image
 
             load_image(self.image)
+
+
+def parse_head_set(name: str) -> int:
+    """``vhr`` -> 0, ``top<k>`` -> k; a one-line error otherwise."""
+    if name == "vhr":
+        return 0
+    if name.startswith("top") and name[3:].isdigit() and int(name[3:]) > 0:
+        return int(name[3:])
+    raise InputError(f"unknown head set '{name}'; use {HEAD_SET_HELP}, e.g. --head-sets vhr --head-sets top16")
 
 
 def language_model(target: Any) -> Any:
@@ -95,25 +139,33 @@ def check_model(config: VHDConfig, target: Any) -> None:
     if config.top_k > total:
         raise InputError(f"--top-k {config.top_k} is more heads than {getattr(lm, 'name', 'the model')} has "
                          f"({shape.n_layers} layers x {shape.n_heads} = {total}); choose --top-k {total} or less")
+    if config.head_sets == HEAD_SETS:  # the default: fixed sets larger than the model are left out, as for top_k
+        config.head_sets = tuple(h for h in HEAD_SETS if parse_head_set(h) <= total)
+    sets = config.head_sets if config.head_set == "auto" else (config.head_set,)
+    for hs in sets:
+        if parse_head_set(hs) > total:
+            raise InputError(f"head set {hs} is more heads than {getattr(lm, 'name', 'the model')} has "
+                             f"({shape.n_layers} layers x {shape.n_heads} = {total}); choose top{total} or fewer")
 
 
 def estimate_bytes(config: VHDConfig, target: Any) -> int:
     """The spec's memory estimate before a run: every held-out scene's image is kept
-    (``image_size`` squared x 3 float32), and the caption losses and the object ranking run
-    all scenes in one forward each, whose logits (scenes x positions x vocab) dominate at the
-    default size; positions: the prompt, grid x grid visual tokens and a caption.
+    (``image_size`` squared x 3 float32), and the logits of the forwards over many scenes
+    (scenes x positions x vocab, counted for every test and validation scene: an upper bound
+    now that the caption losses use at most 16 scenes and decoding runs in batches) dominate
+    at the default size; positions: the prompt, grid x grid visual tokens and a caption.
 
     Calibration (tiny-llama, CPU, ru_maxrss over the RSS after the model loaded, --image-size 64,
     --grid 2, 3 new tokens): --n-scenes 16 / 128: 0.29 / 0.69 GB, 3.6 MB a scene over about
     0.23 GB (the encoder, the projector); this estimate: 0.26 / 0.71 GB."""
     lm = language_model(target)
     shape = getattr(lm, "shape", None)
-    n = config.n_scenes
+    n = config.n_scenes + config.n_val
     images = n * config.image_size ** 2 * 3 * 4
     if shape is None or getattr(lm, "tokenizer", None) is None:
         return int(FIXED_BYTES + images)
     size = torch.empty((), dtype=lm.dtype).element_size() if hasattr(lm, "dtype") else 4
-    pos = len(lm.tokenizer.encode(config.prompt)) + config.grid ** 2 + CAPTION_TOKENS
+    pos = len(lm.tokenizer.encode(config.prompt)) + feature_grid(config.image_size, config.grid) ** 2 + CAPTION_TOKENS
     return int(FIXED_BYTES + images + n * pos * shape.d_vocab * size)
 
 
@@ -126,21 +178,22 @@ def projector_config(config: VHDConfig, lm_name: str) -> ProjectorConfig:
                            steps=config.projector_steps, seed=0, prompt=ProjectorConfig.prompt)
 
 
-def load_llava(folder: str, device: str = "cpu", dtype: str = "float32") -> Any:
-    """A local LLaVA checkpoint behind the interface the analysis uses; float16 unless
-    ``dtype`` asks for bfloat16 (the full-precision default of the other commands would
-    double a 7B model's memory)."""
-    from analyses.vision_heads.vlm.llava import HFLlavaAdapter
+def load_folder_vlm(config: VHDConfig, device: str = "cpu", dtype: str = "float32") -> Any:
+    """The local Hugging Face VLM of ``--llava`` or ``--vlm`` behind the interface the analysis
+    uses (``analyses.vision_heads.vlm.hf_vlm``); a one-line error for a missing or wrong folder."""
+    from analyses.vision_heads.vlm.hf_vlm import check_folder, load_hf_vlm
 
-    print(f"loading LLaVA from {folder} ...", file=sys.stderr, flush=True)
-    return HFLlavaAdapter(str(folder), dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float16, device=device)
+    kind, folder = ("llava", config.llava) if config.llava else ("smolvlm", config.vlm)
+    check_folder(folder, kind)
+    print(f"loading {kind} from {folder} ...", file=sys.stderr, flush=True)
+    return load_hf_vlm(folder, kind, device=device, dtype=dtype)
 
 
 def load_target(config: VHDConfig, common: Any) -> Any:
-    """What ``workbench vhd`` analyses: the LLaVA folder of ``--llava``, else the ``--model``
-    language model (the projector and encoder are built around it in ``run``)."""
-    if config.llava:
-        return load_llava(config.llava, common.device, common.dtype)
+    """What ``workbench vhd`` analyses: the folder of ``--llava`` / ``--vlm``, else the
+    ``--model`` language model (the projector and encoder are built around it in ``run``)."""
+    if config.llava or config.vlm:
+        return load_folder_vlm(config, common.device, common.dtype)
     from workbench.models import load_model
 
     print(f"loading {common.model} ({common.backend}, {common.device}, {common.dtype}) ...", file=sys.stderr, flush=True)
@@ -148,8 +201,8 @@ def load_target(config: VHDConfig, common: Any) -> Any:
 
 
 def needs_model(config: VHDConfig) -> bool:
-    """``--llava`` replaces the language model; otherwise the run needs one."""
-    return not config.llava
+    """``--llava`` / ``--vlm`` replace the language model; otherwise the run needs one."""
+    return not (config.llava or config.vlm)
 
 
 def get_vlm(model: Any, config: VHDConfig, progress: bool = True) -> tuple[Any, dict]:
@@ -157,8 +210,8 @@ def get_vlm(model: Any, config: VHDConfig, progress: bool = True) -> tuple[Any, 
     config, or ours built on ``model``."""
     if model is not None and hasattr(model, "paired_batch"):
         return model, {}
-    if model is None and config.llava:
-        return load_llava(config.llava), {}
+    if model is None and (config.llava or config.vlm):
+        return load_folder_vlm(config), {}
     name = getattr(model, "name", None) or ProjectorConfig.lm
     return build_vlm(model, projector_config(config, name), progress=progress)
 
@@ -179,7 +232,80 @@ def object_token_tvhd(tokens: list[list[str]], tvhd: torch.Tensor, truths: list[
 def _scores(captions: list[str], truths) -> dict[str, float]:
     s = chair(captions, truths)
     return {"chair_i": s.chair_i, "chair_s": s.chair_s, "recall": s.recall, "mean_words": s.mean_words,
-            "n_mentioned": s.n_mentioned}
+            "n_mentioned": s.n_mentioned, "mentioned_per_caption": s.n_mentioned / max(s.n_captions, 1)}
+
+
+def objective(scores: dict[str, float]) -> float:
+    """What the validation scenes maximise: recall of present objects minus CHAIR_i (fewer
+    hallucinations without naming fewer true objects)."""
+    return float(scores["recall"]) - float(scores["chair_i"])
+
+
+MIN_MENTIONS = 0.5  # a setting must keep this share of the objects mentioned without intervention
+CRITERION = (f"largest validation recall minus CHAIR_i among the settings that still mention at least {MIN_MENTIONS:g} "
+             "as many objects per caption as no intervention (all settings when none does; ties: the smaller alpha)")
+
+
+def choose(sweep: list[dict[str, Any]], before: dict[str, float]) -> dict[str, Any]:
+    """The validation choice (``CRITERION``): a setting that silences the captions scores CHAIR_i
+    0 and would otherwise win by saying nothing, so settings that drop below ``MIN_MENTIONS`` of
+    the objects mentioned without intervention are left out."""
+    floor = MIN_MENTIONS * float(before.get("mentioned_per_caption", 0.0))
+    pool = [r for r in sweep if r["vhr"]["mentioned_per_caption"] >= floor] or sweep
+    return max(pool, key=lambda r: (r["objective"], -r["alpha"]))
+
+
+METRICS = ("chair_i", "chair_s", "recall", "mentioned")
+
+
+def caption_intervals(runs: list[list[str]], truths, split: str, seed: int = 0) -> dict[str, Interval]:
+    """Bootstrap intervals over scenes for CHAIR_i, CHAIR_s, recall and objects mentioned per
+    caption; ``runs`` holds one or more caption lists of the same scenes (the random-heads draws),
+    pooled per scene (ratios of sums; CHAIR_s and mentions averaged over the draws)."""
+    parts = [per_caption(c, truths) for c in runs]
+    total = {k: np.sum([p[k] for p in parts], axis=0).astype(float) for k in parts[0]}
+    k = len(parts)
+    bad = np.mean([np.asarray(p["hallucinated"]) > 0 for p in parts], axis=0).astype(float)
+    ratio = lambda a: float(a[:, 0].sum() / a[:, 1].sum()) if a[:, 1].sum() else 0.0  # noqa: E731
+    return {
+        "chair_i": bootstrap(np.stack([total["hallucinated"], total["mentioned"]], 1), ratio, seed=seed, split=split),
+        "chair_s": bootstrap(bad, seed=seed, split=split),
+        "recall": bootstrap(np.stack([total["hits"], total["n_true"]], 1), ratio, seed=seed, split=split),
+        "mentioned": bootstrap(total["mentioned"] / k, seed=seed, split=split),
+    }
+
+
+def diff_interval(a: list[str], b: list[str], truths, metric: str, split: str, seed: int = 0) -> Interval:
+    """Paired bootstrap over scenes of ``metric`` (chair_i or recall) of captions ``a`` minus ``b``."""
+    pa, pb = per_caption(a, truths), per_caption(b, truths)
+    num, den = ("hallucinated", "mentioned") if metric == "chair_i" else ("hits", "n_true")
+    rows = np.stack([pa[num], pa[den], pb[num], pb[den]], 1).astype(float)
+
+    def stat(r: np.ndarray) -> float:
+        ra = r[:, 0].sum() / r[:, 1].sum() if r[:, 1].sum() else 0.0
+        rb = r[:, 2].sum() / r[:, 3].sum() if r[:, 3].sum() else 0.0
+        return float(ra - rb)
+
+    iv = bootstrap(rows, stat, seed=seed, split=split)
+    return Interval(iv.value, iv.low, iv.high, iv.n, "paired bootstrap", iv.level, split)
+
+
+def head_policy(head_set: str, alpha: float, config: VHDConfig, vhd_map: torch.Tensor, seed: int | None = None,
+                random_heads: bool = False) -> HeadPolicy:
+    """The policy of a head set at ``alpha``: ``vhr`` (its random control draws as many heads
+    per layer and step) or ``top<k>`` (the k heads of largest ``vhd_map``; its control k random heads)."""
+    k = parse_head_set(head_set)
+    seed = config.seed if seed is None else seed
+    if k == 0:
+        return HeadPolicy("random" if random_heads else "vhr", alpha, config.distance, seed)
+    flat = vhd_map.flatten()
+    if random_heads:
+        order = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(seed))[:k]
+    else:
+        order = torch.argsort(flat, descending=True)[:k]
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    mask[order] = True
+    return HeadPolicy("fixed", alpha, config.distance, seed, heads=mask.view(vhd_map.shape))
 
 
 @register_result
@@ -191,12 +317,17 @@ class VHDResult(Result):
     # arrays
     @property
     def vhd_map(self) -> torch.Tensor:
-        """[layer head] mean VHD over decoding steps and scenes."""
+        """[layer head] mean VHD over decoding steps of the test captions."""
         return self.arrays["vhd_map"]
 
     @property
+    def vhd_map_val(self) -> torch.Tensor:
+        """[layer head] mean VHD on the validation captions (what ``top<k>`` head sets use)."""
+        return self.arrays.get("vhd_map_val", self.vhd_map)
+
+    @property
     def vhd_steps(self) -> torch.Tensor:
-        """[scene step layer head] VHD at every decoding step of the unmodified captions."""
+        """[scene step layer head] VHD at every decoding step of the unmodified test captions."""
         return self.arrays["vhd_steps"]
 
     @property
@@ -206,7 +337,7 @@ class VHDResult(Result):
 
     @property
     def images(self) -> torch.Tensor:
-        """[scene H W 3] uint8: the first few held-out scenes (at most ``N_SHOWN``)."""
+        """[scene H W 3] uint8: the first few test scenes (at most ``N_SHOWN``)."""
         return self.arrays["images"]
 
     @property
@@ -216,14 +347,24 @@ class VHDResult(Result):
 
     @property
     def selected_rate(self) -> torch.Tensor:
-        """[layer head] how often VHR (at ``alpha``) picked each head."""
+        """[layer head] how often the chosen VHR setting scaled each head on the test scenes."""
         return self.arrays["selected_rate"]
 
     # the settings of the run
     @property
     def alpha(self) -> float:
-        """The amplification reported as "after"."""
+        """The amplification reported as "after" (chosen on the validation scenes unless given)."""
         return float(self.metrics["alpha"])
+
+    @property
+    def head_set(self) -> str:
+        """The head set reported as "after" (chosen on the validation scenes unless given)."""
+        return str(self.metrics.get("head_set", "vhr"))
+
+    @property
+    def chosen_by(self) -> str:
+        """How alpha and the head set were fixed: ``val`` (chosen there) or ``given``."""
+        return str(self.metrics.get("chosen_by", "given"))
 
     @property
     def distance(self) -> str:
@@ -236,28 +377,56 @@ class VHDResult(Result):
 
     @property
     def n_scenes(self) -> int:
+        """Test scenes."""
         return int(self.metrics["n_scenes"])
+
+    @property
+    def n_val(self) -> int:
+        """Validation scenes."""
+        return int(self.metrics.get("n_val", 0))
+
+    @property
+    def random_draws(self) -> int:
+        return int(self.metrics.get("random_draws", 1))
+
+    @property
+    def splits(self) -> dict[str, str]:
+        """Which split each figure comes from."""
+        return dict(self.metrics.get("splits") or {})
 
     # heads and CHAIR
     @property
     def top_heads(self) -> list[dict[str, Any]]:
-        """The most vision-aware heads: ``{"name", "layer", "head", ...}`` each."""
+        """The most vision-aware heads on the test captions: ``{"name", "layer", "head", ...}`` each."""
         return list(self.metrics["top_heads"])
 
     @property
     def chair(self) -> dict[str, dict[str, float]]:
-        """CHAIR scores (``chair_i``, ``chair_s``, ``recall``, ``mean_words``, ``n_mentioned``)
-        of the captions ``before``, ``after`` VHR and with the ``random_control`` heads."""
+        """Test-split CHAIR scores (``chair_i``, ``chair_s``, ``recall``, ``mean_words``,
+        ``n_mentioned``, ``mentioned_per_caption``) of the captions ``before``, ``after`` VHR,
+        with ``random_control`` heads (pooled over the draws) and with ``all_heads`` scaled alike."""
         return dict(self.metrics["chair"])
 
     @property
+    def chair_intervals(self) -> dict[str, dict[str, Interval]]:
+        """Test-split bootstrap intervals: condition -> metric (``chair_i``, ``chair_s``,
+        ``recall``, ``mentioned``) -> Interval; conditions as in ``chair``."""
+        ivs = self.intervals
+        return {cond: {m: ivs[f"{m} {cond}"] for m in METRICS if f"{m} {cond}" in ivs} for cond in CONDITIONS}
+
+    @property
     def sweep(self) -> list[dict[str, Any]]:
-        """One row per alpha: ``{"alpha", "vhr": scores, "random": scores, "heads_per_layer"}``."""
+        """The validation sweep: one row per setting ``{"head_set", "alpha", "vhr": scores,
+        "objective"}``; ``val_before`` holds the scores without intervention."""
         return list(self.metrics["sweep"])
 
     @property
+    def val_before(self) -> dict[str, float]:
+        return dict(self.metrics.get("val_before") or {})
+
+    @property
     def object_token_tvhd(self) -> dict[str, Any]:
-        """Mean T-VHD at object words in the image vs hallucinated ones."""
+        """Mean T-VHD at object words in the image vs hallucinated ones (test captions)."""
         return dict(self.metrics.get("object_token_tvhd") or {})
 
     # captions
@@ -267,13 +436,18 @@ class VHDResult(Result):
 
     @property
     def captions_after(self) -> list[str]:
-        """Captions with VHR at ``alpha``."""
+        """Test captions with the chosen VHR setting."""
         return list(self.metrics["captions_after"])
 
     @property
     def captions_random(self) -> list[str]:
-        """Captions with as many random heads amplified."""
+        """Test captions with as many random heads scaled (the first draw)."""
         return list(self.metrics["captions_random"])
+
+    @property
+    def captions_all_heads(self) -> list[str]:
+        """Test captions with every head scaled by alpha."""
+        return list(self.metrics.get("captions_all_heads") or [])
 
     @property
     def captions_shuffled_image(self) -> list[str] | None:
@@ -287,18 +461,18 @@ class VHDResult(Result):
 
     @property
     def truths(self) -> list[list[str]]:
-        """The objects in each scene."""
+        """The objects in each test scene."""
         return list(self.metrics["truths"])
 
     @property
     def references(self) -> list[str]:
-        """Each scene's reference caption."""
+        """Each test scene's reference caption."""
         return list(self.metrics["references"])
 
     # does the model see? (None for an adapter without a projector)
     @property
     def recall(self) -> float:
-        """Object recall of the captions before VHR."""
+        """Object recall of the test captions before VHR."""
         return float(self.metrics["recall"])
 
     @property
@@ -307,7 +481,7 @@ class VHDResult(Result):
 
     @property
     def caption_loss(self) -> float | None:
-        """Held-out caption loss (nats/token) with the right image."""
+        """Test caption loss (nats/token) with the right image."""
         return self.metrics.get("caption_loss")
 
     @property
@@ -348,7 +522,10 @@ class VHDResult(Result):
 
     def summary(self) -> dict[str, Any]:
         m = self.metrics
-        out = {"vhd": m["vhd"], "top_heads": m["top_heads"], "chair": m["chair"], "alpha": m["alpha"]}
+        out = {"vhd": m["vhd"], "top_heads": m["top_heads"], "chair": m["chair"], "alpha": m["alpha"],
+               "head_set": m["head_set"], "chosen_by": m["chosen_by"], "splits": m["splits"],
+               "n_scenes": m["n_scenes"], "n_val": m["n_val"], "intervals": m.get("intervals", {}),
+               "validation": {"before": m["val_before"], "sweep": m["sweep"]}}
         if self.path is not None:
             out["run"] = str(self.path)
         return out
@@ -359,76 +536,129 @@ class VHDResult(Result):
         return vision_sections(self)
 
 
-def run(model: Any = None, config: VHDConfig | None = None, progress: bool = True) -> VHDResult:
-    """Build (or load) the VLM, caption held-out scenes, map VHD, sweep VHR against random heads."""
+CONDITIONS = ("before", "after", "random_control", "all_heads")
+
+
+def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any = True) -> VHDResult:
+    """Build (or load) the VLM; choose alpha and the head set on validation scenes; caption test
+    scenes before and after VHR, with random heads and with all heads scaled; map VHD."""
     config = config or VHDConfig()
     check_config(config)
-    alphas = tuple(sorted(set(float(a) for a in (*config.alphas, config.alpha))))
+    show = bool(progress)
     picture = None
     if config.image is not None:
         from workbench.vision.images import load_image
 
         picture = load_image(config.image)[0]
-    vlm, record = get_vlm(model, config, progress)
-    scenes = make_scenes(config.n_scenes, "heldout", seed=config.seed, size=config.image_size)
+    vlm, record = get_vlm(model, config, show)
+    own = hasattr(vlm, "projector")
+    scenes = make_scenes(config.n_scenes, "test", seed=config.seed, size=config.image_size)
+    val_scenes = make_scenes(config.n_val, "val", seed=config.seed, size=config.image_size)
     truths = [s.objects for s in scenes]
-    feats = encode_scenes(vlm, scenes, progress=progress) if hasattr(vlm, "projector") else [s.image for s in scenes]
-    gen_kw = dict(max_new_tokens=config.max_new_tokens, chunk=config.batch_size, progress=progress)
+    val_truths = [s.objects for s in val_scenes]
+    if own:
+        feats = encode_scenes(vlm, scenes, progress=show)
+        val_feats = encode_scenes(vlm, val_scenes, progress=show)
+    else:
+        feats, val_feats = [s.image for s in scenes], [s.image for s in val_scenes]
+    gen_kw = dict(max_new_tokens=config.max_new_tokens, chunk=config.batch_size, progress=show)
+    captioners: dict[int, Captioner] = {}
 
-    # 1. does it see? caption loss and recall against image-free baselines
+    def caption(features, policy: HeadPolicy | None = None, paired: bool = True):
+        key = id(features)
+        if key not in captioners:
+            captioners[key] = Captioner(vlm, config.prompt, features, **gen_kw)
+        return captioners[key](policy, paired=paired)
+
+    # 1. does it see? (test scenes) caption loss and recall against image-free baselines
     metrics: dict[str, Any] = {}
-    if hasattr(vlm, "projector"):
+    if own:
         perm = torch.roll(torch.arange(len(scenes)), 1)  # each scene gets its neighbour's image
+        m = min(len(scenes), LOSS_SCENES)  # the caption losses on the first test scenes (one forward each)
         with torch.no_grad():
-            caps = [s.caption for s in scenes]
-            metrics["caption_loss"] = float(caption_losses(vlm, config.prompt, feats, caps).mean())
-            metrics["caption_loss_shuffled_image"] = float(caption_losses(vlm, config.prompt, feats[perm], caps).mean())
+            caps = [s.caption for s in scenes[:m]]
+            metrics["caption_loss"] = float(caption_losses(vlm, config.prompt, feats[:m], caps).mean())
+            metrics["caption_loss_shuffled_image"] = float(caption_losses(vlm, config.prompt, feats[perm][:m], caps).mean())
             metrics["caption_loss_no_image"] = float(caption_losses(vlm, config.prompt, None, caps).mean())
-        right = first_object_scores(vlm, config.prompt, feats, len(scenes))
-        wrong = first_object_scores(vlm, config.prompt, feats[perm], len(scenes))
-        metrics["object_rank_recall"] = ranking_recall(right, truths)
-        metrics["object_rank_recall_shuffled_image"] = ranking_recall(wrong, truths)
-        metrics["object_rank_recall_chance"] = chance_recall(truths)
+            metrics["caption_loss_n"] = m
         shuffled = generate_chunked(vlm, config.prompt, feats[perm], paired=False, **gen_kw)
         metrics["recall_shuffled_image"] = chair(shuffled.captions, truths).recall
         metrics["captions_shuffled_image"] = shuffled.captions
     metrics["projector"] = {k: v for k, v in record.items() if k != "config"} if record else {}
 
-    # 2. baseline captions with VHD at every step
-    base = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("none", distance=config.distance), **gen_kw)
+    # 2. validation: VHD map, then every (head set, alpha) against the validation objective
+    val_base = caption(val_feats, HeadPolicy("none", distance=config.distance))
+    vmask = val_base.valid.float()[..., None, None]
+    vhd_map_val = (val_base.vhd * vmask).sum((0, 1)) / vmask.sum().clamp(min=1)
+    val_before = _scores(val_base.captions, val_truths)
+    sets = config.head_sets if config.head_set == "auto" else (config.head_set,)
+    alphas = config.alphas if config.alpha == 0 else (config.alpha,)
+    candidates = [(h, float(a)) for h in sets for a in alphas]
+    sweep = []
+    if len(candidates) == 1:
+        head_set, alpha = candidates[0]
+        chosen_by = "given"
+    else:
+        for h, a in tqdm(candidates, desc="validation sweep", disable=not show):
+            pol = head_policy(h, a, config, vhd_map_val)
+            g = caption(val_feats, pol, paired=pol.mode != "fixed")
+            sc = _scores(g.captions, val_truths)
+            sweep.append({"head_set": h, "alpha": a, "vhr": sc, "objective": objective(sc)})
+        best = choose(sweep, val_before)
+        head_set, alpha = best["head_set"], best["alpha"]
+        chosen_by = "val"
+
+    # 3. test: before (with VHD), the chosen VHR, random heads, all heads
+    base = caption(feats, HeadPolicy("none", distance=config.distance))
     valid = base.valid.float()[..., None, None]
     vhd_map = (base.vhd * valid).sum((0, 1)) / valid.sum().clamp(min=1)
     tvhd = token_vhd(base.vhd, config.top_k) * base.valid
-    before = _scores(base.captions, truths)
-    metrics["recall"] = before["recall"]
+    pol = head_policy(head_set, alpha, config, vhd_map_val)
+    vhr = caption(feats, pol, paired=pol.mode != "fixed")
+    randoms = []
+    for d in tqdm(range(config.random_draws), desc="random heads", disable=not show):
+        rp = head_policy(head_set, alpha, config, vhd_map_val, seed=config.seed + 1 + d, random_heads=True)
+        randoms.append(caption(feats, rp, paired=rp.mode != "fixed"))
+    every = caption(feats, HeadPolicy("all", alpha, config.distance), paired=False)
 
-    # 3. VHR sweep vs random heads
-    sweep = []
-    runs = {}
-    for alpha in tqdm(alphas, desc="VHR sweep", disable=not progress):
-        vhr = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("vhr", alpha, config.distance, config.seed), **gen_kw)
-        rnd = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("random", alpha, config.distance, config.seed), **gen_kw)
-        row = {"alpha": alpha, "vhr": _scores(vhr.captions, truths), "random": _scores(rnd.captions, truths),
-               "heads_per_layer": float(vhr.selected[vhr.valid].float().sum(-1).mean()) if vhr.valid.any() else 0.0}
-        sweep.append(row)
-        runs[alpha] = (vhr, rnd)
-    main_vhr, main_rnd = runs[float(config.alpha)]
+    before = _scores(base.captions, truths)
+    rnd_caps = [c for r in randoms for c in r.captions]
+    rnd_truths = [t for _ in randoms for t in truths]
+    chair_scores = {"before": before, "after": _scores(vhr.captions, truths),
+                    "random_control": _scores(rnd_caps, rnd_truths), "all_heads": _scores(every.captions, truths)}
+    metrics["recall"] = before["recall"]
+    if vhr.valid.any():
+        heads_scaled = float(vhr.selected[vhr.valid].float().sum((-1, -2)).mean())
+    else:
+        heads_scaled = 0.0
     s = vhd_map.shape
     metrics.update({
         "vhd": vhd_map.tolist(),
         "top_heads": top_heads(vhd_map, 10),
-        "chair": {"before": before, "after": _scores(main_vhr.captions, truths),
-                  "random_control": _scores(main_rnd.captions, truths)},
-        "alpha": float(config.alpha),
+        "chair": chair_scores,
+        "alpha": float(alpha),
+        "head_set": head_set,
+        "chosen_by": chosen_by,
+        "heads_scaled_per_step": heads_scaled,
+        "criterion": CRITERION,
         "sweep": sweep,
+        "val_before": val_before,
+        "splits": {"chair": "test", "intervals": "test", "vhd": "test", "top_heads": "test", "captions": "test",
+                   "recall": "test", "caption_loss": "test", "object_rank_recall": "test", "sweep": "val",
+                   "val_before": "val", "alpha": "val" if chosen_by == "val" else "given",
+                   "head_set": "val" if chosen_by == "val" else "given", "top<k> heads": "val",
+                   "projector": "train"},
         "object_token_tvhd": object_token_tvhd(base.tokens, tvhd, truths),
         "captions_before": base.captions,
-        "captions_after": main_vhr.captions,
-        "captions_random": main_rnd.captions,
+        "captions_after": vhr.captions,
+        "captions_random": randoms[0].captions,
+        "captions_all_heads": every.captions,
         "caption_tokens": base.tokens,
         "truths": [list(t) for t in truths],
         "references": [s_.caption for s_ in scenes],
         "n_scenes": len(scenes),
+        "n_val": len(val_scenes),
+        "random_draws": config.random_draws,
         "vision_tokens": getattr(vlm, "n_image_tokens", None),
         "model": getattr(vlm, "name", None),
         "where": "blocks.{l}.attn.hook_z (per-head output before W_O)",
@@ -439,14 +669,26 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool = Tru
     shown = min(N_SHOWN, len(scenes))
     arrays = {
         "vhd_map": vhd_map,
+        "vhd_map_val": vhd_map_val,
         "vhd_steps": base.vhd,
         "valid": base.valid.to(torch.uint8),
         "tvhd": tvhd,
         "images": torch.from_numpy(np.stack([(sc.image * 255).round().astype(np.uint8) for sc in scenes[:shown]])),
-        "selected_rate": main_vhr.selected[main_vhr.valid].float().mean(0) if main_vhr.valid.any() else torch.zeros(s),
+        "selected_rate": vhr.selected[vhr.valid].float().mean(0) if vhr.valid.any() else torch.zeros(s),
     }
-    return VHDResult(config=config, metrics=metrics, arrays=arrays,
-                     meta=provenance(model=getattr(vlm, "name", "vlm"), seed=config.seed) | {"lm": vlm.lm.name})
+    result = VHDResult(config=config, metrics=metrics, arrays=arrays,
+                       meta=provenance(model=getattr(vlm, "name", "vlm"), seed=config.seed) | {"lm": vlm.lm.name})
+    runs = {"before": [base.captions], "after": [vhr.captions], "random_control": [r.captions for r in randoms],
+            "all_heads": [every.captions]}
+    for cond, caps_ in runs.items():
+        for m, iv in caption_intervals(caps_, truths, "test", seed=config.seed).items():
+            result.set_interval(f"{m} {cond}", iv)
+    for other in ("before", "random_control", "all_heads"):
+        for m in ("chair_i", "recall"):
+            result.set_interval(f"{m} after - {other}",
+                                diff_interval(vhr.captions * len(runs[other]), [c for cs in runs[other] for c in cs],
+                                              list(truths) * len(runs[other]), m, "test", seed=config.seed))
+    return result
 
 
 def caption_one(model: Any, image: Any, config: VHDConfig | None = None) -> dict[str, Any]:
@@ -457,7 +699,8 @@ def caption_one(model: Any, image: Any, config: VHDConfig | None = None) -> dict
     feats = vlm.encode([image]) if hasattr(vlm, "projector") else [image]
     kw = dict(max_new_tokens=config.max_new_tokens, chunk=1)
     base = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("none", distance=config.distance), **kw)
-    vhr = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("vhr", config.alpha, config.distance), **kw)
+    vhr = generate_chunked(vlm, config.prompt, feats, policy=HeadPolicy("vhr", config.alpha or DEFAULT_ALPHA, config.distance),
+                           **kw)
     tv = token_vhd(base.vhd, config.top_k)[0, : len(base.tokens[0])]
     return {"caption_before": base.captions[0], "caption_after": vhr.captions[0], "tokens": base.tokens[0],
             "tvhd": [float(x) for x in tv], "objects_before": mentioned_objects(base.captions[0]),

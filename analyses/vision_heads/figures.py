@@ -42,13 +42,46 @@ def tvhd_figure(result: Any, index: int = 0) -> go.Figure:
 
 
 def sweep_figure(result: Any, metric: str = "chair_i") -> go.Figure:
-    """CHAIR (or recall) over the alpha sweep: VHR heads vs the random-heads control."""
-    sweep = result.sweep
-    alphas = [1.0] + [r["alpha"] for r in sweep]
-    before = result.chair["before"][metric]
-    curves = {"VHR heads": [before] + [r["vhr"][metric] for r in sweep],
-              "random heads": [before] + [r["random"][metric] for r in sweep]}
-    return line_curves(alphas, curves, f"{metric} vs amplification alpha (alpha 1 = no intervention)", "alpha", metric)
+    """The validation sweep: ``metric`` (chair_i, recall, or the objective recall - CHAIR_i) per
+    alpha for each head set, against no intervention (alpha 1); the chosen setting is marked."""
+    rows = result.sweep
+    before = result.val_before
+    fig = go.Figure()
+    for hs in dict.fromkeys(r["head_set"] for r in rows):
+        mine = [r for r in rows if r["head_set"] == hs]
+        ys = [r["objective"] if metric == "objective" else r["vhr"][metric] for r in mine]
+        fig.add_trace(go.Scatter(x=[r["alpha"] for r in mine], y=ys, mode="lines+markers", name=hs))
+    if before:
+        base = before["recall"] - before["chair_i"] if metric == "objective" else before.get(metric)
+        fig.add_hline(y=base, line_dash="dot", annotation_text="no intervention")
+    fig.update_layout(title=f"Validation ({result.n_val} scenes): {metric} per alpha and head set; chosen: "
+                            f"{result.head_set} at alpha {result.alpha} ({result.chosen_by})",
+                      xaxis_title="alpha", yaxis_title=metric)
+    return fig
+
+
+def conditions_figure(result: Any) -> go.Figure:
+    """Test split: CHAIR_i, CHAIR_s and recall before VHR, after it, with random heads and with
+    every head scaled alike, with bootstrap intervals over scenes."""
+    ivs = result.chair_intervals
+    fig = go.Figure()
+    for cond, label in CONDITION_LABELS.items():
+        xs, ys, lo, hi = [], [], [], []
+        for m in ("chair_i", "chair_s", "recall"):
+            iv = ivs.get(cond, {}).get(m)
+            if iv is None:
+                continue
+            xs.append(m)
+            ys.append(iv.value)
+            lo.append(iv.value - iv.low)
+            hi.append(iv.high - iv.value)
+        fig.add_trace(go.Bar(name=label, x=xs, y=ys, error_y={"type": "data", "array": hi, "arrayminus": lo}))
+    fig.update_layout(barmode="group", title=f"Test split ({result.n_scenes} scenes): {result.head_set} heads at alpha "
+                                             f"{result.alpha} against the controls (95% bootstrap intervals)")
+    return fig
+
+
+CONDITION_LABELS = {"before": "before", "after": "VHR", "random_control": "random heads", "all_heads": "all heads"}
 
 
 def projector_figure(result: Any) -> go.Figure:
@@ -86,12 +119,18 @@ def scene_figure(result: Any, index: int = 0) -> go.Figure:
 
 
 def chair_table(result: Any) -> list[dict]:
+    """Test split: one row per condition, each metric with its interval."""
     rows = []
-    chair = result.chair
-    for label, key in (("before", "before"), (f"VHR alpha {result.alpha}", "after"), ("random heads", "random_control")):
-        s = chair[key]
-        rows.append({"captions": label, "CHAIR_i": s["chair_i"], "CHAIR_s": s["chair_s"], "recall": s["recall"],
-                     "words": s["mean_words"]})
+    ivs = result.chair_intervals
+    for key, label in CONDITION_LABELS.items():
+        if key not in result.chair:
+            continue
+        s = result.chair[key]
+        row = {"captions (test)": label if key != "after" else f"VHR {result.head_set} alpha {result.alpha}"}
+        for m, name in (("chair_i", "CHAIR_i"), ("chair_s", "CHAIR_s"), ("recall", "recall"), ("mentioned", "objects/caption")):
+            iv = ivs.get(key, {}).get(m)
+            row[name] = iv.text() if iv is not None else s.get("mentioned_per_caption" if m == "mentioned" else m)
+        rows.append(row)
     return rows
 
 
@@ -105,25 +144,56 @@ def vision_sections(result: Any) -> list:
         Section("Vision-aware head divergence",
                 f"VHD = {result.distance} distance of each head's output before W_O ({result.where}) with vs without the image.",
                 figures=[vhd_map_figure(result), top_heads_figure(result), tvhd_figure(result, 0)]),
-        Section("VHR: CHAIR before and after, against random heads", tables=[chair_table(result)],
-                figures=[sweep_figure(result, "chair_i"), sweep_figure(result, "recall"), scene_figure(result, 0)]),
+        Section("VHR on the test split: CHAIR and recall before and after, against random heads and all heads",
+                f"alpha and the head set chosen on {result.n_val} validation scenes ({result.chosen_by}); reported on "
+                f"{result.n_scenes} test scenes; random heads pooled over {result.random_draws} draws.",
+                tables=[chair_table(result)], figures=[conditions_figure(result), scene_figure(result, 0)]),
+        Section("VHR on the validation split: the choice", tables=[sweep_table(result)],
+                figures=[sweep_figure(result, "objective"), sweep_figure(result, "chair_i"), sweep_figure(result, "recall")]),
     ]
     return sections
 
 
 def sweep_table(result: Any) -> list[dict]:
-    """The alpha sweep as rows: CHAIR_i and recall of the VHR heads against random heads."""
-    return [{"alpha": r["alpha"], "CHAIR_i VHR": r["vhr"]["chair_i"], "CHAIR_i random": r["random"]["chair_i"],
-             "recall VHR": r["vhr"]["recall"], "recall random": r["random"]["recall"],
-             "heads per layer": r["heads_per_layer"]} for r in result.sweep]
+    """The validation sweep as rows (split: val)."""
+    rows = []
+    if result.val_before:
+        b = result.val_before
+        rows.append({"head set": "none", "alpha": 1.0, "CHAIR_i": b["chair_i"], "CHAIR_s": b["chair_s"],
+                     "recall": b["recall"], "recall - CHAIR_i": b["recall"] - b["chair_i"]})
+    for r in result.sweep:
+        rows.append({"head set": r["head_set"], "alpha": r["alpha"], "CHAIR_i": r["vhr"]["chair_i"],
+                     "CHAIR_s": r["vhr"]["chair_s"], "recall": r["vhr"]["recall"], "recall - CHAIR_i": r["objective"]})
+    return rows
 
 
 def headline(result: Any) -> list[tuple[str, Any]]:
-    """The tiles on the vision-heads page."""
+    """The tiles on the vision-heads page (test split)."""
     chair = result.chair
-    tiles = [("object recall (image)", f"{result.recall:.2f}")]
+    tiles = [("object recall (test)", f"{result.recall:.2f}")]
     if result.recall_shuffled_image is not None:
         tiles.append(("recall (shuffled image)", f"{result.recall_shuffled_image:.2f}"))
     before, after = chair["before"]["chair_i"], chair["after"]["chair_i"]
-    tiles += [("CHAIR_i before", f"{before:.3f}"), (f"CHAIR_i after (alpha {result.alpha})", f"{after:.3f} ({after - before:+.3f})")]
+    tiles += [("CHAIR_i before", f"{before:.3f}"),
+              (f"CHAIR_i after ({result.head_set}, alpha {result.alpha})", f"{after:.3f} ({after - before:+.3f})")]
     return tiles
+
+
+def headline_figures(result: Any) -> list[dict]:
+    """The README row: test-split recall and CHAIR_i before VHR, after it and for both controls,
+    with their intervals; the validated alpha and head set."""
+    from workbench.spec import figure
+
+    ivs = result.chair_intervals
+    out = []
+    how = f"chosen on {result.n_val} val scenes" if result.chosen_by == "val" else "given"
+    for cond, label in (("before", "before VHR"), ("after", f"VHR ({result.head_set}, alpha {result.alpha:g} {how})"),
+                        ("random_control", f"{result.random_draws} random head draws"), ("all_heads", "all heads scaled")):
+        for m, name in (("recall", "recall"), ("chair_i", "CHAIR_i"), ("chair_s", "CHAIR_s")):
+            iv = ivs.get(cond, {}).get(m)
+            if iv is not None:
+                out.append(figure(f"{name}, {label}", interval=iv, fmt=".2f"))
+    if result.recall_shuffled_image is not None:
+        out.append(figure("recall with another scene's image (prior only)", result.recall_shuffled_image,
+                          n=result.n_scenes, split="test", fmt=".2f"))
+    return out

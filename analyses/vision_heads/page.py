@@ -17,11 +17,12 @@ def page_extra(result: Any) -> None:
     img_col, text_col = st.columns([1, 2])
     img_col.image(result.images[idx].numpy(), caption=f"objects: {', '.join(result.truths[idx])}")
     text_col.markdown(f"**reference:** {result.references[idx]}  \n**before:** {result.captions_before[idx]}  \n"
-                      f"**VHR (alpha {result.alpha}):** {result.captions_after[idx]}  \n"
-                      f"**random heads:** {result.captions_random[idx]}")
+                      f"**VHR ({result.head_set}, alpha {result.alpha}):** {result.captions_after[idx]}  \n"
+                      f"**random heads:** {result.captions_random[idx]}  \n"
+                      f"**all heads:** {(result.captions_all_heads or ['-'] * (idx + 1))[idx]}")
     text_col.plotly_chart(tvhd_figure(result, idx), width="stretch", key="vhd-scene-tvhd")
 
-    st.subheader("The alpha sweep: VHR heads against random heads")
+    st.subheader(f"The validation sweep ({result.n_val} scenes): how alpha and the head set were chosen")
     st.table(sweep_table(result))
 
     user = result.user_image

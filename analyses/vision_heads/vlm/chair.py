@@ -67,3 +67,20 @@ def chair(captions: Sequence[str], truths: Sequence[Sequence[str]]) -> ChairScor
         n_hallucinated=hallucinated,
         mean_words=words / n,
     )
+
+
+def per_caption(captions: Sequence[str], truths: Sequence[Sequence[str]]) -> dict[str, list[int]]:
+    """Per caption: objects ``mentioned``, of them ``hallucinated`` (not in the image), true
+    objects named (``hits``) and objects in the image (``n_true``): the samples that CHAIR's
+    intervals resample (CHAIR_i = sum hallucinated / sum mentioned, recall = sum hits / sum n_true,
+    CHAIR_s = mean of hallucinated > 0)."""
+    if len(captions) != len(truths):
+        raise ValueError(f"{len(captions)} captions but {len(truths)} ground-truth object lists")
+    out: dict[str, list[int]] = {"mentioned": [], "hallucinated": [], "hits": [], "n_true": []}
+    for cap, truth in zip(captions, truths):
+        said = mentioned_objects(cap)
+        out["mentioned"].append(len(said))
+        out["hallucinated"].append(sum(o not in truth for o in said))
+        out["hits"].append(sum(o in said for o in truth))
+        out["n_true"].append(len(truth))
+    return out

@@ -11,6 +11,7 @@ z computed after layers < l were already reinforced, selects there, and scales t
 same heads are scaled in both branches so later layers compare like with like."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,24 +23,29 @@ from workbench.errors import InputError
 from analyses.vision_heads.vlm.heads import head_divergence, random_select, vhr_select
 from analyses.vision_heads.vlm.model import PairedBatch
 
-MODES = ("none", "vhr", "random")
+MODES = ("none", "vhr", "random", "fixed", "all")
 
 
 @dataclass
 class HeadPolicy:
     """What to do with head outputs while decoding: ``none`` (only measure VHD), ``vhr``
-    (amplify the heads VHR selects by ``alpha``) or ``random`` (amplify as many random heads)."""
+    (amplify the heads VHR selects at each step by ``alpha``), ``random`` (amplify as many
+    random heads per layer and step), ``fixed`` (amplify the heads in ``heads``, a bool
+    ``[layer head]`` mask, at every step) or ``all`` (every head alike)."""
 
     mode: str = "none"
     alpha: float = 1.0
     distance: str = "l2"
     seed: int = 0
+    heads: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"unknown head policy '{self.mode}'; choose one of {', '.join(MODES)}")
         if not self.alpha > 0:
             raise InputError(f"alpha must be positive, got {self.alpha}")
+        if self.mode == "fixed" and (self.heads is None or self.heads.dtype != torch.bool or self.heads.ndim != 2):
+            raise InputError("the 'fixed' head policy needs heads: a bool [layer head] mask")
 
 
 @dataclass
@@ -62,11 +68,15 @@ def _stops(tokenizer: Any, token_id: int) -> bool:
 
 
 def generate(vlm: Any, batch: PairedBatch, max_new_tokens: int = 16, policy: HeadPolicy | None = None,
-             paired: bool = True, progress: bool = False) -> Generation:
+             paired: bool = True, progress: bool = False, trace: list | None = None, prefix: Any = None) -> Generation:
     """Greedy captions for the image rows of ``batch``; ``paired`` also runs the image-free rows
-    (needed for VHD and for VHR). A caption ends at a full stop, a newline or end-of-text."""
+    (needed for VHD and for VHR). A caption ends at a full stop, a newline or end-of-text.
+    ``trace``, a list, receives ``(step, layer, z_in, z_out, picked)`` at every patched
+    ``hook_z`` (z ``[2n pos head d_head]``): what each intervention saw and wrote. ``prefix``, a
+    key-value cache of every prompt position but the last (``prefill``), skips recomputing them:
+    no policy changes those positions (patches act at the last position only)."""
     policy = policy or HeadPolicy()
-    if policy.mode != "none" and not paired:
+    if policy.mode in ("vhr", "random") and not paired:
         raise InputError("VHR and its random control need the image-free branch; call generate with paired=True")
     lm, n = vlm.lm, batch.n
     s = lm.shape
@@ -78,28 +88,44 @@ def generate(vlm: Any, batch: PairedBatch, max_new_tokens: int = 16, policy: Hea
     step_box = {"t": 0}
 
     def make_patch(layer: int):
-        def patch(z: torch.Tensor) -> torch.Tensor:  # [2n q head d_head]
+        def patch(z: torch.Tensor) -> torch.Tensor:  # [2n q head d_head] (paired) or [n q head d_head]
             t = step_box["t"]
-            div = head_divergence(z[:n, -1], z[n:, -1], policy.distance)  # [n head]
-            vhd[:, t, layer] = div
+            div = None
+            if paired:
+                div = head_divergence(z[:n, -1], z[n:, -1], policy.distance)  # [n head]
+                vhd[:, t, layer] = div
             if policy.mode == "none" or policy.alpha == 1.0:
+                if trace is not None:
+                    trace.append((t, layer, z.detach().clone(), z.detach().clone(),
+                                  torch.zeros(n, s.n_heads, dtype=torch.bool)))
                 return z
-            pick = vhr_select(div)
-            if policy.mode == "random":
-                pick = random_select(pick.sum(-1), s.n_heads, gen)
+            if policy.mode == "fixed":
+                pick = policy.heads[layer].to(z.device).expand(n, s.n_heads)
+            elif policy.mode == "all":
+                pick = torch.ones(n, s.n_heads, dtype=torch.bool)
+            else:
+                pick = vhr_select(div)
+                if policy.mode == "random":
+                    pick = random_select(pick.sum(-1), s.n_heads, gen)
             selected[:, t, layer] = pick
             scale = torch.where(pick, torch.tensor(policy.alpha), torch.tensor(1.0)).to(z.dtype)[..., None]
-            z = z.clone()
-            z[:n, -1] = z[:n, -1] * scale
-            z[n:, -1] = z[n:, -1] * scale
-            return z
+            out = z.clone()
+            out[:n, -1] = z[:n, -1] * scale
+            if paired:
+                out[n:, -1] = z[n:, -1] * scale
+            if trace is not None:
+                trace.append((t, layer, z.detach().clone(), out.detach().clone(), pick.clone()))
+            return out
         return patch
 
-    patches = {f"blocks.{l}.attn.hook_z": make_patch(l) for l in range(s.n_layers)} if paired else {}
+    patched = paired or policy.mode in ("fixed", "all")
+    patches = {f"blocks.{l}.attn.hook_z": make_patch(l) for l in range(s.n_layers)} if patched else {}
     token_ids: list[list[int]] = [[] for _ in range(n)]
     done = torch.zeros(n, dtype=torch.bool)
     valid = torch.zeros(n, max_new_tokens, dtype=torch.bool)
     past = None
+    if prefix is not None:
+        embeds, pos, past = embeds[:, -1:], pos[:, -1:], prefix
     steps = tqdm(range(max_new_tokens), desc=f"decoding ({policy.mode})", disable=not progress, leave=False)
     for t in steps:
         step_box["t"] = t
@@ -131,10 +157,61 @@ def generate(vlm: Any, batch: PairedBatch, max_new_tokens: int = 16, policy: Hea
     )
 
 
+def prefill(vlm: Any, batch: PairedBatch, paired: bool = True) -> Any:
+    """The key-value cache of every prompt position but the last (None for a one-token prompt)."""
+    if batch.embeds.shape[1] < 2:
+        return None
+    rows = slice(None) if paired else slice(0, batch.n)
+    _, _, past = forward_embeds(vlm.lm, batch.embeds[rows, :-1], batch.attention_mask[rows, :-1],
+                                position_ids=batch.position_ids[rows, :-1], use_cache=True)
+    return past
+
+
+def concat(parts: list[Generation]) -> Generation:
+    """Generations of consecutive chunks as one; the per-step arrays padded to the longest."""
+    steps = max(p.vhd.shape[1] for p in parts)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, 0) * (x.ndim - 2) + (0, steps - x.shape[1]))
+
+    return Generation(
+        captions=[c for p in parts for c in p.captions],
+        token_ids=[c for p in parts for c in p.token_ids],
+        vhd=torch.cat([pad(p.vhd) for p in parts]),
+        selected=torch.cat([pad(p.selected) for p in parts]),
+        valid=torch.cat([pad(p.valid) for p in parts]),
+        tokens=[c for p in parts for c in p.tokens],
+    )
+
+
+class Captioner:
+    """Captions of a fixed set of images under many head policies: the paired batches and the
+    prompt's key-value cache (all positions but the last) are built once per chunk and reused by
+    every policy, so each policy pays only for its decoding steps."""
+
+    def __init__(self, vlm: Any, prompt: str, features: Any, chunk: int = 16, max_new_tokens: int = 16,
+                 progress: bool = False) -> None:
+        self.vlm, self.max_new_tokens, self.progress = vlm, max_new_tokens, progress
+        self.batches = [vlm.paired_batch(prompt, features[s:s + chunk]) for s in range(0, len(features), chunk)]
+        self.prefixes: dict[tuple[int, bool], Any] = {}
+
+    def __call__(self, policy: HeadPolicy | None = None, paired: bool = True) -> Generation:
+        parts = []
+        for i, batch in enumerate(self.batches):
+            key = (i, paired)
+            if key not in self.prefixes:
+                with torch.no_grad():
+                    self.prefixes[key] = prefill(self.vlm, batch, paired)
+            prefix = self.prefixes[key]
+            parts.append(generate(self.vlm, batch, self.max_new_tokens, policy, paired=paired, progress=self.progress,
+                                  prefix=copy.deepcopy(prefix) if prefix is not None else None))
+        return concat(parts)
+
+
 def generate_chunked(vlm: Any, prompt: str, features: torch.Tensor, chunk: int = 16, **kwargs: Any) -> Generation:
     """``generate`` over many images in chunks; the per-step arrays are padded to the longest."""
     parts = []
-    for start in range(0, features.shape[0], chunk):
+    for start in range(0, len(features), chunk):
         batch = vlm.paired_batch(prompt, features[start:start + chunk])
         parts.append(generate(vlm, batch, **kwargs))
     steps = max(p.vhd.shape[1] for p in parts)

@@ -1,5 +1,6 @@
 """A small LLaVA-style vision-language model: a frozen vision encoder (EfficientNet-Lite0,
-ImageNet) whose spatial feature map is pooled to a ``grid x grid`` set of visual tokens, a
+ImageNet) whose last spatial feature map gives one visual token per cell (``grid x grid``,
+the map's own size ``ceil(image_size / 32)`` unless a coarser grid is asked for), a
 trained linear projector into the embedding space of a frozen language model (smollm2-135m),
 and prompts with one image placeholder where the projected tokens are spliced in.
 
@@ -108,14 +109,20 @@ class PairedBatch:
             self.prompt_len = self.embeds.shape[1]
 
 
-class VisionLanguageModel:
-    """Frozen encoder -> pooled grid -> projector -> frozen language model (``lm``, a workbench
-    ``Model`` with its hook points, so head outputs are read through the caching layer)."""
+def feature_grid(image_size: int, grid: int = 0) -> int:
+    """Visual tokens per side: ``grid``, or with 0 the encoder's last feature map
+    (EfficientNet-Lite0 downsamples by 32: ``ceil(image_size / 32)``)."""
+    return int(grid) if grid else -(-int(image_size) // 32)
 
-    def __init__(self, lm: Any, encoder: nn.Module, projector: nn.Module, grid: int = 2, image_size: int = 224,
+
+class VisionLanguageModel:
+    """Frozen encoder -> feature-map grid -> projector -> frozen language model (``lm``, a
+    workbench ``Model`` with its hook points, so head outputs are read through the caching layer)."""
+
+    def __init__(self, lm: Any, encoder: nn.Module, projector: nn.Module, grid: int = 0, image_size: int = 160,
                  name: str = "effnet-smollm2") -> None:
         self.lm, self.encoder, self.projector = lm, encoder, projector
-        self.grid, self.image_size, self.name = grid, image_size, name
+        self.grid, self.image_size, self.name = feature_grid(image_size, grid), image_size, name
 
     @property
     def n_image_tokens(self) -> int:

@@ -30,20 +30,20 @@ from workbench.cache import forward_embeds
 from workbench.paths import cache_dir
 from analyses.vision_heads.vlm.model import DEFAULT_PROMPT, VisionLanguageModel, left_pad
 from analyses.vision_heads.vlm.objects import BY_NAME
-from analyses.vision_heads.vlm.scenes import Scene, make_scenes
+from analyses.vision_heads.vlm.scenes import Scene, make_scenes, token_objects
 
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
 class ProjectorConfig:
     lm: str = "smollm2-135m"
-    grid: int = 2
-    image_size: int = 224
-    n_train: int = 256
-    steps: int = 48
+    grid: int = 0  # 0: the encoder's last feature map (5x5 at 160 px)
+    image_size: int = 160
+    n_train: int = 192
+    steps: int = 20
     batch_size: int = 4
-    lr: float = 3e-3
+    lr: float = 5e-4
     ridge: float = 1.0
     seed: int = 0
     prompt: str = DEFAULT_PROMPT
@@ -78,18 +78,16 @@ def caption_losses(vlm: VisionLanguageModel, prompt: str, features: torch.Tensor
 
 
 def _ridge_targets(vlm: VisionLanguageModel, scenes: Sequence[Scene]) -> torch.Tensor:
-    """Per scene and visual token, the input embedding of the object word in that token's cell."""
+    """Per scene and visual token, the input embedding of the object word whose picture holds
+    the token's centre (zero on the background)."""
     g = vlm.grid
     emb = vlm.lm.hf.get_input_embeddings().weight.detach()
     word = {name: emb[vlm.text_ids(" " + name)[0]] for name in BY_NAME}
     out = torch.zeros(len(scenes), g * g, emb.shape[1])
     for i, s in enumerate(scenes):
-        where = dict(zip(s.cells, s.objects))
-        for tok in range(g * g):
-            r, c = divmod(tok, g)
-            cell = (r * 2 // g) * 2 + (c * 2 // g)
-            if cell in where:
-                out[i, tok] = word[where[cell]]
+        for tok, obj in enumerate(token_objects(s, g, vlm.image_size)):
+            if obj is not None:
+                out[i, tok] = word[obj]
     return out
 
 
