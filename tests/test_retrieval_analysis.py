@@ -17,7 +17,7 @@ from workbench.errors import InputError
 from workbench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(context_lengths=(120,), depths=(50,), n_needles=1, mask_ks=(1,), n_random=1, kv_protect=2,
+TINY = dict(context_lengths=(120,), depths=(50,), n_needles=1, n_eval_needles=2, mask_ks=(1,), n_random=1, kv_protect=2,
             max_new_tokens=3, kv_window=8)
 
 
@@ -96,8 +96,9 @@ def test_result_round_trips_with_the_issue_keys(tiny_result, tmp_path):
     r = tiny_result
     assert r.scores.shape == (2, 4)
     s = r.summary()
-    assert set(s) == {"scores", "retrieval_heads", "masking"}
-    assert set(s["masking"]) >= {"k", "top_accuracy", "random_accuracy"}
+    assert set(s) >= {"scores", "retrieval_heads", "masking", "kv_compression", "splits", "figure_splits"}
+    assert set(s["masking"]) >= {"k", "top_accuracy", "random_accuracy", "top_low", "top_high", "n_tests", "split"}
+    assert s["splits"]["ranking"]["n_tests"] == 1 and s["splits"]["heldout"]["n_tests"] == 2
     assert s["masking"]["k"] == [0, 1] and len(s["masking"]["top_accuracy"]) == 2
     assert len(s["scores"]) == 2 and len(s["scores"][0]) == 4
     kv = r.metrics["kv_compression"]
@@ -107,11 +108,12 @@ def test_result_round_trips_with_the_issue_keys(tiny_result, tmp_path):
     torch.testing.assert_close(back.arrays["scores"], r.arrays["scores"])
     assert back.summary()["run"] == str(tmp_path / "run")
     assert back.config.context_lengths == (120,)
-    assert [sec.title for sec in back.report_sections()][0] == "Retrieval heads: scores"
+    assert [sec.title for sec in back.report_sections()][0] == "Retrieval heads: scores (ranking split)"
+    assert back.intervals == r.intervals and back.intervals["top-1 retrieval heads masked"].split == "heldout"
     from workbench.report import render
 
     html = render("head-ablation report", back.report_sections())  # the sections the ablation report includes
-    assert "Retrieval heads: KV-cache compression" in html and html.count("plotly-graph-div") >= 4
+    assert "Retrieval heads: KV-cache compression" in html and html.count("plotly-graph-div") >= 5
 
 
 def test_retrieval_page_shows_saved_run(tiny_result):
@@ -120,15 +122,15 @@ def test_retrieval_page_shows_saved_run(tiny_result):
     tiny_result.save()
     at = analysis_page_app("retrieval").run()
     assert not at.exception
-    assert len(at.get("plotly_chart")) == 4
-    assert [m.label for m in at.metric][:2] == ["retrieval heads", "share over threshold"]
+    assert len(at.get("plotly_chart")) == 5
+    assert [m.label for m in at.metric][:3] == ["retrieval heads", "share over threshold", "held-out needle accuracy"]
 
 
 # ---------------------------------------------------------------------------- embedded model
 @pytest.mark.real_model
 def test_smollm2_has_retrieval_heads(smollm2):
-    r = run(smollm2, RetrievalConfig(context_lengths=(250,), depths=(50,), n_needles=1, mask_ks=(3,), n_random=1,
-                                     kv_protect=10, max_new_tokens=20), progress=False)
+    r = run(smollm2, RetrievalConfig(context_lengths=(250,), depths=(50,), n_needles=1, n_eval_needles=1, mask_ks=(3,),
+                                     n_random=1, kv_protect=10, max_new_tokens=20), progress=False)
     assert r.metrics["n_counted"] == 1  # the needle is recalled
     assert r.metrics["n_retrieval_heads"] >= 3
     assert float(r.scores.max()) > 0.3

@@ -1,5 +1,6 @@
 """Retrieval heads (Wu et al., "Retrieval Head Mechanistically Explains Long-Context
-Factuality"), their causal test, and a RazorAttention-style KV-cache compression check.
+Factuality"), their causal test, and a RazorAttention-style KV-cache compression check,
+with the heads chosen on one split of needle tests and judged on another.
 
 Retrieval score, as in the authors' ``retrieval_head_detection.py``: decode greedily; at
 every step, for every head, take the argmax of the newest query's attention; when it
@@ -8,58 +9,77 @@ generated at this step, add 1/(answer length) to the head's score for this test.
 counts only when the answer recalls the needle (ROUGE-1 recall > 0.5); a head's score is
 its mean over counted tests; heads over 0.1 are retrieval heads.
 
-Causal test: mask the top-k retrieval heads, and k random non-retrieval heads (several
-draws), during decoding (Wu et al. mask in the decode steps by zeroing the head's query,
-so it attends uniformly), and report needle accuracy (share of tests recalled) over k.
+Splits (``workbench.datasets.needles.split_tests``): the heads are scored and ranked on the
+*ranking* tests (``--needles`` of the ranking needles in one half of the Python docs) and
+every causal figure is measured on the *held-out* tests (``--eval-needles`` other needles
+in the other half of the docs): no needle and no haystack text is shared. The held-out
+tests are scored too, to show how well the ranking replicates.
 
-KV compression (RazorAttention): during decoding, keep the full cache for the KV heads of
-the top retrieval heads and only ``sink`` first tokens plus a recent ``window`` for every
-other KV head (no compensation token); needle accuracy and the share of cache kept.
+Causal test (held-out): mask the top-k retrieval heads, and k random heads outside the
+top ones (``--random`` draws per k), during decoding (Wu et al. mask in the decode steps by
+zeroing the head's query, so it attends uniformly), and report needle accuracy (share of
+held-out tests recalled) over k, with Wilson intervals (top) and bootstrap intervals over
+tests (random: each test's success averaged over the draws).
 
-One prefill per test serves every decoding configuration (the cache is repeated).
+KV compression (RazorAttention, held-out): during decoding, keep the full cache for the KV
+heads of the top retrieval heads and only ``sink`` first tokens plus a recent ``window`` for
+every other KV head (no compensation token); needle accuracy and the share of cache kept,
+against the same number of random heads protected (``--random`` draws).
+
+One prefill per test serves every decoding configuration (the cache is repeated); tests
+are prefilled ``--batch-size`` at a time and dropped once decoded, so memory does not
+grow with the number of tests.
 """
 from __future__ import annotations
 
 import dataclasses
 import random
 import re
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from workbench.datasets.needles import DEFAULT_NEEDLES, NeedleSet, build_needle_tests, read_haystack
+from workbench.datasets.needles import HELDOUT_NEEDLES, RANKING_NEEDLES, NeedleSet, NeedleTest, read_haystack, split_tests
 from workbench.errors import InputError
 from workbench.generation import Prefill, decode, newline_stop_ids, prefill
 from workbench.heads import MASK_MODES, head_name, head_set_mask, mask_patches, random_heads, top_heads
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
+from workbench.stats import Interval, bootstrap, bootstrap_diff, spearman, wilson
 
 
 @dataclass
 class RetrievalConfig:
-    context_lengths: tuple[int, ...] = option((250, 500, 1000), flag="--lengths",
-                                              help="comma-separated context lengths (tokens)", min=1)
-    depths: tuple[float, ...] = option((25, 75), help="comma-separated needle depths (percent)", min=0, max=100)
-    n_needles: int = option(2, flag="--needles", help=f"how many of the built-in needles (1-{len(DEFAULT_NEEDLES)})",
-                            min=1, max=len(DEFAULT_NEEDLES))
+    context_lengths: tuple[int, ...] = option((256,), flag="--lengths",
+                                              help="comma-separated context lengths (tokens), both splits", min=1)
+    depths: tuple[float, ...] = option((25, 50, 75), help="comma-separated needle depths (percent)", min=0, max=100)
+    n_needles: int = option(4, flag="--needles", help=f"ranking needles: heads are scored on these "
+                            f"(1-{len(RANKING_NEEDLES)})", min=1, max=len(RANKING_NEEDLES))
+    n_eval_needles: int = option(16, flag="--eval-needles", help=f"held-out needles, in another haystack: masking and "
+                                 f"KV compression are measured on these (1-{len(HELDOUT_NEEDLES)})",
+                                 min=1, max=len(HELDOUT_NEEDLES))
     haystack_file: str | None = option(None, flag="--haystack",
-                                       help="a text file to use as haystack (default: the Python docs)")
+                                       help="a text file to use as haystack, its first half for ranking and its "
+                                            "second half held out (default: the Python docs, topics dealt in two)")
     chat: bool = option(True, help="wrap prompts in the tokenizer's chat template")
     max_new_tokens: int = option(24, help="answer tokens decoded at most", min=1)
     # the two thresholds are range-checked in validate() (its "outside 0..1" message is the documented one)
     threshold: float = option(0.1, help="retrieval heads score over this (0..1)")
     rouge_threshold: float = option(0.5, help="a test counts when the answer's ROUGE-1 recall is over this (0..1)")
-    mask_ks: tuple[int, ...] = option((2, 5, 10, 20), flag="--ks", help="comma-separated numbers of heads to mask",
+    mask_ks: tuple[int, ...] = option((2, 5, 10), flag="--ks", help="comma-separated numbers of heads to mask",
                                       min=1)
-    n_random: int = option(2, flag="--random", help="random-head draws per k", min=0)
+    n_random: int = option(2, flag="--random", help="random-head draws per k (and for the KV control)", min=0)
     mask_mode: str = option("query", help="query (Wu et al.: uniform attention) | zero (z = 0)", choices=MASK_MODES)
     kv_protect: int = option(20, help="top retrieval heads that keep the full KV cache", min=0)
     kv_sink: int = option(4, help="first tokens kept by compressed heads", min=0)
     kv_window: int = option(64, help="recent tokens kept by compressed heads", min=1)
-    batch_size: int = option(4, help="needle prompts per prefill forward pass", min=1)
-    decode_rows: int = option(48, help="rows (tests x masking configurations) decoded together", min=1)
+    batch_size: int = option(4, help="ranking needle prompts per prefill forward pass (held-out: as many as "
+                                     "--decode-rows holds with all their decoding configurations)", min=1)
+    decode_rows: int = option(52, help="rows (tests x decoding configurations) decoded together", min=1)
     seed: int = 0
     renamed: ClassVar[dict[str, str]] = {"prefill_batch": "batch_size"}
 
@@ -72,8 +92,10 @@ class RetrievalConfig:
                 raise InputError(f"{name}={v} is outside 0..1; pass a value between 0 and 1")
         if self.mask_mode not in MASK_MODES:
             raise InputError(f"unknown mask mode '{self.mask_mode}'; choose one of {', '.join(MASK_MODES)}")
-        if not 1 <= self.n_needles <= len(DEFAULT_NEEDLES):
-            raise InputError(f"n_needles={self.n_needles}; choose 1..{len(DEFAULT_NEEDLES)}")
+        if not 1 <= self.n_needles <= len(RANKING_NEEDLES):
+            raise InputError(f"n_needles={self.n_needles}; choose 1..{len(RANKING_NEEDLES)}")
+        if not 1 <= self.n_eval_needles <= len(HELDOUT_NEEDLES):
+            raise InputError(f"n_eval_needles={self.n_eval_needles}; choose 1..{len(HELDOUT_NEEDLES)}")
         if self.max_new_tokens < 1 or self.n_random < 0 or self.kv_sink < 0 or self.kv_window < 1:
             raise InputError("max_new_tokens and kv_window must be >= 1, n_random and kv_sink >= 0")
         if not self.context_lengths or not self.depths or not self.mask_ks:
@@ -86,6 +108,14 @@ class RetrievalConfig:
             if bad:
                 raise InputError(f"--ks {','.join(map(str, bad))}: masking k heads outside 1..{total // 2} "
                                  f"(half of the {total} heads); choose smaller k")
+
+    @property
+    def n_ranking_tests(self) -> int:
+        return self.n_needles * len(self.context_lengths) * len(self.depths)
+
+    @property
+    def n_heldout_tests(self) -> int:
+        return self.n_eval_needles * len(self.context_lengths) * len(self.depths)
 
 
 def validate(config: RetrievalConfig, model: Any | None = None) -> None:
@@ -220,19 +250,28 @@ def kv_share_kept(full_kv: torch.Tensor, prompt_lens: torch.Tensor, sink: int, w
 # ---------------------------------------------------------------------------- result
 @dataclass(frozen=True)
 class MaskingCurves:
-    """Needle accuracy over the number of masked heads (k = 0 is the unmasked model)."""
+    """Held-out needle accuracy over the number of masked heads (k = 0 is the unmasked
+    model), top-k retrieval heads against k random heads (mean over draws), with the
+    intervals' bounds, the number of held-out tests and the split the figures come from."""
 
     k: list[int]
     top_accuracy: list[float]
     random_accuracy: list[float]
     top_heads: list[str]
     mode: str = "query"
+    top_low: list[float] = field(default_factory=list)
+    top_high: list[float] = field(default_factory=list)
+    random_low: list[float] = field(default_factory=list)
+    random_high: list[float] = field(default_factory=list)
+    n_tests: int = 0
+    n_random: int = 0
+    split: str = ""
 
 
 @dataclass(frozen=True)
 class KVCheck:
     """The RazorAttention-style check: cache kept and needle accuracy for the top retrieval
-    heads protected, the same budget on random heads, and the full cache."""
+    heads protected, the same budget on random heads (mean over draws), and the full cache."""
 
     protected_heads: list[str]
     full_kv_heads: int
@@ -244,6 +283,24 @@ class KVCheck:
     full_cache_accuracy: float
     sink: int
     window: int
+    n_tests: int = 0
+    n_random: int = 0
+    split: str = ""
+    random_protected_heads: list[list[str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split of needle tests: how many, on which needles and haystack, and what it gives."""
+
+    name: str
+    n_tests: int
+    n_needles: int
+    haystack: str
+    context_lengths: list[int]
+    prompt_tokens: list[int]
+    accuracy: float
+    used_for: str
 
 
 def _from_dict(cls: type, raw: dict[str, Any]) -> Any:
@@ -260,17 +317,23 @@ class RetrievalResult(Result):
 
     @property
     def scores(self) -> torch.Tensor:
-        """[layer head] retrieval scores."""
+        """[layer head] retrieval scores on the ranking split (the heads are chosen by these)."""
         return self.arrays["scores"]
 
     @property
+    def heldout_scores(self) -> torch.Tensor:
+        """[layer head] retrieval scores measured again on the held-out split (zeros in runs
+        saved before the splits)."""
+        return self.arrays["heldout_scores"] if "heldout_scores" in self.arrays else torch.zeros_like(self.scores)
+
+    @property
     def needle_grid(self) -> torch.Tensor:
-        """[context length, depth] needle accuracy (averaged over needles)."""
+        """[context length, depth] unmasked needle accuracy on the held-out split (averaged over needles)."""
         return self.arrays["needle_grid"]
 
     @property
     def retrieval_heads(self) -> list[dict[str, Any]]:
-        """Heads over the threshold, best first: name, layer, head, score."""
+        """Heads over the threshold on the ranking split, best first: name, layer, head, score."""
         return list(self.metrics["retrieval_heads"])
 
     @property
@@ -279,21 +342,28 @@ class RetrievalResult(Result):
 
     @property
     def share_over_threshold(self) -> float:
-        """Share of all heads whose retrieval score is over the threshold."""
+        """Share of all heads whose retrieval score (ranking split) is over the threshold."""
         return float(self.metrics["share_over_threshold"])
 
     @property
     def n_tests(self) -> int:
+        """Ranking tests (the scores average over the counted ones)."""
         return int(self.metrics["n_tests"])
 
     @property
     def n_counted(self) -> int:
-        """Tests whose answer recalled the needle (the ones the scores average over)."""
+        """Ranking tests whose answer recalled the needle (the ones the scores average over)."""
         return int(self.metrics["n_counted"])
 
     @property
     def needle_accuracy(self) -> float:
+        """Unmasked needle accuracy on the ranking split (the tests the scores come from)."""
         return float(self.metrics["needle_accuracy"])
+
+    @property
+    def heldout_accuracy(self) -> float:
+        """Unmasked needle accuracy on the held-out split (k = 0 of the masking curve)."""
+        return float(self.metrics.get("heldout_accuracy", self.metrics["needle_accuracy"]))
 
     @property
     def mean_recall(self) -> float:
@@ -309,7 +379,7 @@ class RetrievalResult(Result):
 
     @property
     def answers(self) -> list[str]:
-        """The unmasked model's decoded answer per test."""
+        """The unmasked model's decoded answer per held-out test (per ranking test in older runs)."""
         return list(self.metrics["answers"])
 
     @property
@@ -320,8 +390,27 @@ class RetrievalResult(Result):
     def kv_compression(self) -> KVCheck:
         return _from_dict(KVCheck, self.metrics["kv_compression"])
 
+    @property
+    def splits(self) -> dict[str, SplitInfo]:
+        """The ranking and held-out splits (empty for runs saved before the splits)."""
+        return {k: _from_dict(SplitInfo, v) for k, v in (self.metrics.get("splits") or {}).items()}
+
+    @property
+    def figure_splits(self) -> dict[str, str]:
+        """Which split each reported figure comes from."""
+        return dict(self.metrics.get("figure_splits") or {})
+
+    @property
+    def replication(self) -> dict[str, Any]:
+        """How the ranking-split scores replicate on the held-out split: Spearman over heads
+        and the overlap of the top heads (empty for older runs)."""
+        return dict(self.metrics.get("replication") or {})
+
     def summary(self) -> dict[str, Any]:
         out = {k: self.metrics[k] for k in ("scores", "retrieval_heads", "masking")}
+        for k in ("kv_compression", "splits", "figure_splits", "replication"):
+            if k in self.metrics:
+                out[k] = self.metrics[k]
         if self.path is not None:
             out["run"] = str(self.path)
         return out
@@ -332,123 +421,233 @@ class RetrievalResult(Result):
         return retrieval_sections(self)
 
 
-def _decode_configs(model: Any, state: Prefill, tests: list, cfg: RetrievalConfig, n_cfg: int,
-                    make_patches: Callable[[torch.Tensor], dict], stops: list[int], desc: str,
-                    progress: bool) -> list[str]:
-    """Decode every test under ``n_cfg`` configurations, chunked to ``decode_rows`` rows;
-    returns texts in row order test-major (test t, config c -> t * n_cfg + c)."""
-    per_chunk = max(1, cfg.decode_rows // n_cfg)
-    texts: list[str] = []
-    chunks = list(range(0, len(tests), per_chunk))
-    for s in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        rows = list(range(s, min(s + per_chunk, len(tests))))
-        patches = make_patches(torch.as_tensor(rows))
-        gen = decode(model, state, cfg.max_new_tokens, stops, patches=patches, repeat=n_cfg, rows=rows)
-        texts.extend(gen.texts(model.tokenizer))
-    return texts
+# ---------------------------------------------------------------------------- decoding
+def _prefilled(model: Any, tests: list[NeedleTest], batch_size: int, desc: str, progress: bool):
+    """Yield (test indices, Prefill) ``batch_size`` tests at a time, similar lengths together;
+    each state is dropped by the caller once decoded."""
+    order = sorted(range(len(tests)), key=lambda i: len(tests[i].ids))
+    for b in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = order[b:b + batch_size]
+        yield idx, prefill(model, [tests[i].ids for i in idx])
 
 
+def _spans(tests: list[NeedleTest], idx: list[int], state: Prefill) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answer spans in the left-padded coordinates [rows 2] and the pad offsets [rows]."""
+    off = torch.tensor([state.prompt_len - len(tests[i].ids) for i in idx])
+    spans = torch.tensor([[tests[i].answer_start, tests[i].answer_end] for i in idx]) + off[:, None]
+    return spans, off
+
+
+def _score(model: Any, tests: list[NeedleTest], idx: list[int], state: Prefill, cfg: RetrievalConfig,
+           stops: list[int]) -> tuple[torch.Tensor, list[str]]:
+    """Unpatched greedy decoding with the retrieval scorer: per-test scores [rows layer head], answers."""
+    s = model.shape
+    spans, _ = _spans(tests, idx, state)
+    scorer = RetrievalScorer(state.input_ids, spans, s.n_layers, s.n_heads, cfg.max_new_tokens)
+    gen = decode(model, state, cfg.max_new_tokens, stops, read=scorer.names(), on_step=scorer)
+    return scorer.scores, gen.texts(model.tokenizer)
+
+
+def _decode_all(model: Any, tests: list[NeedleTest], idx: list[int], state: Prefill, cfg: RetrievalConfig,
+                stops: list[int], head_masks: torch.Tensor, kv_full: torch.Tensor) -> tuple[torch.Tensor, list[list[str]]]:
+    """Decode the state's tests under every configuration c: heads ``head_masks[c]`` [layer head]
+    masked and KV heads outside ``kv_full[c]`` [layer kv_head] compressed (configuration 0 is
+    the unpatched model), in as few calls as ``decode_rows`` allows: the weights are read once
+    per step for all rows. Returns the unpatched rows' retrieval scores [tests layer head]
+    and texts[test][configuration]."""
+    s = model.shape
+    n_tests, n_cfg = len(idx), head_masks.shape[0]
+    spans, off = _spans(tests, idx, state)
+    per = max(1, cfg.decode_rows // max(1, n_tests))
+    texts = [[""] * n_cfg for _ in range(n_tests)]
+    scores = torch.zeros(n_tests, s.n_layers, s.n_heads)
+    for g in range(0, n_cfg, per):
+        group = list(range(g, min(g + per, n_cfg)))
+        rep = len(group)
+        patches = dict(mask_patches(head_masks[group], cfg.mask_mode)) if head_masks[group].any() else {}
+        if not bool(kv_full[group].all()):
+            patches.update(kv_compression_patches(kv_full[group], rep, s.n_heads, off, cfg.kv_sink, cfg.kv_window))
+        scorer = None
+        if 0 in group:  # rows are test-major: row r is test r // rep under configuration group[r % rep]
+            scorer = RetrievalScorer(state.input_ids.repeat_interleave(rep, 0), spans.repeat_interleave(rep, 0),
+                                     s.n_layers, s.n_heads, cfg.max_new_tokens)
+        gen = decode(model, state, cfg.max_new_tokens, stops, patches=patches, repeat=rep,
+                     read=scorer.names() if scorer else (), on_step=scorer)
+        out = gen.texts(model.tokenizer)
+        for j in range(n_tests):
+            for c_i, c in enumerate(group):
+                texts[j][c] = out[j * rep + c_i]
+            if scorer is not None:
+                scores[j] = scorer.scores[j * rep + group.index(0)]
+    return scores, texts
+
+
+def _recalled(test: NeedleTest, text: str, threshold: float) -> bool:
+    return rouge1_recall(test.needle.answer, text) > threshold
+
+
+def _mean_over_draws(success: torch.Tensor) -> np.ndarray:
+    """[tests draws] successes -> each test's success rate over the draws."""
+    return success.float().mean(1).numpy()
+
+
+# ---------------------------------------------------------------------------- run
 def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True) -> RetrievalResult:
-    """Score every head on the needle grid, then the masking curves and the KV check."""
+    """Score every head on the ranking split; then, on the held-out split, the unmasked
+    accuracy and scores, the masking curves and the KV check."""
     cfg = config or RetrievalConfig()
     validate(cfg, model)
     s = model.shape
+    n_heads_total = s.n_layers * s.n_heads
     rng = random.Random(cfg.seed)
-    needles: NeedleSet = build_needle_tests(model.tokenizer, list(cfg.context_lengths), list(cfg.depths),
-                                            DEFAULT_NEEDLES[: cfg.n_needles], haystack_file=cfg.haystack_file,
-                                            n_ctx=s.n_ctx, chat=cfg.chat)
-    tests = needles.tests
+    rank_set, held_set = split_tests(model.tokenizer, list(cfg.context_lengths), list(cfg.depths), cfg.n_needles,
+                                     cfg.n_eval_needles, haystack_file=cfg.haystack_file, n_ctx=s.n_ctx, chat=cfg.chat)
     stops = newline_stop_ids(model.tokenizer)
-    # one prefill per test, shared by every decoding configuration
-    order = sorted(range(len(tests)), key=lambda i: len(tests[i].ids))  # similar lengths share a batch
-    states = []
-    for b in tqdm(range(0, len(order), cfg.batch_size), desc="prefill", disable=not progress, leave=False):
-        idx = order[b:b + cfg.batch_size]
-        states.append((idx, prefill(model, [tests[i].ids for i in idx])))
 
-    def spans_for(idx: list[int], state: Prefill) -> tuple[torch.Tensor, torch.Tensor]:
-        off = torch.tensor([state.prompt_len - len(tests[i].ids) for i in idx])
-        spans = torch.tensor([[tests[i].answer_start, tests[i].answer_end] for i in idx]) + off[:, None]
-        return spans, off
-
-    # 1. retrieval scores (unpatched decoding)
-    per_test = torch.zeros(len(tests), s.n_layers, s.n_heads)
-    recall = torch.zeros(len(tests))
-    answers = [""] * len(tests)
-    for idx, state in tqdm(states, desc="scoring", disable=not progress, leave=False):
-        spans, _ = spans_for(idx, state)
-        scorer = RetrievalScorer(state.input_ids, spans, s.n_layers, s.n_heads, cfg.max_new_tokens)
-        gen = decode(model, state, cfg.max_new_tokens, stops, read=scorer.names(), on_step=scorer)
-        for j, (i, text) in enumerate(zip(idx, gen.texts(model.tokenizer))):
-            per_test[i] = scorer.scores[j]
-            answers[i] = text
-            recall[i] = rouge1_recall(tests[i].needle.answer, text)
+    # 1. ranking split: retrieval scores (unpatched decoding), the heads ranked
+    rt = rank_set.tests
+    per_test = torch.zeros(len(rt), s.n_layers, s.n_heads)
+    recall = torch.zeros(len(rt))
+    rank_answers = [""] * len(rt)
+    for idx, state in _prefilled(model, rt, cfg.batch_size, "ranking: prefill + scoring", progress):
+        sc, texts = _score(model, rt, idx, state, cfg, stops)
+        for j, (i, text) in enumerate(zip(idx, texts)):
+            per_test[i] = sc[j]
+            rank_answers[i] = text
+            recall[i] = rouge1_recall(rt[i].needle.answer, text)
+        del state
     success = recall > cfg.rouge_threshold
     scores = score_heads(per_test, success)
-    ranked = top_heads(scores, s.n_layers * s.n_heads)
-    retrieval = top_heads(scores, s.n_layers * s.n_heads, min_score=cfg.threshold)
+    ranked = top_heads(scores, n_heads_total)
+    retrieval = top_heads(scores, n_heads_total, min_score=cfg.threshold)
 
-    # 2. masking: top-k retrieval heads vs k random non-retrieval heads
+    # 2. the decoding configurations, all chosen before any held-out test is seen
     ks = [int(k) for k in cfg.mask_ks]
     exclude = set(ranked[: max(ks)]) | set(retrieval)
-    configs, labels = [], []
+    mask_cfgs, mask_labels = [], []
     for k in ks:
-        configs.append(head_set_mask(ranked[:k], s.n_layers, s.n_heads))
-        labels.append(("top", k, 0))
+        mask_cfgs.append(head_set_mask(ranked[:k], s.n_layers, s.n_heads))
+        mask_labels.append(("top", k, 0))
         for d in range(cfg.n_random):
-            configs.append(head_set_mask(random_heads(s.n_layers, s.n_heads, k, rng, exclude), s.n_layers, s.n_heads))
-            labels.append(("random", k, d))
-    cfg_masks = torch.stack(configs)
-    n_cfg = len(configs)
-    mask_success = torch.zeros(len(tests), n_cfg, dtype=torch.bool)
-    for idx, state in states:
-        texts = _decode_configs(model, state, idx, cfg, n_cfg, lambda rows: mask_patches(cfg_masks, cfg.mask_mode),
-                                stops, "masking", progress)
-        for j, i in enumerate(idx):
-            for c in range(n_cfg):
-                mask_success[i, c] = rouge1_recall(tests[i].needle.answer, texts[j * n_cfg + c]) > cfg.rouge_threshold
-    acc = mask_success.float().mean(0)
-    top_acc = [float(success.float().mean())] + [float(acc[labels.index(("top", k, 0))]) for k in ks]
-    rand_draws = torch.tensor([[float(acc[labels.index(("random", k, d))]) for d in range(cfg.n_random)] for k in ks]) \
-        if cfg.n_random else torch.zeros(len(ks), 0)
-    rand_acc = [float(success.float().mean())] + [float(r.mean()) if r.numel() else float("nan") for r in rand_draws]
-
-    # 3. KV compression: full cache for the top retrieval heads' KV heads, sink + window elsewhere
+            mask_cfgs.append(head_set_mask(random_heads(s.n_layers, s.n_heads, k, rng, exclude), s.n_layers, s.n_heads))
+            mask_labels.append(("random", k, d))
+    mask_cfgs_t = torch.stack(mask_cfgs)
     protect = ranked[: cfg.kv_protect]
-    rand_protect = random_heads(s.n_layers, s.n_heads, len(protect), rng, set(protect)) if protect else []
-    kv_cfgs = torch.stack([kv_protected_groups(protect, s.n_layers, s.n_heads, s.n_kv_heads),
-                           kv_protected_groups(rand_protect, s.n_layers, s.n_heads, s.n_kv_heads)])
-    kv_success = torch.zeros(len(tests), 2, dtype=torch.bool)
-    for idx, state in states:
-        _, off = spans_for(idx, state)
+    kv_heads = [protect] + [random_heads(s.n_layers, s.n_heads, len(protect), rng, set(protect)) if protect else []
+                            for _ in range(cfg.n_random)]
+    kv_cfgs = torch.stack([kv_protected_groups(h, s.n_layers, s.n_heads, s.n_kv_heads) for h in kv_heads])
 
-        def make(rows: torch.Tensor, off=off) -> dict:
-            return kv_compression_patches(kv_cfgs, 2, s.n_heads, off[rows], cfg.kv_sink, cfg.kv_window)
-
-        texts = _decode_configs(model, state, idx, cfg, 2, make, stops, "kv compression", progress)
+    # 3. held-out split: every configuration decoded from one prefill per batch of tests, in one
+    # call where decode_rows allows: c = 0 unpatched (scored), then the masks, then the KV checks
+    ht = held_set.tests
+    n_mask, n_kv = len(mask_cfgs), len(kv_heads)
+    all_full = torch.ones(s.n_layers, s.n_kv_heads, dtype=torch.bool)
+    no_mask = torch.zeros(s.n_layers, s.n_heads, dtype=torch.bool)
+    head_masks = torch.stack([no_mask, *mask_cfgs, *([no_mask] * n_kv)])
+    kv_full = torch.stack([all_full, *([all_full] * n_mask), *kv_cfgs])
+    n_cfg = 1 + n_mask + n_kv
+    held_per_test = torch.zeros(len(ht), s.n_layers, s.n_heads)
+    held_recall = torch.zeros(len(ht))
+    answers = [""] * len(ht)
+    mask_success = torch.zeros(len(ht), n_mask, dtype=torch.bool)
+    kv_success = torch.zeros(len(ht), n_kv, dtype=torch.bool)
+    held_batch = max(1, cfg.decode_rows // n_cfg)
+    for idx, state in _prefilled(model, ht, held_batch, "held-out: prefill, scoring, masking, KV", progress):
+        sc, texts = _decode_all(model, ht, idx, state, cfg, stops, head_masks, kv_full)
         for j, i in enumerate(idx):
-            for c in range(2):
-                kv_success[i, c] = rouge1_recall(tests[i].needle.answer, texts[j * 2 + c]) > cfg.rouge_threshold
-    prompt_lens = torch.tensor([len(t.ids) for t in tests])
+            held_per_test[i] = sc[j]
+            answers[i] = texts[j][0]
+            held_recall[i] = rouge1_recall(ht[i].needle.answer, texts[j][0])
+            for c in range(n_mask):
+                mask_success[i, c] = _recalled(ht[i], texts[j][1 + c], cfg.rouge_threshold)
+            for c in range(n_kv):
+                kv_success[i, c] = _recalled(ht[i], texts[j][1 + n_mask + c], cfg.rouge_threshold)
+        del state
+    held_success = held_recall > cfg.rouge_threshold
+    n_held = len(ht)
+    held_scores = score_heads(held_per_test, held_success)
+
+    # 4. figures with their intervals, every one on the held-out split
+    result_intervals: dict[str, Interval] = {}
+    base = wilson(int(held_success.sum()), n_held, split="heldout")
+    result_intervals["needle accuracy, unmasked (held-out)"] = base
+    result_intervals["needle accuracy, unmasked (ranking)"] = wilson(int(success.sum()), len(rt), split="ranking")
+    top_iv, rand_iv = [base], [base]
+    rand_draws = torch.zeros(len(ks), cfg.n_random)
+    for k_i, k in enumerate(ks):
+        top = mask_success[:, mask_labels.index(("top", k, 0))]
+        iv = wilson(int(top.sum()), n_held, split="heldout")
+        top_iv.append(iv)
+        result_intervals[f"top-{k} retrieval heads masked"] = iv
+        if cfg.n_random:
+            cols = [mask_labels.index(("random", k, d)) for d in range(cfg.n_random)]
+            per = _mean_over_draws(mask_success[:, cols])
+            rand_draws[k_i] = mask_success[:, cols].float().mean(0)
+            riv = bootstrap(per, seed=cfg.seed, split="heldout")
+            rand_iv.append(riv)
+            result_intervals[f"{k} random heads masked ({cfg.n_random} draws)"] = riv
+            result_intervals[f"top-{k} minus random, accuracy"] = bootstrap_diff(top.float().numpy(), per,
+                                                                                  seed=cfg.seed, split="heldout")
+        else:
+            rand_iv.append(None)
+    kv_top = kv_success[:, 0]
+    kv_iv = wilson(int(kv_top.sum()), n_held, split="heldout")
+    result_intervals[f"KV compression, top {len(protect)} heads protected"] = kv_iv
+    kv_rand_iv = None
+    if cfg.n_random:
+        kv_rand = _mean_over_draws(kv_success[:, 1:])
+        kv_rand_iv = bootstrap(kv_rand, seed=cfg.seed, split="heldout")
+        result_intervals[f"KV compression, {len(protect)} random heads protected ({cfg.n_random} draws)"] = kv_rand_iv
+        result_intervals["KV compression, top minus random protected"] = bootstrap_diff(
+            kv_top.float().numpy(), kv_rand, seed=cfg.seed, split="heldout")
+    with warnings.catch_warnings():  # constant scores (no head ever copies) give an undefined rho: NaN, said so
+        warnings.simplefilter("ignore")
+        rho = spearman(scores.flatten().numpy(), held_scores.flatten().numpy(), split="ranking vs heldout")
+    top_n = max(1, min(len(retrieval), 10)) if retrieval else 10
+    held_ranked = top_heads(held_scores, n_heads_total)
+    overlap = len(set(ranked[:top_n]) & set(held_ranked[:top_n]))
+
+    prompt_lens = torch.tensor([len(t.ids) for t in ht])
+    nan = float("nan")
+    masking = {
+        "k": [0] + ks,
+        "top_accuracy": [iv.value for iv in top_iv],
+        "random_accuracy": [iv.value if iv is not None else nan for iv in rand_iv],
+        "top_heads": [head_name(l, h) for l, h in ranked[: max(ks)]],
+        "mode": cfg.mask_mode,
+        "top_low": [iv.low for iv in top_iv], "top_high": [iv.high for iv in top_iv],
+        "random_low": [iv.low if iv is not None else nan for iv in rand_iv],
+        "random_high": [iv.high if iv is not None else nan for iv in rand_iv],
+        "n_tests": n_held, "n_random": cfg.n_random, "split": "heldout",
+    }
     kv = {
         "protected_heads": [head_name(l, h) for l, h in protect],
+        "random_protected_heads": [[head_name(l, h) for l, h in draw] for draw in kv_heads[1:]],
         "full_kv_heads": int(kv_cfgs[0].sum()),
         "n_kv_heads": int(kv_cfgs[0].numel()),
         "cache_kept": kv_share_kept(kv_cfgs[0], prompt_lens, cfg.kv_sink, cfg.kv_window),
-        "accuracy": float(kv_success[:, 0].float().mean()),
-        "random_protected_cache_kept": kv_share_kept(kv_cfgs[1], prompt_lens, cfg.kv_sink, cfg.kv_window),
-        "random_protected_accuracy": float(kv_success[:, 1].float().mean()),
-        "full_cache_accuracy": float(success.float().mean()),
+        "accuracy": kv_iv.value,
+        "random_protected_cache_kept": (float(np.mean([kv_share_kept(c, prompt_lens, cfg.kv_sink, cfg.kv_window)
+                                                       for c in kv_cfgs[1:]])) if cfg.n_random else nan),
+        "random_protected_accuracy": kv_rand_iv.value if kv_rand_iv is not None else nan,
+        "full_cache_accuracy": base.value,
         "sink": cfg.kv_sink, "window": cfg.kv_window,
+        "n_tests": n_held, "n_random": cfg.n_random, "split": "heldout",
     }
 
-    # the needle grid: accuracy over (context length, depth), averaged over needles
-    L, D = needles.context_lengths, needles.depths
+    def split_info(name: str, ns: NeedleSet, acc: float, used: str) -> dict[str, Any]:
+        lens = [len(t.ids) for t in ns.tests]
+        return {"name": name, "n_tests": len(ns), "n_needles": int(ns.meta["n_needles"]), "haystack": ns.source,
+                "context_lengths": ns.context_lengths, "prompt_tokens": [min(lens), max(lens)], "accuracy": acc,
+                "used_for": used}
+
+    # the needle grid: held-out unmasked accuracy over (context length, depth), averaged over needles
+    L, D = held_set.context_lengths, held_set.depths
     grid = torch.zeros(len(L), len(D))
     count = torch.zeros(len(L), len(D))
-    for i, t in enumerate(tests):
+    for i, t in enumerate(ht):
         a, b = L.index(t.context_length), D.index(t.depth)
-        grid[a, b] += float(success[i])
+        grid[a, b] += float(held_success[i])
         count[a, b] += 1
     grid = grid / count.clamp(min=1)
 
@@ -456,48 +655,76 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
         "scores": [[round(float(v), 6) for v in row] for row in scores],
         "retrieval_heads": [{"name": head_name(l, h), "layer": l, "head": h, "score": round(float(scores[l, h]), 6)}
                             for l, h in retrieval],
-        "masking": {"k": [0] + ks, "top_accuracy": top_acc, "random_accuracy": rand_acc,
-                    "top_heads": [head_name(l, h) for l, h in ranked[: max(ks)]], "mode": cfg.mask_mode},
-        "share_over_threshold": len(retrieval) / (s.n_layers * s.n_heads),
+        "masking": masking,
+        "share_over_threshold": len(retrieval) / n_heads_total,
         "n_retrieval_heads": len(retrieval),
-        "n_tests": len(tests),
+        "n_tests": len(rt),
         "n_counted": int(success.sum()),
         "needle_accuracy": float(success.float().mean()),
-        "mean_recall": float(recall.mean()),
+        "heldout_accuracy": base.value,
+        "mean_recall": float(held_recall.mean()),
         "kv_compression": kv,
         "context_lengths": L,
         "depths": D,
         "answers": answers,
-        "haystack": needles.source,
+        "ranking_answers": rank_answers,
+        "haystack": held_set.source,
+        "splits": {"ranking": split_info("ranking", rank_set, float(success.float().mean()),
+                                         "retrieval scores, the head ranking, the retrieval-head list"),
+                   "heldout": split_info("heldout", held_set, base.value,
+                                         "masking curves, KV compression, needle grid, replication of the scores")},
+        "figure_splits": {"retrieval scores and head ranking": "ranking", "retrieval heads over threshold": "ranking",
+                          "masking curves": "heldout", "KV compression": "heldout", "needle grid": "heldout",
+                          "unmasked needle accuracy": "heldout", "score replication": "ranking vs heldout"},
+        "replication": {"spearman": _finite(rho.value), "spearman_low": _finite(rho.low), "spearman_high": _finite(rho.high),
+                        "top_n": top_n, "top_overlap": overlap,
+                        "heldout_top_heads": [head_name(l, h) for l, h in held_ranked[:top_n]],
+                        "n_heldout_counted": int(held_success.sum())},
     }
     arrays = {
-        "scores": scores, "per_test_scores": per_test, "recall": recall, "needle_grid": grid,
-        "masking_top": torch.tensor(top_acc), "masking_random": torch.tensor(rand_acc),
+        "scores": scores, "heldout_scores": held_scores, "per_test_scores": per_test, "recall": recall,
+        "heldout_recall": held_recall, "needle_grid": grid,
+        "masking_top": torch.tensor(masking["top_accuracy"]), "masking_random": torch.tensor(masking["random_accuracy"]),
         "masking_random_draws": rand_draws, "mask_success": mask_success.to(torch.uint8),
         "kv_success": kv_success.to(torch.uint8),
     }
-    return RetrievalResult(config=cfg, metrics=metrics, arrays=arrays, meta=provenance(model=model.name, seed=cfg.seed))
+    result = RetrievalResult(config=cfg, metrics=metrics, arrays=arrays, meta=provenance(model=model.name, seed=cfg.seed))
+    for name, iv in result_intervals.items():
+        result.set_interval(name, iv)
+    if np.isfinite(rho.value) and np.isfinite(rho.low):
+        result.set_interval("Spearman, ranking vs held-out head scores (heads as samples)", rho)
+    return result
+
+
+def _finite(x: float) -> float | None:
+    """None for NaN (constant scores: no head ever copied), so the saved JSON compares equal."""
+    return float(x) if np.isfinite(x) else None
 
 
 FIXED_BYTES = 128 * 2**20  # haystack, tokenizer work, scorer: measured on tiny-llama (--lengths 256 / 512: 134 / 143 MB)
 
 
 def estimate_bytes(config: RetrievalConfig, model: Any) -> int:
-    """The spec's memory estimate before a run: every test's prefilled KV cache (all kept, one
-    prefill serves every decoding configuration), plus the larger of one prefill forward
-    (one layer's eager attention: the mask and two score-sized tensors at once over the longest
-    context; the logits of the last position only) and one decoding chunk
-    (``decode_rows`` repeated caches, buffered for the answer).
+    """The spec's memory estimate before a run: the larger of one prefill forward (its KV
+    cache, and one layer's eager attention: the mask and two score-sized tensors at once over
+    the longest context; the logits of the last position only) and one decoding call (its
+    rows' repeated caches, buffered for the answer). Ranking tests are prefilled
+    ``batch_size`` at a time and decoded once; held-out tests as many at a time as
+    ``decode_rows`` holds with all their configurations. Tests are dropped once decoded, so
+    the number of tests does not count beyond one batch.
 
     Calibration (tiny-llama, CPU, ru_maxrss over the RSS after the model loaded): 33 tests of
     512 tokens in one prefill (--batch-size 33): 0.41 GB; this estimate: 0.47 GB."""
     s = model.shape
     size = torch.empty((), dtype=model.dtype).element_size()
     longest = max(int(v) for v in config.context_lengths)
-    n_tests = config.n_needles * len(config.context_lengths) * len(config.depths)
+    n_cfg = 1 + len(config.mask_ks) * (1 + config.n_random) + 1 + config.n_random
+    held_batch = min(max(1, config.decode_rows // n_cfg), config.n_heldout_tests)
+    batch = max(min(config.batch_size, config.n_ranking_tests), held_batch)
     kv_token = 2 * s.n_layers * s.n_kv_heads * s.d_head * size
-    states = n_tests * longest * kv_token
-    prefill = min(config.batch_size, n_tests) * longest * size * ((2 * s.n_heads + 1) * longest + 8 * s.d_model)
-    n_cfg = max(2, len(config.mask_ks) * (1 + config.n_random))  # masking configurations (KV check: 2)
-    decode = min(config.decode_rows, n_tests * n_cfg) * (longest + config.max_new_tokens) * kv_token * 2
-    return int(FIXED_BYTES + states + max(prefill, decode))
+    states = batch * longest * kv_token
+    prefill_b = batch * longest * size * ((2 * s.n_heads + 1) * longest + 8 * s.d_model)
+    rows = max(min(config.batch_size, config.n_ranking_tests),
+               held_batch * min(n_cfg, max(1, config.decode_rows // held_batch)))
+    decode_b = rows * (longest + config.max_new_tokens) * kv_token * 2
+    return int(FIXED_BYTES + states + max(prefill_b, decode_b))
