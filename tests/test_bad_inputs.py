@@ -524,7 +524,7 @@ def test_home_page_survives_broken_runs(tmp_path, monkeypatch):
 
 
 # ----- per-analysis checks: ranges, the model's limits, memory estimates ----------
-NO_MODEL = 10.0  # seconds for the other refusals that need no model: "within seconds", with room for a busy machine
+NO_MODEL = 60.0  # a hang guard, not a speed test: the proof that no model loaded is the absent "loading" line
 
 
 def timed(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
