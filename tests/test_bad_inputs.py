@@ -456,7 +456,9 @@ def test_safetensors_header_tampering_stays_an_error(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_prints_interrupted_and_leaves_no_run(tmp_path):
     env = dict(os.environ, WORKBENCH_RUNS=str(tmp_path / "runs"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "ablation", "--model", "tiny-llama", "--n", "64"],
+    # a run long enough (many seconds) that the signal lands inside it
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "ablation", "--model", "tiny-llama", "--n", "4096",
+                             "--batch-size", "4096"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     deadline = time.time() + TIMEOUT
@@ -464,7 +466,7 @@ def test_ctrl_c_prints_interrupted_and_leaves_no_run(tmp_path):
         for line in proc.stderr:
             seen.append(line)
             if line.startswith("loaded "):
-                time.sleep(0.5)
+                time.sleep(0.2)
                 proc.send_signal(signal.SIGINT)
                 break
             assert time.time() < deadline
