@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from analyses.ablation.analysis import AblationConfig, run
+from browser_support import dashboard_page
 from conftest import analysis_page_app
 
 APP = Path(__file__).resolve().parents[1] / "app"
@@ -58,53 +54,18 @@ def test_ablation_page_shows_saved_run(saved_ablation):
     assert [m.label for m in at.metric][:2] == ["clean logit diff (IO - S)", "accuracy"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.browser
 def test_dashboard_in_real_chromium(saved_ablation, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing on CI; .ci/run installs it with apt-get install chromium")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    port = _free_port()
-    env = dict(os.environ)
-    server = subprocess.Popen([sys.executable, "-m", "workbench", "app", "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 90
-        status = None
-        while time.time() < deadline:
-            try:
-                status = urllib.request.urlopen(url, timeout=5).status
-                break
-            except OSError:
-                time.sleep(1)
-        assert status == 200, "the dashboard did not answer HTTP 200"
-        shot = tmp_path / "home.png"
-        from playwright.sync_api import sync_playwright
-
-        flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=flags)
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(url)
-            page.get_by_text("Saved runs").wait_for(timeout=120_000)
-            page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
-            text = page.inner_text("body")
-            page.screenshot(path=str(shot), full_page=True)
-            browser.close()
-        assert "Interpretability workbench" in text and "ablation" in text
-        assert shot.is_file() and shot.stat().st_size > 20_000
-        keep = os.environ.get("WORKBENCH_SCREENSHOT")
-        if keep:
-            shutil.copy(shot, keep)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    shot = tmp_path / "home.png"
+    with dashboard_page(1280, 1400) as (page, base):
+        page.goto(base)
+        page.get_by_text("Saved runs").wait_for(timeout=120_000)
+        page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+        text = page.inner_text("body")
+        page.screenshot(path=str(shot), full_page=True)
+    assert "Interpretability workbench" in text and "ablation" in text
+    assert shot.is_file() and shot.stat().st_size > 20_000
+    keep = os.environ.get("WORKBENCH_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)

@@ -42,6 +42,7 @@ def induction_and_copy_model():
     embeddings in the 16 dimensions L1H2's values read (tied unembedding), every other token a
     small random embedding outside them."""
     from workbench.datasets.needles import split_tests
+    from planted_heads import plant_copy_head
     from workbench.models import load_model
 
     model = load_model("tiny-llama")
@@ -49,24 +50,7 @@ def induction_and_copy_model():
     ranking, _ = split_tests(model.tokenizer, [CONTEXT], [50.0], 1, 1, n_ctx=s.n_ctx, chat=False)
     needle = ranking.tests[0]  # the test the retrieval scores come from (the ranking split)
     answer = needle.ids[needle.answer_start:needle.answer_end]
-    dh = s.d_head
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        emb = hf.model.embed_tokens.weight
-        emb.copy_(torch.randn(emb.shape, generator=gen) * 0.01)
-        emb[:, :dh] = 0
-        for t in sorted(set(answer)):
-            v = torch.randn(dh, generator=gen)
-            emb[t] = 0
-            emb[t, :dh] = v / v.norm()
-        for layer in hf.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        attn = hf.model.layers[COPY_HEAD[0]].self_attn
-        kv = COPY_HEAD[1] // (s.n_heads // s.n_kv_heads)
-        attn.v_proj.weight.zero_()
-        attn.v_proj.weight[kv * dh:(kv + 1) * dh, :dh] = torch.eye(dh)
-        attn.o_proj.weight[:dh, COPY_HEAD[1] * dh:(COPY_HEAD[1] + 1) * dh] = 10 * torch.eye(dh)
+    plant_copy_head(model, COPY_HEAD, answer, scale=10)
     state = {"ids": None, "seq": None}
 
     def keep_ids(module, inputs, output):

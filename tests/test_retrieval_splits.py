@@ -103,6 +103,7 @@ def planted_retrieval_model():
     token of the needle in its prompt, *when it can see it*: a masked query (uniform
     attention) or a key hidden by KV compression leaves its attention as it was, and the
     copy fails, as a real retrieval head's would."""
+    from planted_heads import plant_copy_head
     from workbench.models import load_model
 
     model = load_model("tiny-llama")
@@ -115,24 +116,7 @@ def planted_retrieval_model():
     tests = rank.tests + held.tests
     where = {tuple(t.ids[:-1]): t for t in tests}  # the prefill sees all but the last prompt token
     answer_ids = sorted({i for t in tests for i in t.ids[t.answer_start:t.answer_end]})
-    dh = s.d_head
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        emb = hf.model.embed_tokens.weight
-        emb.copy_(torch.randn(emb.shape, generator=gen) * 0.01)
-        emb[:, :dh] = 0
-        for t in answer_ids:
-            v = torch.randn(dh, generator=gen)
-            emb[t] = 0
-            emb[t, :dh] = v / v.norm()
-        for layer in hf.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        attn = hf.model.layers[COPY_HEAD[0]].self_attn
-        kv = COPY_HEAD[1] // (s.n_heads // s.n_kv_heads)
-        attn.v_proj.weight.zero_()
-        attn.v_proj.weight[kv * dh:(kv + 1) * dh, :dh] = torch.eye(dh)
-        attn.o_proj.weight[:dh, COPY_HEAD[1] * dh:(COPY_HEAD[1] + 1) * dh] = 30 * torch.eye(dh)
+    plant_copy_head(model, COPY_HEAD, answer_ids, scale=30)
     state: dict = {}
 
     def keep_ids(module, inputs, output):

@@ -17,7 +17,7 @@ import torch
 from ..cache import Tokens
 from ..errors import InputError
 from ..patching import HeadPatchSweep, run_head_patches
-from ..patching.engine import check_masks
+from ..patching.engine import check_sweep
 from ..patching.suffix import plan_chunks
 from .pool import MapStats, map_units
 
@@ -113,12 +113,7 @@ def run_head_patches_parallel(
     if not ray_address:
         return run_head_patches(model, tokens, source_z, masks, metric, max_batch=max_batch, progress=progress,
                                 desc=desc, method=method, kernel=kernel)
-    n, n_pos = tokens.input_ids.shape
-    check_masks(model, masks, n_pos)
-    if method not in ("suffix", "full"):
-        raise InputError(f"unknown patching method '{method}'; choose 'suffix' or 'full'")
-    if max_batch < n:
-        raise InputError(f"max_batch={max_batch} cannot hold one configuration of {n} prompts; raise it to at least {n}")
+    n, n_pos = check_sweep(model, tokens, masks, max_batch, method)
     load_args = worker_model_args(model)
     groups = plan_units(masks, n, max_batch, method, workers * units_per_worker)
     units = [(idx, masks[idx]) for idx in groups]

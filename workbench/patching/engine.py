@@ -112,6 +112,18 @@ def masks_from_heads(model: Any, n_pos: int, configs: list[list[tuple[int, ...]]
     return masks
 
 
+def check_sweep(model: Any, tokens: Tokens, masks: torch.Tensor, max_batch: int, method: str) -> tuple[int, int]:
+    """One-line errors for a sweep that cannot run (masks, method, a batch budget below one
+    configuration); returns (prompts, positions)."""
+    n, n_pos = tokens.input_ids.shape
+    check_masks(model, masks, n_pos)
+    if method not in ("suffix", "full"):
+        raise InputError(f"unknown patching method '{method}'; choose 'suffix' or 'full'")
+    if max_batch < n:
+        raise InputError(f"max_batch={max_batch} cannot hold one configuration of {n} prompts; raise it to at least {n}")
+    return n, n_pos
+
+
 def run_head_patches(
     model: Any,
     tokens: Tokens,
@@ -139,12 +151,7 @@ def run_head_patches(
     same prompts (default: made here, one forward).
     Returns metric [P N], the clean metric [N] and the number of batched passes.
     """
-    n, n_pos = tokens.input_ids.shape
-    check_masks(model, masks, n_pos)
-    if method not in ("suffix", "full"):
-        raise InputError(f"unknown patching method '{method}'; choose 'suffix' or 'full'")
-    if max_batch < n:
-        raise InputError(f"max_batch={max_batch} cannot hold one configuration of {n} prompts; raise it to at least {n}")
+    n, n_pos = check_sweep(model, tokens, masks, max_batch, method)
     missing = sorted(set(masks.any(dim=(0, 2, 3)).nonzero().flatten().tolist()) - set(source_z))
     if missing:
         raise InputError(f"the patch masks patch layers {missing} but source_z has no entry for them; "

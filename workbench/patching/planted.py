@@ -16,6 +16,8 @@ slowest-rotating dimension), so attention depends on token content alone.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 N_NAMES, QUERY, VOCAB = 6, 13, 16
@@ -26,14 +28,12 @@ COPY, AMP, JUNK = 20, 26, 32
 SLOW = 3  # the d_head index whose rotary frequency is ~1e-9 rad per position
 
 
-def planted_model(strength: float = 3.0):
-    """The hand-built model as a workbench ``Model`` (no tokenizer: feed token ids)."""
+def blank_llama(vocab: int, d_model: int) -> Any:
+    """A two-layer Llama with every weight zero and every norm 1: the canvas the planted
+    models write their circuits on (rope off in effect: theta 1e12)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ..hooks import install_hook_points
-    from ..models import Model, shape_of
-
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=8, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=8, num_hidden_layers=2,
                       num_attention_heads=N_HEADS, num_key_value_heads=N_KV, head_dim=D_HEAD,
                       max_position_embeddings=64, rope_theta=1e12, tie_word_embeddings=False, rms_norm_eps=1e-6)
     hf = LlamaForCausalLM(cfg).eval()
@@ -42,6 +42,16 @@ def planted_model(strength: float = 3.0):
             p.zero_()
         for norm in [hf.model.norm] + [m for lay in hf.model.layers for m in (lay.input_layernorm, lay.post_attention_layernorm)]:
             norm.weight.fill_(1.0)
+    return hf
+
+
+def planted_model(strength: float = 3.0):
+    """The hand-built model as a workbench ``Model`` (no tokenizer: feed token ids)."""
+    from ..hooks import install_hook_points
+    from ..models import Model, shape_of
+
+    hf = blank_llama(VOCAB, D_MODEL)
+    with torch.no_grad():
         emb = hf.model.embed_tokens.weight
         for t in range(VOCAB):
             emb[t, t] = 1.0
@@ -128,21 +138,12 @@ SILENT_HEAD = (0, 3)
 def planted_inhibition_model(beta: float = 2.0, strength: float = 3.0, planted: bool = True):
     """The model above as a workbench ``Model`` (no tokenizer: feed token ids). ``planted=False``
     removes the inhibition heads (their queries, keys, values and outputs are zero)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from ..hooks import install_hook_points
     from ..models import Model, shape_of
 
-    cfg = LlamaConfig(vocab_size=INH_VOCAB, hidden_size=INH_D_MODEL, intermediate_size=8, num_hidden_layers=2,
-                      num_attention_heads=N_HEADS, num_key_value_heads=N_KV, head_dim=D_HEAD,
-                      max_position_embeddings=64, rope_theta=1e12, tie_word_embeddings=False, rms_norm_eps=1e-6)
-    hf = LlamaForCausalLM(cfg).eval()
+    hf = blank_llama(INH_VOCAB, INH_D_MODEL)
     a = strength
     with torch.no_grad():
-        for p in hf.parameters():
-            p.zero_()
-        for norm in [hf.model.norm] + [m for lay in hf.model.layers for m in (lay.input_layernorm, lay.post_attention_layernorm)]:
-            norm.weight.fill_(1.0)
         emb = hf.model.embed_tokens.weight
         for t in range(INH_VOCAB):
             emb[t, t] = 1.0

@@ -210,20 +210,5 @@ class Captioner:
 
 def generate_chunked(vlm: Any, prompt: str, features: torch.Tensor, chunk: int = 16, **kwargs: Any) -> Generation:
     """``generate`` over many images in chunks; the per-step arrays are padded to the longest."""
-    parts = []
-    for start in range(0, len(features), chunk):
-        batch = vlm.paired_batch(prompt, features[start:start + chunk])
-        parts.append(generate(vlm, batch, **kwargs))
-    steps = max(p.vhd.shape[1] for p in parts)
-
-    def pad(x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, 0) * (x.ndim - 2) + (0, steps - x.shape[1]))
-
-    return Generation(
-        captions=[c for p in parts for c in p.captions],
-        token_ids=[c for p in parts for c in p.token_ids],
-        vhd=torch.cat([pad(p.vhd) for p in parts]),
-        selected=torch.cat([pad(p.selected) for p in parts]),
-        valid=torch.cat([pad(p.valid) for p in parts]),
-        tokens=[c for p in parts for c in p.tokens],
-    )
+    return concat([generate(vlm, vlm.paired_batch(prompt, features[start:start + chunk]), **kwargs)
+                   for start in range(0, len(features), chunk)])
