@@ -46,8 +46,13 @@ def test_train_and_heldout_pictures_share_no_pixel():
 def test_val_and_test_differ_and_are_composed_differently_from_train():
     val, test, train = make_scenes(20, "val", size=96), make_scenes(20, "test", size=96), make_scenes(20, "train", size=96)
     assert [s.caption for s in val] != [s.caption for s in test]
-    # training objects fill 80-100% of a 2x2 cell; held-out ones 38-50% of the canvas at free positions
-    assert all(b[2] >= 0.8 * 48 - 1 for s in train for b in s.boxes)
+    # training scenes: 2x2 cells (objects 80-100% of a cell, plain background) or free positions;
+    # held-out ones always free, 38-50% of the canvas, on a noisy gradient
+    assert {s.layout for s in train} == {"cells", "free"} and {s.layout for s in val + test} == {"free"}
+    assert all(b[2] >= 0.8 * 48 - 1 for s in train if s.layout == "cells" for b in s.boxes)
+    cells = [s for s in train if s.layout == "cells"]
+    assert all((s.image[0, 0] == s.image[-1, -1]).all() for s in cells if not any(
+        t == 0 and l == 0 or t + d >= 96 and l + d >= 96 for t, l, d in s.boxes))  # plain background
     assert all(0.38 * 96 - 1 <= b[2] <= 0.5 * 96 for s in test for b in s.boxes if len(s.objects) < 3)
     assert make_scenes(3, "heldout", size=32)[0].caption == make_scenes(3, "test", size=32)[0].caption
 

@@ -5,11 +5,13 @@ Three splits, which differ in where the object pictures come from, how the scene
 and how objects co-occur:
 
 * ``train``: each object is a random square crop of the *left* half of its photograph (the
-  long side split in two), placed in one cell of a 2x2 layout at 80-100% of the cell on a
-  plain background; an object's partner (``objects.PARTNERS``) is added with probability
-  ``pair_prob`` 0.85 (the co-occurrence prior, like forks with knives in COCO).
+  long side split in two); half the scenes place the objects in the cells of a 2x2 layout at
+  80-100% of a cell on a plain background, the other half at free positions on a noisy
+  gradient (the held-out layout, with other seeds and other pictures); an object's partner
+  (``objects.PARTNERS``) is added with probability ``pair_prob`` 0.85 (the co-occurrence
+  prior, like forks with knives in COCO).
 * ``val`` and ``test``: crops of the *right* half of each photograph, so no pixel of a held-out
-  object was seen in training; objects at free positions (not the 2x2 cells), 38-50% of the
+  object was seen in training; objects at free positions (never the 2x2 cells), 38-50% of the
   canvas, on a two-colour gradient with noise; objects drawn independently (pair_prob 0), so
   many scenes hold one of a pair without the other, where a model that leans on the prior
   names the missing partner: a hallucination. ``val`` and ``test`` differ by seed only; the
@@ -29,7 +31,7 @@ from workbench.errors import InputError
 from analyses.vision_heads.vlm.objects import BY_NAME, OBJECT_NAMES, PARTNERS
 
 # split -> (pair_prob, seed offset, photo half, layout)
-SPLITS = {"train": (0.85, 0, "left", "cells"), "val": (0.0, 2_000_003, "right", "free"),
+SPLITS = {"train": (0.85, 0, "left", "mixed"), "val": (0.0, 2_000_003, "right", "free"),
           "test": (0.0, 1_000_003, "right", "free")}
 ALIASES = {"heldout": "test"}
 CELLS = 4  # the training 2x2 layout
@@ -45,6 +47,7 @@ class Scene:
     boxes: tuple[tuple[int, int, int], ...]
     caption: str
     split: str = "train"
+    layout: str = "cells"
 
 
 def caption_for(objects: tuple[str, ...] | list[str]) -> str:
@@ -172,12 +175,13 @@ def make_scenes(n: int, split: str = "train", seed: int = 0, size: int = 224) ->
         chosen = _pick_objects(rng, pair_prob)
         order = list(rng.permutation(len(chosen)))
         chosen = [chosen[i] for i in order]
-        boxes = _cell_boxes(len(chosen), size, rng) if layout == "cells" else _free_boxes(len(chosen), size, rng)
-        image = compose(chosen, boxes, rng, size, half, layout)
+        scene_layout = layout if layout != "mixed" else ("cells" if rng.random() < 0.5 else "free")
+        boxes = _cell_boxes(len(chosen), size, rng) if scene_layout == "cells" else _free_boxes(len(chosen), size, rng)
+        image = compose(chosen, boxes, rng, size, half, scene_layout)
         idx = reading_order(boxes, size)
         placed = tuple(chosen[i] for i in idx)
         scenes.append(Scene(image=image, objects=placed, boxes=tuple(boxes[i] for i in idx), caption=caption_for(placed),
-                            split=split))
+                            split=split, layout=scene_layout))
     return scenes
 
 

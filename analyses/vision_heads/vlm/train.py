@@ -32,7 +32,7 @@ from analyses.vision_heads.vlm.model import DEFAULT_PROMPT, VisionLanguageModel,
 from analyses.vision_heads.vlm.objects import BY_NAME
 from analyses.vision_heads.vlm.scenes import Scene, make_scenes, token_objects
 
-FORMAT = 2
+FORMAT = 3  # 3: mixed training layouts (scenes.SPLITS), 256 scenes, 200 steps at lr 2e-3
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,10 @@ class ProjectorConfig:
     lm: str = "smollm2-135m"
     grid: int = 0  # 0: the encoder's last feature map (5x5 at 160 px)
     image_size: int = 160
-    n_train: int = 192
-    steps: int = 20
-    batch_size: int = 4
-    lr: float = 5e-4
+    n_train: int = 256
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 2e-3
     ridge: float = 1.0
     seed: int = 0
     prompt: str = DEFAULT_PROMPT
