@@ -73,7 +73,7 @@ def positions(model: Any, task: str, n: int, seed: int = 0, format: str = "") ->
 
 def run_bytes(model: Any, task: str, n: int, method: str, n_edges: int | None, batch_size: int, seed: int = 0,
               curve: bool = True, compare_patching: bool = False, n_val: int = 16, n_test: int = 32,
-              format: str = "") -> int:
+              format: str = "", acdc_curve: bool = False) -> int:
     """Estimated peak memory of discovering one circuit on ``n`` prompts and measuring it on
     ``n_val`` validation and ``n_test`` test prompts.
 
@@ -98,7 +98,7 @@ def run_bytes(model: Any, task: str, n: int, method: str, n_edges: int | None, b
     acts_row = size * pos * (s.n_layers * (s.n_heads * s.d_head + s.d_model) + 2 * s.d_model)
     rows = max(ROWS_PER_PASS, n_val, n_test) if curve else max(ROWS_PER_PASS, n_test)
     peak = max(rows * edge_row, batch_size * grad_row, max(n_val, n_test) * acts_row)
-    if method == "acdc":
+    if method == "acdc" or acdc_curve:  # (one configuration of the n discovery prompts per forward)
         peak = max(peak, max(64, n) * edge_row + n * acts_row)
     elif method == "path-patching":
         peak = max(peak, 8 * n * plain_row, 2 * n * edge_row)
@@ -108,6 +108,7 @@ def run_bytes(model: Any, task: str, n: int, method: str, n_edges: int | None, b
     return int(SLACK * (peak + prompts + 4 * (n + n_val + n_test) * pos * 8))
 
 
+ACDC_CANDIDATES = 64  # edges ACDC tries, one forward each: ~3.5 s a trial on one thread (smollm2-135m, 8 IOI prompts)
 SIZES = "50,100,200,500,1000,2000,5000,10000,20000"  # circuit sizes of the faithfulness curve (edges kept; log scale)
 VAL_OFFSET = 500  # validation split (the curve, the size choice): prompts drawn with seed + VAL_OFFSET
 TEST_OFFSET = 700  # test split (the chosen circuit's faithfulness): seed + TEST_OFFSET
@@ -124,14 +125,30 @@ def parse_sizes(text: str, option: str = "--sizes") -> list[int]:
     return sizes
 
 
+CURVE_METHODS = ("eap", "eap-ig", "acdc")
+ACDC_TAUS = "0.001,0.01,0.1"  # ACDC thresholds of the curve (log-spaced x10, logit-difference units)
+
+
 def parse_methods(text: str) -> list[str]:
-    """'eap,eap-ig' -> ['eap', 'eap-ig'] (curves come from the attribution methods)."""
+    """'eap,eap-ig,acdc' -> ['eap', 'eap-ig', 'acdc']: EAP and EAP-IG give a curve over --sizes
+    (their top-k edges), ACDC one over --acdc-taus (one run per threshold)."""
     out = [m.strip() for m in str(text).split(",") if m.strip()]
     for m in out:
-        if m not in ("eap", "eap-ig"):
-            raise InputError(f"--curve-methods: unknown method '{m}'; curves come from eap and eap-ig "
-                             "(ACDC and path patching give one circuit each)")
+        if m not in CURVE_METHODS:
+            raise InputError(f"--curve-methods: unknown method '{m}'; curves come from {', '.join(CURVE_METHODS)} "
+                             "(path patching gives one circuit)")
     return out
+
+
+def parse_taus(text: str, option: str = "--acdc-taus") -> list[float]:
+    """'0.01,0.1,1' -> [0.01, 0.1, 1.0] (sorted, distinct); a one-line error for anything else."""
+    try:
+        taus = sorted({float(x) for x in str(text).split(",") if x.strip()})
+    except ValueError:
+        raise InputError(f"{option} {text!r} is not a comma-separated list of thresholds; e.g. {option} {ACDC_TAUS}") from None
+    if not taus or taus[0] < 0 or any(t != t or t == float("inf") for t in taus):
+        raise InputError(f"{option} {text!r}: give finite thresholds of at least 0; e.g. {option} {ACDC_TAUS}")
+    return taus
 
 
 @dataclass
@@ -152,13 +169,17 @@ class CircuitConfig:
     target: float = option(0.8, help="faithfulness the default circuit must reach on the validation prompts "
                            "((circuit - all ablated) / (full - all ablated))", min=0.0, max=1.0)
     sizes: str = option(SIZES, help="circuit sizes (edges) of the faithfulness curve, comma-separated")
-    curve_methods: str = option("eap,eap-ig", help="methods whose faithfulness curves are measured (eap, eap-ig)")
+    curve_methods: str = option("eap,eap-ig", help="methods whose faithfulness curves are measured: eap, eap-ig (top-k "
+                                "edges at --sizes), acdc (one ACDC run per --acdc-taus; slow, not in the default: see "
+                                "docs/circuits.md)")
     n_val: int = option(16, flag="--val", help="validation prompts: the faithfulness curve and the size choice", min=2)
     n_test: int = option(16, flag="--test", help="test prompts: the chosen circuit's faithfulness and the accuracy",
                          min=2)
     format: str = option("", help="Colored Objects prompt format (default: the one chosen on the development split)")
     acdc_tau: float = option(0.05, help="ACDC: drop an edge when the metric moves less than this", min=0)
-    acdc_candidates: int = option(300, help="edges ACDC tries (top EAP-IG edges)", min=1)
+    acdc_candidates: int = option(ACDC_CANDIDATES, help="edges ACDC tries (top EAP-IG edges; one forward each)", min=1)
+    acdc_taus: str = option(ACDC_TAUS, help="ACDC thresholds of the curve (with --curve-methods ...,acdc), "
+                            "comma-separated: one exact ACDC run each")
     path_top: int = option(6, help="path patching: heads kept in each of the two rounds", min=1)
     compare_patching: bool = option(False, help="also patch every head exactly; report Spearman")
 
@@ -169,7 +190,11 @@ class CircuitConfig:
     def validate(self) -> None:
         check_task_and_method(self.task, self.method)
         parse_sizes(self.sizes)
-        parse_methods(self.curve_methods)
+        parse_taus(self.acdc_taus)
+        if self.method == "acdc" or "acdc" in parse_methods(self.curve_methods):
+            from workbench.patching.acdc import check_candidates
+
+            check_candidates(self.acdc_candidates)
         if self.format:
             from workbench.datasets.colored_objects import format_of
 
@@ -295,7 +320,7 @@ def faithfulness(model: Any, graph: Graph, prep: Prepared, edges: torch.Tensor, 
                  batch_size: int = 8) -> tuple[float, float]:
     """(metric of the circuit, normalised faithfulness), edges outside ``edges`` ablated."""
     vals = edge_metrics(model, graph, prep, torch.stack([graph.valid, torch.zeros_like(graph.valid),
-                                                         edges & graph.valid])).mean(1)
+                                                         edges & graph.valid]), ablation).mean(1)
     return float(vals[2]), normalised(vals[2], vals[0], vals[1])
 
 
@@ -306,11 +331,14 @@ def circuit_of(graph: Graph, scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: dict[str, torch.Tensor] | torch.Tensor,
                        sizes: list[int], ablation: str = "mean", extra: dict[str, torch.Tensor] | None = None,
-                       progress: bool = False) -> dict[str, Any]:
+                       progress: bool = False,
+                       thresholded: dict[str, list[tuple[float, torch.Tensor]]] | None = None) -> dict[str, Any]:
     """Normalised faithfulness of the top-k circuits of each method's scores, for each k in
     ``sizes``, on ``prep``'s prompts: ``{"sizes", "full", "all_ablated", "methods": {method:
     {"n_edges": [edges kept after pruning], "faithfulness": [...]}}, "extra": {name: value}}``.
-    ``extra`` are other circuits ([S R] bool) measured in the same batch."""
+    ``extra`` are other circuits ([S R] bool) measured in the same batch. ``thresholded``:
+    methods whose circuits come one per threshold (ACDC: ``[(tau, circuit [S R] bool), ...]``);
+    each is a row of ``methods`` with its own ``n_edges`` and a ``tau`` list instead of ``sizes``."""
     if isinstance(scores, torch.Tensor):
         scores = {"scores": scores}
     sizes = sorted({min(k, graph.n_edges) for k in sizes})
@@ -319,6 +347,10 @@ def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: dict[st
         for k in sizes:
             masks.append(circuit_of(graph, sc, k))
             keys.append((name, k))
+    for name, runs in (thresholded or {}).items():
+        for tau, m in runs:
+            masks.append(m & graph.valid)
+            keys.append((("tau", name), float(tau)))
     for name, m in (extra or {}).items():
         masks.append(m & graph.valid)
         keys.append(("extra", name))
@@ -332,7 +364,11 @@ def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: dict[st
         if name == "extra":
             out["extra"][k] = {"n_edges": int(m.sum()), "faithfulness": normalised(v, full, empty)}
             continue
-        row = out["methods"].setdefault(name, {"n_edges": [], "faithfulness": []})
+        if isinstance(name, tuple):  # a thresholded method (ACDC): one circuit per tau
+            row = out["methods"].setdefault(name[1], {"tau": [], "n_edges": [], "faithfulness": []})
+            row["tau"].append(k)
+        else:
+            row = out["methods"].setdefault(name, {"n_edges": [], "faithfulness": []})
         row["n_edges"].append(int(m.sum()))
         row["faithfulness"].append(normalised(v, full, empty))
     return out
@@ -392,19 +428,34 @@ def discover(model: Any, config: CircuitConfig, prep: Prepared, progress: bool =
                           config.threshold)
         return graph, scores, prune_dangling(graph, edges)
     if config.method == "acdc":
-        from workbench.patching.acdc import acdc
-
         if ranked is None:
             ranked = edge_attribution(model, prep.clean, prep.corrupt, prep.metric, "eap-ig", steps=config.ig_steps,
                                       batch_size=config.batch_size, progress=progress)
-        k = min(config.acdc_candidates, graph.n_edges)
-        cands = top_edges(graph, ranked, k)
-        _, acts = sender_outputs(model, prep.corrupt)
-        ablate = ablation_values(acts, config.ablation, len(prep.clean))
-        keep, scores = acdc(model, graph, prep.clean, ablate, prep.metric, tau=config.acdc_tau, candidates=cands,
-                            progress=progress)
-        return graph, scores, prune_dangling(graph, keep)
+        (keep, scores), = acdc_circuits(model, graph, prep, ranked, [config.acdc_tau], config.acdc_candidates,
+                                        config.ablation, progress)
+        return graph, scores, keep
     return (graph, *_path_patching_circuit(model, graph, prep, config, progress))
+
+
+def acdc_circuits(model: Any, graph: Graph, prep: Prepared, ranked: torch.Tensor, taus: list[float],
+                  n_candidates: int, ablation: str = "mean", progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """ACDC on ``prep``'s prompts at each threshold in ``taus``, each an exact, separate run over the
+    top ``n_candidates`` edges of ``ranked`` (EAP-IG scores): ``[(circuit [S R] bool, pruned of edges
+    that do not reach the logits; ACDC's score [S R]), ...]`` in the order of ``taus``."""
+    from workbench.patching.acdc import acdc_sweep
+
+    cands = top_edges(graph, ranked, min(n_candidates, graph.n_edges))
+    _, acts = sender_outputs(model, prep.corrupt)
+    ablate = ablation_values(acts, ablation, len(prep.clean))
+
+    def told(i: int, tau: float, keep: torch.Tensor) -> None:
+        if len(taus) > 1:
+            say(progress, f"ACDC tau={tau:g} ({i + 1}/{len(taus)}): {int(prune_dangling(graph, keep).sum())} edges kept "
+                          f"of {int(cands.sum())} tried")
+
+    runs = acdc_sweep(model, graph, prep.clean, ablate, prep.metric, taus, candidates=cands, progress=progress,
+                      on_run=told)
+    return [(prune_dangling(graph, keep), scores) for keep, scores in runs]
 
 
 def _path_patching_circuit(model: Any, graph: Graph, prep: Prepared, config: CircuitConfig, progress: bool):
@@ -565,7 +616,8 @@ class CircuitResult(Result):
     @property
     def faithfulness_curve(self) -> dict[str, Any] | None:
         """Validation-split curve: ``{"sizes", "full", "all_ablated", "methods": {method: {"n_edges",
-        "faithfulness"}}, "extra": {method: {"n_edges", "faithfulness"}}}``."""
+        "faithfulness"}}, "extra": {method: {"n_edges", "faithfulness"}}}``; an ACDC row
+        (``--curve-methods ...,acdc``) has one entry per threshold and a ``"tau"`` list."""
         return self.metrics.get("faithfulness_curve")
 
     def curve_rows(self) -> list[dict[str, Any]]:
@@ -573,10 +625,15 @@ class CircuitResult(Result):
         c = self.faithfulness_curve or {}
         rows = []
         for m, row in (c.get("methods") or {}).items():
+            if "tau" in row:  # ACDC: one circuit per threshold
+                for t, n, f in zip(row["tau"], row["n_edges"], row["faithfulness"]):
+                    rows.append({"method": m, "top k": None, "ACDC tau": t, "edges kept": n,
+                                 "faithfulness (validation)": f})
+                continue
             for k, n, f in zip(c["sizes"], row["n_edges"], row["faithfulness"]):
-                rows.append({"method": m, "top k": k, "edges kept": n, "faithfulness (validation)": f})
+                rows.append({"method": m, "top k": k, "ACDC tau": None, "edges kept": n, "faithfulness (validation)": f})
         for m, row in (c.get("extra") or {}).items():
-            rows.append({"method": m, "top k": None, "edges kept": row["n_edges"],
+            rows.append({"method": f"{m} (returned circuit)", "top k": None, "ACDC tau": None, "edges kept": row["n_edges"],
                          "faithfulness (validation)": row["faithfulness"]})
         return rows
 
@@ -627,7 +684,8 @@ def estimate_bytes(config: CircuitConfig, model: Any) -> int:
     """The spec's memory estimate before a run (see ``run_bytes``)."""
     return run_bytes(model, config.task, config.n_prompts, config.method, config.n_edges, config.batch_size,
                      config.seed, curve=True, compare_patching=config.compare_patching, n_val=config.n_val,
-                     n_test=config.n_test, format=config.format)
+                     n_test=config.n_test, format=config.format,
+                     acdc_curve="acdc" in parse_methods(config.curve_methods))
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -671,7 +729,8 @@ def measure_circuit(model: Any, config: CircuitConfig, progress: bool = True) ->
     # ---- attribution on the discovery prompts
     scores: dict[str, torch.Tensor] = {}
     per_step = None
-    wanted = set(curve_methods) | ({config.method} & {"eap", "eap-ig"}) | ({"eap-ig"} if config.method == "acdc" else set())
+    use_acdc = "acdc" in curve_methods or config.method == "acdc"  # ACDC tries the top EAP-IG edges
+    wanted = (set(curve_methods) - {"acdc"}) | ({config.method} & {"eap", "eap-ig"}) | ({"eap-ig"} if use_acdc else set())
     if "eap-ig" in wanted:
         say(progress, f"EAP-IG, {config.ig_steps} steps on {len(disc.clean)} discovery prompts")
         per_step = edge_attribution_steps(model, disc.clean, disc.corrupt, disc.metric, config.ig_steps,
@@ -684,17 +743,34 @@ def measure_circuit(model: Any, config: CircuitConfig, progress: bool = True) ->
 
     # ---- the method's own circuit when it is not a top-k one
     own = None
-    if config.method in ("acdc", "path-patching"):
+    acdc_curve = None
+    if "acdc" in curve_methods:  # one exact ACDC run per threshold (and at --acdc-tau for --method acdc)
+        taus = parse_taus(config.acdc_taus)
+        run_taus = taus + ([float(config.acdc_tau)] if config.method == "acdc" and config.acdc_tau not in taus else [])
+        n_try = min(config.acdc_candidates, graph.n_edges)
+        say(progress, f"ACDC at tau {', '.join(f'{t:g}' for t in run_taus)} on {len(disc.clean)} discovery prompts, "
+                      f"each run trying the top {n_try} EAP-IG edges (one forward each)")
+        runs = dict(zip(run_taus, acdc_circuits(model, graph, disc, scores["eap-ig"], run_taus, config.acdc_candidates,
+                                                config.ablation, progress)))
+        acdc_curve = [(t, runs[t][0]) for t in taus]
+        if config.method == "acdc":
+            own, own_scores = runs[float(config.acdc_tau)]
+    if config.method in ("acdc", "path-patching") and own is None:
         say(progress, f"{config.method} on the discovery prompts")
         _, own_scores, own = discover(model, config, disc, progress, ranked=scores.get("eap-ig"))
     # ---- the curve on the validation prompts
-    say(progress, f"faithfulness curve on {len(val.clean)} validation prompts ({len(sizes)} sizes x "
-                  f"{len(curve_methods)} methods, {config.ablation} ablation)")
-    curve = faithfulness_curve(model, graph, val, {m: scores[m] for m in curve_methods}, sizes, config.ablation,
-                               extra={config.method: own} if own is not None else None, progress=progress)
+    top_k = [m for m in curve_methods if m != "acdc"]
+    say(progress, f"faithfulness curve on {len(val.clean)} validation prompts ({len(sizes)} sizes x {len(top_k)} "
+                  f"methods" + (f", {len(acdc_curve)} ACDC circuits" if acdc_curve else "") + f", {config.ablation} ablation)")
+    curve = faithfulness_curve(model, graph, val, {m: scores[m] for m in top_k}, sizes, config.ablation,
+                               extra={config.method: own} if own is not None else None, progress=progress,
+                               thresholded={"acdc": acdc_curve} if acdc_curve else None)
+    if acdc_curve:
+        curve["methods"]["acdc"]["candidates"] = n_try  # the top EAP-IG edges each run tried
     for m, row in curve["methods"].items():
-        say(progress, f"{config.task} {m} validation faithfulness: " + ", ".join(
-            f"{n}: {f:.3f}" for n, f in zip(row["n_edges"], row["faithfulness"])))
+        labels = [f"tau {t:g}, {n}" for t, n in zip(row["tau"], row["n_edges"])] if "tau" in row else row["n_edges"]
+        say(progress, f"{config.task} {m} validation faithfulness (edges: value): " + ", ".join(
+            f"{n}: {f:.3f}" for n, f in zip(labels, row["faithfulness"])))
     # ---- the circuit
     if own is not None:
         edges, edge_scores = own, own_scores

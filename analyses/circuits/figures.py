@@ -88,14 +88,22 @@ def intervention_bars(intervention: Any, title: str = "Colored Objects accuracy 
 
 
 def faithfulness_figure(curve: dict[str, Any], target: float | None = None, title: str = "") -> go.Figure:
-    """Normalised faithfulness against the edges kept (log axis), one line per method, ACDC and
-    other single circuits as points, the target as a dashed line."""
+    """Normalised faithfulness against the edges kept (log axis), one line per method (EAP and
+    EAP-IG over their top-k sizes, ACDC over its thresholds, each point labelled with its tau),
+    the circuit a single-circuit method returned as a point, the target as a dashed line."""
     fig = go.Figure()
     for m, row in (curve.get("methods") or {}).items():
+        if "tau" in row:  # ACDC: one circuit per threshold, drawn in order of size (an empty circuit at 1)
+            pts = sorted(zip(row["n_edges"], row["faithfulness"], row["tau"]))
+            fig.add_trace(go.Scatter(x=[max(1, n) for n, _, _ in pts], y=[f for _, f, _ in pts], mode="lines+markers+text",
+                                     name=f"{m} (by threshold)", text=[f"τ={t:g}" for _, _, t in pts],
+                                     textposition="top center", line={"dash": "dot"},
+                                     hovertext=[f"τ={t:g}: {n} edges, {f:.3f}" for n, f, t in pts], hoverinfo="text"))
+            continue
         fig.add_trace(go.Scatter(x=row["n_edges"], y=row["faithfulness"], mode="lines+markers", name=m))
     for m, row in (curve.get("extra") or {}).items():
-        fig.add_trace(go.Scatter(x=[max(1, row["n_edges"])], y=[row["faithfulness"]], mode="markers", name=m,
-                                 marker={"size": 12, "symbol": "diamond"}))
+        fig.add_trace(go.Scatter(x=[max(1, row["n_edges"])], y=[row["faithfulness"]], mode="markers",
+                                 name=f"{m} (returned circuit)", marker={"size": 12, "symbol": "diamond"}))
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target:g}")
     fig.update_layout(title=title or "faithfulness against circuit size (validation prompts)",
@@ -119,7 +127,7 @@ def convergence_figure(conv: dict[str, Any]) -> go.Figure:
 
 def circuit_figures(result: Any) -> list[go.Figure]:
     """Head scores, the circuit as a graph, exact head patching (when run), the faithfulness
-    curve (EAP, EAP-IG) and the top heads of a circuit result."""
+    curve (EAP, EAP-IG, ACDC when asked for) and the top heads of a circuit result."""
     from workbench.patching.graph import Graph
 
     L, H = result.head_scores.shape
@@ -173,8 +181,17 @@ def circuit_sections(result: Any) -> list:
                     text=f"Edges outside the circuit carry the corrupt prompts' {m.get('ablation', 'mean')} value. Faithfulness "
                          "is normalised: (circuit − all ablated) / (full model − all ablated). Scores come from the "
                          "discovery prompts, the curve and the size choice from the validation prompts, the reported "
-                         f"faithfulness from the test prompts. Chosen: {result.target_text()}.",
+                         f"faithfulness from the test prompts.{_acdc_text(result)} Chosen: {result.target_text()}.",
                     figures=circuit_figures(result), tables=tables)]
+
+
+def _acdc_text(result: Any) -> str:
+    row = ((result.faithfulness_curve or {}).get("methods") or {}).get("acdc")
+    if not row:
+        return ""
+    cands = row.get("candidates")
+    return (f" ACDC's curve: one exact ACDC run per threshold (τ {', '.join(f'{t:g}' for t in row['tau'])}) on the "
+            f"discovery prompts, each trying the top {cands} EAP-IG edges, its circuit measured on the validation prompts.")
 
 
 def circuit_headline_figures(result: Any) -> list[dict[str, Any]]:
