@@ -154,3 +154,14 @@ def test_notebook_runs(monkeypatch):
 
     outputs = execute_notebook("vision_heads.ipynb", monkeypatch, timeout=600)
     assert sum("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs) >= 4
+
+
+def test_headline_row_names_the_built_model_split_and_n(small_result):
+    from analyses.vision_heads.figures import headline_figures
+
+    rows = headline_figures(small_result)
+    first = rows[0]
+    assert first["text"].startswith("built model (EfficientNet-Lite0, 2x2 visual tokens")
+    assert "trained 1 steps on 4 scenes" in first["text"] and "docs/vision-heads.md" in first["text"]
+    assert first["value"] == first["n"] == SMALL["n_scenes"] and first["split"] == "test"
+    assert all(r["split"] == "test" for r in rows)

@@ -187,15 +187,15 @@ def headline_figures(result: Any) -> list[dict]:
 
     ivs = result.chair_intervals
     out = []
-    cfg = result.projector.get("config") or {}
-    if cfg:  # the built model: its construction and limits travel with its figures
-        grid = feature_grid(cfg.get("image_size", 160), cfg.get("grid", 0))
+    if result.projector:  # the built model: its construction and limits travel with its figures
+        c = result.config
+        grid = feature_grid(c.image_size, c.grid)
         out.append(figure(
             f"built model (EfficientNet-Lite0, {grid}x{grid} visual tokens, linear projector trained "
-            f"{cfg.get('steps')} steps on {cfg.get('n_train')} scenes, frozen {cfg.get('lm')}; 8 objects, one photograph "
-            "each: training crops from one half, val/test crops from the other; partners co-occur 0.85 in training, "
-            "0 in val/test; see docs/vision-heads.md): test scenes", result.n_scenes, n=result.n_scenes, split="test",
-            fmt="d"))
+            f"{c.projector_steps} steps on {c.projector_n_train} scenes, frozen {result.meta.get('model', 'language model')}; "
+            "8 objects, one photograph each: training crops from one half, val/test crops from the other; partners "
+            "co-occur 0.85 in training, 0 in val/test; see docs/vision-heads.md): test scenes", result.n_scenes,
+            n=result.n_scenes, split="test", fmt="d"))
     how = f"chosen on {result.n_val} val scenes" if result.chosen_by == "val" else "given"
     for cond, label in (("before", "before VHR"), ("after", f"VHR ({result.head_set}, alpha {result.alpha:g} {how})"),
                         ("random_control", f"{result.random_draws} random head draws"), ("all_heads", "all heads scaled")):
