@@ -192,7 +192,7 @@ def headline_figures(result: Any) -> list[dict]:
         grid = feature_grid(c.image_size, c.grid)
         out.append(figure(
             f"built model (EfficientNet-Lite0, {grid}x{grid} visual tokens, linear projector trained "
-            f"{c.projector_steps} steps on {c.projector_n_train} scenes, frozen {result.meta.get('model', 'language model')}; "
+            f"{c.projector_steps} steps on {c.projector_n_train} scenes, frozen {str(result.meta.get('model', 'language model')).split('+')[-1]}; "
             "8 objects, one photograph each: training crops from one half, val/test crops from the other; partners "
             "co-occur 0.85 in training, 0 in val/test; see docs/vision-heads.md): test scenes", result.n_scenes,
             n=result.n_scenes, split="test", fmt="d"))
