@@ -32,7 +32,7 @@ from analyses.vision_heads.vlm.model import DEFAULT_PROMPT, VisionLanguageModel,
 from analyses.vision_heads.vlm.objects import BY_NAME
 from analyses.vision_heads.vlm.scenes import Scene, make_scenes, token_objects
 
-FORMAT = 3  # 3: mixed training layouts (scenes.SPLITS), 256 scenes, 200 steps at lr 2e-3
+FORMAT = 3  # 3: mixed training layouts (scenes.SPLITS), 1024 scenes, 200 steps at lr 2e-3
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ProjectorConfig:
     lm: str = "smollm2-135m"
     grid: int = 0  # 0: the encoder's last feature map (5x5 at 160 px)
     image_size: int = 160
-    n_train: int = 256
+    n_train: int = 1024
     steps: int = 200
     batch_size: int = 8
     lr: float = 2e-3
