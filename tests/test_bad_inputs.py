@@ -459,7 +459,10 @@ def test_ctrl_c_prints_interrupted_and_leaves_no_run(tmp_path):
     # a run long enough (many seconds) that the signal lands inside it
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "ablation", "--model", "tiny-llama", "--n", "4096",
                              "--batch-size", "4096"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a test run from a background job inherits SIGINT ignored, and Python then installs
+                            # no KeyboardInterrupt handler: give the child the default disposition, as a terminal does
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     deadline = time.time() + TIMEOUT
     try:
