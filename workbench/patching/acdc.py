@@ -39,13 +39,7 @@ def check_candidates(n_try: int) -> None:
 def acdc(model: Any, graph: Graph, tokens: Tokens, ablate: dict[str, torch.Tensor], metric: Any, tau: float = 0.05,
          candidates: torch.Tensor | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept edges [S R] bool, score [S R]: the distance increase seen when each edge was tried)."""
-    keep = graph.valid.clone() if candidates is None else (candidates & graph.valid)
-    check_candidates(int(keep.sum()))
-
-    def evaluate(mask: torch.Tensor) -> float:
-        return float(run_edge_masks(model, graph, tokens, ablate, mask, metric).mean())
-
-    return _greedy(graph, keep, tau, evaluate, progress, "acdc")
+    return acdc_sweep(model, graph, tokens, ablate, metric, [tau], candidates, progress)[0]
 
 
 def acdc_sweep(model: Any, graph: Graph, tokens: Tokens, ablate: dict[str, torch.Tensor], metric: Any,
@@ -66,8 +60,8 @@ def acdc_sweep(model: Any, graph: Graph, tokens: Tokens, ablate: dict[str, torch
 
     out = []
     for i, tau in enumerate(taus):
-        keep, scores = _greedy(graph, start.clone(), float(tau), evaluate, progress,
-                               f"acdc tau={float(tau):g} ({i + 1}/{len(taus)})")
+        desc = "acdc" if len(taus) == 1 else f"acdc tau={float(tau):g} ({i + 1}/{len(taus)})"
+        keep, scores = _greedy(graph, start.clone(), float(tau), evaluate, progress, desc)
         out.append((keep, scores))
         if on_run is not None:
             on_run(i, float(tau), keep)
