@@ -566,6 +566,8 @@ def test_circuit_n_1e9_is_refused_within_seconds_with_the_estimate(tmp_path):
     (["vhd", "--n-scenes", "100000000"], ["--n-scenes", "at most"]),
     (["sinks", "--n-calib", "100000000"], ["--n-calib 100000000", "category task", "--n-calib 140 or less"]),
     (["sinks", "--n-heldout", "1000"], ["--n-heldout 1000", "--n-heldout 276 or less"]),
+    (["circuit", "--acdc-taus", "0.01,abc"], ["--acdc-taus", "comma-separated list of thresholds"]),
+    (["circuit", "--curve-methods", "eap,acdc", "--acdc-candidates", "6000"], ["ACDC would try 6000 edges", "--acdc-candidates"]),
     (["reuse", "--intervention-prompts", "1000000000"], ["--intervention-prompts 1000000000", "would need about"]),
     (["ablation", "--n", "1000", "--batch-size", "512"], ["--batch-size 512", "--n 1000"]),
 ])
