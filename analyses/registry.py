@@ -4,13 +4,13 @@
 folder plus one line here."""
 
 PACKAGES = [
-    "analyses.ablation",
-    "analyses.circuits",
-    "analyses.icl",
-    "analyses.lrp",
-    "analyses.vision_heads",
-    "analyses.induction",
-    "analyses.retrieval",
-    "analyses.sinks",
-    "analyses.atlas",
+    "workbench.analyses.ablation",
+    "workbench.analyses.circuits",
+    "workbench.analyses.icl",
+    "workbench.analyses.lrp",
+    "workbench.analyses.vision_heads",
+    "workbench.analyses.induction",
+    "workbench.analyses.retrieval",
+    "workbench.analyses.sinks",
+    "workbench.analyses.atlas",
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.analysis_page import analysis_page
-from app.attention import attention_page
-from app.home import home_page
+from workbench.app.analysis_page import analysis_page
+from workbench.app.attention import attention_page
+from workbench.app.home_page import home_page
 from workbench.spec import specs
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.common import draw_sections, get_model, model_picker, run_picker, show_error
+from workbench.app.common import draw_sections, get_model, model_picker, run_picker, show_error
 from workbench.errors import WorkbenchError
 from workbench.spec import AnalysisSpec, base_type, check_config, config_fields, get_spec
 

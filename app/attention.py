@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.common import get_model, model_picker, show_error
+from workbench.app.common import get_model, model_picker, show_error
 from workbench.attention_view import attention_patterns
 from workbench.errors import WorkbenchError
 from workbench.figures import token_heatmap

@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from analyses.circuits.analysis import build_task, prepare
+    from workbench.analyses.circuits.analysis import build_task, prepare
     from workbench.models import load_model
     from workbench.patching.eap import edge_attribution
     from workbench.patching.edges import edge_masks, run_edge_patches

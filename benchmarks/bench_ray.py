@@ -93,7 +93,7 @@ def main() -> None:
 
 
 def sweeps(model, args) -> dict:
-    from analyses.ablation.analysis import build_prompts, mean_head_outputs, AblationConfig
+    from workbench.analyses.ablation.analysis import build_prompts, mean_head_outputs, AblationConfig
     import ray
 
     s = model.shape

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from analyses.retrieval.analysis import RetrievalScorer  # noqa: E402
+from workbench.analyses.retrieval.analysis import RetrievalScorer  # noqa: E402
 from workbench.cache import run_with_cache  # noqa: E402
 from workbench.datasets.needles import DEFAULT_NEEDLES, build_needle_tests  # noqa: E402
 from workbench.generation import decode, prefill  # noqa: E402

@@ -72,7 +72,7 @@ def main() -> None:
     p0, p1 = run_with_patches(whole, PROMPTS, patch), run_with_patches(split, PROMPTS, patch)
     g0 = greedy_generate(whole, PROMPTS, max_new_tokens=8)
     g1 = greedy_generate(split, PROMPTS, max_new_tokens=8)
-    from analyses.ablation.analysis import AblationConfig, run
+    from workbench.analyses.ablation.analysis import AblationConfig, run
 
     cfg = AblationConfig(n_prompts=8, batch_size=64)
     a0, a1 = run(whole, cfg, progress=False), run(split, cfg, progress=False)

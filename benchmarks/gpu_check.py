@@ -6,7 +6,7 @@ benchmark and the device-map check on the GPU.
 
 DIR is a model folder; when it holds only a configuration and a tokenizer (the embedded
 GGUF does not travel to an offline GPU machine), random weights of that configuration are
-made there with a fixed seed (``../shared/notes/gpu-checks.md``). Each analysis runs the
+made there with a fixed seed (``docs/gpu.md``). Each analysis runs the
 Python API path the CLI runs (its spec's ``run`` on the model of ``--device``), at its
 page's small-run settings. The table at the end: per analysis, CPU and CUDA seconds and the
 largest relative difference over the result's arrays and numbers (float32: agreement
@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,25 @@ def ensure_weights(folder: Path, seed: int = 0) -> None:
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), torch_dtype=torch.float32)
     model.save_pretrained(folder)
     print(f"random weights (seed {seed}) written to {folder}", flush=True)
+
+
+def scrub_paths(text: str) -> str:
+    """A record names no machine's folders: site-packages and the checkout become placeholders."""
+    text = re.sub(r"/[^\s\"']*?/site-packages/", "<site-packages>/", text)
+    return text.replace(str(ROOT), "<checkout>")
+
+
+def provenance() -> dict[str, str]:
+    """The commit measured (with '+dirty' when the tree had changes) and the date."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return {"commit": commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    (out / "gpu_check.json").write_text(scrub_paths(json.dumps(report, indent=2, default=str)))
 
 
 def where_it_broke(exc: BaseException) -> str:
@@ -174,8 +194,9 @@ def main() -> None:
     from workbench.spec import specs
 
     keys = [k for k in (args.only.split(",") if args.only else specs()) if k and k != "atlas"]
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                              "torch": torch.__version__, "model": model, "devices": devices, "analyses": {}}
+    report: dict[str, Any] = {**provenance(), "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                              "torch": torch.__version__, "model": Path(model).name if model_dir else model,
+                              "devices": devices, "analyses": {}}
     models: dict[str, Any] = {}
     for key in keys:
         spec = specs()[key]
@@ -190,7 +211,7 @@ def main() -> None:
             row.update(max_rel_diff=worst, worst=name, compared=count, agrees=worst < TOL)
         report["analyses"][key] = row
         print(json.dumps({key: row}), flush=True)
-        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        write_report(report, args.out)
     if not args.no_bench and "cuda" in devices:
         for name, argv, t in (
                 ("bench_patching_fp32", ["benchmarks/bench_patching.py", "--model", model, "--device", "cuda", "--n-prompts", "64",
@@ -203,7 +224,7 @@ def main() -> None:
                 continue
             report[name] = run_script(argv, t)
             print(json.dumps({name: report[name]})[:3000], flush=True)
-            (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+            write_report(report, args.out)
     print(f"\n{'analysis':<12}{devices[0] + ' s':>8}{devices[1] + ' s':>8}  result")
     for key, row in report["analyses"].items():
         if "agrees" in row:

@@ -47,5 +47,5 @@ def analysis_page_app(key: str, timeout: int = 120):
     """An AppTest of the dashboard page the spec ``key`` gets from the one page template."""
     from streamlit.testing.v1 import AppTest
 
-    return AppTest.from_string(f"from app.analysis_page import analysis_page\nanalysis_page({key!r})\n",
+    return AppTest.from_string(f"from workbench.app.analysis_page import analysis_page\nanalysis_page({key!r})\n",
                                default_timeout=timeout)

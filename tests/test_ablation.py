@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from analyses.ablation.analysis import AblationConfig, mean_head_outputs, run
+from workbench.analyses.ablation.analysis import AblationConfig, mean_head_outputs, run
 from workbench.cache import run_with_patches
 from workbench.datasets import PromptSet, ioi_prompts
 from workbench.errors import InputError

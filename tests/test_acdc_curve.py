@@ -15,9 +15,9 @@ import json
 import pytest
 import torch
 
-from analyses.circuits.analysis import (CircuitConfig, Prepared, acdc_circuits, faithfulness, faithfulness_curve,
+from workbench.analyses.circuits.analysis import (CircuitConfig, Prepared, acdc_circuits, faithfulness, faithfulness_curve,
                                         parse_methods, parse_taus)
-from analyses.circuits.analysis import run as run_circuit
+from workbench.analyses.circuits.analysis import run as run_circuit
 from workbench.cache import as_tokens
 from workbench.errors import InputError
 from workbench.patching import acdc as acdc_module
@@ -116,7 +116,7 @@ def test_taus_and_methods_are_checked_with_one_line_errors():
 
 
 def test_three_method_curve_end_to_end(tiny_llama, tmp_path, capsys):
-    from analyses.circuits.figures import circuit_sections, faithfulness_figure
+    from workbench.analyses.circuits.figures import circuit_sections, faithfulness_figure
     from workbench.results import load_result
 
     cfg = CircuitConfig(task="ioi", method="acdc", n_prompts=2, ig_steps=1, batch_size=2, n_val=3, n_test=2,

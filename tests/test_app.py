@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analyses.ablation.analysis import AblationConfig, run
+from workbench.analyses.ablation.analysis import AblationConfig, run
 from browser_support import dashboard_page
 from conftest import analysis_page_app
 
@@ -37,7 +37,7 @@ def test_home_without_runs_says_what_to_do():
 
 
 def test_attention_page_draws_chosen_head(tiny_llama):
-    at = AppTest.from_string("from app.attention import attention_page\nattention_page()\n", default_timeout=120)
+    at = AppTest.from_string("from workbench.app.attention import attention_page\nattention_page()\n", default_timeout=120)
     at.run()
     at.sidebar.selectbox(key="model").set_value("tiny-llama").run()
     at.text_area(key="prompt").input("Alice and Bob went home").run()

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.atlas import crossstats
-from analyses.atlas.analysis import AtlasConfig, AtlasResult, run
+from workbench.analyses.atlas import crossstats
+from workbench.analyses.atlas.analysis import AtlasConfig, AtlasResult, run
 from workbench.errors import InputError
 from workbench.results import load_result
 from workbench.spec import AnalysisSpec, HeadColumn, check_config
@@ -90,10 +90,10 @@ def induction_and_copy_model():
 
 
 def test_planted_heads_top_their_own_column_and_not_the_other():
-    from analyses.induction.analysis import InductionConfig
-    from analyses.induction.analysis import run as run_induction
-    from analyses.retrieval.analysis import RetrievalConfig
-    from analyses.retrieval.analysis import run as run_retrieval
+    from workbench.analyses.induction.analysis import InductionConfig
+    from workbench.analyses.induction.analysis import run as run_induction
+    from workbench.analyses.retrieval.analysis import RetrievalConfig
+    from workbench.analyses.retrieval.analysis import run as run_retrieval
 
     with induction_and_copy_model() as (model, needle):
         induction = run_induction(model, InductionConfig(n_prompts=6, seq_len=8, batch_size=6), progress=False)
@@ -127,8 +127,8 @@ def test_planted_heads_top_their_own_column_and_not_the_other():
 # ----------------------------------------------------------------------------- columns from the specs alone
 @pytest.fixture
 def saved_induction(tiny_llama):
-    from analyses.induction.analysis import InductionConfig
-    from analyses.induction.analysis import run as run_induction
+    from workbench.analyses.induction.analysis import InductionConfig
+    from workbench.analyses.induction.analysis import run as run_induction
 
     result = run_induction(tiny_llama, InductionConfig(n_prompts=4, seq_len=6), progress=False)
     result.save()
@@ -139,7 +139,7 @@ def test_columns_come_from_the_specs_alone(tiny_llama, saved_induction, monkeypa
     """The induction analysis's columns appear because its spec declares them; a new spec with a
     head column, registered at run time, adds its column with no change to the atlas code."""
     import workbench.spec as spec_module
-    from analyses.induction import SPEC as INDUCTION
+    from workbench.analyses.induction import SPEC as INDUCTION
 
     assert [c.name for c in INDUCTION.head_columns] == ["induction_score", "prev_token_score"]
     atlas = run(None, AtlasConfig(models=("tiny-llama",), n_permutations=20), progress=False)
@@ -274,8 +274,8 @@ def test_cli_two_models_lined_up(tmp_path):
 
 
 def test_ablation_report_gains_the_atlas_section(tiny_llama, saved_induction):
-    from analyses.ablation.analysis import AblationConfig
-    from analyses.ablation.analysis import run as run_ablation
+    from workbench.analyses.ablation.analysis import AblationConfig
+    from workbench.analyses.ablation.analysis import run as run_ablation
     from workbench.report import run_report
 
     ablation = run_ablation(tiny_llama, AblationConfig(n_prompts=2), progress=False)
@@ -285,8 +285,8 @@ def test_ablation_report_gains_the_atlas_section(tiny_llama, saved_induction):
 
 
 def test_report_has_no_atlas_with_one_head_level_run(tiny_llama):
-    from analyses.ablation.analysis import AblationConfig
-    from analyses.ablation.analysis import run as run_ablation
+    from workbench.analyses.ablation.analysis import AblationConfig
+    from workbench.analyses.ablation.analysis import run as run_ablation
     from workbench.report import run_report
 
     ablation = run_ablation(tiny_llama, AblationConfig(n_prompts=2), progress=False)
@@ -314,8 +314,8 @@ def test_page_draws_grid_and_card_matches_table(tiny_llama, saved_induction):
 def test_smollm2_against_a_tiny_random_model(smollm2, tiny_llama):
     """SmolLM2 has induction heads (past 0.4, in its upper middle layers); a random 2-layer model
     has none: the comparison finds the role in the first model only."""
-    from analyses.induction.analysis import InductionConfig
-    from analyses.induction.analysis import run as run_induction
+    from workbench.analyses.induction.analysis import InductionConfig
+    from workbench.analyses.induction.analysis import run as run_induction
 
     for model in (smollm2, tiny_llama):
         run_induction(model, InductionConfig(n_prompts=4, seq_len=12), progress=False).save()

@@ -10,9 +10,9 @@ HEAD = (1, 3)  # the head clicked: L1H3 of tiny-llama (2 layers x 4 heads)
 
 @pytest.fixture
 def saved_atlas(tiny_llama):
-    from analyses.atlas.analysis import AtlasConfig, run
-    from analyses.induction.analysis import InductionConfig
-    from analyses.induction.analysis import run as run_induction
+    from workbench.analyses.atlas.analysis import AtlasConfig, run
+    from workbench.analyses.induction.analysis import InductionConfig
+    from workbench.analyses.induction.analysis import run as run_induction
 
     run_induction(tiny_llama, InductionConfig(n_prompts=4, seq_len=6), progress=False).save()
     result = run(tiny_llama, AtlasConfig(models=("tiny-llama",), n_prompts=2, n_permutations=20), progress=False)

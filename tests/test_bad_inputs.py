@@ -505,7 +505,7 @@ def test_home_page_survives_broken_runs(tmp_path, monkeypatch):
     neither crash the home page nor any run picked in it: each shows its reason."""
     from streamlit.testing.v1 import AppTest
 
-    from analyses.ablation.analysis import AblationConfig, AblationResult
+    from workbench.analyses.ablation.analysis import AblationConfig, AblationResult
     from workbench.results import provenance
 
     runs = tmp_path / "runs"
@@ -516,7 +516,7 @@ def test_home_page_survives_broken_runs(tmp_path, monkeypatch):
                             metrics={"clean_logit_diff": 0.1, "accuracy": 1.0, "n_prompts": 2, "top_heads": "x"},
                             meta=provenance(model="tiny-llama")).save(runs / "misfit")
     before = snapshot(tmp_path)
-    at = AppTest.from_string("from app.home import home_page\nhome_page()\n", default_timeout=120).run()
+    at = AppTest.from_string("from workbench.app.home_page import home_page\nhome_page()\n", default_timeout=120).run()
     assert not at.exception, at.exception
     picker = at.selectbox[0]
     assert len(picker.options) == 4
@@ -541,7 +541,7 @@ def timed(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, floa
 def test_circuit_n_1e9_is_refused_within_seconds_with_the_estimate(tmp_path):
     """It grew to 24 GB and was killed by the out-of-memory killer: now the prompt set alone
     (a floor under any model's run) is refused before the model loads, with its size."""
-    from analyses.circuits.analysis import prompt_set_bytes
+    from workbench.analyses.circuits.analysis import prompt_set_bytes
     from workbench.resources import free_memory_bytes, human_bytes
 
     estimate = prompt_set_bytes("ioi", 10**9)

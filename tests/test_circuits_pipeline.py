@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from analyses.circuits.reuse import ReuseConfig, overlap
-from analyses.circuits.reuse import run as run_reuse
-from analyses.circuits.analysis import CircuitConfig
-from analyses.circuits.analysis import run as run_circuit
+from workbench.analyses.circuits.reuse import ReuseConfig, overlap
+from workbench.analyses.circuits.reuse import run as run_reuse
+from workbench.analyses.circuits.analysis import CircuitConfig
+from workbench.analyses.circuits.analysis import run as run_circuit
 from workbench.results import load_result
 
 SMALL_REUSE = ReuseConfig(n_prompts=2, ig_steps=2, n_random=1, intervention_prompts=4, batch_size=2, n_val=3, n_test=3,
@@ -42,7 +42,7 @@ def test_reuse_summary_keys_and_round_trip(reuse_result, tmp_path):
         assert curve["sizes"] == [5, 20, 50] and len(curve["methods"]["eap-ig"]["faithfulness"]) == 3
         assert reuse_result.intervals[f"{task}: faithfulness"].split == "test"
     assert reuse_result.intervals["intervention: accuracy before"].n == 4
-    from analyses.circuits.figures import reuse_headline_figures
+    from workbench.analyses.circuits.figures import reuse_headline_figures
 
     rows = reuse_headline_figures(reuse_result)
     assert any("chance 0.33" in r["text"] for r in rows) and all(r["split"] or r["n"] for r in rows[:3])
@@ -75,7 +75,7 @@ def test_default_circuit_is_the_smallest_reaching_the_target(tiny_llama):
     --target, and the result says so; an unreachable target is stated as not met."""
     cfg = CircuitConfig(task="ioi", method="eap", n_prompts=2, batch_size=2, n_val=3, n_test=3, sizes="3,10,30,54",
                         curve_methods="eap", target=0.5)
-    from analyses.circuits.analysis import behaviour_defined
+    from workbench.analyses.circuits.analysis import behaviour_defined
 
     r = run_circuit(tiny_llama, cfg, progress=False)
     curve = r.faithfulness_curve
@@ -88,7 +88,7 @@ def test_default_circuit_is_the_smallest_reaching_the_target(tiny_llama):
         assert r.metrics["chosen_k"] == reached[0] and r.target_met and "smallest" in r.target_text()
     else:
         assert r.target_met is False and "NOT met" in r.target_text()
-    from analyses.circuits.figures import circuit_headline_figures
+    from workbench.analyses.circuits.figures import circuit_headline_figures
 
     assert any("faithfulness" in f["text"] and f["split"] == "test" for f in circuit_headline_figures(r))
 
@@ -96,7 +96,7 @@ def test_default_circuit_is_the_smallest_reaching_the_target(tiny_llama):
 def test_hub_model_offline_is_one_line_naming_the_cache(monkeypatch, capsys):
     """`workbench reuse --model gpt2-medium` keeps Merullo's hub route; where the model is not in
     the Hugging Face cache and the hub cannot be reached, one line names the cache searched."""
-    from analyses.circuits import hub
+    from workbench.analyses.circuits import hub
 
     monkeypatch.setattr(hub, "in_hub_cache", lambda hub_id: False)
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
@@ -155,7 +155,7 @@ def test_cli_bad_input_is_one_line(monkeypatch, capsys, args, needle):
 
 
 def test_misaligned_prompts_and_multi_token_answers(tiny_llama):
-    from analyses.circuits.analysis import prepare
+    from workbench.analyses.circuits.analysis import prepare
     from workbench.datasets.base import PromptSet
     from workbench.errors import InputError
 

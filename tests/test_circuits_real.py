@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analyses.circuits.analysis import build_task, prepare, task_scores
+from workbench.analyses.circuits.analysis import build_task, prepare, task_scores
 
 pytestmark = pytest.mark.real_model
 
@@ -20,7 +20,7 @@ def test_ioi_and_colored_objects_baselines(smollm2):
 
 
 def test_induction_heads_exist(smollm2):
-    from analyses.circuits.head_classes import random_token_scores
+    from workbench.analyses.circuits.head_classes import random_token_scores
 
     sc = random_token_scores(smollm2, n=2, length=12)
     assert float(sc["induction"].max()) > 0.3

@@ -95,7 +95,7 @@ def test_colour_accuracy_among_prompt_and_all_colours(tiny_llama):
     colours but may be right among the prompt's three."""
     import torch
 
-    from analyses.circuits.formats import colour_scores
+    from workbench.analyses.circuits.formats import colour_scores
 
     ps = colored_object_prompts(2, tiny_llama.tokenizer, seed=0, format="plain-lower-0shot")
     V = tiny_llama.shape.d_vocab

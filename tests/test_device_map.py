@@ -64,7 +64,7 @@ def test_ablation_on_the_split_model(split, tiny_llama):
     """The ablation sweep runs as full hooked forwards on a split model (the suffix engine
     reads weights outside the forward, which an offloaded layer does not have): the same
     effects as the one-device (suffix) sweep to float error."""
-    from analyses.ablation.analysis import AblationConfig, run
+    from workbench.analyses.ablation.analysis import AblationConfig, run
 
     config = AblationConfig(n_prompts=4, batch_size=16)
     on_split = run(split, config, progress=False)

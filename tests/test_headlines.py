@@ -164,7 +164,7 @@ def test_split_half_top_chooses_on_one_half_and_measures_on_the_other():
 def test_ablation_intervals_from_per_prompt_numbers():
     import torch
 
-    from analyses.ablation.analysis import AblationResult, set_intervals
+    from workbench.analyses.ablation.analysis import AblationResult, set_intervals
 
     clean = torch.tensor([2.0, -1.0, 3.0, 4.0])
     ablated = clean.repeat(2, 3, 1).clone()  # [layer head prompt]: no head matters ...

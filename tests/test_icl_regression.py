@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyses.icl import patterns as pat
-from analyses.icl import predictors as pred
-from analyses.icl.model import build
-from analyses.icl.analysis import ICLConfig, ICLResult, run, validate
-from analyses.icl.task import Prompts, covariance_matrix, embed, sample_prompts
+from workbench.analyses.icl import patterns as pat
+from workbench.analyses.icl import predictors as pred
+from workbench.analyses.icl.model import build
+from workbench.analyses.icl.analysis import ICLConfig, ICLResult, run, validate
+from workbench.analyses.icl.task import Prompts, covariance_matrix, embed, sample_prompts
 from workbench.errors import InputError
 from workbench.results import load_result
 
@@ -241,7 +241,7 @@ def test_round_trip_and_cache(small_result, tmp_path):
 
 
 def test_figures_and_report(small_result):
-    from analyses.icl import figures as figs
+    from workbench.analyses.icl import figures as figs
     from workbench.report import render
 
     assert len(figs.kq_heatmaps(small_result, 0).data) == 4

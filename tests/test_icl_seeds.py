@@ -11,11 +11,11 @@ import os
 import pytest
 import torch
 
-from analyses.icl import patterns as pat
-from analyses.icl import predictors as pred
-from analyses.icl.analysis import ZERO_SUM_THRESHOLD, ICLConfig, run
-from analyses.icl.task import covariance_matrix, sample_prompts
-from analyses.icl.training import TrainSpec, cache_path, train
+from workbench.analyses.icl import patterns as pat
+from workbench.analyses.icl import predictors as pred
+from workbench.analyses.icl.analysis import ZERO_SUM_THRESHOLD, ICLConfig, run
+from workbench.analyses.icl.task import covariance_matrix, sample_prompts
+from workbench.analyses.icl.training import TrainSpec, cache_path, train
 from workbench.stats import wilson
 
 

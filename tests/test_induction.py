@@ -14,7 +14,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from analyses.induction.analysis import (InductionConfig, InductionResult, check_model, repeated_tokens, run,
+from workbench.analyses.induction.analysis import (InductionConfig, InductionResult, check_model, repeated_tokens, run,
                                          uniform_baseline)
 from workbench.errors import InputError
 from workbench.results import load_result
@@ -188,8 +188,8 @@ def test_page_shows_saved_run(saved_induction):
 
 
 def test_ablation_report_includes_induction_section(tiny_llama, saved_induction):
-    from analyses.ablation.analysis import AblationConfig
-    from analyses.ablation.analysis import run as run_ablation
+    from workbench.analyses.ablation.analysis import AblationConfig
+    from workbench.analyses.ablation.analysis import run as run_ablation
     from workbench.report import run_report
 
     ablation = run_ablation(tiny_llama, AblationConfig(n_prompts=2), progress=False)

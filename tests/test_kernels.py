@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from kernels import dispatch, reference
+from workbench.kernels.patching import dispatch, reference
 
 SHAPES = [  # C, N, S, H, D, M: odd sizes, one-element axes, sizes that do not fill a tile
     (1, 1, 1, 1, 16, 16),
@@ -29,7 +29,7 @@ def triton_kernels():
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        import kernels.patch_mix as pm
+        import workbench.kernels.patching.patch_mix as pm
 
         yield pm
     finally:
@@ -130,9 +130,7 @@ def test_dispatch_choice(monkeypatch):
         dispatch.choose("cpu", "triton")
     monkeypatch.setenv("WORKBENCH_KERNEL", "reference")
     assert dispatch.choose("cpu") == "reference"
-    from workbench.errors import InputError
-
-    with pytest.raises(InputError, match="unknown kernel backend 'cuda-magic'"):
+    with pytest.raises(dispatch.KernelChoiceError, match="unknown kernel backend 'cuda-magic'"):
         dispatch.choose("cpu", "cuda-magic")
     if torch.cuda.is_available():
         monkeypatch.delenv("WORKBENCH_KERNEL")

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.lrp import attnlrp as A
-from analyses.lrp.analysis import LrpConfig, LrpOptions, curve_aopc, run
-from analyses.lrp.tasks import sequences, successor_prompts, successor_questions
+from workbench.analyses.lrp import attnlrp as A
+from workbench.analyses.lrp.analysis import LrpConfig, LrpOptions, curve_aopc, run
+from workbench.analyses.lrp.tasks import sequences, successor_prompts, successor_questions
 from workbench.errors import InputError
 from workbench.stats import bootstrap, bootstrap_diff, wilson
 
@@ -124,7 +124,7 @@ def test_token_only_error_is_the_absorbed_share(tiny_result):
 
 
 def test_headline_figures_carry_intervals(tiny_result):
-    from analyses.lrp.figures import headline_figures
+    from workbench.analyses.lrp.figures import headline_figures
 
     figs = headline_figures(tiny_result)
     texts = [f["text"] for f in figs]

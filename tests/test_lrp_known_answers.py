@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from analyses.lrp import attnlrp as A
-from analyses.lrp import cnn as C
-from analyses.lrp.imports import import_lxt, import_zennit
+from workbench.analyses.lrp import attnlrp as A
+from workbench.analyses.lrp import cnn as C
+from workbench.analyses.lrp.imports import import_lxt, import_zennit
 
 
 # ---------------------------------------------------------------------------- zennit, by hand

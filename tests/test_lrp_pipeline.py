@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.lrp.analysis import CONSERVATION_TOLERANCE, LrpConfig, LrpImageConfig, LrpImageResult, LrpResult, run
+from workbench.analyses.lrp.analysis import CONSERVATION_TOLERANCE, LrpConfig, LrpImageConfig, LrpImageResult, LrpResult, run
 from workbench.errors import InputError
 from workbench.results import load_result
 

@@ -60,7 +60,7 @@ def test_head_by_position_sweep_with_a_killed_worker(cluster, tiny_llama, tmp_pa
 
 def test_ablation_report_sweep_on_ray_is_identical(cluster, tiny_llama):
     """`workbench ablation --ray ... --workers 2`'s run: the same effects as one process."""
-    from analyses.ablation.analysis import AblationConfig, run
+    from workbench.analyses.ablation.analysis import AblationConfig, run
 
     config = AblationConfig(n_prompts=4, batch_size=8)  # 2 heads a chunk: 4 units of the 8 heads
     one = run(tiny_llama, config, progress=False)

@@ -134,7 +134,7 @@ def test_suffix_with_triton_kernel_under_interpreter(name, request, monkeypatch)
     W_O view: transposed Linear for Llama and NeoX, Conv1D for GPT-2)."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    import kernels.patch_mix  # noqa: F401  (decorated now, under the interpreter)
+    import workbench.kernels.patching.patch_mix  # noqa: F401  (decorated now, under the interpreter)
 
     model = request.getfixturevalue(name)
     tokens, source = setup(model)

@@ -72,7 +72,7 @@ def test_remote_path_patches_like_hf(simulated, tiny_llama, spy):
 def test_ablation_through_the_remote_path(simulated, tiny_llama, spy):
     """The ablation analysis on the remote code path (every forward an nnsight trace):
     the same head effects as the plain engine on the hf backend."""
-    from analyses.ablation.analysis import AblationConfig, run
+    from workbench.analyses.ablation.analysis import AblationConfig, run
 
     config = AblationConfig(n_prompts=4, batch_size=16)
     remote = run(simulated, config, progress=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyses.retrieval.analysis import RetrievalConfig, run, validate
+from workbench.analyses.retrieval.analysis import RetrievalConfig, run, validate
 from workbench.datasets.needles import DEFAULT_NEEDLES, build_needle_tests, read_haystack
 from workbench.errors import InputError
 from workbench.results import load_result

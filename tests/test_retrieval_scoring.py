@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analyses.retrieval.analysis import (RetrievalScorer, kv_compression_patches, kv_protected_groups, kv_share_kept,
+from workbench.analyses.retrieval.analysis import (RetrievalScorer, kv_compression_patches, kv_protected_groups, kv_share_kept,
                                       rouge1_recall, score_heads)
 from workbench.generation import decode, prefill
 from workbench.heads import head_set_mask, mask_patches, random_heads, top_heads

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analyses.retrieval.analysis import RetrievalConfig, run
+from workbench.analyses.retrieval.analysis import RetrievalConfig, run
 from workbench.datasets.needles import (HELDOUT_NEEDLES, RANKING_NEEDLES, drop_shared_lines, prompt_parts,
                                         split_pydoc_haystack, split_tests)
 from workbench.errors import InputError

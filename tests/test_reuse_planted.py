@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.circuits.analysis import Prepared, choose_size, faithfulness_curve, normalised, step_counts
-from analyses.circuits.head_classes import attention_rows, attention_to
-from analyses.circuits.reuse import choose_heads, intervene_hits, overlap_null
+from workbench.analyses.circuits.analysis import Prepared, choose_size, faithfulness_curve, normalised, step_counts
+from workbench.analyses.circuits.head_classes import attention_rows, attention_to
+from workbench.analyses.circuits.reuse import choose_heads, intervene_hits, overlap_null
 from workbench.cache import as_tokens
 from workbench.patching import planted as P
 from workbench.patching.graph import Graph, LogitDiff
@@ -121,7 +121,7 @@ def test_faithfulness_is_undefined_without_a_behaviour(copy_model):
     """When the full model does not beat the all-ablated one (here: the metric compares an
     answer with itself, so both are 0), the curve says the normalisation is undefined and no
     size can be chosen as reaching the target."""
-    from analyses.circuits.analysis import behaviour_defined
+    from workbench.analyses.circuits.analysis import behaviour_defined
 
     g = Graph.for_model(copy_model)
     clean, corrupt, correct, _ = P.planted_prompts(8, seed=4)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyses.sinks.analysis import SinksConfig, calibration_patches, interval_name, run
-from analyses.sinks.runner import LayerRunner
+from workbench.analyses.sinks.analysis import SinksConfig, calibration_patches, interval_name, run
+from workbench.analyses.sinks.runner import LayerRunner
 from workbench.datasets.multiple_choice import (CATEGORIES, NEGATIVE, POSITIVE, TASKS, all_questions, capacity,
                                                 check_sizes, mc_splits, option_token_ids, task_splits)
 from workbench.errors import InputError

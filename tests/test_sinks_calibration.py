@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analyses.sinks.analysis import (calibrate_pattern, column_means, find_sinks, token_class, validate,
+from workbench.analyses.sinks.analysis import (calibrate_pattern, column_means, find_sinks, token_class, validate,
                                       SinksConfig)
 from workbench.errors import InputError
 
@@ -125,7 +125,7 @@ def _planted_scorer(calls: list):
     head A (L3H0) helps, B (L2H1) hurts, C (L5H2) ties in accuracy but raises log p, the set
     {A, C} helps most at beta 0.2; on the held-out split beta 0.6 would look best, so a
     search that peeked at it would choose differently."""
-    from analyses.sinks import analysis
+    from workbench.analyses.sinks import analysis
 
     A, B, C = (3, 0), (2, 1), (5, 2)
     calib = {(): (5, -1.0), (A,): (7, -1.0), (B,): (4, -1.0), (C,): (5, -0.9)}
@@ -212,7 +212,7 @@ def test_group_bootstrap_moves_a_group_as_one():
     """Two adjectives of ten questions: all ten answers of one improve, none of the other. Over
     questions the gain looks sure; resampling the two groups gives 0, 0.5 or 1 (a quarter of the
     draws each end), so the 95% interval is exactly [0, 1]."""
-    from analyses.sinks.analysis import _group_difference
+    from workbench.analyses.sinks.analysis import _group_difference
     from workbench.stats import bootstrap_diff
 
     before = torch.zeros(20, dtype=torch.bool)

@@ -106,7 +106,7 @@ def test_core_never_imports_the_analyses():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
-            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "analyses" or n.startswith("analyses.")]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "workbench.analyses" or n.startswith(("workbench.analyses.", "workbench.app"))]
     assert offenders == []
 
 
@@ -136,7 +136,7 @@ def test_runs_saved_under_old_field_names_still_load(tmp_path):
 
     import torch
 
-    from analyses.ablation.analysis import AblationConfig, AblationResult
+    from workbench.analyses.ablation.analysis import AblationConfig, AblationResult
     from workbench.results import load_result
 
     result = AblationResult(config=AblationConfig(n_prompts=5, batch_size=64),

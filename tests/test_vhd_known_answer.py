@@ -10,9 +10,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from workbench.cache import forward_embeds
 from workbench.hooks import install_hook_points
 from workbench.models import Model, shape_of
-from analyses.vision_heads.vlm.generate import HeadPolicy, generate
-from analyses.vision_heads.vlm.heads import head_divergence, random_select, token_vhd, top_heads, vhr_select
-from analyses.vision_heads.vlm.model import PairedBatch, left_pad
+from workbench.analyses.vision_heads.vlm.generate import HeadPolicy, generate
+from workbench.analyses.vision_heads.vlm.heads import head_divergence, random_select, token_vhd, top_heads, vhr_select
+from workbench.analyses.vision_heads.vlm.model import PairedBatch, left_pad
 
 VIS, TXT, BIAS = 0, 1, 2  # marker dimensions of the hand-made embeddings
 GAIN = 30.0

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from analyses.vision_heads.analysis import VHDConfig, VHDResult, caption_one, run
+from workbench.analyses.vision_heads.analysis import VHDConfig, VHDResult, caption_one, run
 from workbench.results import load_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_round_trip(small_result, tmp_path):
 
 
 def test_figures_and_report(small_result):
-    from analyses.vision_heads import figures as vision
+    from workbench.analyses.vision_heads import figures as vision
     from workbench.report import render
 
     figs = [vision.vhd_map_figure(small_result), vision.top_heads_figure(small_result), vision.tvhd_figure(small_result, 1),
@@ -85,7 +85,7 @@ def test_figures_and_report(small_result):
 
 
 def test_choice_ignores_settings_that_silence_the_captions():
-    from analyses.vision_heads.analysis import choose
+    from workbench.analyses.vision_heads.analysis import choose
 
     before = {"mentioned_per_caption": 0.4}
     quiet = {"head_set": "vhr", "alpha": 3.0, "objective": 0.0, "vhr": {"mentioned_per_caption": 0.0}}
@@ -95,8 +95,8 @@ def test_choice_ignores_settings_that_silence_the_captions():
 
 
 def test_headline_figures(small_result):
-    from analyses.vision_heads import SPEC
-    from analyses.vision_heads.figures import headline_figures
+    from workbench.analyses.vision_heads import SPEC
+    from workbench.analyses.vision_heads.figures import headline_figures
 
     rows = headline_figures(small_result)
     assert any(r["text"].startswith("recall, before VHR") for r in rows)
@@ -105,8 +105,8 @@ def test_headline_figures(small_result):
 
 
 def test_projector_is_cached_and_reloaded(tiny_llama):
-    from analyses.vision_heads.analysis import projector_config
-    from analyses.vision_heads.vlm.train import build_vlm
+    from workbench.analyses.vision_heads.analysis import projector_config
+    from workbench.analyses.vision_heads.vlm.train import build_vlm
 
     cfg = projector_config(VHDConfig(**SMALL), tiny_llama.name)
     vlm, record = build_vlm(tiny_llama, cfg, progress=False)
@@ -157,7 +157,7 @@ def test_notebook_runs(monkeypatch):
 
 
 def test_headline_row_names_the_built_model_split_and_n(small_result):
-    from analyses.vision_heads.figures import headline_figures
+    from workbench.analyses.vision_heads.figures import headline_figures
 
     rows = headline_figures(small_result)
     first = rows[0]

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from analyses.vision_heads.analysis import VHDConfig, head_policy
-from analyses.vision_heads.vlm.generate import HeadPolicy, generate
-from analyses.vision_heads.vlm.heads import top_heads
-from analyses.vision_heads.vlm.model import PairedBatch, left_pad
+from workbench.analyses.vision_heads.analysis import VHDConfig, head_policy
+from workbench.analyses.vision_heads.vlm.generate import HeadPolicy, generate
+from workbench.analyses.vision_heads.vlm.heads import top_heads
+from workbench.analyses.vision_heads.vlm.model import PairedBatch, left_pad
 from workbench.cache import forward_embeds
 from workbench.hooks import install_hook_points
 from workbench.models import Model, shape_of

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analyses.vision_heads.vlm.generate import HeadPolicy, generate
-from analyses.vision_heads.vlm.model import DEFAULT_PROMPT
-from analyses.vision_heads.vlm.scenes import make_scenes
-from analyses.vision_heads.vlm.train import ProjectorConfig, build_vlm, caption_losses, encode_scenes
+from workbench.analyses.vision_heads.vlm.generate import HeadPolicy, generate
+from workbench.analyses.vision_heads.vlm.model import DEFAULT_PROMPT
+from workbench.analyses.vision_heads.vlm.scenes import make_scenes
+from workbench.analyses.vision_heads.vlm.train import ProjectorConfig, build_vlm, caption_losses, encode_scenes
 
 
 @pytest.mark.real_model

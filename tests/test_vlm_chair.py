@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from analyses.vision_heads.vlm.chair import chair, mentioned_objects
-from analyses.vision_heads.vlm.objects import BY_NAME, OBJECT_NAMES, PARTNERS, SYNONYMS
+from workbench.analyses.vision_heads.vlm.chair import chair, mentioned_objects
+from workbench.analyses.vision_heads.vlm.objects import BY_NAME, OBJECT_NAMES, PARTNERS, SYNONYMS
 
 
 def test_synonyms_map_to_objects():

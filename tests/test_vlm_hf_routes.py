@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.vision_heads.analysis import VHDConfig, run
-from analyses.vision_heads.vlm.generate import HeadPolicy, generate
-from analyses.vision_heads.vlm.heads import head_divergence, vhr_select
-from analyses.vision_heads.vlm.hf_vlm import HFVisionAdapter
-from analyses.vision_heads.vlm.tiny import build_tiny_llava, build_tiny_smolvlm
+from workbench.analyses.vision_heads.analysis import VHDConfig, run
+from workbench.analyses.vision_heads.vlm.generate import HeadPolicy, generate
+from workbench.analyses.vision_heads.vlm.heads import head_divergence, vhr_select
+from workbench.analyses.vision_heads.vlm.hf_vlm import HFVisionAdapter
+from workbench.analyses.vision_heads.vlm.tiny import build_tiny_llava, build_tiny_smolvlm
 from workbench.cache import forward_embeds
 from workbench.errors import InputError
 
@@ -175,7 +175,7 @@ def test_bad_folders_are_one_line_errors(folders, tmp_path):
 def test_shared_prompt_cache_gives_the_same_generation(adapters, kind):
     """The Captioner reuses the prompt's key-value cache across policies: same tokens, same
     VHD and the same chosen heads as decoding from scratch."""
-    from analyses.vision_heads.vlm.generate import Captioner, generate_chunked
+    from workbench.analyses.vision_heads.vlm.generate import Captioner, generate_chunked
 
     ad = adapters[kind]
     imgs = _images(3, seed=2)

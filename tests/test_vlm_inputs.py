@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from workbench.errors import InputError
-from analyses.vision_heads.vlm.model import prepare_images, split_prompt
+from workbench.analyses.vision_heads.vlm.model import prepare_images, split_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 

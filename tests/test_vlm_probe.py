@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analyses.vision_heads.vlm.objects import OBJECT_NAMES
-from analyses.vision_heads.vlm.probe import chance_recall, ranking_recall
+from workbench.analyses.vision_heads.vlm.objects import OBJECT_NAMES
+from workbench.analyses.vision_heads.vlm.probe import chance_recall, ranking_recall
 
 
 def test_ranking_recall_known_answers():

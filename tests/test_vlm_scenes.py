@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from workbench.errors import InputError
-from analyses.vision_heads.vlm.chair import mentioned_objects
-from analyses.vision_heads.vlm.objects import PARTNERS
-from analyses.vision_heads.vlm.scenes import caption_for, make_scenes, photo_half, reading_order, token_objects
+from workbench.analyses.vision_heads.vlm.chair import mentioned_objects
+from workbench.analyses.vision_heads.vlm.objects import PARTNERS
+from workbench.analyses.vision_heads.vlm.scenes import caption_for, make_scenes, photo_half, reading_order, token_objects
 
 
 def test_captions():
@@ -34,7 +34,7 @@ def test_scenes_are_deterministic_and_consistent(split):
 
 def test_train_and_heldout_pictures_share_no_pixel():
     """Training objects come from the left half of each photograph, val/test from the right."""
-    from analyses.vision_heads.vlm.objects import OBJECT_NAMES
+    from workbench.analyses.vision_heads.vlm.objects import OBJECT_NAMES
 
     for name in OBJECT_NAMES:
         left, right = photo_half(name, "left"), photo_half(name, "right")

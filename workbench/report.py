@@ -143,7 +143,7 @@ def run_report(result: Any, title: str, include: Sequence[str] | None = None, me
 
 def atlas_of(results: Sequence[Any], model: str | None) -> Any:
     """The head atlas of these results (read through the ``atlas`` spec, no model forward),
-    when it is installed and at least two of them come from analyses that declare per-head
+    when it is installed and at least two of them come from workbench.analyses that declare per-head
     columns; None otherwise (a failure is a warning on stderr, never a broken report)."""
     import sys
 

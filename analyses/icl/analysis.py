@@ -42,11 +42,11 @@ from workbench.results import Result, provenance, register_result
 from workbench.spec import option
 from workbench.stats import bootstrap, bootstrap_diff, wilson
 
-from analyses.icl import patterns as pat
-from analyses.icl import predictors as pred
-from analyses.icl.model import AttentionRegressor
-from analyses.icl.task import COVARIANCES, covariance_matrix, embed, sample_prompts
-from analyses.icl.training import TrainSpec, cache_path, train
+from workbench.analyses.icl import patterns as pat
+from workbench.analyses.icl import predictors as pred
+from workbench.analyses.icl.model import AttentionRegressor
+from workbench.analyses.icl.task import COVARIANCES, covariance_matrix, embed, sample_prompts
+from workbench.analyses.icl.training import TrainSpec, cache_path, train
 
 PREDICTORS = ("model", "single_head", "linear", "gd", "gd_debiased", "ridge")
 MAX_CONTEXT_FACTOR = 16  # default cap on evaluated context length: 16 x the training length

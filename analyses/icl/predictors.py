@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from analyses.icl.task import Prompts
+from workbench.analyses.icl.task import Prompts
 
 
 def gd_direction(p: Prompts, precond: torch.Tensor | None = None) -> torch.Tensor:

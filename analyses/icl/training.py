@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from workbench.paths import cache_dir
 
-from analyses.icl.model import AttentionRegressor, build
-from analyses.icl.task import covariance_matrix, embed, sample_prompts
+from workbench.analyses.icl.model import AttentionRegressor, build
+from workbench.analyses.icl.task import covariance_matrix, embed, sample_prompts
 
 CACHE_VERSION = 1  # bump when training code changes what a spec produces
 

@@ -217,7 +217,7 @@ class LrpResult(Result):
         return out
 
     def report_sections(self) -> list:
-        from analyses.lrp.figures import prompt_sections
+        from workbench.analyses.lrp.figures import prompt_sections
 
         return prompt_sections(self)
 
@@ -271,7 +271,7 @@ def _target_fn(target: int, contrast: int | None) -> Callable[[torch.Tensor], to
 def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResult:
     """AttnLRP, gradient x input and rollout on every prompt, then the deletion test, with
     per-task bootstrap intervals over prompts."""
-    from analyses.lrp import attnlrp as A
+    from workbench.analyses.lrp import attnlrp as A
 
     if model is None:
         raise InputError("the prompt mode of lrp needs a language model; pass one (e.g. smollm2-135m)")
@@ -523,7 +523,7 @@ class LrpImageResult(Result):
         return out
 
     def report_sections(self) -> list:
-        from analyses.lrp.figures import image_sections
+        from workbench.analyses.lrp.figures import image_sections
 
         return image_sections(self)
 
@@ -544,7 +544,7 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
     """Top classes, LRP / SR / gradient maps and their deletion curves for every image."""
     from workbench.vision import load_efficientnet_lite0, load_image, preprocess, top_classes
 
-    from analyses.lrp import cnn as C
+    from workbench.analyses.lrp import cnn as C
 
     if not config.images:
         raise InputError("no image given; pass an image file path or a shipped photo name such as chelsea")

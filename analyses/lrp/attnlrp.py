@@ -40,7 +40,7 @@ from workbench.cache import Tokens, forward, run_with_cache
 from workbench.errors import InputError
 from workbench.hooks import unhooked_copy
 
-from analyses.lrp.imports import import_lxt
+from workbench.analyses.lrp.imports import import_lxt
 
 ATTNLRP_IMPL = "workbench_attnlrp"
 TargetFn = Callable[[torch.Tensor], torch.Tensor]  # [vocab] logits at the last position -> scalar

@@ -23,7 +23,7 @@ from torch import nn
 
 from workbench.vision.efficientnet import EfficientNetLite0, MBConv
 
-from analyses.lrp.imports import import_zennit
+from workbench.analyses.lrp.imports import import_zennit
 
 COMPOSITES = ("epsilon_gamma_box", "epsilon_plus_flat")
 RULES = {

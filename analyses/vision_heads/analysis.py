@@ -4,7 +4,7 @@ Vision-aware Head Divergence", ACL 2025).
 
 * VHD of head (l, h) at decoding step t: ``|| z_lh(y_t | y_<t, image, text) - z_lh(y_t | y_<t, text) ||_2``,
   with z the head's output *before* W_O (``blocks.{l}.attn.hook_z``; why: see
-  ``analyses.vision_heads.vlm.heads``), both branches fed the same caption so far.
+  ``workbench.analyses.vision_heads.vlm.heads``), both branches fed the same caption so far.
 * T-VHD of a token: the mean of the top-k head VHDs at its step.
 * The VHD map: the mean VHD per head over every decoding step of every held-out scene.
 * VHR: while decoding, per layer, drop outlier heads (VHD > layer mean + 1 std), pick the
@@ -15,12 +15,12 @@ Vision-aware Head Divergence", ACL 2025).
   other composition) against two controls: as many random heads (``random_draws`` draws) and
   every head scaled alike, with bootstrap intervals over scenes (``workbench.stats``).
 
-The model: ``analyses.vision_heads.vlm`` (EfficientNet-Lite0 -> projector -> smollm2-135m), built and
+The model: ``workbench.analyses.vision_heads.vlm`` (EfficientNet-Lite0 -> projector -> smollm2-135m), built and
 cached on first use; whether it sees (caption loss on the first test scenes, object recall of
 greedy captions) is measured here against image-free baselines (another scene's image; no
-image). The forced-choice object ranking (``analyses.vision_heads.vlm.probe``) is no longer run
+image). The forced-choice object ranking (``workbench.analyses.vision_heads.vlm.probe``) is no longer run
 by default: it cost more forwards than the whole VHR experiment. Any object with ``lm``,
-``token_embeds`` and ``paired_batch`` (``analyses.vision_heads.vlm.hf_vlm.HFVisionAdapter``: the
+``token_embeds`` and ``paired_batch`` (``workbench.analyses.vision_heads.vlm.hf_vlm.HFVisionAdapter``: the
 ``--llava`` and ``--vlm`` folders) can be passed as ``model`` instead."""
 from __future__ import annotations
 
@@ -36,13 +36,13 @@ from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
 from workbench.spec import check_config, option
 from workbench.stats import Interval, bootstrap
-from analyses.vision_heads.vlm.chair import chair, mentioned_objects, per_caption
-from analyses.vision_heads.vlm.generate import Captioner, HeadPolicy, generate_chunked
-from analyses.vision_heads.vlm.heads import DISTANCES, token_vhd, top_heads
-from analyses.vision_heads.vlm.model import DEFAULT_PROMPT, feature_grid, split_prompt
-from analyses.vision_heads.vlm.objects import SYNONYMS
-from analyses.vision_heads.vlm.scenes import make_scenes
-from analyses.vision_heads.vlm.train import ProjectorConfig, build_vlm, caption_losses, encode_scenes
+from workbench.analyses.vision_heads.vlm.chair import chair, mentioned_objects, per_caption
+from workbench.analyses.vision_heads.vlm.generate import Captioner, HeadPolicy, generate_chunked
+from workbench.analyses.vision_heads.vlm.heads import DISTANCES, token_vhd, top_heads
+from workbench.analyses.vision_heads.vlm.model import DEFAULT_PROMPT, feature_grid, split_prompt
+from workbench.analyses.vision_heads.vlm.objects import SYNONYMS
+from workbench.analyses.vision_heads.vlm.scenes import make_scenes
+from workbench.analyses.vision_heads.vlm.train import ProjectorConfig, build_vlm, caption_losses, encode_scenes
 
 LOSS_SCENES = 16  # test scenes the caption losses are measured on
 DEFAULT_ALPHA = 2.0  # caption_one's alpha when none is given (a single image has no validation split)
@@ -103,7 +103,7 @@ class VHDConfig:
         if self.llava and self.vlm:
             raise InputError("--llava and --vlm both given; analyse one model at a time (drop one of them)")
         if self.llava or self.vlm:
-            from analyses.vision_heads.vlm.hf_vlm import check_folder
+            from workbench.analyses.vision_heads.vlm.hf_vlm import check_folder
 
             check_folder(self.llava or self.vlm, "llava" if self.llava else "smolvlm")
         if self.image is not None:
@@ -180,8 +180,8 @@ def projector_config(config: VHDConfig, lm_name: str) -> ProjectorConfig:
 
 def load_folder_vlm(config: VHDConfig, device: str = "cpu", dtype: str = "float32") -> Any:
     """The local Hugging Face VLM of ``--llava`` or ``--vlm`` behind the interface the analysis
-    uses (``analyses.vision_heads.vlm.hf_vlm``); a one-line error for a missing or wrong folder."""
-    from analyses.vision_heads.vlm.hf_vlm import check_folder, load_hf_vlm
+    uses (``workbench.analyses.vision_heads.vlm.hf_vlm``); a one-line error for a missing or wrong folder."""
+    from workbench.analyses.vision_heads.vlm.hf_vlm import check_folder, load_hf_vlm
 
     kind, folder = ("llava", config.llava) if config.llava else ("smolvlm", config.vlm)
     check_folder(folder, kind)
@@ -531,7 +531,7 @@ class VHDResult(Result):
         return out
 
     def report_sections(self) -> list:
-        from analyses.vision_heads.figures import vision_sections
+        from workbench.analyses.vision_heads.figures import vision_sections
 
         return vision_sections(self)
 

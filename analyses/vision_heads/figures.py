@@ -1,4 +1,4 @@
-"""Figures of the vision-head analysis (``analyses.vision_heads.analysis``): the layer-by-head VHD map,
+"""Figures of the vision-head analysis (``workbench.analyses.vision_heads.analysis``): the layer-by-head VHD map,
 T-VHD along a caption, the VHR alpha sweep against random heads, the projector's quality
 against image-free baselines, and a scene with its captions before and after VHR."""
 from __future__ import annotations
@@ -24,7 +24,7 @@ def top_heads_figure(result: Any, k: int = 15) -> go.Figure:
 def tvhd_figure(result: Any, index: int = 0) -> go.Figure:
     """T-VHD (mean of the top-k head VHDs) at each generated token of one caption; object
     words that are in the image are green, hallucinated ones red."""
-    from analyses.vision_heads.vlm.objects import SYNONYMS
+    from workbench.analyses.vision_heads.vlm.objects import SYNONYMS
 
     tokens = result.caption_tokens[index]
     truth = set(result.truths[index])
@@ -182,7 +182,7 @@ def headline(result: Any) -> list[tuple[str, Any]]:
 def headline_figures(result: Any) -> list[dict]:
     """The README row: test-split recall and CHAIR_i before VHR, after it and for both controls,
     with their intervals; the validated alpha and head set."""
-    from analyses.vision_heads.vlm.model import feature_grid
+    from workbench.analyses.vision_heads.vlm.model import feature_grid
     from workbench.spec import figure
 
     ivs = result.chair_intervals

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from analyses.vision_heads.figures import sweep_table, tvhd_figure
+from workbench.analyses.vision_heads.figures import sweep_table, tvhd_figure
 
 
 def page_extra(result: Any) -> None:

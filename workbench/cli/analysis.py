@@ -44,7 +44,8 @@ COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
     ("seed", int, typer.Option(0, "--seed", help="random seed (datasets, head draws, initialisation)")),
     ("out", Optional[Path], typer.Option(None, "--out", help="run folder to write (default: runs/<analysis>-<model>-<time>); a new folder or an earlier run")),
     ("as_json", bool, JSON_OPT),
-    ("ray", Optional[str], typer.Option(None, "--ray", help="spread the sweep over Ray: auto (a local cluster for this run) or a cluster address (needs pip install \"workbench[ray]\")")),
+    # "\\[ray]": the backslash keeps rich from reading [ray] as markup and dropping it
+    ("ray", Optional[str], typer.Option(None, "--ray", help="spread the sweep over Ray: auto (a local cluster for this run) or a cluster address (needs pip install \"workbench\\[ray]\")")),
     ("workers", int, typer.Option(2, "--workers", help="Ray workers (with --ray); each loads the model once")),
     ("device_map", Optional[str], typer.Option(None, "--device-map", help="split the model over devices with accelerate: auto, or module=device,... / JSON")),
     ("remote", bool, typer.Option(False, "--remote", help="with --backend nnsight: run the traces on NDIF (needs NDIF_API_KEY)")),

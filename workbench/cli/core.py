@@ -1,6 +1,8 @@
 """Commands about the workbench itself: models, runs, the dashboard."""
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import os
 import sys
@@ -55,7 +57,8 @@ def register(app: typer.Typer) -> None:
         address: str = typer.Option("127.0.0.1", "--address"),
     ) -> None:
         """Start the Streamlit dashboard on 127.0.0.1."""
-        home = Path(__file__).resolve().parents[2] / "app" / "Home.py"
+        app_spec = importlib.util.find_spec("workbench.app")  # located, not imported: the core never imports the app
+        home = Path(app_spec.origin).resolve().parent / "Home.py"
         print(f"dashboard: http://{address}:{port}", flush=True)
         cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(port),
                "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false"]

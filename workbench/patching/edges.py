@@ -17,7 +17,7 @@ ACDC, restricted to head-to-head and head-to-logits edges.
 
 Suffix-only: a configuration is clean below the layer of its first patched destination,
 so the clean run's residual stream is reused there. The masked sum over source edges is
-``kernels.dispatch.masked_edge_sum`` (Triton on CUDA, PyTorch reference elsewhere).
+``workbench.kernels.patching.dispatch.masked_edge_sum`` (Triton on CUDA, PyTorch reference elsewhere).
 
 API (used by the circuits analysis)::
 
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from kernels import dispatch
+from workbench.kernels.patching import dispatch
 
 from ..cache import Tokens
 from ..errors import InputError

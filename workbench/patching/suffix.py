@@ -11,7 +11,7 @@ so that layer costs only the mix and the output projection.
 Configurations are grouped by ``p0`` and sorted by ``l0``; within one chunk they join the
 batch at their first layer (no layer is computed for a configuration that is still
 clean there). The mix of head outputs with the source and the output projection is one
-fused op (``kernels.dispatch.patch_mix_project``: the Triton kernel on CUDA, its PyTorch
+fused op (``workbench.kernels.patching.dispatch.patch_mix_project``: the Triton kernel on CUDA, its PyTorch
 reference elsewhere).
 
 Works on every architecture with an adapter (``workbench.adapters``: the Llama family
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from kernels import dispatch
+from workbench.kernels.patching import dispatch
 
 from ..adapters import Adapter, adapter_for
 from ..cache import Tokens
@@ -115,6 +115,12 @@ class SuffixRunner:
 
     def __init__(self, model: Any, clean: CleanRun, source_z: dict[int, torch.Tensor], kernel: str | None = None):
         self.adapter = adapter = check_supported(model)
+        try:  # WORKBENCH_KERNEL or kernel= naming no backend: bad input, said before any work
+            dispatch.choose(clean.last_logits.device, kernel)
+        except dispatch.KernelChoiceError as err:
+            raise InputError(f"{err} (WORKBENCH_KERNEL or kernel=)") from None
+        except dispatch.KernelUnavailable:
+            pass  # raised again, with its own message, where the kernel is called
         self.model, self.clean, self.kernel = model, clean, kernel
         self.layers = adapter.layers(model.hf)
         self.attns = [adapter.attn(layer) for layer in self.layers]

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from analyses.vision_heads.vlm.objects import SYNONYMS
+from workbench.analyses.vision_heads.vlm.objects import SYNONYMS
 
 _WORD = re.compile(r"[a-z]+")
 

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from workbench.cache import forward_embeds
 from workbench.errors import InputError
-from analyses.vision_heads.vlm.heads import head_divergence, random_select, vhr_select
-from analyses.vision_heads.vlm.model import PairedBatch
+from workbench.analyses.vision_heads.vlm.heads import head_divergence, random_select, vhr_select
+from workbench.analyses.vision_heads.vlm.model import PairedBatch
 
 MODES = ("none", "vhr", "random", "fixed", "all")
 

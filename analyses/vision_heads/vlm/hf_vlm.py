@@ -12,7 +12,7 @@ tower's projected features written at the image-token positions (what the model'
 does), and beside it the same prompt with the image placeholder removed.
 
 Tested on tiny random models of both built offline from their configurations
-(``analyses.vision_heads.vlm.tiny``); no released checkpoint is reachable here."""
+(``workbench.analyses.vision_heads.vlm.tiny``); no released checkpoint is reachable here."""
 from __future__ import annotations
 
 import json
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from workbench.errors import InputError
-from analyses.vision_heads.vlm.model import IMAGE_TOKEN, PairedBatch, left_pad, split_prompt
+from workbench.analyses.vision_heads.vlm.model import IMAGE_TOKEN, PairedBatch, left_pad, split_prompt
 
 # kind -> (flag, the model types it accepts, what the user should give)
 KINDS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from analyses.vision_heads.vlm.hf_vlm import HFVisionAdapter
+from workbench.analyses.vision_heads.vlm.hf_vlm import HFVisionAdapter
 
 
 class HFLlavaAdapter(HFVisionAdapter):

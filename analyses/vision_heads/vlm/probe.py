@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import torch
 
 from workbench.cache import forward_embeds
-from analyses.vision_heads.vlm.model import left_pad
-from analyses.vision_heads.vlm.objects import OBJECT_NAMES
+from workbench.analyses.vision_heads.vlm.model import left_pad
+from workbench.analyses.vision_heads.vlm.objects import OBJECT_NAMES
 
 
 def _start(obj: str) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from workbench.errors import InputError
-from analyses.vision_heads.vlm.objects import BY_NAME, OBJECT_NAMES, PARTNERS
+from workbench.analyses.vision_heads.vlm.objects import BY_NAME, OBJECT_NAMES, PARTNERS
 
 # split -> (pair_prob, seed offset, photo half, layout)
 SPLITS = {"train": (0.85, 0, "left", "mixed"), "val": (0.0, 2_000_003, "right", "free"),

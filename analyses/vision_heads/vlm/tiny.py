@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from analyses.vision_heads.vlm.objects import OBJECTS
+from workbench.analyses.vision_heads.vlm.objects import OBJECTS
 
 WORDS = ("a", "A", "an", "and", "the", "of", "photo", "picture", "in", "there", "is", "with", ".", ",", ":", "User",
          "Assistant", "Describe", "image")

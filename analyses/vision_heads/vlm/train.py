@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from workbench.cache import forward_embeds
 from workbench.paths import cache_dir
-from analyses.vision_heads.vlm.model import DEFAULT_PROMPT, VisionLanguageModel, left_pad
-from analyses.vision_heads.vlm.objects import BY_NAME
-from analyses.vision_heads.vlm.scenes import Scene, make_scenes, token_objects
+from workbench.analyses.vision_heads.vlm.model import DEFAULT_PROMPT, VisionLanguageModel, left_pad
+from workbench.analyses.vision_heads.vlm.objects import BY_NAME
+from workbench.analyses.vision_heads.vlm.scenes import Scene, make_scenes, token_objects
 
 FORMAT = 3  # 3: mixed training layouts (scenes.SPLITS), 1024 scenes, 200 steps at lr 2e-3
 

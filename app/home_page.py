@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.common import draw_sections, show_error
+from workbench.app.common import draw_sections, show_error
 from workbench.errors import WorkbenchError
 from workbench.results import list_runs, load_result
 

@@ -1,4 +1,4 @@
-"""Triton kernels for batched activation patching (same signatures as ``kernels.reference``).
+"""Triton kernels for batched activation patching (same signatures as ``reference``).
 
 ``patch_mix_project``: for every configuration c, prompt n and position s, the attention
 output ``sum_h where(mask[c,s,h], source[n,s,h], z[c,n,s,h]) @ W_O[h] (+ b_O)``. The mix
@@ -96,7 +96,7 @@ def patch_mix_project(
     w_o: torch.Tensor,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """See ``kernels.reference.patch_mix_project``: z [C N S H D], source [N S H D],
+    """See ``reference.patch_mix_project``: z [C N S H D], source [N S H D],
     mask [C S H], w_o [H D M], bias [M] -> [C N S M] in z's dtype."""
     c, n, s, h, d = z.shape
     m = w_o.shape[-1]
@@ -121,7 +121,7 @@ def patch_mix_project(
 
 
 def masked_edge_sum(base: torch.Tensor, deltas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """See ``kernels.reference.masked_edge_sum``: base [N S M] or [C N S M], deltas
+    """See ``reference.masked_edge_sum``: base [N S M] or [C N S M], deltas
     [E N S M] or [E C N S M], mask [C E] -> [C N S M]."""
     c, e = mask.shape
     shared = deltas.ndim == 4

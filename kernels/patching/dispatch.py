@@ -17,6 +17,10 @@ from . import reference
 CHOICES = ("auto", "triton", "reference")
 
 
+class KernelChoiceError(ValueError):
+    """An unknown kernel backend was asked for (the workbench reports it as bad input)."""
+
+
 class KernelUnavailable(RuntimeError):
     """The Triton kernel was forced where it cannot run."""
 
@@ -37,9 +41,7 @@ def choose(device: torch.device | str, backend: str | None = None) -> str:
     """'triton' or 'reference' for tensors on ``device``; raises if a forced choice is impossible."""
     want = backend or os.environ.get("WORKBENCH_KERNEL", "auto")
     if want not in CHOICES:
-        from workbench.errors import InputError
-
-        raise InputError(f"unknown kernel backend '{want}'; choose one of {', '.join(CHOICES)}")
+        raise KernelChoiceError(f"unknown kernel backend '{want}'; choose one of {', '.join(CHOICES)}")
     if want == "reference":
         return "reference"
     on_cuda = torch.device(device).type == "cuda"
@@ -61,10 +63,10 @@ def _impl(name: str, device: torch.device, backend: str | None) -> Callable:
 
 
 def patch_mix_project(z, source, mask, w_o, bias=None, backend: str | None = None) -> torch.Tensor:
-    """Dispatching ``patch_mix_project`` (see ``kernels.reference`` for shapes)."""
+    """Dispatching ``patch_mix_project`` (see ``reference`` for shapes)."""
     return _impl("patch_mix_project", z.device, backend)(z, source, mask, w_o, bias)
 
 
 def masked_edge_sum(base, deltas, mask, backend: str | None = None) -> torch.Tensor:
-    """Dispatching ``masked_edge_sum`` (see ``kernels.reference`` for shapes)."""
+    """Dispatching ``masked_edge_sum`` (see ``reference`` for shapes)."""
     return _impl("masked_edge_sum", deltas.device, backend)(base, deltas, mask)
