@@ -241,7 +241,8 @@ def test_out_at_a_run_folder_with_a_user_file_is_refused(tmp_path):
     (run / "my-notes.txt").write_text("what I saw")
     before = snapshot(tmp_path)
     proc = workbench(["ablation", "--model", "tiny-llama", "--n", "2", "--out", str(run)], tmp_path)
-    assert_one_error(proc, "does not hold a workbench run")
+    assert_one_error(proc, str(run), "my-notes.txt", "did not write", "move what you keep out of it")
+    assert "loading" not in proc.stderr
     assert snapshot(tmp_path) == before
 
 
@@ -497,6 +498,75 @@ def test_save_interrupted_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         results.Result(metrics={"x": 1}).save(tmp_path / "run")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    """``kill``, ``timeout`` and schedulers send SIGTERM: "interrupted", exit 143 (128 + 15), no traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", TOY_FLOAT_CLI.replace(
+        'open("RAN", "w").write("the analysis ran")', 'import time; print("running", file=sys.stderr, flush=True); '
+        'time.sleep(120)'), "toyfloat"], cwd=tmp_path, env=dict(os.environ, WORKBENCH_RUNS=str(tmp_path / "runs")),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert any(line.strip() == "running" for line in iter(proc.stderr.readline, ""))  # then it waits
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, rest
+    assert "Traceback" not in rest and lines_of(rest) == ["interrupted"]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----- the dashboard's server options: checked before streamlit starts -------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--port", "-1"], ["--port", "between 1 and 65535", "-1"]),
+    (["--port", "70000"], ["--port", "70000"]),
+    (["--port", "0"], ["--port"]),
+    (["--address", "no such host..invalid"], ["--address", "no such host..invalid", "127.0.0.1"]),
+    (["--address", "999.1.2.3"], ["--address"]),
+])
+def test_app_server_options_are_one_line(tmp_path, args, words):
+    """They were tracebacks from inside streamlit."""
+    before = snapshot(tmp_path)
+    proc = workbench(["app", *args], tmp_path, timeout=120)
+    assert_one_error(proc, *words)
+    assert proc.stdout == ""  # streamlit never started
+    assert snapshot(tmp_path) == before
+
+
+def test_app_port_in_use_names_the_option(tmp_path):
+    """It exited 1 with streamlit's own message, which does not name --port."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = workbench(["app", "--port", str(port)], tmp_path, timeout=120)
+    assert_one_error(proc, f"--port {port}", "in use", "--port ")
+    assert proc.stdout == ""
+
+
+def test_app_on_a_network_address_warns_that_runs_become_readable(tmp_path):
+    env = dict(os.environ, WORKBENCH_RUNS=str(tmp_path / "runs"))
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "app", "--address", "0.0.0.0", "--port", str(_free_port())],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stderr.readline()
+    finally:
+        proc.kill()  # the exec'd streamlit server itself
+        proc.communicate(timeout=60)
+    assert first.startswith("warning: --address 0.0.0.0") and "every saved run" in first, first
+    assert str(tmp_path / "runs") in first and "readable" in first
 
 
 # ----- the dashboard's home page with broken runs ---------------------------------

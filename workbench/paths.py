@@ -6,9 +6,17 @@ import os
 from pathlib import Path
 
 
+def user_path(path: str | os.PathLike) -> Path:
+    """A path as the user typed it, with a leading ``~`` or ``~user`` expanded: the shell
+    leaves a quoted ``"~/x"`` and the value of an environment variable alone, and a folder
+    literally named ``~`` in the current directory is never what was meant."""
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
 def cache_dir(*parts: str) -> Path:
     """The user cache folder (``$WORKBENCH_CACHE`` or ``~/.cache/workbench``), created on demand."""
-    root = Path(os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "workbench")
+    env = os.environ.get("WORKBENCH_CACHE")
+    root = user_path(env) if env else Path.home() / ".cache" / "workbench"
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -16,7 +24,7 @@ def cache_dir(*parts: str) -> Path:
 
 def runs_dir() -> Path:
     """The folder that holds run folders (``$WORKBENCH_RUNS`` or ``./runs``)."""
-    return Path(os.environ.get("WORKBENCH_RUNS") or "runs")
+    return user_path(os.environ.get("WORKBENCH_RUNS") or "runs")
 
 
 def wheel_file(wheel: str, filename: str, what: str) -> Path:

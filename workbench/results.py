@@ -5,9 +5,12 @@ atomically, and loads back into the same object.
 A run folder holds::
 
     result.json          analysis, config, metrics, provenance (model, seed, git, versions, time),
-                         and the sha256 and size of arrays.safetensors
+                         the mark ``"written_by": "workbench"`` and the manifest ``files``: the
+                         sha256 and size of every other file the run wrote
     arrays.safetensors   named tensors (absent when the result has none)
     report.html          optional, written by ``workbench.report``
+
+Only a folder holding nothing but what the workbench wrote is ever replaced (``run_folder``).
 
 Loading validates a run: the schema of result.json (format version, the types of config,
 metrics, meta and the array list, the config fields against the Config's annotations),
@@ -19,14 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,14 +38,14 @@ import numpy as np
 import torch
 
 from .errors import ResultError, WorkbenchError
-from .paths import runs_dir
+from .paths import runs_dir, user_path
+from .run_folder import (ARRAYS_FILE, CHECKSUM_KEY, FILES_KEY, MARKER, MARKER_KEY, RESULT_FILE, SIZE_KEY,
+                         check_run_target, clean_stale_saves, discard_temp, is_safe_name, manifest, move_into_place,
+                         sha256_file, temp_folder)
+from .run_folder import is_run_folder  # noqa: F401  (re-exported: callers import it from the results store)
 
-RESULT_FILE = "result.json"
-ARRAYS_FILE = "arrays.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the manifest is an addition older readers ignore: no new version
 KNOWN_FORMAT_VERSIONS = (1,)  # versions this workbench can read
-CHECKSUM_KEY = "arrays_sha256"  # sha256 of arrays.safetensors, recorded at save time
-SIZE_KEY = "arrays_bytes"  # its size, which ``list_runs`` checks without reading the file
 
 _RESULT_CLASSES: dict[str, type["Result"]] = {}
 
@@ -168,36 +168,36 @@ class Result:
     def save(self, path: str | os.PathLike | None = None, *, extra_files: dict[str, str | bytes] | None = None) -> Path:
         """Write the run folder atomically: everything goes into a temporary sibling
         folder, which is renamed into place only when complete. Returns the folder.
-        An existing target must be an earlier run folder (``check_run_target``)."""
-        target = Path(path) if path is not None else runs_dir() / self.default_run_name()
+        An existing target must hold nothing but an earlier run (``check_run_target``);
+        a killed save's stale leftovers beside it are cleaned first."""
+        target = user_path(path) if path is not None else runs_dir() / self.default_run_name()
         check_run_target(target)
+        bad = [name for name in extra_files or {} if not is_safe_name(name)]
+        if bad:
+            raise ValueError(f"extra_files must be plain file names other than {RESULT_FILE}: {bad}")
         parent = target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+            clean_stale_saves(parent)
+            tmp = temp_folder(parent, target.name)
         except OSError as exc:
             raise ResultError(
                 f"cannot write run folder {target}: {exc.strerror or exc}; choose a writable folder with --out or WORKBENCH_RUNS"
             ) from None
         try:
             self._write_into(tmp, extra_files or {})
-            if target.exists():
-                old = parent / f".{target.name}.old-{os.getpid()}"
-                os.rename(target, old)
-                os.rename(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, target)
+            move_into_place(tmp, target)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            discard_temp(tmp)
             raise ResultError(f"cannot write run folder {target}: {exc.strerror or exc}; choose a writable folder") from None
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            discard_temp(tmp)
             raise
         self.path = target
         return target
 
     def _write_into(self, folder: Path, extra_files: dict[str, str | bytes]) -> None:
+        """The arrays and extra files first, result.json with the manifest of them last."""
         from safetensors.torch import save_file
 
         doc = {
@@ -212,13 +212,15 @@ class Result:
             # a copy each: safetensors refuses tensors that share storage (views of one another)
             tensors = {k: _as_tensor(v).detach().cpu().contiguous().clone() for k, v in self.arrays.items()}
             save_file(tensors, str(folder / ARRAYS_FILE))
-            doc[CHECKSUM_KEY] = sha256_file(folder / ARRAYS_FILE)
-            doc[SIZE_KEY] = (folder / ARRAYS_FILE).stat().st_size
-        (folder / RESULT_FILE).write_text(json.dumps(doc, indent=2, allow_nan=False))
         for name, content in extra_files.items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(folder / name, mode) as fh:
                 fh.write(content)
+        files = manifest(folder)
+        if ARRAYS_FILE in files:
+            doc[CHECKSUM_KEY], doc[SIZE_KEY] = files[ARRAYS_FILE]["sha256"], files[ARRAYS_FILE]["bytes"]
+        doc[MARKER_KEY], doc[FILES_KEY] = MARKER, files
+        (folder / RESULT_FILE).write_text(json.dumps(doc, indent=2, allow_nan=False))
 
     # ----- loading ------------------------------------------------------------
     def check(self) -> None:
@@ -251,50 +253,6 @@ class Result:
         if cls is not Result and not isinstance(result, cls):
             raise ResultError(f"{path} holds a '{result.analysis}' result, not '{cls.analysis}'; open it with load_result")
         return result
-
-
-RUN_FILE_SUFFIXES = (".html", ".json", ".png", ".csv", ".parquet")  # what a run writes beside its result (report, tables)
-
-
-def is_run_folder(path: Path) -> bool:
-    """A folder the workbench wrote: it holds ``result.json`` and nothing but run files."""
-    if not path.is_dir() or not (path / RESULT_FILE).is_file():
-        return False
-    return all(p.name in (RESULT_FILE, ARRAYS_FILE) or p.suffix in RUN_FILE_SUFFIXES for p in path.iterdir())
-
-
-def check_run_target(path: str | os.PathLike | None) -> None:
-    """Refuse, before any work, an ``--out`` that would replace something the user made:
-    it may name a new or empty folder, or an earlier run folder (replaced atomically).
-    Its nearest existing parent must be a writable folder. ``None`` checks the runs folder
-    the run would go to (``$WORKBENCH_RUNS``)."""
-    if path is None:
-        base = runs_dir()
-        if base.exists() and not base.is_dir():
-            raise ResultError(f"the runs folder {base} is a file, not a folder; set WORKBENCH_RUNS to a folder or pass --out")
-        _check_writable(base, f"the runs folder {base}", "set WORKBENCH_RUNS to a writable folder or pass --out")
-        return
-    target = Path(path)
-    if not target.exists() and not target.is_symlink():
-        _check_writable(target.parent, f"run folder {target}", "name a folder elsewhere with --out")
-        return
-    if target.is_symlink() or not target.is_dir():
-        raise ResultError(f"--out {target} is an existing file, not a run folder; name a new folder")
-    if any(target.iterdir()) and not is_run_folder(target):
-        raise ResultError(f"--out {target} is a folder that does not hold a workbench run; "
-                          "name a new folder (nothing was changed)")
-    _check_writable(target.parent, f"run folder {target}", "name a folder elsewhere with --out")
-
-
-def _check_writable(folder: Path, what: str, fix: str) -> None:
-    """The nearest existing ancestor of ``folder`` (itself included) is a writable folder."""
-    probe = folder if str(folder) else Path(".")
-    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ResultError(f"cannot write {what}: {probe} is a file, not a folder; {fix}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ResultError(f"cannot write {what}: {probe} is not writable; {fix}")
 
 
 _READ_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError)
@@ -363,15 +321,6 @@ def _value_fits(value: Any, annotation: Any) -> bool:
     return True
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file, read in 1 MB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _json_type(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
@@ -427,12 +376,36 @@ def check_doc(doc: Any, doc_path: Path | str = RESULT_FILE) -> None:
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise bad(f"meta.{key} is {_json_type(meta[key])}, not a string")
     checksum = doc.get(CHECKSUM_KEY)
-    if checksum is not None and not (isinstance(checksum, str) and len(checksum) == 64
-                                     and all(c in "0123456789abcdef" for c in checksum)):
+    if checksum is not None and not _is_sha256(checksum):
         raise bad(f"{CHECKSUM_KEY} is not a sha256 hex digest")
     size = doc.get(SIZE_KEY)
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+    if size is not None and not _is_byte_count(size):
         raise bad(f"{SIZE_KEY} is not a byte count")
+    _check_manifest(doc, bad)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is_byte_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_manifest(doc: dict[str, Any], bad: Any) -> None:
+    """The mark and the manifest of the files the run wrote (runs saved before them have neither)."""
+    if MARKER_KEY in doc and doc[MARKER_KEY] != MARKER:
+        raise bad(f"{MARKER_KEY} is {json.dumps(doc[MARKER_KEY])[:40]}, not \"{MARKER}\"")
+    if FILES_KEY not in doc:
+        return
+    files = doc[FILES_KEY]
+    if not isinstance(files, dict):
+        raise bad(f"{FILES_KEY} is {_json_type(files)}, not an object")
+    for name, entry in files.items():
+        if not is_safe_name(name):
+            raise bad(f"{FILES_KEY} names {json.dumps(name)[:60]}, which is not a file of the run folder")
+        if not isinstance(entry, dict) or not _is_sha256(entry.get("sha256")) or not _is_byte_count(entry.get("bytes")):
+            raise bad(f"{FILES_KEY}.{name} is not a sha256 and a byte count")
 
 
 CHEAP_CHECKSUM_BYTES = 32 << 20  # ``list_runs`` checks the sha256 of arrays files up to this size
@@ -515,7 +488,7 @@ def load_result(path: str | os.PathLike) -> Result:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(path)
+    folder = user_path(path)
     if not folder.is_dir():
         raise ResultError(f"run folder {folder} does not exist; list saved runs with `workbench runs`")
     doc = read_result_doc(folder)
@@ -569,7 +542,7 @@ def _spec_result_class(analysis: str) -> type[Result] | None:
 
 def list_runs(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Saved runs under the runs folder, newest first, each as a small dict (path, analysis, model, created)."""
-    base = Path(root) if root is not None else runs_dir()
+    base = user_path(root) if root is not None else runs_dir()
     if not base.is_dir():
         return []
     runs = []

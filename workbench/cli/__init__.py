@@ -1,7 +1,7 @@
 """The ``workbench`` command line (typer): the commands about the workbench itself
 (``core``) plus one command per installed analysis, built from its spec. Errors a user
 can fix print as one line and exit 2; usage errors print typer's usage line and exit 2;
-Ctrl-C prints "interrupted" and exits 130."""
+Ctrl-C (or SIGTERM) prints "interrupted" and exits 130 (143)."""
 from __future__ import annotations
 
 import sys
@@ -11,10 +11,42 @@ import typer
 from ..errors import WorkbenchError
 from . import core
 from .analysis import register_analysis
+from .common import interrupted_exit_code, stop_on_sigterm
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of attention heads: analyses, reports and a dashboard.")
 core.register(app)
+
+
+def versions() -> list[str]:
+    """What a bug report needs first: the package, torch and transformers versions, and the
+    device ``--device auto`` would use (the CUDA device's name, else cpu)."""
+    from importlib import metadata
+
+    import torch
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    device = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
+    return [f"workbench {version('workbench')}", f"torch {torch.__version__}",
+            f"transformers {version('transformers')}", f"device {device}"]
+
+
+def _print_versions(value: bool) -> None:
+    if value:
+        print("\n".join(versions()))
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_versions,
+                                       help="print the workbench, torch and transformers versions and the device, "
+                                            "then exit")) -> None:
+    """Mechanistic interpretability of attention heads: analyses, reports and a dashboard."""
 
 
 _registered: set[str] = set()
@@ -32,6 +64,7 @@ def register_analyses() -> None:
 
 def main() -> None:
     """Entry point: run the app; user-fixable errors are one line on stderr."""
+    stop_on_sigterm()
     try:
         register_analyses()
         # not standalone, typer turns Ctrl-C into Exit(130) and returns the exit code
@@ -45,7 +78,7 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_exit_code())
     except Exception as exc:  # click (or typer's vendored click) usage errors arrive here
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             if getattr(exc, "ctx", False) is None:  # e.g. a missing option value: click shows no usage line
@@ -54,7 +87,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":
             print("interrupted", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(interrupted_exit_code())
         raise
 
 

@@ -1,8 +1,9 @@
 """Options and output shared by every command: model/backend loading with a status
-line, ``--json`` printing, saving a result into ``--out``."""
+line, ``--json`` printing, saving a result into ``--out``, SIGTERM handled as Ctrl-C."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -10,6 +11,30 @@ from typing import Any, Optional
 import typer
 
 JSON_OPT = typer.Option(False, "--json", help="print the summary as JSON on stdout")
+
+
+_stopped_by = [signal.SIGINT]  # the signal that interrupted this process
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, ``timeout``, a scheduler's time limit, ``docker stop``) stops a
+    command the way Ctrl-C does: a save in progress removes its temporary folder, no half
+    run is left, "interrupted" is printed. A process started with SIGTERM ignored keeps it so."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (an embedding program): leave its signals alone
+        pass
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    _stopped_by[0] = signum
+    raise KeyboardInterrupt
+
+
+def interrupted_exit_code() -> int:
+    """128 + the signal's number, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + int(_stopped_by[0])
 
 
 def status(msg: str) -> None:

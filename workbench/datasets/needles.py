@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
+from ..paths import user_path
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ def split_pydoc_haystack() -> tuple[str, str]:
 
 def read_haystack(path: str | os.PathLike) -> str:
     """A user haystack file as text; empty, missing or binary files are one-line errors."""
-    p = Path(path)
+    p = user_path(path)
     if not p.is_file():
         raise InputError(f"haystack file {p} does not exist; pass a plain-text file (or leave --haystack out for the Python docs)")
     raw = p.read_bytes()
