@@ -84,9 +84,10 @@ lock:
 	rm -rf .venv-lock
 	@echo "$(LOCK) rewritten; commit it (make install now rebuilds .venv from it)"
 
-# Every README figure, re-measured at its stated size: writes docs/headlines.json and the README table.
+# Every README figure, re-measured at its stated size: writes docs/headlines.json, the README table,
+# docs/headlines.md and docs/figures/ (needs chromium). ONLY="ablation atlas" re-measures those rows alone.
 headlines: install
-	$(PY) benchmarks/headlines.py
+	$(PY) benchmarks/headlines.py $(addprefix --only ,$(ONLY))
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

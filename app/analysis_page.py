@@ -4,6 +4,7 @@ tiles and figures. A spec's ``page_extra(result)`` may add to it, never copy it.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import typing
 from typing import Any
 
@@ -72,15 +73,36 @@ def run_form(spec: AnalysisSpec) -> Any:
     return None
 
 
+def run_date(created: str | None) -> str:
+    """``2026-11-26 14:03 UTC`` from a run's ISO creation time (as saved), '' when unknown."""
+    try:
+        when = _dt.datetime.fromisoformat(created or "")
+    except ValueError:
+        return ""
+    return when.strftime("%Y-%m-%d %H:%M") + (" UTC" if when.utcoffset() == _dt.timedelta(0) else "")
+
+
+def page_title(spec: AnalysisSpec, result: Any | None) -> str:
+    """The page's title: the analysis, and when a run is open, its model and date, so a
+    screenshot or a browser tab says what it shows."""
+    if result is None:
+        return spec.title
+    parts = (spec.title, result.meta.get("model"), run_date(result.meta.get("created")))
+    return " · ".join(p for p in parts if p)
+
+
 def analysis_page(key: str) -> None:
     """Draw the page of the analysis registered as ``key``."""
     spec = get_spec(key)
-    st.title(spec.title)
+    heading = st.empty()  # filled once we know which run is open
     st.caption(f"{spec.description} Run the full analysis with `workbench {spec.key}`; the form below runs a small one."
                .strip())
     result = run_picker(spec)
     fresh = run_form(spec)
     result = fresh if fresh is not None else result
+    title = page_title(spec, result)
+    heading.title(title)
+    st.set_page_config(page_title=title)
     if result is None:
         return
     if spec.headline is not None:

@@ -1,15 +1,18 @@
-"""Run every headline at its stated size and write ``docs/headlines.json`` and the README's table.
+"""Run every headline at its stated size and write ``docs/headlines.json``, the README's table,
+``docs/headlines.md`` and a picture of each analysis in ``docs/figures/``.
 
     python benchmarks/headlines.py                   # everything (make headlines)
-    python benchmarks/headlines.py --only retrieval  # one analysis's rows (or a benchmark's key)
+    python benchmarks/headlines.py --only retrieval  # one analysis's rows and picture (make headlines ONLY=retrieval)
     python benchmarks/headlines.py --list            # what would run
-    python benchmarks/headlines.py --readme          # regenerate the README table from the JSON only
+    python benchmarks/headlines.py --readme          # regenerate the README table and docs/headlines.md only
 
 Analysis rows come from the specs' ``headlines`` (each a ``workbench`` command, run exactly as a
 user would type it, in a fresh process, saved to a temporary run folder, read back through
-the spec's figure function). Benchmark rows come from ``BENCHMARKS`` below (each a script
-with ``--json``). Every row records its command, seconds, commit and date. Rows not re-run
-keep their earlier measurement, so one analysis can be refreshed alone.
+the spec's figure function, which also draws the row's picture). Benchmark rows come from
+``BENCHMARKS`` below (each a script with ``--json``). Every row records its command, seconds,
+commit and date. Rows not re-run keep their earlier measurement, so one analysis can be
+refreshed alone. ``SUMMARIES`` says, per row, which figure is the README's headline and which
+is its control; it is stamped into the JSON, so the README reads the JSON alone.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -78,6 +82,132 @@ BENCHMARKS: tuple[Benchmark, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Summary:
+    """How a row reads in the README's one line. ``main``, ``control`` and ``diff`` are the start
+    of a figure's text in the row (the headline, the control, and a paired difference headline
+    minus control that decides the verdict when present); ``reference`` is a fixed control value
+    with its name (which states the value); ``better`` is +1 when more than the control is the
+    effect, -1 when less is. ``picture`` is part of the title of the figure drawn into
+    docs/figures (default: the first)."""
+
+    name: str
+    shows: str
+    main: str = ""
+    control: str = ""
+    control_name: str = ""
+    diff: str = ""
+    reference: tuple[float, str] | None = None
+    better: int = 1
+    picture: str = ""
+
+
+SUMMARIES: dict[str, Summary] = {  # by row label
+    "head ablation (IOI)": Summary(
+        "head ablation", "the heads the IOI answer needs: ranked on half the prompts, measured on the other half",
+        main="logit difference change when ablated, head ranked #1", better=-1, picture="Change in logit difference"),
+    "circuits: IOI faithfulness against edges kept (EAP, EAP-IG)": Summary(
+        "circuit discovery", "how much of the model's IOI behaviour an EAP-IG circuit keeps on test prompts",
+        main="ioi eap-ig circuit: faithfulness", reference=(0.0, "all edges ablated, 0 by definition (the full model is 1)"),
+        picture="faithfulness against circuit size"),
+    "circuit reuse (Merullo et al.): Colored Objects vs chance, overlap, intervention": Summary(
+        "circuit reuse", "whether adjusting IOI-circuit heads helps Colored Objects",
+        main="Colored Objects accuracy after adjusting L", control="Colored Objects accuracy after adjusting random",
+        control_name="random mid-layer heads", diff="Colored Objects accuracy after - random heads"),
+    "in-context regression (He et al.): seed table and predictors": Summary(
+        "in-context regression", "multi-head attention trained on in-context linear regression",
+        main="H=4 seed 0: test MSE", diff="same model: test MSE minus single-head attention",
+        control_name="single-head attention", better=-1),
+    "LRP (AttnLRP, lxt rules): deletion test and conservation": Summary(
+        "LRP (transformer)", "AttnLRP token relevance, by deleting the most relevant tokens first",
+        main="ioi: AOPC AttnLRP", diff="ioi: AOPC AttnLRP minus random order", control_name="random deletion order"),
+    "LRP on the CNN (zennit, EfficientNet-Lite0)": Summary(
+        "LRP (CNN)", "LRP maps of EfficientNet-Lite0 on photographs, by the same deletion test",
+        main="AOPC LRP", diff="AOPC LRP minus random order", control_name="random deletion order"),
+    "vision heads (VHD/VHR)": Summary(
+        "vision heads", "reinforcing vision-aware heads (VHR) against hallucinated objects in captions",
+        main="CHAIR_i, VHR", control="CHAIR_i, 5 random head draws", control_name="5 random head draws", better=-1),
+    "induction heads": Summary(
+        "induction heads", "heads that attend to the token after a repeated token's first occurrence",
+        main="induction score, head ranked #1", control="uniform-attention baseline", control_name="uniform attention"),
+    "retrieval heads (Wu et al.): held-out masking and KV compression (RazorAttention-style)": Summary(
+        "retrieval heads", "masking the heads that copy the needle breaks needle-in-a-haystack recall",
+        main="top-5 retrieval heads masked", control="5 random heads masked", control_name="5 random heads masked",
+        better=-1, picture="Needle accuracy with heads masked"),
+    "attention sinks (ACT)": Summary(
+        "attention sinks", "scaling down attention sinks beyond the first token (ACT) on multiple choice",
+        main="category: held-out accuracy with ACT", control="category (chance 0.25): held-out accuracy, base",
+        control_name="the base model (no ACT)", diff="category: ACT - base"),
+    "head atlas": Summary(
+        "head atlas", "every head seen by every head-level analysis at once: rank correlations, role clusters",
+        main="Spearman"),
+}
+
+
+def _match(row: dict[str, Any], start: str) -> str | None:
+    """The text of the row's figure that is ``start`` or begins with it (None for "")."""
+    if not start:
+        return None
+    texts = [f["text"] for f in row["figures"]]
+    found = next((t for t in texts if t == start), None) or next((t for t in texts if t.startswith(start)), None)
+    if found is None:
+        raise SystemExit(f"headlines: {row['label']}: no figure starts with {start!r}; fix SUMMARIES")
+    return found
+
+
+def summarise(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The row's README reading, as figure texts: its Summary, or the first figure with an interval."""
+    s = SUMMARIES.get(row["label"])
+    if s is None:
+        if not row["command"].startswith("workbench "):
+            return None
+        first = next((f for f in row["figures"] if f.get("interval")), row["figures"][0])
+        return {"name": row["label"], "shows": "", "main": first["text"], "better": 1}
+    out = {"name": s.name, "shows": s.shows, "main": _match(row, s.main) or row["figures"][0]["text"],
+           "control": _match(row, s.control), "diff": _match(row, s.diff), "better": s.better}
+    if s.control_name:
+        out["control_name"] = s.control_name
+    if s.reference is not None:
+        out["reference"] = {"value": s.reference[0], "text": s.reference[1]}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def picture_file(key: str, index: int) -> Path:
+    """docs/figures/<key>.png for a spec's first headline, <key>-<n>.png for the others."""
+    return hl.FIGURES / (f"{key}.png" if index == 0 else f"{key}-{index + 1}.png")
+
+
+def main_figure(result: Any, spec: Any, title_part: str) -> Any:
+    """The figure of the spec's sections whose title holds ``title_part`` (else the first); None if none."""
+    figures = [f for sec in spec.sections(result) for f in sec.figures]
+    wanted = [f for f in figures if title_part.lower() in _title(f).lower()]
+    if title_part and not wanted:  # the row is measured by now: draw the first figure, say so
+        print(f"headlines: {spec.key}: no figure titled '{title_part}'; drawing the first; fix SUMMARIES",
+              file=sys.stderr)
+    return (wanted or figures or [None])[0]
+
+
+def _title(fig: Any) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", fig.layout.title.text or "")).strip()
+
+
+def draw_picture(spec: Any, headline: Any, index: int, result: Any, stamp: dict[str, Any]) -> dict[str, Any] | None:
+    """Draw the row's main figure into docs/figures and return its provenance (None: no figure)."""
+    from workbench.pictures import export_png, footer
+
+    summary = SUMMARIES.get(headline.label)
+    fig = main_figure(result, spec, summary.picture if summary else "")
+    if fig is None:
+        return None
+    path = picture_file(spec.key, index)
+    prov = {"file": str(path.relative_to(ROOT)), "figure": _title(fig) or headline.label,
+            "command": "workbench " + shlex.join(headline.args), "model": result.meta.get("model"),
+            "run": result.meta.get("created"), **stamp}
+    prov["caption"] = footer(prov)
+    export_png(fig, path, prov)
+    return prov
+
+
 def _commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -123,7 +253,8 @@ def _run(argv: list[str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def measure_spec(spec: Any, headline: Any) -> dict[str, Any]:
+def measure_spec(spec: Any, headline: Any, index: int, stamp: dict[str, Any]) -> dict[str, Any]:
+    """Run the headline's command into a temporary run folder; its figures and its picture."""
     from workbench.results import load_result
 
     with tempfile.TemporaryDirectory(prefix="headlines-") as tmp:
@@ -131,27 +262,29 @@ def measure_spec(spec: Any, headline: Any) -> dict[str, Any]:
         seconds, _ = _run([sys.executable, "-m", "workbench", *headline.args, "--out", str(out)])
         result = load_result(out)
         figures = headline.figures(result)
-    return {"key": spec.key, "label": headline.label, "command": "workbench " + shlex.join(headline.args),
-            "why": headline.why, "figures": figures, "seconds": round(seconds, 1)}
+        picture = draw_picture(spec, headline, index, result, stamp)
+    row = {"key": spec.key, "label": headline.label, "command": "workbench " + shlex.join(headline.args),
+           "why": headline.why, "figures": figures, "seconds": round(seconds, 1), **stamp}
+    return {**row, "picture": picture} if picture else row
 
 
-def measure_benchmark(b: Benchmark) -> dict[str, Any]:
+def measure_benchmark(b: Benchmark, stamp: dict[str, Any]) -> dict[str, Any]:
     seconds, stdout = _run([sys.executable, *b.argv])
     doc = json.loads(stdout[stdout.index("{"):])
     return {"key": b.key, "label": b.label, "command": "python " + shlex.join(b.argv), "why": b.why,
-            "figures": b.figures(doc), "seconds": round(seconds, 1)}
+            "figures": b.figures(doc), "seconds": round(seconds, 1), **stamp}
 
 
-def jobs() -> list[tuple[str, str, Callable[[], dict[str, Any]]]]:
-    """(key, label, measure) for every headline, in README order: analyses, then benchmarks."""
+def jobs() -> list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]]:
+    """(key, label, measure(stamp)) for every headline, in README order: analyses, then benchmarks."""
     from workbench.spec import specs
 
     out = []
     for spec in specs().values():
-        for h in spec.headlines:
-            out.append((spec.key, h.label, lambda s=spec, h=h: measure_spec(s, h)))
+        for i, h in enumerate(spec.headlines):
+            out.append((spec.key, h.label, lambda st, s=spec, h=h, i=i: measure_spec(s, h, i, st)))
     for b in BENCHMARKS:
-        out.append((b.key, b.label, lambda b=b: measure_benchmark(b)))
+        out.append((b.key, b.label, lambda st, b=b: measure_benchmark(b, st)))
     return out
 
 
@@ -163,21 +296,34 @@ def merge(doc: dict[str, Any], new_rows: list[dict[str, Any]], order: list[tuple
     return {"rows": known}
 
 
+def stamp_summaries(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every row with its current ``summary`` (which figures the README line shows)."""
+    rows = []
+    for row in doc["rows"]:
+        row = {k: v for k, v in row.items() if k != "summary"}
+        summary = summarise(row)
+        rows.append({**row, "summary": summary} if summary else row)
+    return {**doc, "rows": rows}
+
+
 def save(new_rows: list[dict[str, Any]], order: list[tuple[str, str]]) -> None:
-    """Merge rows into docs/headlines.json and regenerate the README table, one writer at a time."""
+    """Merge rows into docs/headlines.json, regenerate the README table and docs/headlines.md,
+    one writer at a time."""
     with _locked():
-        doc = merge(hl.load(), new_rows, order)
+        doc = stamp_summaries(merge(hl.load(), new_rows, order))
         tmp = hl.HEADLINES_JSON.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
         tmp.replace(hl.HEADLINES_JSON)
         hl.write_readme(doc)
+        hl.write_details(doc)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", default=[], help="a spec or benchmark key (repeatable)")
     ap.add_argument("--list", action="store_true", help="list the headlines and exit")
-    ap.add_argument("--readme", action="store_true", help="only regenerate the README table from docs/headlines.json")
+    ap.add_argument("--readme", action="store_true",
+                    help="only regenerate the README table and docs/headlines.md from docs/headlines.json")
     args = ap.parse_args()
     todo = jobs()
     order = [(k, label) for k, label, _ in todo]
@@ -191,19 +337,18 @@ def main() -> None:
         raise SystemExit(f"headlines: unknown key {', '.join(unknown)}; known: {', '.join(sorted(known_keys))}")
     new_rows = []
     if not args.readme:
-        stamp = {"commit": _commit(), "machine": _machine()}
+        stamp = {"commit": _commit(), "machine": _machine(), "date": _dt.date.today().isoformat()}
         for k, label, measure in todo:
             if args.only and k not in args.only:
                 continue
-            row = measure()
-            row.update(stamp, date=_dt.date.today().isoformat())
+            row = measure(stamp)
             new_rows.append(row)
-            print(hl.row_text(row), flush=True)
+            print("\n".join(hl.figure_text(f) for f in row["figures"]), flush=True)
             save([row], order)  # each row as soon as it is measured: a long run stopped later keeps it
     save([], order)
     total = sum(r["seconds"] for r in new_rows)
-    print(f"headlines: {len(new_rows)} rows measured in {total / 60:.1f} min; {hl.HEADLINES_JSON.relative_to(ROOT)} "
-          f"and the README table written", file=sys.stderr)
+    print(f"headlines: {len(new_rows)} rows measured in {total / 60:.1f} min; {hl.HEADLINES_JSON.relative_to(ROOT)}, "
+          f"the README table and {hl.DETAILS.relative_to(ROOT)} written", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The atlas page in a real headless Chromium: the grid is drawn, a head is clicked in it, and
-its card shows the same numbers as the saved atlas table."""
+"""The atlas page in a real headless Chromium: the role clusters are drawn in categorical
+colours (a legend, no colour bar), two columns against each other, the grid is drawn, a head is
+clicked in it, and its card shows the same numbers as the saved atlas table."""
 from __future__ import annotations
 
 import pytest
@@ -20,12 +21,29 @@ def saved_atlas(tiny_llama):
     return result
 
 
+_LEGENDS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(p => [
+    (p.querySelector('.gtitle') || {textContent: ''}).textContent.split(' (')[0],
+    Array.from(p.querySelectorAll('.legendtitletext')).map(t => t.textContent)
+        .concat(p.querySelector('.colorbar') ? ['colorbar'] : [])])"""
+
+
+def _pictures_drawn(page) -> dict[str, set[str]]:
+    """Every plotly figure on the page, by its title up to " (": its legend titles, plus
+    "colorbar" when it is drawn on a continuous colour bar."""
+    page.locator(".js-plotly-plot .gtitle").first.wait_for(timeout=120_000)
+    return {title: set(legends) for title, legends in page.evaluate(_LEGENDS)}
+
+
 @pytest.mark.browser
 def test_atlas_page_click_a_head_in_real_chromium(saved_atlas, tmp_path):
     with dashboard_page(1280, 1600, start_s=300) as (page, base):
         page.goto(base + "atlas")
         page.get_by_text("Head card: L0H0").wait_for(timeout=120_000)
-        grid = page.locator(".js-plotly-plot").filter(has_text="= stronger").filter(has=page.locator(".scatterlayer .point")).first
+        pictures = _pictures_drawn(page)
+        # the clickable grid: coloured by a column ("= stronger" in its title), heads on its axes (the
+        # scatter of two columns has "= stronger" on its axes, the role-cluster grid no such title)
+        grid = (page.locator(".js-plotly-plot").filter(has=page.locator(".gtitle", has_text="= stronger"))
+                .filter(has=page.locator(".ytitle", has_text="layer")).first)
         grid.wait_for(state="attached", timeout=180_000)
         grid.scroll_into_view_if_needed(timeout=60_000)
         grid.locator(".scatterlayer .point").first.wait_for(timeout=120_000)
@@ -38,6 +56,9 @@ def test_atlas_page_click_a_head_in_real_chromium(saved_atlas, tmp_path):
         table.wait_for(timeout=30_000)
         rows = table.locator("tbody tr").all_inner_texts()
         page.screenshot(path=str(tmp_path / "atlas.png"), full_page=True)
+    assert pictures["tiny-llama: role clusters"] == {"cluster"}  # categorical: a legend, no colour bar
+    scatter = next(t for t in pictures if " against " in t)
+    assert pictures[scatter] == {"role cluster"}
     frame = saved_atlas.frame().set_index("name")
     name = f"L{HEAD[0]}H{HEAD[1]}"
     shown = {}

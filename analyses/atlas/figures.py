@@ -1,18 +1,23 @@
 """Figures of the head atlas: the layer-by-head grid coloured by one column (clickable on the
-page), the correlation matrix, the role clusters, and two models' depth profiles; the report
-sections and the README figures. One function serves the page, notebooks and the report."""
+page), two columns against each other, the correlation matrix, the role clusters, and two
+models' depth profiles; the report sections and the README figures. One function serves the
+page, notebooks and the report. Categorical values (role clusters, 0/1 flags) get one
+qualitative colour and one legend entry each, never a continuous colour bar."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 
 from workbench.report import Section
 from workbench.spec import figure
 
 GRID_MARKER = 18
+PALETTE = plotly.colors.qualitative.D3
+UNSET_COLOUR = "#bbbbbb"  # cluster -1 (not clustered) and NaN flags
 
 
 def column_label(col: dict[str, Any]) -> str:
@@ -21,15 +26,69 @@ def column_label(col: dict[str, Any]) -> str:
     return f"{col['name']} ({arrow} = stronger{unit})"
 
 
+def is_categorical(col: dict[str, Any]) -> bool:
+    """A column whose values name a category (a 0/1 flag), not an amount."""
+    return col.get("unit") == "flag"
+
+
+def _grid_layout(fig: go.Figure, title: str, n_layers: int, n_heads: int, legend_px: int = 0) -> go.Figure:
+    """Layer (rows, 0 at the top) by head (columns), one square marker per head; ``legend_px``
+    widens the figure for a legend so the grid keeps its size."""
+    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer",
+                      height=max(320, 22 * n_layers + 140), width=max(360, 40 * n_heads + 220) + legend_px,
+                      clickmode="event+select", dragmode=False, margin=dict(l=50, r=20, t=50, b=40))
+    fig.update_xaxes(tickmode="linear", dtick=1, range=[-0.6, n_heads - 0.4])
+    fig.update_yaxes(tickmode="linear", dtick=max(1, n_layers // 15), range=[n_layers - 0.5, -0.5])
+    return fig
+
+
+def _heads(n_layers: int, n_heads: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.divmod(np.arange(n_layers * n_heads), n_heads)
+
+
+def _colour(value: int) -> str:
+    """A category's colour, by its value (so "yes" is the same colour in every figure)."""
+    return UNSET_COLOUR if value < 0 else PALETTE[value % len(PALETTE)]
+
+
+def categorical_grid(labels: np.ndarray, names: dict[int, str], title: str, what: str = "") -> go.Figure:
+    """A [layer head] grid of integer categories: one trace (qualitative colour, legend entry)
+    per category, in category order; customdata carries (layer, head) for clicks."""
+    n_layers, n_heads = labels.shape
+    layer, head = _heads(n_layers, n_heads)
+    flat = labels.flatten()
+    fig = go.Figure()
+    for value in sorted(int(v) for v in np.unique(flat)):
+        sel = flat == value
+        name = names.get(value, str(value))
+        fig.add_trace(go.Scatter(
+            x=head[sel], y=layer[sel], mode="markers", name=name, customdata=np.stack([layer[sel], head[sel]], axis=1),
+            text=[f"L{l}H{h}<br>{what}{name}" for l, h in zip(layer[sel], head[sel])], hovertemplate="%{text}<extra></extra>",
+            marker=dict(symbol="square", size=GRID_MARKER, color=_colour(value), line=dict(width=0))))
+    fig.update_layout(legend=dict(title=what.rstrip(": ") or None))
+    longest = max((len(names.get(int(v), str(v))) for v in np.unique(flat)), default=0)
+    return _grid_layout(fig, title, n_layers, n_heads, legend_px=60 + 6 * longest)
+
+
+def flag_names(values: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    """A 0/1 flag column as integer categories (-1 for NaN) and their names."""
+    labels = np.where(np.isfinite(values), np.round(np.nan_to_num(values)), -1).astype(int)
+    return labels, {0: "no", 1: "yes", -1: "no value"}
+
+
 def atlas_grid(result: Any, column: str, i: int = 0) -> go.Figure:
     """Layer (rows) by head (columns), each head a square marker coloured by ``column``; one
-    scatter point per head so that a click selects exactly that head (customdata: layer, head)."""
+    scatter point per head so that a click selects exactly that head (customdata: layer, head).
+    A flag column is drawn in two colours with a legend; any other on a colour bar."""
     a = result.atlas(i)
-    cols = {c["name"]: c for c in a["columns"]}
-    col = cols[column]
+    col = {c["name"]: c for c in a["columns"]}[column]
     grid = result.column(column, i).numpy()
     n_layers, n_heads = grid.shape
-    layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
+    title = f"{a['model']}: {column_label(col)}"
+    if is_categorical(col):
+        labels, names = flag_names(grid)
+        return categorical_grid(labels, names, title, f"{column}: ")
+    layer, head = _heads(n_layers, n_heads)
     values = grid.flatten()
     text = [f"L{l}H{h}<br>{column} = {v:.4g}" for l, h, v in zip(layer, head, values)]
     diverging = bool(np.nanmin(values) < 0 < np.nanmax(values))
@@ -41,12 +100,41 @@ def atlas_grid(result: Any, column: str, i: int = 0) -> go.Figure:
                     cmin=-limit if diverging else None, cmax=limit if diverging else None,
                     colorbar=dict(title=col.get("unit") or column), line=dict(width=0)),
     ))
-    fig.update_layout(title=f"{a['model']}: {column_label(col)}", xaxis_title="head", yaxis_title="layer",
-                      height=max(320, 22 * n_layers + 140), width=max(360, 40 * n_heads + 220),
-                      clickmode="event+select", dragmode=False, margin=dict(l=50, r=20, t=50, b=40))
-    fig.update_xaxes(tickmode="linear", dtick=1, range=[-0.6, n_heads - 0.4])
-    fig.update_yaxes(tickmode="linear", dtick=max(1, n_layers // 15), autorange="reversed")
+    return _grid_layout(fig, title, n_layers, n_heads)
+
+
+def column_scatter(result: Any, x: str, y: str, i: int = 0) -> go.Figure:
+    """Two columns against each other, one point per head, coloured by role cluster; the title
+    gives their Spearman rho with its interval and permutation p-value when the atlas has it."""
+    a = result.atlas(i)
+    cols = {c["name"]: c for c in a["columns"]}
+    xs, ys = result.column(x, i).numpy().flatten(), result.column(y, i).numpy().flatten()
+    clusters = result.arrays[f"clusters_{i}"].numpy().flatten()
+    layer, head = _heads(int(a["n_layers"]), int(a["n_heads"]))
+    fig = go.Figure()
+    for value in sorted(int(v) for v in np.unique(clusters)):
+        sel = clusters == value
+        fig.add_trace(go.Scatter(
+            x=xs[sel], y=ys[sel], mode="markers", name=f"cluster {value}" if value >= 0 else "not clustered",
+            marker=dict(color=_colour(value), size=8, opacity=0.85),
+            text=[f"L{l}H{h}" for l, h in zip(layer[sel], head[sel])],
+            hovertemplate=f"%{{text}}<br>{x} %{{x:.4g}}<br>{y} %{{y:.4g}}<extra></extra>"))
+    pair = next((c for c in a["correlations"] if {c["a"], c["b"]} == {x, y} and c["rho"] is not None), None)
+    rho = ""
+    if pair is not None:
+        iv = pair.get("interval") or {}
+        span = f" [{iv['low']:.2f}, {iv['high']:.2f}]" if iv else ""
+        rho = f"<br><sup>Spearman rho {pair['rho']:.2f}{span}, permutation p {pair['p']:.2g}, n={pair['n']} heads</sup>"
+    fig.update_layout(title=f"{a['model']}: {x} against {y}{rho}", xaxis_title=column_label(cols[x]),
+                      yaxis_title=column_label(cols[y]), legend_title_text="role cluster", height=460)
     return fig
+
+
+def strongest_pair(result: Any, i: int = 0) -> tuple[str, str] | None:
+    """The two columns with the largest |Spearman rho| (None when no pair has one)."""
+    pairs = [c for c in result.atlas(i)["correlations"] if c["rho"] is not None and math.isfinite(c["rho"])]
+    best = max(pairs, key=lambda c: abs(c["rho"]), default=None)
+    return (best["a"], best["b"]) if best else None
 
 
 def correlation_matrix(result: Any, i: int = 0) -> go.Figure:
@@ -71,18 +159,17 @@ def correlation_matrix(result: Any, i: int = 0) -> go.Figure:
 
 
 def cluster_grid(result: Any, i: int = 0) -> go.Figure:
-    """Layer by head coloured by role cluster."""
+    """Layer by head coloured by role cluster: one colour and legend entry per cluster."""
     a = result.atlas(i)
-    labels = result.arrays[f"clusters_{i}"].numpy()
-    desc = {c["id"]: c["description"] for c in a["clusters"]["clusters"]}
-    text = [[f"L{l}H{h}: cluster {int(labels[l, h])}<br>{desc.get(int(labels[l, h]), '')}"
-             for h in range(labels.shape[1])] for l in range(labels.shape[0])]
-    fig = go.Figure(go.Heatmap(z=labels, text=text, hovertemplate="%{text}<extra></extra>", colorscale="Turbo",
-                               colorbar=dict(title="cluster")))
-    fig.update_layout(title=f"{a['model']}: role clusters ({a['clusters']['method']}, k={a['clusters']['k']})",
-                      xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed",
-                      height=max(320, 18 * labels.shape[0] + 140))
-    return fig
+    labels = result.arrays[f"clusters_{i}"].numpy().astype(int)
+    names = {c["id"]: f"{c['id']}: {_short(c['description'])}" for c in a["clusters"]["clusters"]}
+    names[-1] = "not clustered"
+    title = f"{a['model']}: role clusters ({a['clusters']['method']}, k={a['clusters']['k']})"
+    return categorical_grid(labels, names, title, "cluster ")
+
+
+def _short(text: str, limit: int = 48) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def depth_profiles(result: Any) -> go.Figure:
@@ -172,8 +259,10 @@ def atlas_sections(result: Any) -> list[Section]:
                            tables=[cluster_rows(result, i)]))
         out.append(Section(f"Head atlas: {a['model']}: rank correlations",
                            text="Spearman's rho over heads, Fisher-z 95% interval, two-sided permutation p-value "
-                                f"({result.config.n_permutations if result.config else '?'} shuffles).",
-                           tables=[correlation_rows(result, i)]))
+                                f"({result.config.n_permutations if result.config else '?'} shuffles); the "
+                                "strongest pair drawn head by head.",
+                           tables=[correlation_rows(result, i)],
+                           figures=[column_scatter(result, *pair, i)] if (pair := strongest_pair(result, i)) else []))
     if result.comparison:
         comp = result.comparison
         out.append(Section(f"Head atlas: {comp['models'][0]} vs {comp['models'][1]} by relative depth",
