@@ -99,3 +99,26 @@ def test_help_texts_are_shown_as_written():
     out = CliRunner().invoke(app, ["circuit", "--help"], env={"COLUMNS": "300"})
     assert out.exit_code == 0, out.output
     assert 'workbench[ray]' in out.output
+
+
+def test_the_wheel_installs_one_import_root(tmp_path):
+    """What a library user gets: the built wheel holds `workbench/` and nothing else at the top,
+    with the analyses, the app and the kernels inside it."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # a copy: setuptools leaves build/ behind, and stale files there reach later wheels
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "workbench", "analyses", "app", "kernels"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            str(src), "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=600,
+                           cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("workbench-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"workbench"}
+    for module in ("workbench/analyses/ablation/analysis.py", "workbench/app/Home.py",
+                   "workbench/kernels/patching/dispatch.py"):
+        assert module in names
