@@ -172,10 +172,11 @@ def test_misaligned_prompts_and_multi_token_answers(tiny_llama):
 def test_app_page_shows_a_saved_reuse_run(reuse_result):
     from conftest import analysis_page_app
 
-    reuse_result.save()
+    folder = reuse_result.save()
     at = analysis_page_app("reuse").run()
     assert not at.exception
-    assert at.title[0].value == "Circuits"
+    created = load_result(folder).meta["created"]  # the page names the opened run: analysis, model, date
+    assert at.title[0].value == f"Circuits · tiny-llama · {created[:10]} {created[11:16]} UTC"
     assert len(at.metric) >= 5
     assert any("intervention" in s.value for s in at.subheader)
 
