@@ -12,7 +12,8 @@ import streamlit as st
 
 from workbench.app.common import draw_sections, get_model, model_picker, run_picker, show_error
 from workbench.errors import WorkbenchError
-from workbench.spec import AnalysisSpec, base_type, check_config, config_fields, get_spec
+from workbench.checks import check_run_inputs
+from workbench.spec import AnalysisSpec, base_type, config_fields, get_spec
 
 
 def _field_input(spec: AnalysisSpec, f: dataclasses.Field, annotation: Any) -> Any:
@@ -60,8 +61,7 @@ def run_form(spec: AnalysisSpec) -> Any:
         name = model_picker(f"{spec.key}-model") if spec.needs_model else None
         if st.button("run", key=f"{spec.key}-run"):
             try:
-                config = spec.config(**values)
-                check_config(config)
+                config = check_run_inputs(spec, spec.config(**values))
                 target = get_model(name) if (name and spec.wants_model(config)) else None
                 spec.check_target(config, target)
                 with st.spinner(f"running {spec.key} ..."):

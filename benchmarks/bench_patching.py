@@ -1,20 +1,26 @@
-"""Batched activation patching against the naive loop, on IOI prompts.
+"""Batched activation patching against two naive loops, on IOI prompts, in every dtype asked for.
 
 Two sweeps, the same patches timed for every method:
 - ``head``: one configuration per (layer, head), patched at every position;
 - ``head_pos``: one configuration per (layer, head, position).
-Methods: (a) the naive TransformerLens loop (``run_with_hooks`` through the caching
-layer's transformer_lens backend), one forward per patch; (b) the batched suffix-only
-engine with the PyTorch reference op (its one clean run with cache, timed once per sweep,
-is included in its time); (c) the same engine with the Triton kernel (CUDA only).
-The arithmetic floor of a sweep is its suffix work alone (layers from the first patched
-layer x positions from the first patched position, per configuration), timed as plain
-batched forwards of the Hugging Face model (no hooks, same batch size) and scaled to the
-sweep's token-layer count.
+Methods, all in the same dtype (each dtype of ``--dtype`` is reported):
+- ``naive_hf``: the naive loop on plain Hugging Face hooks: a pristine model (its own
+  scaled-dot-product attention, no workbench hook points), one forward per configuration with
+  a forward pre-hook on each patched layer's output projection, unembedding the last positions;
+- ``naive_tl``: the naive loop through the TransformerLens bridge (``run_with_hooks`` via the
+  caching layer's transformer_lens backend), one forward per configuration;
+- ``batched``: the suffix-only engine with the PyTorch reference op (its one clean run with
+  cache is included in its time, once per sweep); ``kernel``: the same with the Triton kernel
+  (CUDA only);
+- ``floor``: the sweep's suffix work alone as plain Hugging Face decoder-layer forwards.
+Achieved GFLOP/s (TFLOP/s on a GPU) of each method is the arithmetic it performs (the FLOP model
+in ``flops_per_token_layer``) over its time, beside the machine's matmul peak in that dtype, which
+the script measures itself with one large GEMM. The kernels that ran (attention, patch mix,
+matmul) are read from the PyTorch profiler. ``--naive-max`` times the naive loops on an evenly
+spaced sample of a large sweep and scales the time to the whole sweep (said in the report).
 
-    python benchmarks/bench_patching.py                     # table
-    python benchmarks/bench_patching.py --json              # {"sweeps": {"head": {...}, "head_pos": {...}}}
-    python benchmarks/bench_patching.py --n-prompts 8 --layer-step 3 --device cuda
+    python benchmarks/bench_patching.py --n-prompts 16 --layer-step 3 --dtype float32,bfloat16
+    python benchmarks/bench_patching.py --json          # {"peak": ..., "dtypes": {dtype: {sweep: {...}}}, "vs_float32": ...}
 """
 from __future__ import annotations
 
@@ -28,13 +34,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workbench.cache import as_tokens, run_with_cache, run_with_patches  # noqa: E402
+from workbench.cache import run_with_cache, run_with_patches  # noqa: E402
 from workbench.datasets.ioi import TEMPLATES, ioi_prompts  # noqa: E402
-from workbench.models import load_model  # noqa: E402
+from workbench.models import MODELS, load_model  # noqa: E402
 from workbench.patching.engine import (  # noqa: E402
     head_masks_all_positions, head_masks_per_position, run_head_patches)
 from workbench.patching.metrics import logit_diff  # noqa: E402
 from workbench.patching.suffix import clean_run, plan_chunks, suffix_work  # noqa: E402
+
+METHODS = ("naive_hf", "naive_tl", "batched", "kernel", "floor")
 
 
 def _sync(device: str) -> None:
@@ -56,46 +64,117 @@ def mid_layers(n_layers: int, step: int) -> list[int]:
     return list(range(step // 2, n_layers, step))
 
 
-def naive_loop(tl_model, tokens, source_z, masks, metric, device) -> tuple[float, torch.Tensor]:
-    """One TransformerLens forward per configuration, patching z with a hook."""
-    n = tokens.input_ids.shape[0]
-    idx = torch.arange(n)
-    rows = torch.arange(n, device=device)
-    last = tokens.last_positions.to(device)
-    out = []
-    _sync(device)
+# ---------------------------------------------------------------------------- peak and FLOP model
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 4096) -> float:
+    """The machine's matmul rate in ``dtype``, GFLOP/s: one large square GEMM, best of three."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def flops_per_token_layer(model, n_keys: float) -> float:
+    """Multiply-adds x 2 of one token through one decoder layer: every weight matrix once, plus
+    the attention's scores and weighted sum over ``n_keys`` keys per query."""
+    layer = model.adapter.layers(model.hf)[0]
+    weights = sum(p.numel() for p in layer.parameters() if p.dim() == 2)
+    s = model.shape
+    return 2 * weights + 4 * s.n_heads * s.d_head * n_keys
+
+
+def unembed_flops(model) -> float:
+    return 2 * model.shape.d_vocab * model.shape.d_model
+
+
+def method_gflop(model, method: str, masks: torch.Tensor, n: int, t: int) -> float:
+    """GFLOP a method performs on ``masks``: the naive loops run full forwards (the bridge
+    unembeds every position, the plain loop the last); the engine and the floor the suffix work
+    (the engine also its clean run, counted in its time)."""
+    L, p = model.shape.n_layers, masks.shape[0]
+    per_tl = flops_per_token_layer(model, (t + 1) / 2)
+    full_body = n * t * L * per_tl
+    if method in ("naive_hf", "naive_tl"):
+        rows = n * t if method == "naive_tl" else n
+        return p * (full_body + rows * unembed_flops(model)) / 1e9
+    suffix = suffix_work(masks, L, t) * full_body + p * n * unembed_flops(model)
+    clean = full_body + n * unembed_flops(model) if method in ("batched", "kernel") else 0.0
+    return (suffix + clean) / 1e9
+
+
+# ---------------------------------------------------------------------------- the methods
+def _z_patch(masks_cfg: torch.Tensor, source_z: dict[int, torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per patched layer of one configuration [L H T]: (mask [T H] on the source's device, source z)."""
+    return {l: (masks_cfg[l].T.to(source_z[l].device), source_z[l])
+            for l in masks_cfg.any(dim=(1, 2)).nonzero().flatten().tolist()}
+
+
+def naive_tl(setup, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """One TransformerLens-bridge forward per configuration, patching z with a hook."""
+    n = setup.tokens.input_ids.shape[0]
+    idx, rows = torch.arange(n), torch.arange(n, device=setup.device)
+    last, out = setup.tokens.last_positions.to(setup.device), []
+    _sync(setup.device)
     start = time.perf_counter()
     with torch.no_grad():
         for cfg in masks:
-            patches = {}
-            for l in cfg.any(dim=(1, 2)).nonzero().flatten().tolist():
-                m = cfg[l].T.to(device)  # [pos head]
-                src = source_z[l]
-
-                def fn(z, m=m, src=src):
-                    return torch.where(m[None, :, :, None], src.to(z.dtype), z)
-
-                patches[f"blocks.{l}.attn.hook_z"] = fn
-            logits = run_with_patches(tl_model, tokens, patches)
-            out.append(metric(logits[rows, last][None], idx)[0])
-    _sync(device)
+            patches = {f"blocks.{l}.attn.hook_z": (lambda z, m=m, src=src: torch.where(m[None, :, :, None], src.to(z.dtype), z))
+                       for l, (m, src) in _z_patch(cfg, setup.source_z).items()}
+            logits = run_with_patches(setup.tl_model, setup.tokens, patches)
+            out.append(setup.metric(logits[rows, last][None], idx)[0])
+    _sync(setup.device)
     return time.perf_counter() - start, torch.stack(out)
 
 
-def plain_suffix_forwards(model, tokens, clean, masks, max_batch, device) -> float:
-    """The arithmetic floor, timed: for the same chunks and the same token counts as the
-    engine (layers from each configuration's first patched layer, positions from its first
-    patched position), plain Hugging Face decoder-layer forwards on the clean residual
-    stream, without prefix keys, patching or hooks; then the final norm and unembedding of
-    the last positions. Seconds."""
-    n = tokens.input_ids.shape[0]
-    adapter = model.adapter
-    layers = adapter.layers(model.hf)
-    norm, unembed = adapter.final_norm(model.hf), adapter.unembed(model.hf)
-    _sync(device)
+def naive_hf(setup, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """One forward of a pristine Hugging Face model per configuration: a forward pre-hook on each
+    patched layer's output projection replaces the heads' slices of its input, and only the last
+    positions are unembedded."""
+    hf, adapter, s = setup.pristine, setup.model.adapter, setup.model.shape
+    projs = [adapter.out_proj(adapter.attn(layer)) for layer in adapter.layers(hf)]
+    n = setup.tokens.input_ids.shape[0]
+    idx, rows = torch.arange(n), torch.arange(n, device=setup.device)
+    last, out = setup.tokens.last_positions.to(setup.device), []
+    _sync(setup.device)
     start = time.perf_counter()
     with torch.no_grad():
-        for cfg, first_layers, p0 in plan_chunks(masks, max(1, max_batch // n)):
+        for cfg in masks:
+            handles = []
+            for l, (m, src) in _z_patch(cfg, setup.source_z).items():
+                def pre(mod, args, m=m, src=src):
+                    z = args[0].view(*args[0].shape[:2], s.n_heads, s.d_head)
+                    return (torch.where(m[None, :, :, None], src.to(z.dtype), z).flatten(2), *args[1:])
+                handles.append(projs[l].register_forward_pre_hook(pre))
+            try:
+                hidden = adapter.base(hf)(input_ids=setup.tokens.input_ids, attention_mask=setup.tokens.attention_mask,
+                                          use_cache=False).last_hidden_state
+                logits = adapter.unembed(hf)(hidden[rows, last])
+            finally:
+                for h in handles:
+                    h.remove()
+            out.append(setup.metric(logits[None], idx)[0])
+    _sync(setup.device)
+    return time.perf_counter() - start, torch.stack(out)
+
+
+def floor(setup, masks: torch.Tensor) -> tuple[float, None]:
+    """The arithmetic floor, timed: for the same chunks and token counts as the engine (layers
+    from each configuration's first patched layer, positions from its first patched position),
+    plain Hugging Face decoder-layer forwards on the clean residual stream, without prefix keys,
+    patching or hooks; then the final norm and unembedding of the last positions."""
+    model, tokens, clean = setup.model, setup.tokens, setup.clean
+    n, adapter = tokens.input_ids.shape[0], model.adapter
+    layers, norm, unembed = adapter.layers(model.hf), adapter.final_norm(model.hf), adapter.unembed(model.hf)
+    _sync(setup.device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for cfg, first_layers, p0 in plan_chunks(masks, max(1, setup.max_batch // n)):
             t = tokens.input_ids.shape[1] - p0
             x, active = None, 0
             for l in range(first_layers[0], model.shape.n_layers):
@@ -109,20 +188,203 @@ def plain_suffix_forwards(model, tokens, clean, masks, max_batch, device) -> flo
                 rotary = None if clean.rotary is None else tuple(r[:, p0:] for r in clean.rotary)
                 x = adapter.call_layer(layers[l], x, mask, rotary)
             last = (tokens.last_positions - p0).clamp(min=0).repeat(active)
-            unembed(norm(x[torch.arange(x.shape[0]), last]))
-    _sync(device)
-    return time.perf_counter() - start
+            unembed(norm(x[torch.arange(x.shape[0], device=x.device), last]))
+    _sync(setup.device)
+    return time.perf_counter() - start, None
 
 
-def time_engine(model, tokens, source_z, masks, metric, max_batch, kernel, device, clean):
-    _sync(device)
+def engine(setup, masks: torch.Tensor, kernel: str) -> tuple[float, torch.Tensor]:
+    _sync(setup.device)
     start = time.perf_counter()
-    out = run_head_patches(model, tokens, source_z, masks, metric, max_batch=max_batch, kernel=kernel, clean=clean)
-    _sync(device)
+    out = run_head_patches(setup.model, setup.tokens, setup.source_z, masks, setup.metric,
+                           max_batch=setup.max_batch, kernel=kernel, clean=setup.clean)
+    _sync(setup.device)
     return time.perf_counter() - start, out.metric
 
 
-def main() -> None:
+def run_method(setup, method: str, masks: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+    if method == "naive_hf":
+        return naive_hf(setup, masks)
+    if method == "naive_tl":
+        return naive_tl(setup, masks)
+    if method == "floor":
+        return floor(setup, masks)
+    return engine(setup, masks, "reference" if method == "batched" else "triton")
+
+
+# ---------------------------------------------------------------------------- one dtype's set-up
+def pristine_model(name: str, dtype: torch.dtype, device: str):
+    """A fresh Hugging Face model of the registry entry: its own scaled-dot-product attention,
+    no workbench hook points."""
+    if name not in MODELS:
+        raise SystemExit(f"--model {name}: the plain Hugging Face loop needs a registry model ({', '.join(MODELS)})")
+    hf, _ = MODELS[name].loader(dtype)
+    hf.set_attn_implementation("sdpa")
+    return hf.to(device).eval()
+
+
+class Setup:
+    """One dtype's models (workbench, bridge, pristine), prompts, corrupt sources and clean run."""
+
+    def __init__(self, args, dtype: torch.dtype) -> None:
+        self.device, self.max_batch, self.dtype = args.device, args.max_batch, dtype
+        self.model = load_model(args.model, device=args.device, dtype=dtype)
+        self.tl_model = self.model.with_backend("transformer_lens")
+        self.pristine = pristine_model(args.model, dtype, args.device)
+        ps = ioi_prompts(args.n_prompts, self.model.tokenizer, seed=0, templates=[TEMPLATES[0]])
+        self.tokens, corrupt = ps.tokens(self.model), ps.corrupt_tokens(self.model)
+        correct, wrong = ps.answer_ids(self.model)
+        self.metric = lambda lg, idx: logit_diff(lg, correct[idx.to(correct.device)], wrong[idx.to(wrong.device)])
+        L = self.model.shape.n_layers
+        _, cache = run_with_cache(self.model, corrupt, [f"blocks.{l}.attn.hook_z" for l in range(L)], device=args.device)
+        self.source_z = {l: cache[f"blocks.{l}.attn.hook_z"] for l in range(L)}
+        _sync(self.device)
+        start = time.perf_counter()
+        self.clean = clean_run(self.model, self.tokens)  # the engine's one clean forward, timed once per sweep
+        _sync(self.device)
+        self.clean_s = time.perf_counter() - start
+        self.clean_metric = run_head_patches(self.model, self.tokens, self.source_z, head_masks_all_positions(
+            L, self.model.shape.n_heads, self.tokens.input_ids.shape[1])[:0], self.metric, clean=self.clean).clean_metric
+
+
+def kernels_used(setup, masks: torch.Tensor) -> dict[str, object]:
+    """The ops that ran in one engine chunk, from the profiler: attention, matmul, and the patch mix."""
+    from torch.profiler import profile
+
+    from workbench.kernels.patching import dispatch
+
+    with profile() as prof:
+        engine(setup, masks[:1], "auto")
+    names = {e.key for e in prof.key_averages()}
+    attention = sorted(n for n in names if "attention" in n or "flash" in n)
+    matmul = sorted(n for n in names if n in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul") or "mkldnn" in n
+                    or "onednn" in n or "gemm" in n.lower())
+    cpu = torch.backends.cpu.get_cpu_capability()
+    return {"patch_mix": dispatch.choose(setup.device), "attention": attention, "matmul": matmul,
+            "cpu_capability": cpu if not setup.device.startswith("cuda") else None}
+
+
+# ---------------------------------------------------------------------------- the sweeps
+def build_sweeps(args, model, n_pos: int) -> dict[str, torch.Tensor]:
+    s = model.shape
+    heads = list(range(args.heads or s.n_heads))
+    return {
+        "head": subset(head_masks_all_positions(s.n_layers, s.n_heads, n_pos), mid_layers(s.n_layers, args.layer_step), heads),
+        "head_pos": subset(head_masks_per_position(s.n_layers, s.n_heads, n_pos), mid_layers(s.n_layers, args.pos_layer_step),
+                           list(range(args.pos_heads or s.n_heads))),
+    }
+
+
+def naive_sample(p: int, most: int) -> torch.Tensor:
+    """Indices of the configurations the naive loops run: all, or ``most`` evenly spaced."""
+    if not most or p <= most:
+        return torch.arange(p)
+    return torch.linspace(0, p - 1, most).round().long().unique()
+
+
+def time_sweep(setups: dict[str, Setup], masks: torch.Tensor, methods: list[str], args, log) -> dict[str, dict]:
+    """Every method of every dtype on ``masks``, in rounds that interleave methods and dtypes on
+    slices of the sweep (a change in a shared machine's load falls on all alike). Per dtype:
+    seconds per method (naive ones scaled from their sample) and the values each produced."""
+    p = masks.shape[0]
+    sample = naive_sample(p, args.naive_max)
+    in_sample = torch.zeros(p, dtype=torch.bool)
+    in_sample[sample] = True
+    out = {d: {"s": dict.fromkeys(methods, 0.0), "val": {m: torch.full((p,) + (len(s.clean_metric),), float("nan"))
+                                                         for m in methods if m != "floor"}} for d, s in setups.items()}
+    for r in range(args.rounds):
+        part = torch.arange(r, p, args.rounds)
+        for d, setup in setups.items():
+            for method in methods[r % len(methods):] + methods[: r % len(methods)]:
+                rows = part[in_sample[part]] if method.startswith("naive") else part
+                if len(rows) == 0:
+                    continue
+                log(f"[{d}] round {r + 1}/{args.rounds}: {method} on {len(rows)} patches ...")
+                dt, val = run_method(setup, method, masks[rows])
+                out[d]["s"][method] += dt
+                if val is not None:
+                    out[d]["val"][method][rows] = val.detach().float().cpu()
+    for d in setups:
+        for m in methods:
+            if m.startswith("naive"):
+                out[d]["s"][m] *= p / len(sample)
+            elif m in ("batched", "kernel"):
+                out[d]["s"][m] += setups[d].clean_s
+    return out
+
+
+# ---------------------------------------------------------------------------- the report
+def effects(values: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean effect per configuration [P]: patched metric minus clean, averaged over prompts."""
+    return (values - clean.float().cpu()[None]).mean(dim=1)
+
+
+def top(effect: torch.Tensor, k: int = 10) -> list[int]:
+    return effect.abs().argsort(descending=True)[:k].tolist()
+
+
+def sweep_row(setup, model, masks, timed: dict, peak: float, n_sample: int, methods: list[str]) -> dict:
+    n, t = setup.tokens.input_ids.shape
+    p = masks.shape[0]
+    secs = timed["s"]
+    best = min(secs[m] for m in ("batched", "kernel") if m in methods)
+    row = {"n_patches": p, "naive_sampled": n_sample, "seconds": {m: round(v, 3) for m, v in secs.items()}}
+    gflop = {m: method_gflop(model, m, masks, n, t) for m in methods}
+    row["gflop_per_s"] = {m: round(gflop[m] / secs[m], 1) for m in methods}
+    row["share_of_peak"] = {m: round(gflop[m] / secs[m] / peak, 3) for m in methods}
+    row["speedup_vs_naive_hf"] = round(secs["naive_hf"] / best, 2)
+    row["speedup_vs_naive_tl"] = round(secs["naive_tl"] / best, 2)
+    row["vs_floor"] = round(best / secs["floor"], 3)
+    val = timed["val"]
+    sampled = ~val["naive_hf"][:, 0].isnan()
+    for m in ("naive_hf", "naive_tl"):
+        row[f"max_abs_diff_vs_{m}"] = float((val["batched"][sampled] - val[m][sampled]).abs().max())
+    eff = effects(val["batched"], setup.clean_metric)
+    row["top10"] = top(eff)
+    row["largest_effect"] = float(eff.abs().max())
+    return row
+
+
+def compare_dtypes(report: dict, timed_all: dict, setups: dict) -> dict:
+    """Each dtype against float32: the top-10 configurations, the effects' largest deviation,
+    and the engine's speed-up over the float32 engine in this run."""
+    if "float32" not in setups:
+        return {}
+    out = {}
+    for name, timed in timed_all.items():
+        ref = effects(timed["float32"]["val"]["batched"], setups["float32"].clean_metric)
+        for d in setups:
+            if d == "float32":
+                continue
+            eff = effects(timed[d]["val"]["batched"], setups[d].clean_metric)
+            out[f"{name}/{d}"] = {
+                "top10_identical": top(eff) == top(ref), "top10_same_set": set(top(eff)) == set(top(ref)),
+                "max_abs_effect_deviation": round(float((eff - ref).abs().max()), 4),
+                "largest_effect_float32": round(float(ref.abs().max()), 4),
+                "engine_speedup_vs_float32_engine": round(timed["float32"]["s"]["batched"] / timed[d]["s"]["batched"], 2),
+            }
+    return out
+
+
+def print_table(report: dict) -> None:
+    print(f"{report['model']}, {report['n_prompts']} IOI prompts x {report['n_tokens']} tokens, max_batch "
+          f"{report['max_batch']}, device {report['device']}")
+    for d, peak in report["peak_gflop_per_s"].items():
+        print(f"matmul peak {d}: {peak:.0f} GFLOP/s; kernels: {json.dumps(report['kernels'][d])}")
+    cols = ("seconds", "gflop_per_s", "share_of_peak")
+    print(f"{'sweep':<9} {'dtype':<9} {'method':<9} " + " ".join(f"{c:>14}" for c in cols))
+    for d, sweeps in report["dtypes"].items():
+        for name, row in sweeps.items():
+            for m in row["seconds"]:
+                print(f"{name:<9} {d:<9} {m:<9} " + " ".join(f"{row[c][m]:>14}" for c in cols))
+            print(f"{name:<9} {d:<9} speed-up vs naive_hf {row['speedup_vs_naive_hf']}x, vs naive_tl "
+                  f"{row['speedup_vs_naive_tl']}x, engine/floor {row['vs_floor']}, naive sample {row['naive_sampled']}"
+                  f"/{row['n_patches']}, max |diff| vs naive_hf {row['max_abs_diff_vs_naive_hf']:.2e}")
+    for key, row in report["vs_float32"].items():
+        print(f"{key} vs float32: {json.dumps(row)}")
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n-prompts", type=int, default=64)
@@ -132,95 +394,51 @@ def main() -> None:
     ap.add_argument("--pos-heads", type=int, default=0, help="head-by-position sweep: first k heads only (0: all)")
     ap.add_argument("--max-batch", type=int, default=512, help="sequences per batched forward")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16 (each reported)")
     ap.add_argument("--sweeps", default="head,head_pos")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--rounds", type=int, default=3, help="interleave the methods over this many slices of each sweep")
+    ap.add_argument("--naive-max", type=int, default=0,
+                    help="naive loops: at most this many configurations per sweep, evenly spaced, time scaled (0: all)")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-
-    model = load_model(args.model, device=args.device)
-    tl_model = model.with_backend("transformer_lens")
-    s = model.shape
-    ps = ioi_prompts(args.n_prompts, model.tokenizer, seed=0, templates=[TEMPLATES[0]])
-    tokens, corrupt = ps.tokens(model), ps.corrupt_tokens(model)
-    correct, wrong = (ids.to(args.device) for ids in ps.answer_ids(model))
-    metric = lambda lg, idx: logit_diff(lg, correct[idx], wrong[idx])  # noqa: E731
-    n, t = tokens.input_ids.shape
-    _, cache = run_with_cache(model, corrupt, [f"blocks.{l}.attn.hook_z" for l in range(s.n_layers)])
-    source_z = {l: cache[f"blocks.{l}.attn.hook_z"].to(args.device) for l in range(s.n_layers)}  # the naive loop reads it on the model's device
-    heads = list(range(args.heads or s.n_heads))
-    sweeps = {
-        "head": subset(head_masks_all_positions(s.n_layers, s.n_heads, t), mid_layers(s.n_layers, args.layer_step), heads),
-        "head_pos": subset(head_masks_per_position(s.n_layers, s.n_heads, t), mid_layers(s.n_layers, args.pos_layer_step),
-                           list(range(args.pos_heads or s.n_heads))),
-    }
-    on_cuda = args.device.startswith("cuda")
-    _sync(args.device)
-    start = time.perf_counter()
-    clean = clean_run(model, tokens)  # the engine's one clean forward with its cache, timed once per sweep
-    _sync(args.device)
-    clean_s = time.perf_counter() - start
-    log(f"{args.model} on {args.device}: {n} prompts x {t} tokens; "
-        + ", ".join(f"{k}: {v.shape[0]} patches" for k, v in sweeps.items()))
-    report = {"model": args.model, "n_prompts": n, "n_tokens": t, "max_batch": args.max_batch,
-              "rounds": args.rounds, "clean_run_s": round(clean_s, 3), "sweeps": {}}
+    dtypes = [d.strip() for d in args.dtype.split(",")]
+    setups = {d: Setup(args, getattr(torch, d)) for d in dtypes}
+    first = setups[dtypes[0]]
+    n, t = first.tokens.input_ids.shape
+    sweeps = build_sweeps(args, first.model, t)
+    methods = ["naive_hf", "naive_tl", "batched", "floor"] + (["kernel"] if args.device.startswith("cuda") else [])
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    report = {"model": args.model, "n_prompts": n, "n_tokens": t, "max_batch": args.max_batch, "rounds": args.rounds,
+              "device": device, "peak_gflop_per_s": {d: round(matmul_peak(getattr(torch, d), args.device), 1) for d in dtypes},
+              "kernels": {d: kernels_used(s, sweeps["head"]) for d, s in setups.items()},
+              "clean_run_s": {d: round(s.clean_s, 3) for d, s in setups.items()}, "dtypes": {d: {} for d in dtypes}}
+    log(f"{args.model} on {device}: {n} prompts x {t} tokens; " + ", ".join(f"{k}: {v.shape[0]} patches" for k, v in sweeps.items())
+        + f"; peak {report['peak_gflop_per_s']} GFLOP/s")
+    timed_all = {}
+    peak = report["peak_gflop_per_s"]
     for name in args.sweeps.split(","):
-        masks = sweeps[name]
-        p = masks.shape[0]
-        times = {"naive": 0.0, "batched": clean_s, "kernel": clean_s, "floor": 0.0}
-        got = {k: torch.zeros(p, n) for k in ("naive", "batched", "kernel")}
-        methods = ["naive", "batched", "floor"] + (["kernel"] if on_cuda else [])
-        # Rounds interleave the methods on slices of the sweep, so that a change in the load
-        # of a shared machine falls on every method alike.
-        for r in range(args.rounds):
-            part = torch.arange(r, p, args.rounds)
-            if len(part) == 0:
-                continue
-            sub = masks[part]
-            for method in methods[r % len(methods):] + methods[: r % len(methods)]:
-                log(f"[{name}] round {r + 1}/{args.rounds}: {method} on {len(part)} patches ...")
-                if method == "naive":
-                    dt, val = naive_loop(tl_model, tokens, source_z, sub, metric, args.device)
-                elif method == "floor":
-                    dt, val = plain_suffix_forwards(model, tokens, clean, sub, args.max_batch, args.device), None
-                else:
-                    dt, val = time_engine(model, tokens, source_z, sub, metric, args.max_batch,
-                                          "reference" if method == "batched" else "triton", args.device, clean)
-                times[method] += dt
-                if val is not None:
-                    got[method][part] = val.detach().float().cpu()
-        kernel_s = times["kernel"] if on_cuda else None
-        best = min(x for x in (times["batched"], kernel_s) if x is not None)
-        report["sweeps"][name] = {
-            "n_patches": p,
-            "naive_s": round(times["naive"], 3),
-            "batched_s": round(times["batched"], 3),
-            "kernel_s": None if kernel_s is None else round(kernel_s, 3),
-            "speedup_vs_naive": round(times["naive"] / best, 2),
-            "vs_floor": round(best / times["floor"], 3),
-            "vs_floor_without_clean_run": round((best - clean_s) / times["floor"], 3),
-            "floor_s": round(times["floor"], 3),
-            "naive_vs_floor": round(times["naive"] / times["floor"], 2),
-            "suffix_work_share": round(suffix_work(masks, s.n_layers, t) / p, 4),
-            "patches_per_s": {"naive": round(p / times["naive"], 3), "batched": round(p / times["batched"], 3),
-                              "kernel": None if kernel_s is None else round(p / kernel_s, 3)},
-            "max_abs_diff_vs_naive": float((got["batched"] - got["naive"]).abs().max()),
-            "max_abs_diff_kernel_vs_reference": float((got["kernel"] - got["batched"]).abs().max()) if on_cuda else None,
-            "device": torch.cuda.get_device_name() if on_cuda else f"cpu ({torch.get_num_threads()} threads)",
-        }
-        log(f"[{name}] {json.dumps(report['sweeps'][name])}")
+        timed_all[name] = time_sweep(setups, sweeps[name], methods, args, log)
+        # a shared machine's load moves: the peak is the best of a GEMM before and after each sweep
+        peak.update({d: round(max(peak[d], matmul_peak(getattr(torch, d), args.device)), 1) for d in dtypes})
+    for name, timed in timed_all.items():
+        n_sample = len(naive_sample(sweeps[name].shape[0], args.naive_max))
+        for d, setup in setups.items():
+            row = sweep_row(setup, setup.model, sweeps[name], timed[d], peak[d], n_sample, methods)
+            report["dtypes"][d][name] = row
+            log(f"[{name} {d}] {json.dumps(row)}")
+    report["vs_float32"] = compare_dtypes(report, timed_all, setups)
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    cols = ["n_patches", "naive_s", "batched_s", "kernel_s", "floor_s", "speedup_vs_naive", "vs_floor",
-            "vs_floor_without_clean_run", "max_abs_diff_vs_naive", "device"]
-    print(f"{args.model}, {n} IOI prompts x {t} tokens, max_batch {args.max_batch}")
-    print("sweep     " + " ".join(f"{c:>22}" for c in cols))
-    for name, row in report["sweeps"].items():
-        print(f"{name:<9} " + " ".join(f"{str(row[c]):>22}" for c in cols))
+    print_table(report)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_answers_must_be_single_tokens(tiny_llama):
 def test_unknown_task_and_empty_n(tiny_llama):
     with pytest.raises(InputError, match="unknown task"):
         run(tiny_llama, AblationConfig(task="nope"), progress=False)
-    with pytest.raises(InputError, match="at least one"):
+    with pytest.raises(InputError, match="--n must be at least 1"):  # the command line's line, from run() too
         run(tiny_llama, AblationConfig(n_prompts=0), progress=False)
 
 

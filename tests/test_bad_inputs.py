@@ -763,3 +763,217 @@ def test_every_float_option_is_typed_float():
             if any(isinstance(v, float) for v in defaults):
                 floaty = kind is float or (typing.get_origin(kind) is tuple and float in typing.get_args(kind))
                 assert floaty, f"{key}: {f.name} has a float default but is typed {annotation}"
+
+
+# ----- issue 29: run references, empty lists, what a path is, the environment --------
+def workbench_env(args: list[str], cwd: Path, stdout: typing.Any = subprocess.PIPE, **env: str | None) -> subprocess.CompletedProcess:
+    """``workbench()`` with environment variables set (or removed, with None) and a chosen stdout."""
+    full = dict(os.environ, WORKBENCH_RUNS=str(cwd / "runs"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    for k, v in env.items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = v
+    return subprocess.run([sys.executable, "-m", "workbench", *args], cwd=cwd, env=full, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=TIMEOUT)
+
+
+def _root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda tmp: str(tmp / "no-such-run"), ["--include", "does not exist"]),
+    (lambda tmp: str(_write(tmp / "notes.txt", "mine")), ["--include", "is a file, not a folder"]),
+    (lambda tmp: str(_write(tmp / "half" / "result.json", "{").parent), ["--include", "result.json is corrupt"]),
+    (lambda tmp: str(_write(tmp / "other" / "data.csv", "1,2").parent), ["--include", "has no result.json"]),
+    (lambda tmp: "", ["--include is empty"]),
+], ids=["missing", "file", "broken-run", "not-a-run", "empty"])
+def test_include_is_checked_before_the_model_loads(tmp_path, make, words):
+    """``ablation --include`` was read only after the whole analysis (about 25 minutes at the defaults)."""
+    value = make(tmp_path)
+    before = snapshot(tmp_path)
+    proc = workbench(["ablation", "--model", "tiny-llama", "--n", "2", "--include", value], tmp_path)
+    assert_one_error(proc, *words)
+    assert snapshot(tmp_path) == before
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("args,words", [
+    (["sinks", "--thresholds", ""], ["--thresholds is empty"]),
+    (["sinks", "--betas", ","], ["--betas is empty"]),
+    (["retrieval", "--depths", ""], ["--depths is empty"]),
+    (["vhd", "--alphas", " "], ["--alphas is empty"]),
+    (["icl", "--seed-heads", ""], ["--seed-heads is empty"]),
+    (["lrp", "--target", ""], ["--target is empty"]),
+    (["lrp", "--prompt", "Hi", "--contrast", ""], ["--contrast is empty"]),
+    (["retrieval", "--haystack", ""], ["--haystack is empty"]),
+    (["vhd", "--image", ""], ["--image is empty"]),
+])
+def test_empty_list_options_are_refused_not_replaced_by_the_defaults(tmp_path, args, words):
+    before = snapshot(tmp_path)
+    proc = workbench([*args, "--model", "tiny-llama"], tmp_path)
+    assert_one_error(proc, *words)
+    assert snapshot(tmp_path) == before
+
+
+def _fifo(tmp: Path) -> Path:
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform")
+    os.mkfifo(tmp / "pipe")
+    return tmp / "pipe"
+
+
+@pytest.mark.parametrize("command,flag,make,what", [
+    ("retrieval", "--haystack", lambda tmp: tmp, "is a folder, not a file"),
+    ("retrieval", "--haystack", _fifo, "is a named pipe, not a file"),
+    ("lrp", "--image", lambda tmp: tmp, "is a folder, not a file"),
+    ("vhd", "--image", _fifo, "is a named pipe, not a file"),
+    ("induction", "--model", _fifo, "is a named pipe, not a model folder"),
+], ids=["haystack-folder", "haystack-pipe", "image-folder", "image-pipe", "model-pipe"])
+def test_a_folder_or_a_pipe_is_called_what_it_is(tmp_path, command, flag, make, what):
+    """They were all "does not exist"; a pipe is never opened (that would wait for a writer)."""
+    path = make(tmp_path)
+    args = [command, flag, str(path)] + ([] if flag == "--model" else ["--model", "tiny-llama"])
+    proc = workbench(args, tmp_path)
+    assert_one_error(proc, str(path), what)
+
+
+def test_an_unreadable_file_is_called_unreadable(tmp_path):
+    if _root():
+        pytest.skip("running as root: chmod 000 does not stop root from reading")
+    haystack = _write(tmp_path / "haystack.txt", "Some prose. " * 50)
+    haystack.chmod(0)
+    proc = workbench(["retrieval", "--haystack", str(haystack), "--model", "tiny-llama"], tmp_path)
+    assert_one_error(proc, str(haystack), "cannot be read (permission denied)")
+
+
+@pytest.mark.parametrize("env,words", [
+    ({"WORKBENCH_CACHE": "{file}"}, ["{file} is a file, not a folder", "WORKBENCH_CACHE={file}"]),
+    ({"WORKBENCH_CACHE": "{file}/cache"}, ["{file} is a file, not a folder", "point WORKBENCH_CACHE"]),
+    ({"WORKBENCH_CACHE": None, "HOME": "{file}"}, ["{file} is a file, not a folder", "HOME={file}"]),
+    ({"WORKBENCH_CACHE": None, "HOME": ""}, ["HOME is set but empty"]),
+    ({"WORKBENCH_CACHE": None, "HOME": "relative/home"}, ["HOME=relative/home is not an absolute path"]),
+], ids=["cache-is-a-file", "cache-under-a-file", "home-is-a-file", "home-empty", "home-relative"])
+def test_a_cache_folder_that_cannot_be_made_names_the_variable(tmp_path, env, words):
+    """These were NotADirectoryError tracebacks on every command, tiny models included."""
+    blocker = _write(tmp_path / "in-the-way", "a file")
+    env = {k: (v.format(file=blocker) if v is not None else None) for k, v in env.items()}
+    before = snapshot(tmp_path)
+    proc = workbench_env(["induction", "--model", "tiny-llama", "--n", "2"], tmp_path, **env)
+    assert_one_error(proc, *(w.format(file=blocker) for w in words), before_load=False)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_read_only_cache_folder_names_the_variable(tmp_path):
+    if _root():
+        pytest.skip("running as root: a read-only folder does not stop root from writing")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    proc = workbench_env(["induction", "--model", "tiny-llama", "--n", "2"], tmp_path, WORKBENCH_CACHE=str(cache))
+    assert_one_error(proc, "permission denied", "WORKBENCH_CACHE", before_load=False)
+
+
+@pytest.mark.parametrize("make,what", [
+    (lambda tmp: _write(tmp / "tmpfile", "x"), "is a file, not a folder"),
+    (lambda tmp: tmp / "no-such-tmp", "does not exist"),
+])
+def test_an_unusable_tmpdir_is_named(tmp_path, make, what):
+    """Python would fall back to /tmp without a word, filling a disk the user meant to spare."""
+    tmpdir = make(tmp_path)
+    proc = workbench_env(["induction", "--model", "tiny-llama", "--n", "2"], tmp_path, TMPDIR=str(tmpdir))
+    assert_one_error(proc, f"TMPDIR={tmpdir} {what}")
+
+
+def test_standard_output_on_a_full_disk_is_one_line(tmp_path):
+    if not Path("/dev/full").is_char_device():
+        pytest.skip("no /dev/full device here")
+    save_toy_run(tmp_path / "runs" / "toy")
+    with open("/dev/full", "w") as full:
+        proc = workbench_env(["runs"], tmp_path, stdout=full)
+    assert_one_error(proc, "cannot write to standard output", "the disk is full")
+
+
+def test_standard_output_into_a_closed_pipe_stops_quietly(tmp_path):
+    """``workbench runs | head``: the reader has gone, which is no error to report (git and
+    coreutils stay quiet too); no traceback, no "Exception ignored", the shell's SIGPIPE status."""
+    save_toy_run(tmp_path / "runs" / "toy")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone (`workbench runs | head -0`)
+    try:
+        proc = workbench_env(["runs"], tmp_path, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The multiprocessing workers (spawned with --multiprocessing-fork) whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"multiprocessing" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_icl_workers_at_once_and_leaves_no_process(tmp_path):
+    """It took about 34 s (the running trainings finished first) and left a zombie child."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc to find the worker processes")
+    env = dict(os.environ, WORKBENCH_RUNS=str(tmp_path / "runs"), WORKBENCH_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "icl", "--steps", "3000", "--n-seeds", "2",
+                             "--workers", "2", "--no-baselines", "--device", "cpu"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while len(children := _spawned_children(proc.pid)) < 3 and time.time() < deadline:  # 2 workers + tracker
+            time.sleep(0.2)
+        assert len(children) == 3, children
+        time.sleep(2)  # the workers are training now
+        start = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        seconds = time.perf_counter() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and lines_of(err)[-1] == "interrupted", err[-2000:]
+    assert "Traceback" not in err
+    assert seconds < 15, f"took {seconds:.1f} s to stop"
+    time.sleep(0.5)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "a worker outlived the command"
+
+
+@pytest.mark.parametrize("make", [
+    lambda tmp: "/tmp/" + "x" * 300,  # one name past the file system's 255 bytes
+    lambda tmp: "./" + "/".join(["y" * 200] * 30),  # a path past PATH_MAX
+], ids=["long-name", "long-path"])
+def test_an_over_long_model_path_is_one_line_before_loading(tmp_path, make):
+    """It was an OSError (File name too long) traceback."""
+    proc = workbench(["induction", "--model", make(tmp_path), "--n", "2"], tmp_path)
+    line = assert_one_error(proc, "File name too long", "characters)")
+    assert len(line) < 400
+
+
+def test_a_long_model_path_still_gives_a_run_folder_name_that_fits():
+    """A model folder deep in a long path named a run folder past 255 bytes: the save failed
+    after the whole analysis."""
+    from workbench.results import Result
+
+    model = "/data/" + "/".join(["ä" * 100] * 4)
+    name = Result(meta={"model": model}).default_run_name()
+    assert len(name.encode()) <= 200 and "ä" in name

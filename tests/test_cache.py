@@ -49,8 +49,8 @@ def test_neox_on_transformer_lens_agrees_where_the_bridge_has_the_hook(tiny_neox
     for name in names:
         assert cache[name].shape == ref[name].shape, name
         assert (cache[name] - ref[name]).abs().max() < 1e-5, name
-    _, pre = run_with_cache(tiny_neox, PROMPTS, ["blocks.1.hook_resid_pre"])
-    assert torch.equal(ref["blocks.1.hook_resid_mid"], pre["blocks.1.hook_resid_pre"])
+    _, both = run_with_cache(tiny_neox, PROMPTS, ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid"])
+    assert torch.equal(both["blocks.1.hook_resid_mid"], both["blocks.1.hook_resid_pre"])
     with pytest.raises(HookNameError, match="'hf' or 'nnsight'") as err:
         run_with_cache(m, PROMPTS, ["blocks.0.attn.hook_q"])
     assert "\n" not in str(err.value)

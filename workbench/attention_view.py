@@ -24,4 +24,4 @@ def attention_patterns(model: Any, prompt: str, layer: int) -> AttentionView:
     _, cache = run_with_cache(model, [prompt], [name], return_logits=False)
     ids = model.to_tokens([prompt])[0][0]
     tokens = [model.tokenizer.decode([int(i)]) for i in ids]
-    return AttentionView(tokens=tokens, pattern=cache[name][0].float())
+    return AttentionView(tokens=tokens, pattern=cache[name][0].float().cpu())

@@ -160,13 +160,17 @@ def run_with_cache(
     progress: bool = False,
     spill_dir: str | os.PathLike | bool | None = None,
     return_logits: bool = True,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor | None, ActivationCache]:
     """Logits [batch pos vocab] and an ``ActivationCache`` holding only ``names``.
 
     ``batch_size`` streams the prompts in chunks; ``spill_dir`` (a folder, or True for a
-    temporary one) writes each chunk's activations to disk instead of memory."""
+    temporary one) writes each chunk's activations to disk instead of memory. The activations
+    stay on the model's device unless ``device`` asks for another (``device="cpu"`` to hold a
+    long sweep in host memory): a cache moved silently to the CPU was indexed with masks from
+    the model's device (the ablation's GPU bug)."""
     tokens = as_tokens(model, inputs)
+    device = model.device if device is None else device
     names = list(dict.fromkeys(names))
     check_names(model.hook_points, names)
     n = len(tokens)

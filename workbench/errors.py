@@ -24,3 +24,8 @@ class InputError(WorkbenchError, ValueError):
 
 class ResultError(WorkbenchError):
     """A run folder is missing, corrupt or cannot be written."""
+
+
+class EnvironmentProblem(WorkbenchError):
+    """The machine stops the workbench, not the input: HOME, the cache folder, TMPDIR, a
+    full disk or a closed standard output. The message names the variable or folder to fix."""

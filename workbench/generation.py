@@ -60,19 +60,22 @@ class Generated:
         return torch.cat([self.input_ids, self.new_tokens], dim=1)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """[batch pos] ids and mask, padded on the left so the last tokens line up."""
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
+             device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[batch pos] ids and mask, padded on the left so the last tokens line up, on ``device``
+    (None: left where they are built, the CPU)."""
     if not prompts:
         raise InputError("the prompt list is empty; pass at least one prompt")
     if any(len(p) == 0 for p in prompts):
         raise InputError("a prompt has no tokens; every prompt needs some text")
     n = max(len(p) for p in prompts)
+    # cpu: padded from Python lists on the CPU, then moved in one copy
     ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), n), dtype=torch.long)
+    mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
-        ids[i, n - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        ids[i, n - len(p):] = torch.as_tensor(list(p), dtype=torch.long)  # cpu: from a Python list
         mask[i, n - len(p):] = 1
-    return ids.to(device), mask.to(device)
+    return (ids, mask) if device is None else (ids.to(device), mask.to(device))
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -243,8 +246,10 @@ def decode(
     patches = dict(patches or {})
     read = list(dict.fromkeys(read))
     check_names(model.hook_points, list(patches) + read)
-    sel = torch.arange(state.input_ids.shape[0]) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
-    cache = _select_cache(state.cache, sel.to(state.input_ids.device))
+    dev = state.input_ids.device
+    sel = torch.arange(state.input_ids.shape[0], device=dev) if rows is None else \
+        torch.as_tensor(list(rows), dtype=torch.long, device=dev)
+    cache = _select_cache(state.cache, sel)
     if repeat > 1:
         cache = _repeat_cache(cache, repeat)
     cache = _buffered_cache(cache, max_new_tokens)

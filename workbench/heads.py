@@ -32,6 +32,7 @@ def top_heads(scores: torch.Tensor, k: int, min_score: float | None = None) -> l
     n_heads = scores.shape[1]
     out = [(int(i) // n_heads, int(i) % n_heads) for i in order]
     if min_score is not None:
+        # cpu: a 0-dim threshold compares with scores on any device
         limit = torch.tensor(min_score, dtype=scores.dtype)  # compare in the scores' precision
         out = [(l, h) for l, h in out if bool(scores[l, h] > limit)]
     return out
@@ -49,6 +50,7 @@ def random_heads(n_layers: int, n_heads: int, k: int, rng: random.Random,
 
 def head_set_mask(heads: list[tuple[int, int]], n_layers: int, n_heads: int) -> torch.Tensor:
     """[layer head] boolean mask of a head list."""
+    # cpu: a head list's mask, like the head list itself; users move it where it patches
     mask = torch.zeros(n_layers, n_heads, dtype=torch.bool)
     for l, h in heads:
         mask[l, h] = True

@@ -20,6 +20,12 @@ Canonical names (``l`` a zero-based layer)::
 
 Keys and values stay at ``n_kv_heads`` (grouped-query attention); every per-head
 quantity downstream of them (scores, pattern, z) is per query head.
+
+No hook, no cost: a layer builds its scores and pattern (eager attention) only while something
+reads or writes ``hook_attn_scores`` or ``hook_pattern`` of that layer (a PyTorch hook, a global
+module hook, an nnsight trace waiting there, or ``output_attentions``); otherwise it runs
+PyTorch's fused scaled-dot-product attention, and the two hook points never fire. The other
+hook points are identity modules, called whether or not anything listens (microseconds).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import difflib
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .adapters import adapter_for
@@ -85,9 +92,11 @@ def workbench_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention with hook points at q, k, v, scores, pattern and z. Numerically the
-    same as transformers' eager attention."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention with hook points at q, k, v, scores, pattern and z. The scores and the
+    pattern are materialised (eager, numerically transformers' eager attention) only when
+    something reads or writes them (``reads_pattern``); otherwise PyTorch's fused
+    scaled-dot-product attention runs and the pattern is never built (no hook, no cost)."""
     hooks: AttnHooks = module.wb_hooks
     if scaling is None:
         scaling = query.size(-1) ** -0.5
@@ -96,7 +105,22 @@ def workbench_attention(
     v = hooks.hook_v(value.transpose(1, 2)).transpose(1, 2)
     n_rep = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+    causal = getattr(module, "is_causal", True)
+    if reads_pattern(hooks) or kwargs.get("output_attentions"):
+        z, pattern = _eager(hooks, q, k, v, attention_mask, scaling, causal)
+    else:
+        z, pattern = _sdpa(q, k, v, attention_mask, scaling, causal), None
+    z = hooks.hook_z(z.transpose(1, 2).contiguous())
+    return z, pattern
+
+
+def _eager(hooks: AttnHooks, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None,
+           scaling: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B H S D], k and v [B H T D] -> z [B H S D] and the pattern [B H S T], through the
+    scores and pattern hook points; softmax in float32."""
     scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    if attention_mask is None and causal and q.shape[2] > 1:
+        attention_mask = _causal_allowed(q.shape[2], k.shape[2], q.device)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -105,17 +129,83 @@ def workbench_attention(
     scores = hooks.hook_attn_scores(scores)
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     pattern = hooks.hook_pattern(pattern)
-    z = torch.matmul(pattern, v).transpose(1, 2).contiguous()
-    z = hooks.hook_z(z)
-    return z, pattern
+    return torch.matmul(pattern, v), pattern
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float,
+          causal: bool) -> torch.Tensor:
+    """q [B H S D], k and v [B H T D] -> z [B H S D] by PyTorch's fused attention (no pattern).
+    A None mask means causal with as many queries as keys, or one query that sees every key
+    (how ``workbench_mask`` skips the mask)."""
+    if attention_mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask[..., : k.shape[-2]], scale=scaling)
+    is_causal = causal and q.shape[2] > 1
+    if is_causal and q.shape[2] != k.shape[2]:  # queries at the end of a longer key range
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_allowed(q.shape[2], k.shape[2], q.device),
+                                              scale=scaling)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scaling)
+
+
+def _causal_allowed(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
+    """[1 1 S T] boolean causal mask for queries at the last ``n_query`` of ``n_key`` positions."""
+    return torch.ones(n_query, n_key, dtype=torch.bool, device=device).tril(n_key - n_query)[None, None]
+
+
+def reads_pattern(hooks: AttnHooks) -> bool:
+    """Whether anything reads or writes this layer's scores or pattern in the running forward,
+    so the eager path must build them: a PyTorch hook on either hook point (hf backend,
+    generation readers, the engines), a global module hook, or an nnsight trace waiting there."""
+    return any(_watched(point) for point in (hooks.hook_attn_scores, hooks.hook_pattern))
+
+
+def _watched(point: nn.Module) -> bool:
+    if point._forward_hooks or point._forward_pre_hooks or point._backward_hooks or point._backward_pre_hooks:
+        return True
+    g = torch.nn.modules.module
+    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks:
+        return True
+    return _nnsight_watches(point)
+
+
+def _nnsight_watches(point: nn.Module) -> bool:
+    """An nnsight trace running now that has a worker parked on (or a cache observing) this
+    module's input or output. nnsight routes a module through a controller installed as its
+    ``forward`` (no PyTorch hook), so its interleaver is asked; unknown internals: True."""
+    state = point.__dict__.get("__nnsight__")
+    if state is None:
+        return False
+    try:
+        interleaver, _, locations = state.active()
+    except Exception:  # an nnsight whose internals differ: stay on the safe (eager) side
+        return True
+    if interleaver is None:
+        return False
+    parked, observers = getattr(interleaver, "parked", None), getattr(interleaver, "observers", None)
+    if parked is None or observers is None:
+        return True
+    return any(loc in parked or observers.get(loc) for loc in locations)
+
+
+def workbench_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """transformers' eager (additive) mask, but None where a plain causal mask would do (no
+    padding, as many queries as keys or one query): the fused path then runs causal without a
+    mask, its fastest kernel, and the eager path builds the causal mask itself."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs.setdefault("allow_is_causal_skip", True)
+    dtype = kwargs.pop("dtype", torch.float32)
+    mask = sdpa_mask(*args, **kwargs)
+    if mask is None:
+        return None
+    return torch.where(mask, torch.zeros((), device=mask.device, dtype=dtype), torch.finfo(dtype).min)
 
 
 def _register_attention() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_IMPL, workbench_attention)
-    AttentionMaskInterface.register(ATTN_IMPL, eager_mask)
+    AttentionMaskInterface.register(ATTN_IMPL, workbench_mask)
 
 
 def _first(output: Any) -> torch.Tensor:

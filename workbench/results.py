@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .errors import ResultError, WorkbenchError
-from .paths import runs_dir, user_path
+from .paths import folder_problem, runs_dir, user_path
 from .run_folder import (ARRAYS_FILE, CHECKSUM_KEY, FILES_KEY, MARKER, MARKER_KEY, RESULT_FILE, SIZE_KEY,
                          check_run_target, clean_stale_saves, discard_temp, is_safe_name, manifest, move_into_place,
                          sha256_file, temp_folder)
@@ -162,6 +162,11 @@ class Result:
     # ----- saving -------------------------------------------------------------
     def default_run_name(self) -> str:
         model = str(self.meta.get("model") or "model").replace("/", "_")
+        if len(model.encode()) > 120:  # a long local path: a folder name has 255 bytes at most
+            import hashlib
+
+            tail = model.encode()[-100:].decode("utf-8", "ignore")
+            model = f"{hashlib.sha256(model.encode()).hexdigest()[:8]}-{tail}"
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         return f"{self.analysis}-{model}-{stamp}"
 
@@ -489,8 +494,8 @@ def load_result(path: str | os.PathLike) -> Result:
     from safetensors.torch import load_file
 
     folder = user_path(path)
-    if not folder.is_dir():
-        raise ResultError(f"run folder {folder} does not exist; list saved runs with `workbench runs`")
+    if (problem := folder_problem(folder)) is not None:
+        raise ResultError(f"run folder {folder} {problem}; list saved runs with `workbench runs`")
     doc = read_result_doc(folder)
     doc_path = folder / RESULT_FILE
     analysis = doc["analysis"]

@@ -27,14 +27,15 @@ ENTRY_POINT_GROUP = "workbench.analyses"
 def option(default: Any = dataclasses.MISSING, *, help: str = "", flag: str | None = None,
            aliases: Sequence[str] = (), min: float | None = None, max: float | None = None,
            choices: Sequence[Any] | None = None, cli: bool = True,
-           default_factory: Any = dataclasses.MISSING) -> Any:
+           default_factory: Any = dataclasses.MISSING, refers: str | None = None) -> Any:
     """A Config field that also describes its command-line option and its valid range.
 
     ``flag`` overrides the option name (default ``--field-name``); ``aliases`` are extra
     names (``-p``); ``min``/``max``/``choices`` are checked before any work starts;
-    ``cli=False`` keeps an internal knob off the command line."""
+    ``refers="run"`` or ``"file"``: the value names saved run folders or files, read before
+    any work (``workbench.checks``); ``cli=False`` keeps an internal knob off the command line."""
     meta = {"help": help, "flag": flag, "aliases": tuple(aliases), "min": min, "max": max,
-            "choices": tuple(choices) if choices is not None else None, "cli": cli}
+            "choices": tuple(choices) if choices is not None else None, "cli": cli, "refers": refers}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -68,7 +69,7 @@ def check_config(config: Any) -> None:
         if value is None:
             continue
         name = flag_of(f)
-        values = value if isinstance(value, tuple) else (value,)
+        values = value if isinstance(value, (tuple, list)) else (value,)
         for v in values:
             if isinstance(v, float) and not math.isfinite(v):
                 raise InputError(f"{name} must be a finite number (got {v})")
@@ -163,6 +164,15 @@ class AnalysisSpec:
     description: str = ""
     headlines: tuple[Headline, ...] = ()
     head_columns: tuple[HeadColumn, ...] = ()
+
+    def __post_init__(self) -> None:
+        """``spec.run`` is always the checked door (``workbench.checks.checked_run``): a Python
+        caller gets the checks the command line makes."""
+        from .checks import checked_run, register
+
+        run = checked_run(self.run)
+        object.__setattr__(self, "run", run)
+        register(run, self)
 
     @property
     def result_names(self) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from workbench.parallel import MapStats, current, run_head_patches_parallel, sup
 from workbench.patching import HeadPatchSweep, head_masks_all_positions, logit_diff
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
+from workbench.checks import checked_run
 
 TASKS = ("ioi",)
 
@@ -37,7 +38,8 @@ class AblationConfig:
     batch_size: int = option(512, help="patched runs per forward pass", min=1)
     top_k: int = option(10, help="heads listed in the summary", min=1)
     include: tuple[str, ...] = option((), help="saved runs whose sections join the report "
-                                      "(default: the latest run of every other analysis on this model)")
+                                      "(default: the latest run of every other analysis on this model)",
+                                      refers="run")
     renamed: ClassVar[dict[str, str]] = {"n": "n_prompts", "max_batch": "batch_size"}
 
     def validate(self) -> None:
@@ -55,7 +57,7 @@ def estimate_bytes(config: AblationConfig, model: Any) -> int:
     --n 256 / 512: 1.03 / 2.06 GB, 4.0 MB a prompt at 20 positions; this estimate: 0.98 / 1.9 GB.
     --n 8: 30 MB; this estimate: 31 MB."""
     s = model.shape
-    size = torch.empty((), dtype=model.dtype).element_size()
+    size = torch.empty((), dtype=model.dtype).element_size()  # cpu: only its element size is read
     n = config.n_prompts
     pos = int(build_prompts(model, dataclasses.replace(config, n_prompts=min(n, 64))).tokens(model).input_ids.shape[1])
     mean_forward = n * pos * size * (s.d_vocab + 4 * s.n_heads * s.d_model)
@@ -131,10 +133,10 @@ def traced_head_sweep(model: Any, tokens: Tokens, source: dict[int, torch.Tensor
     from tqdm.auto import tqdm
 
     n, n_pos = tokens.input_ids.shape
-    idx = torch.arange(n)
+    idx = torch.arange(n)  # cpu: prompt indices: a CPU index may index a tensor on any device
     last = tokens.last_positions
     logits = run_with_patches(model, tokens, {})
-    clean = metric(logits[torch.arange(n), last].float()[None], idx)[0]
+    clean = metric(logits[torch.arange(n, device=logits.device), last].float()[None], idx)[0]
     per_chunk = max(1, max_batch // n)
     out, forwards = [], 1
     for start in tqdm(range(0, masks.shape[0], per_chunk), desc="ablating heads (traces)", disable=not progress, leave=False):
@@ -152,7 +154,7 @@ def traced_head_sweep(model: Any, tokens: Tokens, source: dict[int, torch.Tensor
 
             patches[f"blocks.{l}.attn.hook_z"] = patch
         logits = run_with_patches(model, big, patches)
-        rows = torch.arange(c * n)
+        rows = torch.arange(c * n, device=logits.device)
         last_logits = logits[rows, last.repeat(c)].float().view(c, n, -1)
         out.append(metric(last_logits, idx))
         forwards += 1
@@ -160,6 +162,7 @@ def traced_head_sweep(model: Any, tokens: Tokens, source: dict[int, torch.Tensor
 
 
 @supports_ray
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(model: Any, config: AblationConfig | None = None, progress: bool = True) -> AblationResult:
     """Ablate every head (one configuration per head, batched) and rank them by effect.
 
@@ -225,9 +228,9 @@ def set_intervals(result: AblationResult, n_top: int = 3) -> None:
     clean = result.arrays["clean_logit_diff"].double()
     ablated = result.arrays["ablated_logit_diff"].double()  # [layer head prompt]
     n_layers, n_heads, n = ablated.shape
-    result.set_interval("clean logit difference IO - S", bootstrap(clean.numpy(), split="all prompts"))
+    result.set_interval("clean logit difference IO - S", bootstrap(clean.cpu().numpy(), split="all prompts"))
     result.set_interval("clean accuracy", wilson(int((clean > 0).sum()), n, split="all prompts"))
-    per_prompt = (ablated - clean).reshape(n_layers * n_heads, n).T.numpy()  # [prompt head]
+    per_prompt = (ablated - clean).reshape(n_layers * n_heads, n).T.cpu().numpy()  # [prompt head]
     names = [f"L{i // n_heads}H{i % n_heads}" for i in range(n_layers * n_heads)]
     for rank, (name, iv) in enumerate(split_half_top(per_prompt, names, n_top, largest=False), start=1):
         result.set_interval(f"logit difference change when ablated, head ranked #{rank} on the ranking half ({name})", iv)

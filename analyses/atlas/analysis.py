@@ -24,6 +24,7 @@ import torch
 from workbench.errors import InputError, WorkbenchError
 from workbench.results import Result, list_runs, load_result, provenance, register_result
 from workbench.spec import check_config, option
+from workbench.checks import checked_run
 
 from . import crossstats
 
@@ -107,8 +108,9 @@ def _column_values(decl: Any, result: Any) -> dict[str, torch.Tensor]:
     if got is None:
         return {}
     if isinstance(got, dict):
+        # cpu: a result column, moved to the CPU right here
         return {f"{decl.name}_{k}": torch.as_tensor(v).detach().float().cpu() for k, v in got.items() if v is not None}
-    return {decl.name: torch.as_tensor(got).detach().float().cpu()}
+    return {decl.name: torch.as_tensor(got).detach().float().cpu()}  # cpu: a result column, moved to the CPU right here
 
 
 def gather(model_name: str, specs_: list[Any], shape: tuple[int, int] | None = None,
@@ -184,9 +186,10 @@ def attention_columns(model: Any, n_prompts: int, seed: int) -> dict[str, torch.
     t = mask.shape[1]
     queries = mask.clone()
     queries[:, 0] = False  # the first query has one key: entropy 0, distance 0 by construction
+    # cpu: the patterns are moved to the CPU below
     dist = (torch.arange(t)[:, None] - torch.arange(t)[None, :]).clamp(min=0).float()  # [q k]
-    entropy = torch.zeros(s.n_layers, s.n_heads)
-    distance = torch.zeros(s.n_layers, s.n_heads)
+    entropy = torch.zeros(s.n_layers, s.n_heads)  # cpu: a [layer head] result, filled from patterns moved to the CPU
+    distance = torch.zeros(s.n_layers, s.n_heads)  # cpu: a [layer head] result, filled from patterns moved to the CPU
     n_q = queries.sum().clamp(min=1)
     for l, name in enumerate(names):
         p = cache[name].float().cpu()  # [batch head q k]
@@ -221,6 +224,7 @@ def head_card(model: Any, prompt: str, k: int = 5) -> tuple[dict[str, Any], torc
     layers = adapter.layers(model.hf)
     w_u = adapter.unembed(model.hf).weight.detach().float().cpu()  # [V M]
     norm_w = getattr(adapter.final_norm(model.hf), "weight", None)
+    # cpu: the unembedding and norm weight are moved to the CPU here
     scale = norm_w.detach().float().cpu() if norm_w is not None else torch.ones(w_u.shape[1])
     patterns = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0].float().cpu() for l in range(s.n_layers)])
     top_tokens, top_logits = [], []
@@ -261,7 +265,7 @@ def build_one(name: str, model: Any | None, config: AtlasConfig, progress: bool,
     n_layers, n_heads = next(iter(values.values())).shape
     order = [c["name"] for c in columns]
     table = torch.stack([values[c] for c in order])  # [column layer head]
-    flat = table.reshape(len(order), -1).numpy().astype(float)
+    flat = table.reshape(len(order), -1).cpu().numpy().astype(float)
     directions = [c["direction"] for c in columns]
     labels, clusters = crossstats.role_clusters(flat, order, directions, config.n_clusters, int(n_heads))
     atlas = {
@@ -276,10 +280,12 @@ def build_one(name: str, model: Any | None, config: AtlasConfig, progress: bool,
         "clusters": clusters,
         "card": card,
     }
+    # cpu: cluster labels from scikit-learn, a result array
     arrays.update({"table": table, "clusters": torch.as_tensor(labels).reshape(int(n_layers), int(n_heads))})
     return atlas, arrays
 
 
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(target: Any, config: AtlasConfig | None = None, progress: bool = True, results: tuple[Any, ...] = ()) -> "AtlasResult":
     """The atlas of each model in ``target`` (a loaded model, a list of them, or None: the
     saved runs of ``config.models[0]`` alone, with no model forward). ``results`` are unsaved
@@ -296,7 +302,7 @@ def run(target: Any, config: AtlasConfig | None = None, progress: bool = True, r
     metrics: dict[str, Any] = {"models": names, "atlases": atlases, "comparison": None}
     if len(atlases) == 2:
         metrics["comparison"] = crossstats.compare(
-            [(a, arrays[f"table_{i}"].reshape(len(a["columns"]), -1).numpy().astype(float))
+            [(a, arrays[f"table_{i}"].reshape(len(a["columns"]), -1).cpu().numpy().astype(float))
              for i, a in enumerate(atlases)])
     result = AtlasResult(config=cfg, metrics=metrics, arrays=arrays, meta=provenance(model=names[0], seed=cfg.seed))
     first = atlases[0]
@@ -409,11 +415,11 @@ class AtlasResult(Result):
 
         a = self.atlas(i)
         n_layers, n_heads = int(a["n_layers"]), int(a["n_heads"])
-        table = self.table_of(i).reshape(len(a["columns"]), -1).numpy()
+        table = self.table_of(i).reshape(len(a["columns"]), -1).cpu().numpy()
         layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
         data = {"model": a["model"], "layer": layer, "head": head,
                 "name": [f"L{l}H{h}" for l, h in zip(layer, head)],
-                "cluster": self.arrays[f"clusters_{i}"].flatten().numpy()}
+                "cluster": self.arrays[f"clusters_{i}"].flatten().cpu().numpy()}
         data.update({c["name"]: table[j] for j, c in enumerate(a["columns"])})
         return pd.DataFrame(data)
 

@@ -20,7 +20,7 @@ def card_rows(result: Any, layer: int, head: int, i: int = 0) -> list[dict[str, 
     """Every quantity of one head: value, percentile among the model's heads (share of heads
     with a value at or below it), rank (1 = strongest, direction-aware), unit, source run."""
     a = result.atlas(i)
-    table = result.table_of(i).reshape(len(a["columns"]), -1).numpy()
+    table = result.table_of(i).reshape(len(a["columns"]), -1).cpu().numpy()
     idx = layer * int(a["n_heads"]) + head
     rows = []
     for j, c in enumerate(a["columns"]):

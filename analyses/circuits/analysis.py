@@ -19,6 +19,7 @@ from workbench.patching.graph import (Graph, LogitDiff, ablation_values, prune_d
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
 from workbench.stats import Interval, bootstrap, bootstrap_diff, wilson
+from workbench.checks import checked_run
 
 TASKS = ("ioi", "colored-objects")
 METHODS = ("eap", "eap-ig", "acdc", "path-patching")
@@ -90,7 +91,7 @@ def run_bytes(model: Any, task: str, n: int, method: str, n_edges: int | None, b
     s = model.shape
     graph = Graph.for_model(model)
     pos = max(positions(model, task, k, seed + off, format) for k, off in ((n, 0), (n_val, VAL_OFFSET), (n_test, TEST_OFFSET)))
-    size = torch.empty((), dtype=model.dtype).element_size()
+    size = torch.empty((), dtype=model.dtype).element_size()  # cpu: only its element size is read
     per_head = 4 * s.n_heads * s.d_model
     edge_row = size * pos * (s.d_vocab + len(graph.senders) * s.d_model + per_head)
     plain_row = size * pos * (s.d_vocab + per_head)
@@ -357,7 +358,7 @@ def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: dict[st
     vals = edge_metrics(model, graph, prep, torch.stack(masks), ablation, progress=progress).cpu()
     mean = vals.mean(1)
     full, empty = float(mean[0]), float(mean[1])
-    effect = bootstrap_diff(vals[0].double().numpy(), vals[1].double().numpy(), split="validation")
+    effect = bootstrap_diff(vals[0].double().cpu().numpy(), vals[1].double().cpu().numpy(), split="validation")
     out: dict[str, Any] = {"sizes": sizes, "full": full, "all_ablated": empty, "methods": {}, "extra": {},
                            "effect": effect.to_dict(), "defined": bool(effect.low > 0)}
     for (name, k), m, v in zip(keys, masks[2:], mean[2:]):
@@ -465,7 +466,7 @@ def _path_patching_circuit(model: Any, graph: Graph, prep: Prepared, config: Cir
     from workbench.patching.path import path_patch
 
     L, H = graph.n_layers, graph.n_heads
-    scores = torch.zeros(graph.valid.shape)
+    scores = torch.zeros(graph.valid.shape)  # cpu: edge scores live on the CPU, like the graph
     direct = path_patch(model, prep.clean, prep.corrupt, prep.metric, "logits", max_batch=8 * len(prep.clean),
                         progress=progress).effect
     top = direct.abs().flatten().topk(min(config.path_top, L * H)).indices.tolist()
@@ -486,8 +487,8 @@ def _path_patching_circuit(model: Any, graph: Graph, prep: Prepared, config: Cir
                 if rl > l:
                     scores[graph.head_slice(l).start + h, graph.head_slice(rl).start + rh - 1] = second[i]
     keep_nodes = {"input", "logits"} | {f"M{l}" for l in range(L)} | {f"L{l}H{h}" for l, h in found}
-    s_in = torch.tensor([s in keep_nodes for s in graph.senders])
-    r_in = torch.tensor([r in keep_nodes for r in graph.receivers])
+    s_in = torch.tensor([s in keep_nodes for s in graph.senders])  # cpu: node masks over the CPU graph
+    r_in = torch.tensor([r in keep_nodes for r in graph.receivers])  # cpu: node masks over the CPU graph
     edges = s_in[:, None] & r_in[None, :] & graph.valid
     return scores, prune_dangling(graph, edges)
 
@@ -859,6 +860,7 @@ def measure_circuit(model: Any, config: CircuitConfig, progress: bool = True) ->
     return metrics, arrays, intervals
 
 
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(model: Any, config: CircuitConfig | None = None, progress: bool = True) -> CircuitResult:
     """Discover the circuit of ``config.task`` with ``config.method``, draw its faithfulness
     curve on held-out prompts, choose its size and measure it on the test prompts."""

@@ -61,7 +61,7 @@ def last_logits(model: Any, texts: list[str], batch_size: int = 8) -> torch.Tens
         tokens = as_tokens(model, texts[i:i + batch_size])
         with torch.no_grad():
             logits, _ = forward(model, tokens, [])
-        outs.append(logits[torch.arange(len(tokens)), tokens.last_positions].float())
+        outs.append(logits[torch.arange(len(tokens), device=logits.device), tokens.last_positions].float())
     return torch.cat(outs)
 
 

@@ -33,7 +33,7 @@ def attention_rows(model: Any, tokens: Tokens, query_pos: torch.Tensor) -> torch
     """The attention rows of every head at one query position per prompt: [layer batch head key]."""
     L = model.shape.n_layers
     rows: dict[int, torch.Tensor] = {}
-    idx = torch.arange(len(tokens))
+    idx = torch.arange(len(tokens), device=tokens.input_ids.device)
 
     def grab(l):
         def fn(p):
@@ -48,7 +48,7 @@ def attention_rows(model: Any, tokens: Tokens, query_pos: torch.Tensor) -> torch
 
 def attention_to(rows: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
     """Mean attention to one key per prompt: rows [layer batch head key], key_pos [batch] -> [layer head]."""
-    idx = torch.arange(rows.shape[1])
+    idx = torch.arange(rows.shape[1], device=rows.device)
     return rows[:, idx, :, key_pos].permute(1, 0, 2).mean(1)
 
 
@@ -64,6 +64,7 @@ def ioi_positions(model: Any, ps: PromptSet) -> dict[str, torch.Tensor]:
         s1.append(ps_[0])
         s2.append(ps_[-1])
     end = as_tokens(model, ps.prompts).last_positions.cpu()
+    # cpu: prompt positions from Python lists, on the CPU like end
     return {"io": torch.tensor(io), "s1": torch.tensor(s1), "s2": torch.tensor(s2), "end": end}
 
 
@@ -72,7 +73,7 @@ def _ioi_cache(model: Any, tokens: Tokens, query_pos: dict[str, torch.Tensor]) -
     every layer's z and resid_pre and the final residual."""
     L = model.shape.n_layers
     rows: dict[str, dict[int, torch.Tensor]] = {k: {} for k in query_pos}
-    idx = torch.arange(len(tokens))
+    idx = torch.arange(len(tokens), device=tokens.input_ids.device)
 
     def grab(l):
         def fn(p):
@@ -100,17 +101,17 @@ def direct_logit_attribution(model: Any, tokens: Tokens, correct: torch.Tensor, 
             _, cache = forward(model, tokens, names)
     st = cache
     with torch.no_grad():
-        idx, end = torch.arange(len(tokens)), tokens.last_positions
+        idx, end = torch.arange(len(tokens), device=tokens.input_ids.device), tokens.last_positions
         final = st[f"blocks.{L - 1}.hook_resid_post"][idx, end]  # [b d_model]
         norm = model.adapter.final_norm(model.hf)
-        w = norm.weight if getattr(norm, "weight", None) is not None else torch.ones(s.d_model)
+        w = norm.weight if getattr(norm, "weight", None) is not None else torch.ones(s.d_model, device=final.device)
         centre = model.adapter.centred_norm
         if centre:
             final = final - final.mean(-1, keepdim=True)
         scale = final.pow(2).mean(-1, keepdim=True).add(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-5))).rsqrt()
         W_U = model.hf.get_output_embeddings().weight
         direction = (W_U[correct] - W_U[wrong]) * w  # [b d_model]
-        out = torch.zeros(L, s.n_heads)
+        out = torch.zeros(L, s.n_heads)  # cpu: a [layer head] result, filled row by row (a row copy crosses devices)
         for l in range(L):
             z = st[f"blocks.{l}.attn.hook_z"][idx, end]  # [b head d]
             head_out = torch.einsum("bhd,hdm->bhm", z, out_weights(model, l))
@@ -128,9 +129,9 @@ def copy_scores(model: Any, tokens: Tokens, io_pos: torch.Tensor, correct: torch
 
     s = model.shape
     L = s.n_layers
-    idx = torch.arange(len(tokens))
+    idx = torch.arange(len(tokens))  # cpu: prompt indices: a CPU index may index a tensor on any device
     W_U = model.hf.get_output_embeddings().weight
-    out = torch.zeros(L, s.n_heads)
+    out = torch.zeros(L, s.n_heads)  # cpu: a [layer head] result, filled row by row (a row copy crosses devices)
     if cache is None:
         with torch.no_grad():
             _, cache = forward(model, tokens, [f"blocks.{l}.hook_resid_pre" for l in range(L)])
@@ -155,6 +156,7 @@ def repeated_tokens(model: Any, n: int = 8, length: int = 20, seed: int = 0, low
     g = torch.Generator().manual_seed(seed)
     high = min(high or 20000, model.shape.d_vocab)
     low = min(low, high // 2)
+    # cpu: random prompt ids, moved to the model's device below
     half = torch.randint(low, high, (n, length), generator=g)
     return as_tokens(model, torch.cat([half, half], dim=1).to(model.device))
 
@@ -174,8 +176,9 @@ def random_token_scores(model: Any, n: int = 8, length: int = 20, seed: int = 0)
     with torch.no_grad():
         forward(model, tokens, [], {f"blocks.{l}.attn.hook_pattern": grab(l) for l in range(L)})
     T = length
-    q2 = torch.arange(T, 2 * T)
-    q_all = torch.arange(1, 2 * T)
+    q2 = torch.arange(T, 2 * T)  # cpu: query positions: a CPU index may index a pattern on any device
+    q_all = torch.arange(1, 2 * T)  # cpu: query positions: a CPU index may index a pattern on any device
+    # cpu: a [layer head] result, filled row by row (a row copy crosses devices)
     ind, dup, prev = (torch.zeros(L, model.shape.n_heads) for _ in range(3))
     for l in range(L):
         p = pats[l]

@@ -20,6 +20,7 @@ from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
 from workbench.stats import Interval, bootstrap, bootstrap_diff, permutation_p, wilson
+from workbench.checks import checked_run
 
 from .analysis import (ABLATIONS, SIZES, CircuitConfig, as_float, build_task, check_circuit_size, check_prompt_memory,
                        correct_per_prompt, measure_circuit, parse_sizes, positions, prepare, prompt_set_bytes, run_bytes,
@@ -166,7 +167,7 @@ def intervened_logits(model: Any, tokens: Tokens, heads: list[tuple[int, int]], 
     by_layer: dict[int, list[int]] = {}
     for l, h in heads:
         by_layer.setdefault(l, []).append(h)
-    target = torch.zeros(len(tokens), tokens.input_ids.shape[1])
+    target = torch.zeros(len(tokens), tokens.input_ids.shape[1], device=tokens.input_ids.device)
     for b, pos in enumerate(targets):
         target[b, pos] = 1.0 / len(pos)
     outs = []
@@ -185,7 +186,7 @@ def intervened_logits(model: Any, tokens: Tokens, heads: list[tuple[int, int]], 
 
         with torch.no_grad():
             logits, _ = forward(model, tk, [], {f"blocks.{l}.attn.hook_pattern": setter(hs) for l, hs in by_layer.items()})
-        outs.append(logits[torch.arange(stop - start), end])
+        outs.append(logits[torch.arange(stop - start, device=logits.device), end])
     return torch.cat(outs)
 
 
@@ -304,7 +305,7 @@ def estimate_bytes(config: ReuseConfig, model: Any) -> int:
     """The spec's memory estimate before a run: the larger of the two circuits (``run_bytes``)
     and the intervention's forwards over its Colored Objects prompts (16 at a time)."""
     s = model.shape
-    size = torch.empty((), dtype=model.dtype).element_size()
+    size = torch.empty((), dtype=model.dtype).element_size()  # cpu: only its element size is read
     circuits = max(run_bytes(model, task, config.n_prompts, config.method, config.n_edges, config.batch_size,
                              config.seed, n_val=config.n_val, n_test=config.n_test,
                              format=config.format if task != "ioi" else "") for task in ("ioi", "colored-objects"))
@@ -314,6 +315,7 @@ def estimate_bytes(config: ReuseConfig, model: Any) -> int:
     return int(max(circuits, intervention))
 
 
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) -> ReuseResult:
     from .head_classes import CLASSES, head_classes
 

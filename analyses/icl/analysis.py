@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -47,6 +46,7 @@ from workbench.analyses.icl import predictors as pred
 from workbench.analyses.icl.model import AttentionRegressor
 from workbench.analyses.icl.task import COVARIANCES, covariance_matrix, embed, sample_prompts
 from workbench.analyses.icl.training import TrainSpec, cache_path, train
+from workbench.checks import checked_run
 
 PREDICTORS = ("model", "single_head", "linear", "gd", "gd_debiased", "ridge")
 MAX_CONTEXT_FACTOR = 16  # default cap on evaluated context length: 16 x the training length
@@ -322,21 +322,55 @@ def _train_all(specs: list[TrainSpec], workers: int, progress: bool) -> dict[Tra
             seconds[spec] = time.perf_counter() - t0
             bar.update()
     else:
-        import multiprocessing
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_spec_worker, spec): spec for spec in todo}
-            for fut in as_completed(futures):
-                seconds[futures[fut]] = fut.result()
-                bar.update()
+        for spec, spent in _train_in_processes(todo, workers):
+            seconds[spec] = spent
+            bar.update()
     bar.close()
     return seconds
+
+
+def _train_in_processes(todo: list[TrainSpec], workers: int) -> Any:
+    """(spec, seconds) as each worker finishes. Workers ignore Ctrl-C and leave it to this
+    process, whose ``with`` ends in ``Pool.terminate``: an interrupt (or an error) stops and
+    reaps every worker at once, where ProcessPoolExecutor waited for the running trainings
+    (about 34 s) and left a zombie."""
+    import multiprocessing
+    from multiprocessing import util
+
+    # last of the exit finalizers, after the pool's semaphores are gone: reap the helper
+    # process spawn pools start, which would outlive us as a zombie wherever process 1 does
+    # not reap orphans (containers)
+    util.Finalize(None, _stop_resource_tracker, exitpriority=-100)
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_leave_ctrl_c_to_the_parent) as pool:
+        yield from pool.imap_unordered(_train_spec_pair, todo)
+
+
+def _stop_resource_tracker() -> None:
+    from multiprocessing import resource_tracker
+
+    stop = getattr(getattr(resource_tracker, "_resource_tracker", None), "_stop", None)
+    if callable(stop):
+        try:
+            stop()
+        except (OSError, RuntimeError):
+            pass
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _train_spec_pair(spec: TrainSpec) -> tuple[TrainSpec, float]:
+    return spec, _train_spec_worker(spec)
 
 
 def _seed_specs(config: ICLConfig) -> list[TrainSpec]:
     return [replace(_spec(config, h), seed=config.seed + k) for h in config.seed_heads for k in range(config.n_seeds)]
 
 
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(model: Any = None, config: ICLConfig | None = None, progress: bool = True) -> ICLResult:
     """Train (or load cached) models for ``config``, read their patterns, compare predictors,
     and the seed table: the share of seeds per head count that reach the zero-sum pattern."""
@@ -372,6 +406,7 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
     names = [n for n in PREDICTORS if config.baselines or n not in ("single_head", "linear")]
     if aniso:  # debiased GD preconditioned by Sigma^-1, what the paper says anisotropic training finds
         names.insert(names.index("gd_debiased") + 1, "gd_debiased_precond")
+    # cpu: the in-context regression study runs on the CPU (its own small model)
     table = torch.zeros(len(names), len(lengths))
     gap = pgap = None
     sq_at_n: dict[str, torch.Tensor] = {}
@@ -437,6 +472,7 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
         "dgd_mse_gap_rel": (mse["model"] - mse["gd_debiased"]) / mse["gd_debiased"],
         "dgd_precond_pred_gap": pgap,
         "final_train_loss": float(main.loss[-tail:].mean()),
+        # cpu: the in-context regression study runs on the CPU (its own small model)
         "precond_dist_identity": pat.scaled_distance(gamma, torch.eye(config.d)),
         "precond_dist_inv_cov": pat.scaled_distance(gamma, inv_cov),
         "train_seconds": train_seconds,
@@ -450,7 +486,7 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
         metrics["eta_gd_debiased_precond"] = eta_pdgd
     arrays = {
         "checkpoint_steps": main.checkpoint_steps, "kq": main.kq, "ov": main.ov, "loss": main.loss,
-        "lengths": torch.tensor(lengths), "mse_by_length": table,
+        "lengths": torch.tensor(lengths), "mse_by_length": table,  # cpu: a result array
         "preconditioner": gamma, "covariance": cov,
     }
     for k in ("kq_offdiag_share", "kq_diag_cv", "kq_y_share", "ov_offlast_share", "mu", "omega", "zero_sum_ratio",
@@ -465,11 +501,11 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
 
     # ---- intervals: over test prompts (errors) and over seeds (the share reaching the pattern)
     for name, sq in sq_at_n.items():
-        result.set_interval(f"MSE {name} at n", bootstrap(sq.numpy(), split=TEST_SPLIT))
+        result.set_interval(f"MSE {name} at n", bootstrap(sq.cpu().numpy(), split=TEST_SPLIT))
     for other in ("single_head", "gd_debiased"):
         if other in sq_at_n:
             result.set_interval(f"MSE model - {other} at n",
-                                bootstrap_diff(sq_at_n["model"].numpy(), sq_at_n[other].numpy(), split=TEST_SPLIT))
+                                bootstrap_diff(sq_at_n["model"].cpu().numpy(), sq_at_n[other].cpu().numpy(), split=TEST_SPLIT))
     for h in config.seed_heads:
         rows = [r for r in seed_rows if r["heads"] == h]
         if rows:

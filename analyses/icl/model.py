@@ -33,6 +33,7 @@ class AttentionRegressor(nn.Module):
 
         def uniform(shape, fan_in):
             bound = 1.0 / math.sqrt(fan_in)
+            # cpu: the in-context regression study runs on the CPU (its own small model)
             return nn.Parameter((torch.rand(shape, generator=generator) * 2 - 1) * bound)
 
         self.W_Q = uniform((n_heads, D, D), D)

@@ -55,6 +55,7 @@ def optimal_step(n: int, covariance: torch.Tensor, noise_var: float, debiased: b
     eta_GD = n / (n + 1 + d + s2 d), eta_debiased = n / (n + d + s2 d)."""
     cov = covariance.double()
     d = cov.shape[0]
+    # cpu: the in-context regression study runs on the CPU (its own small model)
     P = torch.eye(d, dtype=torch.float64) if precond is None else precond.double()
     B = P.T @ cov @ P
     c = n if debiased else n + 1
@@ -66,7 +67,7 @@ def optimal_step(n: int, covariance: torch.Tensor, noise_var: float, debiased: b
 def ridge_predict(p: Prompts, lam: float) -> torch.Tensor:
     """x_q^T (X^T X + lam I)^-1 X^T y: [batch]."""
     d = p.x.shape[-1]
-    gram = p.x.transpose(1, 2) @ p.x + lam * torch.eye(d, dtype=p.x.dtype)
+    gram = p.x.transpose(1, 2) @ p.x + lam * torch.eye(d, dtype=p.x.dtype, device=p.x.device)
     rhs = p.x.transpose(1, 2) @ p.y[..., None]
     beta_hat = torch.linalg.solve(gram.double(), rhs.double()).squeeze(-1).to(p.x.dtype)
     return (beta_hat * p.xq).sum(-1)

@@ -39,13 +39,15 @@ def covariance_matrix(d: int, kind: str = "isotropic", rho: float = 0.5) -> torc
     if kind not in COVARIANCES:
         raise InputError(f"unknown covariance '{kind}'; choose one of {', '.join(COVARIANCES)}")
     if kind == "isotropic":
-        return torch.eye(d)
+        return torch.eye(d)  # cpu: the in-context regression study runs on the CPU (its own small model)
     if not -1.0 < rho < 1.0:
         raise InputError(f"rho={rho} makes the ar1 covariance singular; choose -1 < rho < 1")
+    # cpu: the in-context regression study runs on the CPU (its own small model)
     idx = torch.arange(d, dtype=torch.float64)
     return (rho ** (idx[:, None] - idx[None, :]).abs()).float()
 
 
+# cpu: the in-context regression study runs on the CPU (its own small model)
 def sample_prompts(n_prompts: int, n: int, d: int, noise_var: float = 0.1, covariance: torch.Tensor | None = None,
                    generator: torch.Generator | None = None) -> Prompts:
     """Draw ``n_prompts`` fresh prompts with ``n`` context pairs each (deterministic for a seeded generator)."""

@@ -95,7 +95,7 @@ def _train(spec: TrainSpec, progress: bool) -> TrainRecord:
     cov = None if spec.covariance == "isotropic" else covariance_matrix(spec.d, spec.covariance, spec.rho)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     steps_at, kqs, ovs = [0], [model.kq()], [model.ov()]
-    losses = torch.empty(spec.steps)
+    losses = torch.empty(spec.steps)  # cpu: a training record, filled with floats
     label = f"training {spec.attention} H={spec.heads}"
     bar = tqdm(range(1, spec.steps + 1), desc=label, disable=not progress, leave=False, mininterval=1.0)
     for step in bar:
@@ -113,6 +113,7 @@ def _train(spec: TrainSpec, progress: bool) -> TrainRecord:
             if progress:
                 bar.set_postfix(loss=f"{float(losses[max(0, step - spec.checkpoint_every):step].mean()):.3f}")
     model.eval()
+    # cpu: a training record
     return TrainRecord(spec, model, torch.tensor(steps_at), torch.stack(kqs), torch.stack(ovs), losses)
 
 

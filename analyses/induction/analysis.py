@@ -27,6 +27,7 @@ from workbench.errors import InputError
 from workbench.stats import split_half_top
 from workbench.results import Result, provenance
 from workbench.spec import option
+from workbench.checks import checked_run
 
 
 @dataclass
@@ -58,9 +59,11 @@ def candidate_tokens(model: Any) -> torch.Tensor:
     tok = model.tokenizer
     special = set(getattr(tok, "all_special_ids", []) or [])
     special |= set((getattr(tok, "added_tokens_decoder", None) or {}).keys())
+    # cpu: the token sampler works on the CPU; sequences are moved to the model per batch
     keep = torch.ones(model.shape.d_vocab, dtype=torch.bool)
     ids = [i for i in special if 0 <= i < model.shape.d_vocab]
     if ids:
+        # cpu: the token sampler works on the CPU; sequences are moved to the model per batch
         keep[torch.tensor(ids)] = False
     return keep.nonzero().flatten()
 
@@ -90,10 +93,12 @@ def repeated_tokens(model: Any, config: InductionConfig) -> torch.Tensor:
     the same for the same seed."""
     cand = candidate_tokens(model)
     gen = torch.Generator().manual_seed(config.seed)
+    # cpu: the token sampler works on the CPU; sequences are moved to the model per batch
     seq = torch.stack([cand[torch.randperm(len(cand), generator=gen)[: config.seq_len]]
                        for _ in range(config.n_prompts)])
     parts = [seq, seq]
     if uses_bos(model, config):
+        # cpu: the token sampler works on the CPU; sequences are moved to the model per batch
         parts.insert(0, torch.full((config.n_prompts, 1), int(model.tokenizer.bos_token_id), dtype=seq.dtype))
     return torch.cat(parts, dim=1)
 
@@ -178,6 +183,7 @@ class InductionResult(Result):
         return sections(self)
 
 
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(model: Any, config: InductionConfig | None = None, progress: bool = True) -> InductionResult:
     """Score every head on ``n_prompts`` repeated random sequences, ``batch_size`` at a time."""
     config = config or InductionConfig()
@@ -190,8 +196,9 @@ def run(model: Any, config: InductionConfig | None = None, progress: bool = True
     bos = uses_bos(model, config)
     tokens = repeated_tokens(model, config)
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(s.n_layers)]
+    # cpu: per-prompt scores, filled with .cpu() slices
     ind_seq = torch.zeros(config.n_prompts, s.n_layers, s.n_heads, dtype=torch.float64)
-    prev_sum = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
+    prev_sum = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)  # cpu: per-head sums, added with .cpu() values
     starts = range(0, config.n_prompts, config.batch_size)
     for start in tqdm(starts, desc="induction scores", disable=not progress, leave=False):
         chunk = tokens[start:start + config.batch_size].to(model.device)
@@ -233,6 +240,6 @@ def set_held_out_intervals(result: InductionResult, n_top: int = 3) -> None:
     per_seq = result.arrays["induction_per_sequence"]
     n_heads = per_seq.shape[2]
     names = [f"L{i // n_heads}H{i % n_heads}" for i in range(per_seq.shape[1] * n_heads)]
-    top = split_half_top(per_seq.flatten(1).numpy(), names, n_top)
+    top = split_half_top(per_seq.flatten(1).cpu().numpy(), names, n_top)
     for rank, (name, iv) in enumerate(top, start=1):
         result.set_interval(f"induction score, head ranked #{rank} on the ranking half ({name})", iv)

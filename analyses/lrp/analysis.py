@@ -33,6 +33,7 @@ from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
 from workbench.stats import Interval, bootstrap, bootstrap_diff, wilson
+from workbench.checks import checked_run
 
 from .cnn import COMPOSITES
 from .tasks import TASKS, successor_questions, task_prompts
@@ -168,7 +169,7 @@ class LrpResult(Result):
 
     def prompt_aopc(self, method: str) -> torch.Tensor:
         """[prompt] AOPC of one method (or ``random``) on each prompt."""
-        return torch.tensor([curve_aopc(c) for c in self.arrays[f"deletion_{method}"]])
+        return torch.tensor([curve_aopc(c) for c in self.arrays[f"deletion_{method}"]])  # cpu: a result array
 
     def task_interval(self, task: str, figure: str) -> Interval | None:
         """A stored interval of ``task``: figure ``AOPC attnlrp``, ``AOPC attnlrp - random``,
@@ -268,6 +269,7 @@ def _target_fn(target: int, contrast: int | None) -> Callable[[torch.Tensor], to
     return lambda logits: logits[target] - logits[contrast]
 
 
+# cpu: result arrays
 def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResult:
     """AttnLRP, gradient x input and rollout on every prompt, then the deletion test, with
     per-task bootstrap intervals over prompts."""
@@ -412,7 +414,7 @@ def _task_statistics(result: LrpResult, labels: list[str], per_prompt_aopc: dict
 
 
 def _pad_curve(curve: torch.Tensor, length: int) -> torch.Tensor:
-    out = torch.full((length + 1,), float("nan"))
+    out = torch.full((length + 1,), float("nan"))  # cpu: a result curve
     out[: len(curve)] = curve
     return out
 
@@ -532,7 +534,7 @@ def blur_baseline(x: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
     """A strongly blurred copy of the input ``[1 3 H W]`` (Gaussian, reflect padding): removed
     regions keep their colour but lose their shapes, so deletion does not add new edges."""
     radius = int(2 * sigma)
-    g = torch.exp(-torch.arange(-radius, radius + 1).float() ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-torch.arange(-radius, radius + 1, device=x.device).float() ** 2 / (2 * sigma ** 2))
     g = g / g.sum()
     c = x.shape[1]
     y = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
@@ -575,9 +577,9 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
         tops[name] = top_classes(logits, config.top_k)
         relevance, _ = C.lrp_relevance(canonical, x, cls, config.composite)
         lrp_map = relevance.sum(1)[0]
-        sr_map = torch.from_numpy(C.salient_relevance(lrp_map.numpy(), grid=config.sr_grid))
+        sr_map = torch.from_numpy(C.salient_relevance(lrp_map.cpu().numpy(), grid=config.sr_grid))
         grad_map = C.gradient_map(net, x, cls)
-        rand_map = torch.rand(lrp_map.shape)
+        rand_map = torch.rand(lrp_map.shape)  # cpu: the saliency maps are on the CPU (the LRP image network runs there)
         baseline = blur_baseline(x) if config.baseline == "blur" else torch.zeros_like(x)
         for m, sal in zip((*IMAGE_METHODS, "random"), (lrp_map, sr_map, grad_map, rand_map)):
             curves[m].append(C.region_deletion_curve(net, x, sal, cls, config.region, config.step, config.n_steps, baseline))
@@ -643,6 +645,11 @@ class LrpOptions:
     def validate(self) -> None:
         if self.prompts and self.images:
             raise InputError("give either --prompt or --image, not both")
+        from workbench.vision.images import image_source
+
+        for image in self.images:  # a missing file, a folder or a pipe, before the CNN is built
+            if image != "all":
+                image_source(image)
         if any(not p.strip() for p in self.prompts):
             raise InputError("the prompt is empty; give some text to explain with --prompt")
         n_successor = len(successor_questions())
@@ -713,6 +720,7 @@ def wants_language_model(config: Any) -> bool:
 
 
 # ============================================================================ entry point
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(model: Any, config: LrpConfig | LrpImageConfig | LrpOptions | None = None, progress: bool = True) -> Result:
     """Prompt mode with an ``LrpConfig`` (needs ``model``), image mode with an ``LrpImageConfig``
     (``model`` is ignored: the CNN is built here); ``LrpOptions`` pick one of the two."""

@@ -209,7 +209,7 @@ def gradient_x_input(model: Any, ids: torch.Tensor, target: TargetFn) -> Explana
     emb_grad, z_grads = grads[0], grads[1:]
     relevance = (held[0] * emb_grad).sum(-1)[0].detach().float()
     heads = torch.stack([
-        (z * g).sum((0, 1, 3)) if g is not None else torch.zeros(model.shape.n_heads)
+        (z * g).sum((0, 1, 3)) if g is not None else torch.zeros(model.shape.n_heads, device=z.device)
         for z, g in zip(zs, z_grads)
     ]).detach().float()
     v = float(value.detach())
@@ -226,7 +226,7 @@ def attention_rollout(model: Any, ids: torch.Tensor, residual_weight: float = 0.
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.shape.n_layers)]
     _, cache = run_with_cache(model, Tokens(ids, torch.ones_like(ids)), names, return_logits=False)
     n = ids.shape[1]
-    eye = torch.eye(n)
+    eye = torch.eye(n, device=ids.device)
     rollout = eye.clone()
     for name in names:
         a = cache[name][0].float().mean(0)  # [q k]
@@ -259,7 +259,7 @@ def deletion_curves(model: Any, ids: torch.Tensor, orders: dict[str, list[int]],
         def scorer(tok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 logits, _ = forward(model, Tokens(tok.to(model.device), mask.to(model.device)))
-            return logits[torch.arange(len(tok)), mask.sum(1).to(logits.device) - 1]
+            return logits[torch.arange(len(tok), device=logits.device), mask.sum(1).to(logits.device) - 1]
     index: dict[tuple[int, ...], int] = {}
     seqs: list[torch.Tensor] = []
     where: list[tuple[str, int, int]] = []
@@ -271,11 +271,13 @@ def deletion_curves(model: Any, ids: torch.Tensor, orders: dict[str, list[int]],
                 index[keep] = len(seqs)
                 seqs.append(ids[list(keep)])
             where.append((name, k, index[keep]))
-    values = torch.empty(len(seqs))
+    values = torch.empty(len(seqs))  # cpu: a result array, filled with floats
     for start in range(0, len(seqs), batch):
         chunk = seqs[start:start + batch]
         width = max(len(v) for v in chunk)
+        # cpu: padded from Python lists, moved to the model's device below
         tok = torch.full((len(chunk), width), pad, dtype=torch.long)
+        # cpu: padded from Python lists, moved to the model's device below
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for r, seq in enumerate(chunk):
             tok[r, : len(seq)] = seq
@@ -283,6 +285,7 @@ def deletion_curves(model: Any, ids: torch.Tensor, orders: dict[str, list[int]],
         last = scorer(tok, mask)
         for r in range(len(chunk)):
             values[start + r] = float(target(last[r].float()))
+    # cpu: result curves, filled with floats
     out: dict[str, torch.Tensor] = {name: torch.empty(max_steps + 1) for name in orders}
     for name, k, j in where:
         out[name][k] = values[j]

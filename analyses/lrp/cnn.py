@@ -108,6 +108,7 @@ def make_composite(name: str = "epsilon_gamma_box", low: float = -1.0, high: flo
     from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
 
     if name == "epsilon_gamma_box":
+        # cpu: 0-dim bounds mix with an input on any device
         return EpsilonGammaBox(low=torch.tensor(float(low)), high=torch.tensor(float(high)), epsilon=1e-6, gamma=0.25,
                                zero_params=zero_params)
     if name == "epsilon_plus_flat":
@@ -163,6 +164,7 @@ def salient_relevance(relevance: np.ndarray | torch.Tensor, grid: int = 56, scal
     """
     from scipy.ndimage import distance_transform_edt
 
+    # cpu: a relevance map from numpy, on the CPU
     rel = torch.as_tensor(np.asarray(relevance), dtype=torch.float32).abs()
     h, w = rel.shape
     scale_ref = torch.quantile(rel.flatten(), 0.995).clamp_min(1e-12)
@@ -172,6 +174,7 @@ def salient_relevance(relevance: np.ndarray | torch.Tensor, grid: int = 56, scal
         g = max(patch + 2, int(round(grid * s)))
         small = nn.functional.interpolate(rel, size=(g, g), mode="area")
         feats = nn.functional.unfold(small, patch, padding=patch // 2)[0].T  # [g*g, patch*patch]
+        # cpu: the salient-relevance map is computed on the CPU from numpy input
         ys, xs = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
         pos = torch.stack([ys.flatten(), xs.flatten()], 1).float() / (g - 1)
         d_rel = torch.cdist(feats, feats) / (patch * patch) ** 0.5
@@ -185,16 +188,17 @@ def salient_relevance(relevance: np.ndarray | torch.Tensor, grid: int = 56, scal
         maps.append(sal)
     mean = torch.stack(maps).mean(0)
     mean = (mean - mean.min()) / (mean.max() - mean.min()).clamp_min(1e-12)
-    foci = (mean >= foci_threshold).numpy()
+    foci = (mean >= foci_threshold).cpu().numpy()
     dist = distance_transform_edt(~foci)
     dist = dist / max(float(dist.max()), 1e-12)
-    sr = mean.numpy() * (1 - dist)
+    sr = mean.cpu().numpy() * (1 - dist)
     return (sr / max(float(sr.max()), 1e-12)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- faithfulness
 def region_scores(saliency: np.ndarray | torch.Tensor, region: int) -> torch.Tensor:
     """Sum of a [H W] map over each ``region`` x ``region`` block: [H/region W/region]."""
+    # cpu: a saliency map from numpy, on the CPU
     m = torch.as_tensor(np.asarray(saliency), dtype=torch.float32)[None, None]
     return nn.functional.avg_pool2d(m, region)[0, 0] * region * region
 
@@ -210,7 +214,7 @@ def region_deletion_curve(model: Callable[[torch.Tensor], torch.Tensor], x: torc
     order = torch.argsort(scores.flatten(), descending=True, stable=True)
     images = []
     for k in range(n_steps + 1):
-        mask = torch.zeros(gh * gw)
+        mask = torch.zeros(gh * gw, device=x.device)
         mask[order[: k * step]] = 1
         mask = mask.reshape(1, 1, gh, gw)
         mask = nn.functional.interpolate(mask, scale_factor=region, mode="nearest")

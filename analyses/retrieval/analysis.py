@@ -50,6 +50,7 @@ from workbench.heads import MASK_MODES, head_name, head_set_mask, mask_patches, 
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
 from workbench.stats import Interval, bootstrap, bootstrap_diff, spearman, wilson
+from workbench.checks import checked_run
 
 
 @dataclass
@@ -176,9 +177,10 @@ class RetrievalScorer:
         rows = prompt_ids.shape[0]
         self.seq = torch.cat([prompt_ids, torch.zeros(rows, max_steps, dtype=torch.long, device=prompt_ids.device)], 1)
         self.prompt_len = prompt_ids.shape[1]
+        spans = spans.to(prompt_ids.device)  # made from Python lists; compared with the patterns' argmax
         self.start, self.end = spans[:, 0], spans[:, 1]
         self.inc = 1.0 / (self.end - self.start).clamp(min=1).float()
-        self.scores = torch.zeros(rows, n_layers, n_heads)
+        self.scores = torch.zeros(rows, n_layers, n_heads, device=prompt_ids.device)
 
     def names(self) -> list[str]:
         return [f"blocks.{l}.attn.hook_pattern" for l in range(self.n_layers)]
@@ -186,7 +188,7 @@ class RetrievalScorer:
     def __call__(self, step: int, read: dict[str, torch.Tensor], token: torch.Tensor, active: torch.Tensor) -> None:
         # pattern [rows head key]: the newest query's attention at this step
         top = torch.stack([read[f"blocks.{l}.attn.hook_pattern"].argmax(-1) for l in range(self.n_layers)], 1)
-        rows = torch.arange(top.shape[0])[:, None, None]
+        rows = torch.arange(top.shape[0], device=top.device)[:, None, None]
         at = self.seq[rows, top]  # token ids at the argmax positions [rows layer head]
         inside = (top >= self.start[:, None, None]) & (top < self.end[:, None, None])
         hit = inside & (at == token[:, None, None]) & active[:, None, None]
@@ -197,7 +199,7 @@ class RetrievalScorer:
 def score_heads(per_test: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
     """Head scores [layer head]: the mean of per-test scores [tests layer head] over counted tests."""
     if not counted.any():
-        return torch.zeros(per_test.shape[1:])
+        return torch.zeros(per_test.shape[1:])  # cpu: per-test scores are gathered on the CPU
     return per_test[counted].mean(0)
 
 
@@ -205,6 +207,7 @@ def score_heads(per_test: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
 def kv_protected_groups(heads: list[tuple[int, int]], n_layers: int, n_heads: int, n_kv_heads: int) -> torch.Tensor:
     """[layer kv_head] True where a KV head serves at least one protected query head."""
     group = n_heads // n_kv_heads
+    # cpu: a head list's mask, like the head list; moved where it patches
     full = torch.zeros(n_layers, n_kv_heads, dtype=torch.bool)
     for l, h in heads:
         full[l, h // group] = True
@@ -227,11 +230,11 @@ def kv_compression_patches(full_kv: torch.Tensor, n_cfg: int, n_heads: int, pad_
 
         def fn(scores: torch.Tensor, keep_full=keep_full) -> torch.Tensor:
             rows, _, _, k = scores.shape
-            cfg = torch.arange(rows) % n_cfg
-            off = pad_offsets.repeat_interleave(n_cfg)[:, None]  # [rows 1]
-            pos = torch.arange(k)[None]
+            cfg = torch.arange(rows, device=scores.device) % n_cfg
+            off = pad_offsets.to(scores.device).repeat_interleave(n_cfg)[:, None]  # [rows 1]
+            pos = torch.arange(k, device=scores.device)[None]
             kept = ((pos >= off) & (pos < off + sink)) | (pos >= k - window)  # [rows key]
-            visible = keep_full[cfg][:, :, None] | kept[:, None, :]  # [rows head key]
+            visible = keep_full.to(scores.device)[cfg][:, :, None] | kept[:, None, :]  # [rows head key]
             return scores.masked_fill(~visible[:, :, None, :], torch.finfo(scores.dtype).min)
 
         patches[f"blocks.{layer}.attn.hook_attn_scores"] = fn
@@ -433,7 +436,9 @@ def _prefilled(model: Any, tests: list[NeedleTest], batch_size: int, desc: str, 
 
 def _spans(tests: list[NeedleTest], idx: list[int], state: Prefill) -> tuple[torch.Tensor, torch.Tensor]:
     """Answer spans in the left-padded coordinates [rows 2] and the pad offsets [rows]."""
+    # cpu: answer spans from Python lists; the scorer moves them to the prompt's device
     off = torch.tensor([state.prompt_len - len(tests[i].ids) for i in idx])
+    # cpu: answer spans from Python lists; the scorer moves them to the prompt's device
     spans = torch.tensor([[tests[i].answer_start, tests[i].answer_end] for i in idx]) + off[:, None]
     return spans, off
 
@@ -460,6 +465,7 @@ def _decode_all(model: Any, tests: list[NeedleTest], idx: list[int], state: Pref
     spans, off = _spans(tests, idx, state)
     per = max(1, cfg.decode_rows // max(1, n_tests))
     texts = [[""] * n_cfg for _ in range(n_tests)]
+    # cpu: per-test scores, gathered by row copies (a row copy crosses devices)
     scores = torch.zeros(n_tests, s.n_layers, s.n_heads)
     for g in range(0, n_cfg, per):
         group = list(range(g, min(g + per, n_cfg)))
@@ -488,10 +494,11 @@ def _recalled(test: NeedleTest, text: str, threshold: float) -> bool:
 
 def _mean_over_draws(success: torch.Tensor) -> np.ndarray:
     """[tests draws] successes -> each test's success rate over the draws."""
-    return success.float().mean(1).numpy()
+    return success.float().mean(1).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------- run
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True) -> RetrievalResult:
     """Score every head on the ranking split; then, on the held-out split, the unmasked
     accuracy and scores, the masking curves and the KV check."""
@@ -506,8 +513,8 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
 
     # 1. ranking split: retrieval scores (unpatched decoding), the heads ranked
     rt = rank_set.tests
-    per_test = torch.zeros(len(rt), s.n_layers, s.n_heads)
-    recall = torch.zeros(len(rt))
+    per_test = torch.zeros(len(rt), s.n_layers, s.n_heads)  # cpu: per-test results, gathered by row copies and floats
+    recall = torch.zeros(len(rt))  # cpu: per-test results, gathered by row copies and floats
     rank_answers = [""] * len(rt)
     for idx, state in _prefilled(model, rt, cfg.batch_size, "ranking: prefill + scoring", progress):
         sc, texts = _score(model, rt, idx, state, cfg, stops)
@@ -541,15 +548,20 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
     # call where decode_rows allows: c = 0 unpatched (scored), then the masks, then the KV checks
     ht = held_set.tests
     n_mask, n_kv = len(mask_cfgs), len(kv_heads)
+    # cpu: head masks are built on the CPU and moved where they patch
     all_full = torch.ones(s.n_layers, s.n_kv_heads, dtype=torch.bool)
+    # cpu: head masks are built on the CPU and moved where they patch
     no_mask = torch.zeros(s.n_layers, s.n_heads, dtype=torch.bool)
     head_masks = torch.stack([no_mask, *mask_cfgs, *([no_mask] * n_kv)])
     kv_full = torch.stack([all_full, *([all_full] * n_mask), *kv_cfgs])
     n_cfg = 1 + n_mask + n_kv
+    # cpu: per-test results, gathered by row copies and floats
     held_per_test = torch.zeros(len(ht), s.n_layers, s.n_heads)
-    held_recall = torch.zeros(len(ht))
+    held_recall = torch.zeros(len(ht))  # cpu: per-test results, gathered by row copies and floats
     answers = [""] * len(ht)
+    # cpu: per-test results, gathered by row copies and floats
     mask_success = torch.zeros(len(ht), n_mask, dtype=torch.bool)
+    # cpu: per-test results, gathered by row copies and floats
     kv_success = torch.zeros(len(ht), n_kv, dtype=torch.bool)
     held_batch = max(1, cfg.decode_rows // n_cfg)
     for idx, state in _prefilled(model, ht, held_batch, "held-out: prefill, scoring, masking, KV", progress):
@@ -573,7 +585,7 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
     result_intervals["needle accuracy, unmasked (held-out)"] = base
     result_intervals["needle accuracy, unmasked (ranking)"] = wilson(int(success.sum()), len(rt), split="ranking")
     top_iv, rand_iv = [base], [base]
-    rand_draws = torch.zeros(len(ks), cfg.n_random)
+    rand_draws = torch.zeros(len(ks), cfg.n_random)  # cpu: a result array
     for k_i, k in enumerate(ks):
         top = mask_success[:, mask_labels.index(("top", k, 0))]
         iv = wilson(int(top.sum()), n_held, split="heldout")
@@ -586,7 +598,7 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
             riv = bootstrap(per, seed=cfg.seed, split="heldout")
             rand_iv.append(riv)
             result_intervals[f"{k} random heads masked ({cfg.n_random} draws)"] = riv
-            result_intervals[f"top-{k} minus random, accuracy"] = bootstrap_diff(top.float().numpy(), per,
+            result_intervals[f"top-{k} minus random, accuracy"] = bootstrap_diff(top.float().cpu().numpy(), per,
                                                                                   seed=cfg.seed, split="heldout")
         else:
             rand_iv.append(None)
@@ -599,15 +611,15 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
         kv_rand_iv = bootstrap(kv_rand, seed=cfg.seed, split="heldout")
         result_intervals[f"KV compression, {len(protect)} random heads protected ({cfg.n_random} draws)"] = kv_rand_iv
         result_intervals["KV compression, top minus random protected"] = bootstrap_diff(
-            kv_top.float().numpy(), kv_rand, seed=cfg.seed, split="heldout")
+            kv_top.float().cpu().numpy(), kv_rand, seed=cfg.seed, split="heldout")
     with warnings.catch_warnings():  # constant scores (no head ever copies) give an undefined rho: NaN, said so
         warnings.simplefilter("ignore")
-        rho = spearman(scores.flatten().numpy(), held_scores.flatten().numpy(), split="ranking vs heldout")
+        rho = spearman(scores.flatten().cpu().numpy(), held_scores.flatten().cpu().numpy(), split="ranking vs heldout")
     top_n = max(1, min(len(retrieval), 10)) if retrieval else 10
     held_ranked = top_heads(held_scores, n_heads_total)
     overlap = len(set(ranked[:top_n]) & set(held_ranked[:top_n]))
 
-    prompt_lens = torch.tensor([len(t.ids) for t in ht])
+    prompt_lens = torch.tensor([len(t.ids) for t in ht])  # cpu: prompt lengths from Python ints
     nan = float("nan")
     masking = {
         "k": [0] + ks,
@@ -643,8 +655,8 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
 
     # the needle grid: held-out unmasked accuracy over (context length, depth), averaged over needles
     L, D = held_set.context_lengths, held_set.depths
-    grid = torch.zeros(len(L), len(D))
-    count = torch.zeros(len(L), len(D))
+    grid = torch.zeros(len(L), len(D))  # cpu: a result grid
+    count = torch.zeros(len(L), len(D))  # cpu: a result grid
     for i, t in enumerate(ht):
         a, b = L.index(t.context_length), D.index(t.depth)
         grid[a, b] += float(held_success[i])
@@ -684,6 +696,7 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
     arrays = {
         "scores": scores, "heldout_scores": held_scores, "per_test_scores": per_test, "recall": recall,
         "heldout_recall": held_recall, "needle_grid": grid,
+        # cpu: result arrays
         "masking_top": torch.tensor(masking["top_accuracy"]), "masking_random": torch.tensor(masking["random_accuracy"]),
         "masking_random_draws": rand_draws, "mask_success": mask_success.to(torch.uint8),
         "kv_success": kv_success.to(torch.uint8),
@@ -716,7 +729,7 @@ def estimate_bytes(config: RetrievalConfig, model: Any) -> int:
     Calibration (tiny-llama, CPU, ru_maxrss over the RSS after the model loaded): 33 tests of
     512 tokens in one prefill (--batch-size 33): 0.41 GB; this estimate: 0.47 GB."""
     s = model.shape
-    size = torch.empty((), dtype=model.dtype).element_size()
+    size = torch.empty((), dtype=model.dtype).element_size()  # cpu: only its element size is read
     longest = max(int(v) for v in config.context_lengths)
     n_cfg = 1 + len(config.mask_ks) * (1 + config.n_random) + 1 + config.n_random
     held_batch = min(max(1, config.decode_rows // n_cfg), config.n_heldout_tests)

@@ -38,6 +38,7 @@ from workbench.heads import head_name
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
 from workbench.stats import bootstrap, bootstrap_diff, wilson
+from workbench.checks import checked_run
 
 from .runner import LayerRunner
 
@@ -127,7 +128,7 @@ def find_sinks(pattern: torch.Tensor, valid: torch.Tensor, threshold: float, inc
     sinks = (column_means(pattern, valid) > threshold) & (valid.bool() & seen)[:, None, :]
     if not include_first:
         first = first_positions(valid)
-        sinks[torch.arange(sinks.shape[0]), :, first] = False
+        sinks[torch.arange(sinks.shape[0], device=sinks.device), :, first] = False
     return sinks
 
 
@@ -321,7 +322,7 @@ class _Scorer:
             ids, mask = left_pad([tok.encode(q.prompt, add_special_tokens=False) for q in chunk],
                                  tok.pad_token_id or 0, model.device)
             opts = torch.tensor([option_token_ids(tok, q) for q in chunk], device=model.device)
-            labels = torch.tensor([q.label for q in chunk])
+            labels = torch.tensor([q.label for q in chunk])  # cpu: labels compare with scores moved to the CPU below
             self.batches.append((LayerRunner(model, ids, mask, keep), opts, labels))
         self.n_heads = model.shape.n_heads
 
@@ -329,6 +330,7 @@ class _Scorer:
               min_queries: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         sets: dict[int, torch.Tensor] = {}
         for l, h in heads or []:
+            # cpu: head sets; calibrate_pattern takes their nonzero() as a CPU index
             sets.setdefault(l, torch.zeros(self.n_heads, dtype=torch.bool))[h] = True
         correct, logp = [], []
         for runner, opts, labels in self.batches:
@@ -336,7 +338,7 @@ class _Scorer:
             logits = runner.logits(patches)
             scores = logits.gather(1, opts).float().log_softmax(-1).cpu()
             correct.append(scores.argmax(-1) == labels)
-            logp.append(scores[torch.arange(len(labels)), labels])
+            logp.append(scores[torch.arange(len(labels)), labels])  # cpu: the scores were moved to the CPU above
         return torch.cat(correct), torch.cat(logp)
 
 
@@ -344,12 +346,12 @@ def _group_difference(after: torch.Tensor, before: torch.Tensor, groups: list[st
     """Paired difference of accuracy with a bootstrap that resamples groups (a sentiment
     adjective's questions move together), not questions: rows (sum of differences, count)."""
     order = list(dict.fromkeys(groups))
-    rows = torch.zeros(len(order), 2, dtype=torch.float64)
+    rows = torch.zeros(len(order), 2, dtype=torch.float64)  # cpu: a result array
     index = {g: i for i, g in enumerate(order)}
     for g, d in zip(groups, (after.double() - before.double()).tolist()):
         rows[index[g], 0] += d
         rows[index[g], 1] += 1
-    iv = bootstrap(rows.numpy(), lambda x: float(x[:, 0].sum() / x[:, 1].sum()), seed=seed, split="test")
+    iv = bootstrap(rows.cpu().numpy(), lambda x: float(x[:, 0].sum() / x[:, 1].sum()), seed=seed, split="test")
     return replace(iv, method=f"paired bootstrap over {len(order)} groups", n=len(groups))
 
 
@@ -392,7 +394,7 @@ def _discover(model: Any, questions: list[MCQuestion], cfg: SinksConfig, progres
     sink_tok = sink_maps.any(dim=(1, 2)) & valid  # [b pos] a non-first sink of any head
     first = first_positions(valid)
     first_tok = torch.zeros_like(valid)
-    first_tok[torch.arange(valid.shape[0]), first] = True
+    first_tok[torch.arange(valid.shape[0], device=valid.device), first] = True
     other_tok = valid & ~sink_tok & ~first_tok
     task = questions[0].task
     massive, first_massive = [], []
@@ -480,8 +482,8 @@ def _search_task(model: Any, task: str, calib: list[MCQuestion], heldout: list[M
         "difference by group": _group_difference(act_c, before_c, [q.group for q in heldout], cfg.seed),
         "base": wilson(int(before_c.sum()), len(before_c), split="test"),
         "act": wilson(int(act_c.sum()), len(act_c), split="test"),
-        "difference": bootstrap_diff(act_c.float().numpy(), before_c.float().numpy(), seed=cfg.seed, split="test"),
-        "logprob difference": bootstrap_diff(act_lp.numpy(), before_lp.numpy(), seed=cfg.seed, split="test"),
+        "difference": bootstrap_diff(act_c.float().cpu().numpy(), before_c.float().cpu().numpy(), seed=cfg.seed, split="test"),
+        "logprob difference": bootstrap_diff(act_lp.cpu().numpy(), before_lp.cpu().numpy(), seed=cfg.seed, split="test"),
         "calibration base": wilson(int(base_c.sum()), len(base_c), split="calibration"),
         "calibration act": wilson(int(after_c.sum()), len(after_c), split="calibration"),
     }
@@ -501,6 +503,7 @@ def _search_task(model: Any, task: str, calib: list[MCQuestion], heldout: list[M
     return row, search, grid, {"intervals": iv, "arrays": arrays}
 
 
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(model: Any, config: SinksConfig | None = None, progress: bool = True) -> SinksResult:
     """Per task: find non-first sinks on the calibration prompts, search ACT's heads, beta and
     threshold on them, and measure accuracy before and after on the held-out split."""

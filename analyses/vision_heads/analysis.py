@@ -43,6 +43,7 @@ from workbench.analyses.vision_heads.vlm.model import DEFAULT_PROMPT, feature_gr
 from workbench.analyses.vision_heads.vlm.objects import SYNONYMS
 from workbench.analyses.vision_heads.vlm.scenes import make_scenes
 from workbench.analyses.vision_heads.vlm.train import ProjectorConfig, build_vlm, caption_losses, encode_scenes
+from workbench.checks import checked_run
 
 LOSS_SCENES = 16  # test scenes the caption losses are measured on
 DEFAULT_ALPHA = 2.0  # caption_one's alpha when none is given (a single image has no validation split)
@@ -164,6 +165,7 @@ def estimate_bytes(config: VHDConfig, target: Any) -> int:
     images = n * config.image_size ** 2 * 3 * 4
     if shape is None or getattr(lm, "tokenizer", None) is None:
         return int(FIXED_BYTES + images)
+    # cpu: only its element size is read
     size = torch.empty((), dtype=lm.dtype).element_size() if hasattr(lm, "dtype") else 4
     pos = len(lm.tokenizer.encode(config.prompt)) + feature_grid(config.image_size, config.grid) ** 2 + CAPTION_TOKENS
     return int(FIXED_BYTES + images + n * pos * shape.d_vocab * size)
@@ -300,9 +302,11 @@ def head_policy(head_set: str, alpha: float, config: VHDConfig, vhd_map: torch.T
         return HeadPolicy("random" if random_heads else "vhr", alpha, config.distance, seed)
     flat = vhd_map.flatten()
     if random_heads:
+        # cpu: a head order from a CPU generator; the mask is moved where it patches
         order = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(seed))[:k]
     else:
         order = torch.argsort(flat, descending=True)[:k]
+    # cpu: a head order from a CPU generator; the mask is moved where it patches
     mask = torch.zeros(flat.numel(), dtype=torch.bool)
     mask[order] = True
     return HeadPolicy("fixed", alpha, config.distance, seed, heads=mask.view(vhd_map.shape))
@@ -539,6 +543,7 @@ class VHDResult(Result):
 CONDITIONS = ("before", "after", "random_control", "all_heads")
 
 
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
 def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any = True) -> VHDResult:
     """Build (or load) the VLM; choose alpha and the head set on validation scenes; caption test
     scenes before and after VHR, with random heads and with all heads scaled; map VHD."""
@@ -573,6 +578,7 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
     # 1. does it see? (test scenes) caption loss and recall against image-free baselines
     metrics: dict[str, Any] = {}
     if own:
+        # cpu: indexes a Python list of scenes
         perm = torch.roll(torch.arange(len(scenes)), 1)  # each scene gets its neighbour's image
         m = min(len(scenes), LOSS_SCENES)  # the caption losses on the first test scenes (one forward each)
         with torch.no_grad():
@@ -674,6 +680,7 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
         "valid": base.valid.to(torch.uint8),
         "tvhd": tvhd,
         "images": torch.from_numpy(np.stack([(sc.image * 255).round().astype(np.uint8) for sc in scenes[:shown]])),
+        # cpu: a result array
         "selected_rate": vhr.selected[vhr.valid].float().mean(0) if vhr.valid.any() else torch.zeros(s),
     }
     result = VHDResult(config=config, metrics=metrics, arrays=arrays,

@@ -28,7 +28,7 @@ def tvhd_figure(result: Any, index: int = 0) -> go.Figure:
 
     tokens = result.caption_tokens[index]
     truth = set(result.truths[index])
-    values = result.tvhd[index, : len(tokens)].float().numpy()
+    values = result.tvhd[index, : len(tokens)].float().cpu().numpy()
     colors = []
     for piece in tokens:
         obj = SYNONYMS.get(piece.strip().lower().strip(".,"))
@@ -108,7 +108,7 @@ def loss_curve_figure(result: Any) -> go.Figure:
 
 def scene_figure(result: Any, index: int = 0) -> go.Figure:
     """One held-out scene with its reference caption and the captions before and after VHR."""
-    img = result.images[index].numpy().astype(np.uint8)
+    img = result.images[index].cpu().numpy().astype(np.uint8)
     r = result
     fig = go.Figure(go.Image(z=img))
     text = (f"reference:{r.references[index]}<br>before:{r.captions_before[index]}<br>"

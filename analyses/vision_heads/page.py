@@ -15,7 +15,7 @@ def page_extra(result: Any) -> None:
     n_shown = result.n_shown
     idx = st.slider("scene", 0, max(n_shown - 1, 0), 0, key="vhd-scene") if n_shown > 1 else 0
     img_col, text_col = st.columns([1, 2])
-    img_col.image(result.images[idx].numpy(), caption=f"objects: {', '.join(result.truths[idx])}")
+    img_col.image(result.images[idx].cpu().numpy(), caption=f"objects: {', '.join(result.truths[idx])}")
     text_col.markdown(f"**reference:** {result.references[idx]}  \n**before:** {result.captions_before[idx]}  \n"
                       f"**VHR ({result.head_set}, alpha {result.alpha}):** {result.captions_after[idx]}  \n"
                       f"**random heads:** {result.captions_random[idx]}  \n"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
@@ -67,8 +68,9 @@ def rotary_grad(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.cat([rot * cos - rotate_half(rot * sin), g[..., rd:]], dim=-1)
 
 
-def causal_mask(t: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[1 1 t t] additive causal mask (0 where query i may see key j, the dtype's minimum elsewhere)."""
+def causal_mask(t: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+    """[1 1 t t] additive causal mask (0 where query i may see key j, the dtype's minimum elsewhere),
+    on ``device`` (None: torch's default device)."""
     allowed = torch.ones(t, t, dtype=torch.bool, device=device).tril()
     return torch.where(allowed, torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min)[None, None]
 
@@ -235,22 +237,33 @@ class Adapter:
         rep = q.shape[1] // k.shape[1]
         if rep > 1:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling(attn, shape)
-        if mask_add is None:
-            mask_add = causal_mask(x.shape[1], scores.dtype, x.device)
-        scores = scores + mask_add
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        z = torch.matmul(pattern, v).transpose(1, 2)  # [B T H D]
+        scale = self.scaling(attn, shape)
+        if mask_add is None:  # causal: the fused kernel's fastest case; nothing reads the pattern here
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_add, scale=scale)
+        z = z.transpose(1, 2)  # [B T H D]
         w_o, b_o = self.out_weights(attn, shape)
         out = z.reshape(*z.shape[:2], -1) @ w_o.reshape(-1, w_o.shape[-1])
         return (out + b_o if b_o is not None else out), z
 
     def finish_layer(self, layer: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """The layer's output residual from its input ``x`` and its attention output: the MLP
-        reads ``x + attn_out`` (sequential) or ``x`` itself (parallel residual)."""
+        reads ``x + attn_out`` (sequential) or ``x`` itself (parallel residual). A float32 ``x``
+        with a low-precision ``attn_out`` keeps the residual stream in float32 (the sums) while
+        the norm and MLP run in the model's dtype."""
         mid = x + attn_out
         mlp_in = x if self.parallel else mid
-        return mid + self.mlp(layer)(self.mlp_norm(layer)(mlp_in))
+        return mid + self.mlp(layer)(self.norm_to(self.mlp_norm(layer), mlp_in, attn_out.dtype))
+
+    def norm_to(self, norm: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``norm(x)`` as ``dtype``, for a residual stream kept in float32 around a 16-bit model.
+        RMSNorm computes in float32 anyway, so it reads the float32 stream as it is (one cast,
+        not three); LayerNorm wants its weight's dtype."""
+        weight = getattr(norm, "weight", None)
+        if self.centred_norm and weight is not None and x.dtype != weight.dtype:
+            x = x.to(weight.dtype)
+        return norm(x).to(dtype)
 
     def run_layer(self, layer: nn.Module, x: torch.Tensor, mask_add: torch.Tensor | None, shape: Any,
                   rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:

@@ -8,6 +8,7 @@ import sys
 
 import typer
 
+from ..environment import ClosedOutput, check_tmpdir, guard_stdout
 from ..errors import WorkbenchError
 from . import core
 from .analysis import register_analysis
@@ -63,16 +64,22 @@ def register_analyses() -> None:
 
 
 def main() -> None:
-    """Entry point: run the app; user-fixable errors are one line on stderr."""
+    """Entry point: run the app; user-fixable errors (the environment's too: TMPDIR, a closed
+    or full standard output) are one line on stderr."""
     stop_on_sigterm()
     try:
+        guard_stdout()
+        check_tmpdir()
         register_analyses()
         # not standalone, typer turns Ctrl-C into Exit(130) and returns the exit code
         code = app(standalone_mode=False)
         if code == 130:
             raise KeyboardInterrupt
+        sys.stdout.flush()  # a full disk behind '>' shows here, while it can still be one line
         if isinstance(code, int) and not isinstance(code, bool) and code:
             sys.exit(code)
+    except ClosedOutput as exc:  # `workbench runs | head`: the reader has what it wanted
+        sys.exit(exc.exit_code)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -12,7 +12,8 @@ from typing import Any, List, Optional
 import typer
 
 from ..errors import InputError
-from ..spec import AnalysisSpec, base_type, check_config, config_fields, flag_of
+from ..checks import check_run_inputs
+from ..spec import AnalysisSpec, base_type, config_fields, flag_of
 from .common import JSON_OPT, finish, load, number_list, status
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -25,7 +26,7 @@ class Common:
 
     model: str = "smollm2-135m"
     backend: str = "hf"
-    device: str = "cpu"
+    device: str = "auto"
     dtype: str = "float32"
     seed: int = 0
     out: Optional[Path] = None
@@ -39,7 +40,7 @@ class Common:
 COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
     ("model", str, typer.Option("smollm2-135m", "--model", "-m", help="registry name, hub id or local folder (see `workbench models`)")),
     ("backend", str, typer.Option("hf", "--backend", help="hf | transformer_lens | nnsight")),
-    ("device", str, typer.Option("cpu", "--device", help="auto | cpu | cuda")),
+    ("device", str, typer.Option("auto", "--device", help="auto (CUDA when present, else cpu) | cpu | cuda")),
     ("dtype", str, typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16")),
     ("seed", int, typer.Option(0, "--seed", help="random seed (datasets, head draws, initialisation)")),
     ("out", Optional[Path], typer.Option(None, "--out", help="run folder to write (default: runs/<analysis>-<model>-<time>); a new folder or an earlier run")),
@@ -81,7 +82,8 @@ def _cli_parameter(f: dataclasses.Field, annotation: Any) -> tuple[inspect.Param
             return _param(f.name, Optional[List[str]], opt), lambda v: tuple(v) if v else default
         shown = ",".join(str(x) for x in default) if default else None
         opt = typer.Option(shown, *flags, help=f"{help_text} (comma-separated)".strip())
-        return _param(f.name, Optional[str], opt), lambda v: number_list(v, flags[0], elem) if v else tuple(default or ())
+        # "" is refused by number_list: an empty list given is not the default
+        return _param(f.name, Optional[str], opt), lambda v: number_list(v, flags[0], elem) if v is not None else tuple(default or ())
     if kind is bool:
         name = flags[0].removeprefix("--")
         opt = typer.Option(default, f"--{name}/--no-{name}", help=help_text)
@@ -97,10 +99,9 @@ def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 
 
 def build_config(spec: AnalysisSpec, values: dict[str, Any]) -> Any:
-    """The spec's Config from parsed option values; range checks run here, before any work."""
-    config = spec.config(**values)
-    check_config(config)
-    return config
+    """The spec's Config from parsed option values, checked here, before any work, by the
+    function the app and every analysis's ``run`` call too."""
+    return check_run_inputs(spec, spec.config(**values))
 
 
 def resolve_device(device: str) -> str:
@@ -119,13 +120,20 @@ def resolve_device(device: str) -> str:
 def check_common(spec: AnalysisSpec, common: Common) -> None:
     if common.dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)} (got '{common.dtype}')")
+    auto = common.device == "auto"
     common.device = resolve_device(common.device)
+    if auto and common.device not in spec.devices:  # auto picks among the devices the analysis runs on
+        common.device = spec.devices[0]
     if common.device not in spec.devices:
         raise InputError(f"{spec.key} runs on {', '.join(spec.devices)} only; use --device {spec.devices[0]}")
     from ..results import check_run_target
 
     check_run_target(common.out)
     check_scaling(spec, common)
+    if spec.load_target is None and spec.needs_model is not False and not common.remote:
+        from ..models import check_source
+
+        check_source(common.model)  # a broken local model folder, before the "loading" line
 
 
 def check_scaling(spec: AnalysisSpec, common: Common) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import InputError
-from ..paths import user_path
+from ..paths import file_problem, user_path
 
 
 @dataclass(frozen=True)
@@ -191,11 +191,15 @@ def split_pydoc_haystack() -> tuple[str, str]:
 
 
 def read_haystack(path: str | os.PathLike) -> str:
-    """A user haystack file as text; empty, missing or binary files are one-line errors."""
+    """A user haystack file as text; empty, missing or binary files (and folders, pipes,
+    unreadable files: each named as what it is) are one-line errors."""
     p = user_path(path)
-    if not p.is_file():
-        raise InputError(f"haystack file {p} does not exist; pass a plain-text file (or leave --haystack out for the Python docs)")
-    raw = p.read_bytes()
+    if (problem := file_problem(p)) is not None:
+        raise InputError(f"haystack file {p} {problem}; pass a plain-text file (or leave --haystack out for the Python docs)")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"haystack file {p} cannot be read ({exc.strerror or type(exc).__name__}); pass a readable file") from None
     if not raw.strip():
         raise InputError(f"haystack file {p} is empty; pass a text file with at least a few sentences")
     if b"\x00" in raw[:65536]:

@@ -132,6 +132,6 @@ def run_head_patches_parallel(
     out = clean[None].repeat(masks.shape[0], 1)
     n_forwards = 1
     for idx, (metric_u, _, nf) in zip(groups, mapped.values):  # unit order: deterministic
-        out[torch.tensor(idx)] = metric_u.to(out.dtype)
+        out[torch.tensor(idx, device=out.device)] = metric_u.to(out.dtype)
         n_forwards += nf - 1
     return HeadPatchSweep(metric=out, clean_metric=clean, n_forwards=n_forwards)

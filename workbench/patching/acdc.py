@@ -74,7 +74,7 @@ def _greedy(graph: Graph, keep: torch.Tensor, tau: float, evaluate: Callable[[to
     n_try = int(keep.sum())
     full = evaluate(graph.valid)
     dist = abs(full - evaluate(keep))
-    scores = torch.zeros(graph.valid.shape)
+    scores = torch.zeros(graph.valid.shape)  # cpu: edge scores live on the CPU, like the graph
     order_r = sorted(range(len(graph.receivers)), key=lambda j: -graph.rank(graph.receivers[j]))
     bar = tqdm(total=n_try, desc=desc, disable=not progress, leave=False)
     for j in order_r:

@@ -52,7 +52,7 @@ def check_pair(clean: Tokens, corrupt: Tokens) -> None:
 
 def last_logits(logits: torch.Tensor, tokens: Tokens) -> torch.Tensor:
     """[batch vocab]: each prompt's logits at its last (unpadded) position."""
-    return logits[torch.arange(logits.shape[0]), tokens.last_positions]
+    return logits[torch.arange(logits.shape[0], device=logits.device), tokens.last_positions]
 
 
 def baseline_metrics(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable, names: list[str]):
@@ -100,6 +100,7 @@ def patch_residual(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable,
     L, P = model.shape.n_layers, clean.input_ids.shape[1]
     names = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
     c, k, cache = baseline_metrics(model, clean, corrupt, metric, names)
+    # cpu: a CPU position mask may index an activation on any device
     configs = [(l, torch.arange(P) == p) for l in range(L) for p in range(P)]
     vals = _sweep(model, clean, lambda l: f"blocks.{l}.hook_resid_pre", configs, dict(cache), metric, max_batch,
                   progress, "resid patching")
@@ -114,8 +115,10 @@ def patch_mlps(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable, per
     names = [f"blocks.{l}.hook_mlp_out" for l in range(L)]
     c, k, cache = baseline_metrics(model, clean, corrupt, metric, names)
     if per_position:
+        # cpu: a CPU position mask may index an activation on any device
         configs = [(l, torch.arange(P) == p) for l in range(L) for p in range(P)]
     else:
+        # cpu: a CPU position mask may index an activation on any device
         configs = [(l, torch.ones(P, dtype=torch.bool)) for l in range(L)]
     vals = _sweep(model, clean, lambda l: f"blocks.{l}.hook_mlp_out", configs, dict(cache), metric, max_batch,
                   progress, "mlp patching")

@@ -66,6 +66,7 @@ def edge_masks(model: Any, configs: list[list[tuple[Any, Any]]]) -> torch.Tensor
     """Masks [P L*H L*H+1] from lists of edges ((layer, head), (layer, head) or "logits")."""
     n_src, n_dst = n_nodes(model)
     H = model.shape.n_heads
+    # cpu: configuration masks are built on the CPU and moved per chunk
     masks = torch.zeros(len(configs), n_src, n_dst, dtype=torch.bool)
     for i, cfg in enumerate(configs):
         for edge in cfg:
@@ -89,8 +90,9 @@ def check_edge_masks(model: Any, masks: torch.Tensor) -> None:
     if masks.dtype != torch.bool:
         raise InputError(f"edge masks must be boolean, got {masks.dtype}; use masks.bool()")
     H = model.shape.n_heads
-    layer_src = torch.arange(n_src) // H
-    layer_dst = torch.cat([torch.arange(n_dst - 1) // H, torch.tensor([model.shape.n_layers])])
+    dev = masks.device
+    layer_src = torch.arange(n_src, device=dev) // H
+    layer_dst = torch.cat([torch.arange(n_dst - 1, device=dev) // H, torch.tensor([model.shape.n_layers], device=dev)])
     backward = masks & ~(layer_src[:, None] < layer_dst[None, :])
     if backward.any():
         c, si, di = backward.nonzero()[0].tolist()
@@ -177,7 +179,7 @@ def run_edge_patches(
     if missing:
         raise InputError(f"the edge masks patch sources in layers {missing} but source_z has no entry for them; "
                          "pass source_z[l] for every layer with a patched source")
-    idx = torch.arange(n)
+    idx = torch.arange(n)  # cpu: prompt indices: a CPU index may index a tensor on any device
     with torch.no_grad():
         if clean is None:
             clean = _suffix.clean_run(model, tokens)
@@ -185,7 +187,8 @@ def run_edge_patches(
         out = clean_metric[None].repeat(masks.shape[0], 1)
         runner = _suffix.SuffixRunner(model, clean, source_z, kernel=kernel)
         outs = _Outputs(runner, n, t)
-        dst_layer = torch.cat([torch.arange(L * H) // H, torch.tensor([L])])
+        dev = masks.device
+        dst_layer = torch.cat([torch.arange(L * H, device=dev) // H, torch.tensor([L], device=dev)])
         has = masks.any(dim=(1, 2))
         first = torch.where(masks.any(dim=1), dst_layer[None], L + 1).min(dim=1).values
         order = sorted((int(first[i]), i) for i in has.nonzero().flatten().tolist())
@@ -198,7 +201,7 @@ def run_edge_patches(
         for l0, cfg in tqdm(chunks, desc=desc, disable=not progress, leave=False):
             m = masks[cfg].to(model.device)
             logits = _run_edge_chunk(runner, outs, m, l0, kernel)
-            out[torch.tensor(cfg)] = metric(logits, idx).to(out.dtype)
+            out[torch.tensor(cfg, device=out.device)] = metric(logits, idx).to(out.dtype)
     return HeadPatchSweep(metric=out, clean_metric=clean_metric, n_forwards=1 + len(chunks))
 
 

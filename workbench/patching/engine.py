@@ -44,6 +44,7 @@ class HeadPatchSweep:
 
 def head_masks_all_positions(n_layers: int, n_heads: int, n_pos: int) -> torch.Tensor:
     """One configuration per head, patching it at every position: [L*H layer head pos]."""
+    # cpu: configuration masks are built on the CPU and moved per chunk
     masks = torch.zeros(n_layers * n_heads, n_layers, n_heads, n_pos, dtype=torch.bool)
     for i in range(n_layers * n_heads):
         masks[i, i // n_heads, i % n_heads, :] = True
@@ -52,6 +53,7 @@ def head_masks_all_positions(n_layers: int, n_heads: int, n_pos: int) -> torch.T
 
 def head_masks_per_position(n_layers: int, n_heads: int, n_pos: int) -> torch.Tensor:
     """One configuration per (head, position): [L*H*pos layer head pos]."""
+    # cpu: configuration masks are built on the CPU and moved per chunk
     masks = torch.zeros(n_layers * n_heads * n_pos, n_layers, n_heads, n_pos, dtype=torch.bool)
     i = 0
     for l in range(n_layers):
@@ -81,8 +83,8 @@ def _last_logits(model: Any, tokens: Tokens, hooks: dict[int, Callable]) -> torc
             adapter = model.adapter
             hidden = adapter.base(model.hf)(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                                             use_cache=False).last_hidden_state
-            last = hidden[torch.arange(hidden.shape[0]), tokens.last_positions]
-            return adapter.unembed(model.hf)(last)
+            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), tokens.last_positions]
+            return _suffix.unembed_float32(model)(last)
     finally:
         for h in handles:
             h.remove()
@@ -92,6 +94,7 @@ def masks_from_heads(model: Any, n_pos: int, configs: list[list[tuple[int, ...]]
     """Masks [P layer head pos] from lists of (layer, head) (every position) or
     (layer, head, position) per configuration; indices are checked against the model."""
     s = model.shape
+    # cpu: configuration masks are built on the CPU and moved per chunk
     masks = torch.zeros(len(configs), s.n_layers, s.n_heads, n_pos, dtype=torch.bool)
     for i, cfg in enumerate(configs):
         for item in cfg:
@@ -163,26 +166,27 @@ def run_head_patches(
 
 def _run_suffix(model, tokens, source_z, masks, metric, max_batch, progress, desc, kernel, clean_run) -> HeadPatchSweep:
     n = tokens.input_ids.shape[0]
-    idx = torch.arange(n)
+    idx = torch.arange(n)  # cpu: prompt indices: a CPU index may index a tensor on any device
     with torch.no_grad():
         if clean_run is None:
             clean_run = _suffix.clean_run(model, tokens)
         elif clean_run.mask_add.shape[0] != n or clean_run.mask_add.shape[-1] != tokens.input_ids.shape[1]:
             raise InputError("the clean run passed as clean= was made on other prompts; make it with "
                              "workbench.patching.suffix.clean_run(model, tokens) on these tokens")
-        clean = metric(clean_run.last_logits[None], idx)[0]
-        out = clean[None].repeat(masks.shape[0], 1)
         runner = _suffix.SuffixRunner(model, clean_run, source_z, kernel=kernel)
+        clean_logits = clean_run.last_logits if runner.resid_dtype == model.dtype else runner.clean_logits()
+        clean = metric(clean_logits[None], idx)[0]
+        out = clean[None].repeat(masks.shape[0], 1)
         chunks = _suffix.plan_chunks(masks, max(1, max_batch // n))
         for cfg, first_layers, p0 in tqdm(chunks, desc=desc, disable=not progress, leave=False):
             logits = runner.run_chunk(masks[cfg].to(model.device), first_layers, p0)
-            out[torch.tensor(cfg)] = metric(logits, idx).to(out.dtype)
+            out[torch.tensor(cfg, device=out.device)] = metric(logits, idx).to(out.dtype)
     return HeadPatchSweep(metric=out, clean_metric=clean, n_forwards=1 + len(chunks))
 
 
 def _run_full(model, tokens, source_z, masks, metric, max_batch, progress, desc) -> HeadPatchSweep:
     n = tokens.input_ids.shape[0]
-    idx = torch.arange(n)
+    idx = torch.arange(n)  # cpu: prompt indices: a CPU index may index a tensor on any device
     clean = metric(_last_logits(model, tokens, {})[None], idx)[0]
     per_chunk = max(1, max_batch // n)
     results = []

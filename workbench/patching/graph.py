@@ -72,7 +72,9 @@ class Graph:
             senders += [f"L{l}H{h}" for h in range(n_heads)] + [f"M{l}"]
             receivers += [f"L{l}H{h}" for h in range(n_heads)] + [f"M{l}"]
         receivers.append("logits")
+        # cpu: the graph's structure lives on the CPU; whoever uses it on a device moves it
         s_rank = torch.tensor([_rank(s, n_layers, parallel) for s in senders])
+        # cpu: the graph's structure lives on the CPU; whoever uses it on a device moves it
         r_rank = torch.tensor([_rank(r, n_layers, parallel) for r in receivers])
         valid = s_rank[:, None] < r_rank[None, :]
         return cls(n_layers, n_heads, tuple(senders), tuple(receivers), valid, parallel)
@@ -167,7 +169,7 @@ def top_edges(graph: Graph, scores: torch.Tensor, n_edges: int | None = None, th
         if n_edges < 1:
             raise InputError(f"n_edges={n_edges}: a circuit needs at least one edge")
         idx = absval.flatten().topk(n_edges).indices
-        mask = torch.zeros(absval.numel(), dtype=torch.bool)
+        mask = torch.zeros(absval.numel(), dtype=torch.bool)  # cpu: a selection over the CPU graph
         mask[idx] = True
         return mask.view_as(absval) & graph.valid
     if threshold is None:

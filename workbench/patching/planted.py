@@ -89,6 +89,7 @@ def planted_model(strength: float = 3.0):
     return Model(name="planted", hf=hf, tokenizer=None, shape=shape_of(hf), arch=arch, source="hand-built", hook_points=points)
 
 
+# cpu: prompt ids are made on the CPU, like a tokenizer's; callers move them
 def planted_prompts(n: int, length: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(clean ids [n length], corrupt ids, correct [n], wrong [n]): one name among fillers,
     the query token last; the corrupt twin has another name at the same place."""
@@ -179,6 +180,7 @@ def planted_inhibition_model(beta: float = 2.0, strength: float = 3.0, planted: 
                  hook_points=points)
 
 
+# cpu: prompt ids are made on the CPU, like a tokenizer's; callers move them
 def planted_colour_prompts(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Colored-Objects-like prompts for ``planted_inhibition_model``: ``F c1 F c2 F c3 F END``
     with three distinct colours and an answer drawn among them. Returns ids [n 8], correct [n],
@@ -197,6 +199,7 @@ def planted_colour_prompts(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
             "predicted": cols.max(dim=1).values}
 
 
+# cpu: prompt ids are made on the CPU, like a tokenizer's; callers move them
 def planted_ioi_prompts(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """IOI-style prompts for ``planted_inhibition_model``: ``F A F B F B' F END`` with B' the
     second mention of B (id 6+B). Returns ids [n 8], s2 [n] and end [n] positions."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from workbench.kernels.patching import dispatch
 
@@ -84,7 +85,7 @@ def clean_run(model: Any, tokens: Tokens) -> CleanRun:
         with torch.no_grad():
             hidden = adapter.base(model.hf)(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                                             use_cache=False).last_hidden_state
-            last_logits = adapter.unembed(model.hf)(hidden[rows, last])
+            last_logits = unembed_float32(model)(hidden[rows, last])
     finally:
         for h in handles:
             h.remove()
@@ -102,6 +103,18 @@ def clean_run(model: Any, tokens: Tokens) -> CleanRun:
         last_positions=last,
         rotary=rotary,
     )
+
+
+def unembed_float32(model: Any) -> Any:
+    """The unembedding as a function giving float32 logits. In a low-precision model it runs in
+    float32: the metrics are differences of logits of size 10-20, which bfloat16 rounds to
+    about 0.06, as large as a small head's effect."""
+    lin = model.adapter.unembed(model.hf)
+    weight = getattr(lin, "weight", None)
+    if model.dtype == torch.float32 or weight is None:
+        return lambda x: lin(x).float()
+    w, b = weight.float(), (None if getattr(lin, "bias", None) is None else lin.bias.float())
+    return lambda x: F.linear(x.float(), w, b)
 
 
 def output_projection(model: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -125,17 +138,22 @@ class SuffixRunner:
         self.layers = adapter.layers(model.hf)
         self.attns = [adapter.attn(layer) for layer in self.layers]
         self.norm = adapter.final_norm(model.hf)
-        self.unembed = adapter.unembed(model.hf)
+        self.unembed = unembed_float32(model)
         self.source = source_z
         self.w_o = [adapter.out_weights(attn, model.shape) for attn in self.attns]
         self.w_qkv = [adapter.qkv_weights(attn, model.shape) for attn in self.attns]
         self.scaling = [adapter.scaling(attn, model.shape) for attn in self.attns]
+        # the residual stream's sums in float32 when the model is in 16 bits: 30 layers of small
+        # updates added to a large stream otherwise lose their last digits at every layer
+        self.resid_dtype = torch.float32 if model.dtype in (torch.bfloat16, torch.float16) else model.dtype
+        # no padding: every prompt has the same (causal) mask, which then broadcasts over the batch
+        self.shared_mask = bool((clean.mask_add == clean.mask_add[:1]).all())
 
     # ------------------------------------------------------------------ one layer's pieces
     def qkv(self, l: int, x: torch.Tensor, p0: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B S M] (positions p0..) -> q [B H S D], k and v [B K S D] (rotary applied)."""
         a = self.adapter
-        h = a.attn_norm(self.layers[l])(x)
+        h = a.norm_to(a.attn_norm(self.layers[l]), x, self.model.dtype)
         q, k, v = (t.transpose(1, 2) for t in a.qkv(self.attns[l], h, self.model.shape))
         if self.clean.rotary is not None:
             cos, sin = (r[:, None, p0:] for r in self.clean.rotary)
@@ -164,14 +182,18 @@ class SuffixRunner:
         return k, v
 
     def attend(self, l: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c: int, p0: int) -> torch.Tensor:
-        """q [B H S D], k and v [B H T D] -> z [c N S H D] (causal + padding mask, as HF eager)."""
+        """q [B H S D], k and v [B H T D] -> z [c N S H D] (causal + padding mask, as HF eager),
+        by PyTorch's fused attention: nothing reads the pattern here, so it is never built."""
         s = self.model.shape
         n = self.clean.mask_add.shape[0]
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling[l]  # [B H S T]
-        S, T = scores.shape[-2:]
-        scores = (scores.view(c, n, s.n_heads, S, T) + self.clean.mask_add[None, :, :, p0:, :T]).view(c * n, s.n_heads, S, T)
-        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        z = torch.matmul(pattern, v).transpose(1, 2)  # [B S H D]
+        S, T = q.shape[2], k.shape[2]
+        mask = self.clean.mask_add[:, :, p0:, :T]  # [N 1 S T]
+        if self.shared_mask and S == T:  # plain causal: the fused kernel's fastest case
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling[l])
+        else:
+            mask = mask[:1] if self.shared_mask else mask.expand(c, *mask.shape).reshape(c * n, 1, S, T)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling[l])
+        z = z.transpose(1, 2)  # [B S H D]
         return z.reshape(c, n, S, s.n_heads, s.d_head)
 
     def head_qkv(self, l: int, h: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -227,7 +249,7 @@ class SuffixRunner:
                 zc = clean.z[l][:, p0:]
                 parts.append(zc.expand(joining, *zc.shape))
                 xc = clean.resid_pre[l][:, p0:]
-                xj = xc.expand(joining, *xc.shape).reshape(joining * n, S, -1)
+                xj = xc.expand(joining, *xc.shape).reshape(joining * n, S, -1).to(self.resid_dtype)
                 x = xj if x is None else torch.cat([x, xj])
                 active += joining
             z = parts[0] if len(parts) == 1 else torch.cat(parts)  # [active N S H D]
@@ -245,8 +267,15 @@ class SuffixRunner:
         inside = last >= p0
         idx = (last - p0).clamp(min=0)
         final = x.view(c, n, S, -1)[:, torch.arange(n, device=x.device), idx]  # [c N M]
-        final = torch.where(inside[None, :, None], final, clean.final_resid_last[None])
-        return self.unembed(self.norm(final))
+        final = torch.where(inside[None, :, None], final, clean.final_resid_last[None].to(final.dtype))
+        return self.unembed(self.adapter.norm_to(self.norm, final, torch.float32))
+
+    def clean_logits(self) -> torch.Tensor:
+        """Last-token logits [N vocab] of the unpatched prompts along this runner's own path (its
+        float32 residual stream), so that a 16-bit model's effects are differences of like with like."""
+        s, t = self.model.shape, self.clean.mask_add.shape[-1]
+        none = torch.zeros(1, s.n_layers, s.n_heads, t, dtype=torch.bool, device=self.clean.mask_add.device)
+        return self.run_chunk(none, [0], 0)[0]
 
 
 def first_patched(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -100,8 +100,7 @@ def read_image_file(path: str | Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image file '{path}' does not exist; give an image file path or a shipped photo name ({', '.join(SHIPPED)})")
+    _check_image_path(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -113,19 +112,36 @@ def read_image_file(path: str | Path) -> np.ndarray:
     return to_rgb_float(arr, source=str(path))
 
 
-def load_image(spec: str | Path | np.ndarray) -> tuple[np.ndarray, str]:
-    """An image from a shipped photo name, a file path, or an array; returns (image, name)."""
-    if isinstance(spec, np.ndarray):
-        return to_rgb_float(spec), "array"
+def _check_image_path(path: Path) -> None:
+    from ..paths import file_problem
+
+    if (problem := file_problem(path)) is not None:
+        raise InputError(f"image file '{path}' {problem}; give an image file path or a shipped photo name ({', '.join(SHIPPED)})")
+
+
+def image_source(spec: str | Path) -> str | Path:
+    """A shipped photo's name or an image file's path, checked without decoding it (so a
+    command can refuse a missing file, a folder or a pipe before any model loads)."""
     text = str(spec).strip()
     if not text:
         raise InputError(f"no image given; give an image file path or a shipped photo name ({', '.join(SHIPPED)})")
     if text in SHIPPED:
-        return shipped_image(text), text
+        return text
     path = Path(text).expanduser()
-    if path.exists() or path.suffix.lower() in IMAGE_SUFFIXES or "/" in text or "\\" in text:
-        return read_image_file(path), path.stem
+    if path.exists() or path.is_symlink() or path.suffix.lower() in IMAGE_SUFFIXES or "/" in text or "\\" in text:
+        _check_image_path(path)
+        return path
     raise InputError(f"'{text}' is neither an image file nor a shipped photo; choose one of {', '.join(SHIPPED)} or give a file path")
+
+
+def load_image(spec: str | Path | np.ndarray) -> tuple[np.ndarray, str]:
+    """An image from a shipped photo name, a file path, or an array; returns (image, name)."""
+    if isinstance(spec, np.ndarray):
+        return to_rgb_float(spec), "array"
+    source = image_source(spec)
+    if isinstance(source, str):
+        return shipped_image(source), source
+    return read_image_file(source), source.stem
 
 
 def resize_crop(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -137,12 +153,12 @@ def resize_crop(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     t = torch.nn.functional.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
     top, left = (nh - size) // 2, (nw - size) // 2
     t = t[:, :, top:top + size, left:left + size].clamp(0, 1)
-    return t[0].permute(1, 2, 0).contiguous().numpy()
+    return t[0].permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 def normalize(img: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``[H W 3]`` in [0, 1] -> network input ``[1 3 H W]`` (no resizing)."""
-    t = torch.as_tensor(img, dtype=torch.float32)
+    t = torch.as_tensor(img, dtype=torch.float32)  # cpu: an image array from PIL or numpy, on the CPU
     return ((t - MEAN) / STD).permute(2, 0, 1)[None].contiguous()
 
 

@@ -83,7 +83,9 @@ def generate(vlm: Any, batch: PairedBatch, max_new_tokens: int = 16, policy: Hea
     rows = slice(None) if paired else slice(0, n)
     embeds, mask, pos = batch.embeds[rows], batch.attention_mask[rows], batch.position_ids[rows]
     gen = torch.Generator().manual_seed(policy.seed)
+    # cpu: per-step records, filled by slice copies (a slice copy crosses devices)
     vhd = torch.zeros(n, max_new_tokens, s.n_layers, s.n_heads)
+    # cpu: per-step records, filled by slice copies (a slice copy crosses devices)
     selected = torch.zeros(n, max_new_tokens, s.n_layers, s.n_heads, dtype=torch.bool)
     step_box = {"t": 0}
 
@@ -97,17 +99,18 @@ def generate(vlm: Any, batch: PairedBatch, max_new_tokens: int = 16, policy: Hea
             if policy.mode == "none" or policy.alpha == 1.0:
                 if trace is not None:
                     trace.append((t, layer, z.detach().clone(), z.detach().clone(),
-                                  torch.zeros(n, s.n_heads, dtype=torch.bool)))
+                                  torch.zeros(n, s.n_heads, dtype=torch.bool, device=z.device)))
                 return z
             if policy.mode == "fixed":
                 pick = policy.heads[layer].to(z.device).expand(n, s.n_heads)
             elif policy.mode == "all":
-                pick = torch.ones(n, s.n_heads, dtype=torch.bool)
+                pick = torch.ones(n, s.n_heads, dtype=torch.bool, device=z.device)
             else:
                 pick = vhr_select(div)
                 if policy.mode == "random":
-                    pick = random_select(pick.sum(-1), s.n_heads, gen)
+                    pick = random_select(pick.sum(-1), s.n_heads, gen).to(z.device)  # drawn by a CPU generator
             selected[:, t, layer] = pick
+            # cpu: 0-dim constants mix with a mask on any device
             scale = torch.where(pick, torch.tensor(policy.alpha), torch.tensor(1.0)).to(z.dtype)[..., None]
             out = z.clone()
             out[:n, -1] = z[:n, -1] * scale
@@ -121,8 +124,8 @@ def generate(vlm: Any, batch: PairedBatch, max_new_tokens: int = 16, policy: Hea
     patched = paired or policy.mode in ("fixed", "all")
     patches = {f"blocks.{l}.attn.hook_z": make_patch(l) for l in range(s.n_layers)} if patched else {}
     token_ids: list[list[int]] = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool)
-    valid = torch.zeros(n, max_new_tokens, dtype=torch.bool)
+    done = torch.zeros(n, dtype=torch.bool)  # cpu: per-row bookkeeping, read with int()
+    valid = torch.zeros(n, max_new_tokens, dtype=torch.bool)  # cpu: per-row bookkeeping, read with int()
     past = None
     if prefix is not None:
         embeds, pos, past = embeds[:, -1:], pos[:, -1:], prefix

@@ -54,6 +54,7 @@ def vhr_select(vhd_layer: torch.Tensor) -> torch.Tensor:
 def random_select(counts: torch.Tensor, n_heads: int, generator: torch.Generator) -> torch.Tensor:
     """The random-heads control: for each row, ``counts[row]`` heads drawn uniformly,
     ``[rows] -> bool [rows head]`` (the same number of heads VHR picked there)."""
+    # cpu: a CPU generator draws on the CPU; the caller moves the mask where it patches
     scores = torch.rand(counts.shape[0], n_heads, generator=generator)
     ranks = scores.argsort(dim=-1).argsort(dim=-1)
     return ranks < counts[:, None].to(ranks.device)

@@ -167,6 +167,7 @@ class HFVisionAdapter:
 
     def text_only_ids(self, prompt: str) -> torch.Tensor:
         """The prompt's ids with the image placeholder removed (the image-free branch)."""
+        # cpu: token ids from the tokenizer; callers move them
         return torch.tensor(self.lm.tokenizer.encode(prompt.replace(IMAGE_TOKEN, ""), add_special_tokens=True),
                             dtype=torch.long)
 

@@ -53,7 +53,7 @@ def prepare_images(images: Any, size: int) -> torch.Tensor:
             raise InputError(f"an image tensor must be [n 3 height width] (RGB in [0, 1]), got shape {tuple(images.shape)}")
         if min(t.shape[-2:]) < 32:
             raise InputError(f"images are {t.shape[-2]}x{t.shape[-1]} pixels, too small; give at least 32x32")
-        arrays = [t[i].permute(1, 2, 0).clamp(0, 1).numpy() for i in range(t.shape[0])]
+        arrays = [t[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy() for i in range(t.shape[0])]
     elif isinstance(images, np.ndarray) and images.ndim in (2, 3):
         arrays = [images]
     elif isinstance(images, (list, tuple)) and images:
@@ -81,7 +81,7 @@ def left_pad(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, 
     length = max(r.shape[0] for r in rows)
     d = rows[0].shape[-1]
     embeds = rows[0].new_zeros(len(rows), length, d)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=rows[0].device)
     for i, r in enumerate(rows):
         embeds[i, length - r.shape[0]:] = r
         mask[i, length - r.shape[0]:] = 1
@@ -146,8 +146,9 @@ class VisionLanguageModel:
         return self.lm.hf.get_input_embeddings()(ids.to(self.lm.device))
 
     def text_ids(self, text: str) -> torch.Tensor:
+        # cpu: token ids from the tokenizer; callers move them
         return torch.tensor(self.lm.tokenizer.encode(text, add_special_tokens=False), dtype=torch.long) if text else \
-            torch.zeros(0, dtype=torch.long)
+            torch.zeros(0, dtype=torch.long)  # cpu: token ids from the tokenizer; callers move them
 
     def rows(self, prompt: str, features: torch.Tensor | None, suffixes: Sequence[str] | None = None,
              grad: bool = False) -> list[torch.Tensor]:

@@ -20,6 +20,7 @@ def _start(obj: str) -> str:
 def first_object_scores(vlm: Any, prompt: str, features: torch.Tensor | None, n: int) -> torch.Tensor:
     """Log-probability that the caption starts with each object, ``[n n_objects]``."""
     starts = [_start(o) for o in OBJECT_NAMES]
+    # cpu: per-object scores, filled by column copies (a slice copy crosses devices)
     scores = torch.zeros(n, len(starts))
     for j, start in enumerate(starts):
         rows = vlm.rows(prompt, features, suffixes=[start] * n) if features is not None else \

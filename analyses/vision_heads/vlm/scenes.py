@@ -146,7 +146,7 @@ def _background(rng: np.random.Generator, size: int, layout: str) -> torch.Tenso
     if layout == "cells":
         return a.expand(3, size, size).clone()
     b = torch.from_numpy(rng.uniform(0.2, 0.8, size=(3, 1, 1))).float()
-    ramp = torch.linspace(0, 1, size)
+    ramp = torch.linspace(0, 1, size)  # cpu: scenes are drawn on the CPU
     ramp = ramp[None, :, None] if rng.random() < 0.5 else ramp[None, None, :]
     noise = torch.from_numpy(rng.normal(0, 0.04, size=(3, size, size))).float()
     return (a + (b - a) * ramp + noise).clamp(0, 1)
@@ -158,7 +158,7 @@ def compose(objects: list[str], boxes: list[tuple[int, int, int]], rng: np.rando
     canvas = _background(rng, size, layout)
     for obj, (top, left, side) in zip(objects, boxes):
         canvas[:, top:top + side, left:left + side] = object_patch(obj, side, rng, half)
-    return canvas.permute(1, 2, 0).numpy().copy()
+    return canvas.permute(1, 2, 0).cpu().numpy().copy()
 
 
 def make_scenes(n: int, split: str = "train", seed: int = 0, size: int = 224) -> list[Scene]:

@@ -83,7 +83,7 @@ def _ridge_targets(vlm: VisionLanguageModel, scenes: Sequence[Scene]) -> torch.T
     g = vlm.grid
     emb = vlm.lm.hf.get_input_embeddings().weight.detach()
     word = {name: emb[vlm.text_ids(" " + name)[0]] for name in BY_NAME}
-    out = torch.zeros(len(scenes), g * g, emb.shape[1])
+    out = torch.zeros(len(scenes), g * g, emb.shape[1], device=emb.device)
     for i, s in enumerate(scenes):
         for tok, obj in enumerate(token_objects(s, g, vlm.image_size)):
             if obj is not None:
@@ -99,7 +99,7 @@ def ridge_init(projector: nn.Linear, features: torch.Tensor, targets: torch.Tens
     xc, yc = x - xm, y - ym
     gram = xc.T @ xc
     lam = ridge * gram.diagonal().mean()
-    w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), xc.T @ yc)
+    w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), xc.T @ yc)
     with torch.no_grad():
         projector.weight.copy_(w.T.to(projector.weight.dtype))
         projector.bias.copy_((ym - xm @ w).to(projector.bias.dtype))
@@ -118,6 +118,7 @@ def train_projector(vlm: VisionLanguageModel, config: ProjectorConfig, progress:
     curve = []
     bar = tqdm(range(config.steps), desc="training projector", disable=not progress)
     for _ in bar:
+        # cpu: a CPU generator draws on the CPU; a CPU index may index features on any device
         idx = torch.randperm(len(scenes), generator=gen)[: config.batch_size]
         loss = caption_losses(vlm, config.prompt, features[idx], [captions[int(i)] for i in idx], grad=True).mean()
         opt.zero_grad()
