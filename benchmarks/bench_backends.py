@@ -24,7 +24,7 @@ def main() -> None:
 
     from workbench.cache import run_with_cache
     from workbench.models import load_model
-    from workbench.paths import cache_dir
+    from workbench.environment import cache_dir
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="smollm2-135m")

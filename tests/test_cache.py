@@ -130,7 +130,7 @@ def test_backends_reproduce_hf_logits_on_embedded_model(smollm2, backend):
     """A pristine Hugging Face model (its own attention, no workbench hooks) is the reference."""
     from transformers import AutoModelForCausalLM
 
-    from workbench.paths import cache_dir
+    from workbench.environment import cache_dir
 
     pristine = AutoModelForCausalLM.from_pretrained(cache_dir("models", "smollm2-135m"), dtype=torch.float32).eval()
     prompts = ["When Mary and John went to the store, John gave a drink to", "The capital of France is"]

@@ -273,7 +273,8 @@ def test_quoted_tilde_in_out_and_runs_folder_is_home(tmp_path):
 
 
 def test_tilde_in_the_cache_and_runs_variables(tmp_path, monkeypatch):
-    from workbench.paths import cache_dir, runs_dir, user_path
+    from workbench.environment import cache_dir
+    from workbench.paths import runs_dir, user_path
     from workbench.results import Result, list_runs, load_result
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -17,7 +17,7 @@ import typing
 from typing import Any, Callable
 
 from .errors import InputError, WorkbenchError
-from .spec import base_type, check_config, config_fields, flag_of
+from .config_fields import base_type, check_config, config_fields, flag_of
 
 NOT_GIVEN: Any = object()  # the CLI and the app check before there is a target
 _DOORS: dict[Callable[..., Any], Any] = {}  # checked run -> its AnalysisSpec

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import EnvironmentProblem
+from .paths import describe_path, user_path
 
 REASONS = {
     errno.ENOSPC: "the disk is full",
@@ -57,8 +58,6 @@ def home_folder() -> Path:
 
 def cache_root() -> Path:
     """``$WORKBENCH_CACHE`` (``~`` expanded) or ``$HOME/.cache/workbench``."""
-    from .paths import user_path
-
     env = os.environ.get("WORKBENCH_CACHE")  # empty counts as unset, as WORKBENCH_RUNS does
     return user_path(env) if env else home_folder() / ".cache" / "workbench"
 
@@ -74,12 +73,21 @@ def cache_fix(space: bool = False) -> str:
 
 def cache_problem(path: Path, exc: OSError) -> EnvironmentProblem:
     """One line for a cache folder that cannot be made or written."""
-    from .paths import describe_path
-
     blocker = _first_non_folder(path)
     why = f"{blocker} {describe_path(blocker)}, not a folder" if blocker is not None else reason(exc)
     full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
     return EnvironmentProblem(f"the workbench cache folder {path} cannot be written: {why} {cache_fix(full)}")
+
+
+def cache_dir(*parts: str) -> Path:
+    """The user cache folder (``$WORKBENCH_CACHE`` or ``~/.cache/workbench``), created on demand;
+    a cache that cannot be made is one line naming the variable to fix."""
+    path = cache_root().joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cache_problem(path, exc) from None
+    return path
 
 
 def _first_non_folder(path: Path) -> Path | None:

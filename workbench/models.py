@@ -19,7 +19,8 @@ import torch
 from .errors import InputError, ModelNotAvailable
 from .model_cache import ensure_converted, record_checksums
 from .model_checks import check_loaded, check_loading_info, check_model_folder, quiet_load_report
-from .paths import cache_dir, describe_path, wheel_file
+from .environment import cache_dir
+from .paths import describe_path, wheel_file
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

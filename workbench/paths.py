@@ -1,5 +1,6 @@
-"""Where the workbench keeps things on disk: the user cache (converted models,
-trained toys, projectors) and the runs folder (saved results)."""
+"""Paths as users give them, what is at a path, the runs folder (saved results) and files
+inside installed wheels. The cache folder, which can fail for reasons of the environment
+(HOME, disk, permissions), is ``workbench.environment.cache_dir``."""
 from __future__ import annotations
 
 import os
@@ -11,19 +12,6 @@ def user_path(path: str | os.PathLike) -> Path:
     leaves a quoted ``"~/x"`` and the value of an environment variable alone, and a folder
     literally named ``~`` in the current directory is never what was meant."""
     return Path(os.path.expanduser(os.fspath(path)))
-
-
-def cache_dir(*parts: str) -> Path:
-    """The user cache folder (``$WORKBENCH_CACHE`` or ``~/.cache/workbench``), created on demand;
-    a cache that cannot be made is one line naming the variable to fix."""
-    from .environment import cache_problem, cache_root
-
-    path = cache_root().joinpath(*parts)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise cache_problem(path, exc) from None
-    return path
 
 
 def runs_dir() -> Path:

@@ -2,7 +2,7 @@
 step, as in the authors' code) with KQ/OV checkpoints, cached on disk.
 
 A trained model and its checkpoints live in
-``workbench.paths.cache_dir("icl", <hash of the training spec>)/train.safetensors``, written to
+``workbench.environment.cache_dir("icl", <hash of the training spec>)/train.safetensors``, written to
 a temporary file and renamed, so a half-written cache never exists; a cached spec is
 never retrained.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from workbench.paths import cache_dir
+from workbench.environment import cache_dir
 
 from workbench.analyses.icl.model import AttentionRegressor, build
 from workbench.analyses.icl.task import covariance_matrix, embed, sample_prompts

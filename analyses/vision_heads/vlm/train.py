@@ -10,7 +10,7 @@ Training, on the CPU in minutes:
    gradients through the frozen language model into the projector), with a progress bar.
 
 The projector (and its training record) is cached in the user cache folder under a key of
-every setting (``workbench.paths.cache_dir("vlm", key)``), written to a temporary file and
+every setting (``workbench.environment.cache_dir("vlm", key)``), written to a temporary file and
 renamed; nothing is committed. ``load_vlm`` rebuilds it when absent."""
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.cache import forward_embeds
-from workbench.paths import cache_dir
+from workbench.environment import cache_dir
 from workbench.analyses.vision_heads.vlm.model import DEFAULT_PROMPT, VisionLanguageModel, left_pad
 from workbench.analyses.vision_heads.vlm.objects import BY_NAME
 from workbench.analyses.vision_heads.vlm.scenes import Scene, make_scenes, token_objects
