@@ -23,7 +23,7 @@ from workbench.checks import checked_run
 
 TASKS = ("ioi", "colored-objects")
 METHODS = ("eap", "eap-ig", "acdc", "path-patching")
-ABLATIONS = ("mean", "corrupt")
+from workbench.patching.ablation import CHOICES as ABLATIONS, Ablation, parse_ablation
 BATCH_SIZE = 8  # prompts per forward pass when --batch-size is not given: min(BATCH_SIZE, n_prompts)
 
 
@@ -164,8 +164,9 @@ class CircuitConfig:
     threshold: float | None = option(None, cli=False, help="keep edges with |score| above this instead of the top n_edges")
     ig_steps: int = option(8, flag="--steps", help="EAP-IG integration steps (the convergence is shown for every "
                            "power of two up to this; 8 agree with 16 at Spearman 0.996 on IOI)", min=1, max=1000)
-    ablation: str = option("mean", help="what edges outside the circuit carry: the corrupt prompts' mean, "
-                           "or the paired corrupt run", choices=ABLATIONS)
+    ablation: str = option("counterfactual", help="what edges outside the circuit carry: counterfactual (the paired "
+                           "corrupt run; 'corrupt' is its old name), mean (over the corrupt prompts), zero, or "
+                           "resample (another prompt's corrupt run)", choices=ABLATIONS)
     batch_size: int | None = option(None, help=f"prompts per forward pass (default: min({BATCH_SIZE}, --n))", min=1)
     target: float = option(0.8, help="faithfulness the default circuit must reach on the validation prompts "
                            "((circuit - all ablated) / (full - all ablated))", min=0.0, max=1.0)
@@ -187,9 +188,12 @@ class CircuitConfig:
     def __post_init__(self) -> None:
         if self.batch_size is None:
             self.batch_size = max(1, min(BATCH_SIZE, self.n_prompts))
+        if self.ablation in ABLATIONS:  # the old name 'corrupt' is stored as 'counterfactual'
+            self.ablation = parse_ablation(self.ablation).value
 
     def validate(self) -> None:
         check_task_and_method(self.task, self.method)
+        parse_ablation(self.ablation)
         parse_sizes(self.sizes)
         parse_taus(self.acdc_taus)
         if self.method == "acdc" or "acdc" in parse_methods(self.curve_methods):
@@ -289,7 +293,7 @@ def task_scores(model: Any, prep: Prepared, batch_size: int = 8) -> dict[str, An
 ROWS_PER_PASS = 16  # prompts x configurations in one edge-masked forward (memory: see run_bytes)
 
 
-def edge_metrics(model: Any, graph: Graph, prep: Prepared, masks: torch.Tensor, ablation: str = "mean",
+def edge_metrics(model: Any, graph: Graph, prep: Prepared, masks: torch.Tensor, ablation: str = "counterfactual",
                  rows_per_pass: int = ROWS_PER_PASS, progress: bool = False) -> torch.Tensor:
     """Metric [C N] of each edge configuration ``masks`` [C S R] on ``prep``'s clean prompts, the
     edges outside a configuration carrying the corrupt prompts' mean (or the paired corrupt run)."""
@@ -317,7 +321,7 @@ def faithfulness_interval(values: torch.Tensor, split: str, seed: int = 0) -> In
     return bootstrap(x, stat, seed=seed, split=split)
 
 
-def faithfulness(model: Any, graph: Graph, prep: Prepared, edges: torch.Tensor, ablation: str = "mean",
+def faithfulness(model: Any, graph: Graph, prep: Prepared, edges: torch.Tensor, ablation: str = "counterfactual",
                  batch_size: int = 8) -> tuple[float, float]:
     """(metric of the circuit, normalised faithfulness), edges outside ``edges`` ablated."""
     vals = edge_metrics(model, graph, prep, torch.stack([graph.valid, torch.zeros_like(graph.valid),
@@ -331,7 +335,7 @@ def circuit_of(graph: Graph, scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: dict[str, torch.Tensor] | torch.Tensor,
-                       sizes: list[int], ablation: str = "mean", extra: dict[str, torch.Tensor] | None = None,
+                       sizes: list[int], ablation: str = "counterfactual", extra: dict[str, torch.Tensor] | None = None,
                        progress: bool = False,
                        thresholded: dict[str, list[tuple[float, torch.Tensor]]] | None = None) -> dict[str, Any]:
     """Normalised faithfulness of the top-k circuits of each method's scores, for each k in
@@ -439,7 +443,7 @@ def discover(model: Any, config: CircuitConfig, prep: Prepared, progress: bool =
 
 
 def acdc_circuits(model: Any, graph: Graph, prep: Prepared, ranked: torch.Tensor, taus: list[float],
-                  n_candidates: int, ablation: str = "mean", progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                  n_candidates: int, ablation: str = "counterfactual", progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """ACDC on ``prep``'s prompts at each threshold in ``taus``, each an exact, separate run over the
     top ``n_candidates`` edges of ``ranked`` (EAP-IG scores): ``[(circuit [S R] bool, pruned of edges
     that do not reach the logits; ACDC's score [S R]), ...]`` in the order of ``taus``."""

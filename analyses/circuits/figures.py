@@ -178,11 +178,20 @@ def circuit_sections(result: Any) -> list:
     edges = [{"sender": s, "receiver": r, "score": v} for s, r, v in result.top_edges]
     tables = [rows, result.curve_rows()] + ([convergence_rows(result.convergence)] if result.convergence else []) + [edges]
     return [Section(title=f"Circuit: {result.task} by {result.method}",
-                    text=f"Edges outside the circuit carry the corrupt prompts' {m.get('ablation', 'mean')} value. Faithfulness "
+                    text=f"Edges outside the circuit carry their {_ablation_text(m.get('ablation', 'mean'))}. Faithfulness "
                          "is normalised: (circuit − all ablated) / (full model − all ablated). Scores come from the "
                          "discovery prompts, the curve and the size choice from the validation prompts, the reported "
                          f"faithfulness from the test prompts.{_acdc_text(result)} Chosen: {result.target_text()}.",
                     figures=circuit_figures(result), tables=tables)]
+
+
+def _ablation_text(name: str) -> str:
+    """What an ablated edge carries, in words (runs saved before the rename say 'corrupt')."""
+    from workbench.patching.ablation import Ablation, parse_ablation
+
+    return {Ablation.COUNTERFACTUAL: "value in the paired corrupt run (counterfactual ablation)",
+            Ablation.MEAN: "mean over the corrupt prompts (mean ablation)", Ablation.ZERO: "zero (zero ablation)",
+            Ablation.RESAMPLE: "value in another prompt's corrupt run (resample ablation)"}[parse_ablation(name)]
 
 
 def _acdc_text(result: Any) -> str:

@@ -390,14 +390,11 @@ def edge_scores_from(graph: Graph, deltas: list[torch.Tensor], grads: torch.Tens
 
 
 # ----------------------------------------------------------------------------- edge-masked forward
-def ablation_values(acts: dict[str, torch.Tensor], how: str, n: int) -> dict[str, torch.Tensor]:
-    """The values an ablated edge carries: the paired corrupt run ('corrupt'), or its mean over
-    prompts at each position ('mean')."""
-    if how == "corrupt":
-        return acts
-    if how == "mean":
-        return {k: v.mean(dim=0, keepdim=True).expand(n, *v.shape[1:]) for k, v in acts.items()}
-    raise InputError(f"unknown ablation '{how}'; choose 'mean' or 'corrupt'")
+def ablation_values(acts: dict[str, torch.Tensor], how: Any, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The values an ablated edge carries (see ``workbench.patching.ablation``)."""
+    from .ablation import ablation_values as values
+
+    return values(acts, how, n, seed)
 
 
 def run_edge_masks(model: Any, graph: Graph, tokens: Tokens, ablate: dict[str, torch.Tensor], keep: torch.Tensor,
