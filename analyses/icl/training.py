@@ -4,7 +4,9 @@ step, as in the authors' code) with KQ/OV checkpoints, cached on disk.
 A trained model and its checkpoints live in
 ``workbench.environment.cache_dir("icl", <hash of the training spec>)/train.safetensors``, written to
 a temporary file and renamed, so a half-written cache never exists; a cached spec is
-never retrained.
+never retrained. Training runs under ``workbench.artifacts.deterministic_build`` (deterministic
+kernels, one thread, seeded generators); the sha256 of the trained weights is written beside
+the file (``train.safetensors.sha256``) and carried in ``TrainRecord.sha256`` for provenance.
 """
 from __future__ import annotations
 
@@ -18,12 +20,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from workbench import artifacts
 from workbench.environment import cache_dir
 
 from workbench.analyses.icl.model import AttentionRegressor, build
 from workbench.analyses.icl.task import covariance_matrix, embed, sample_prompts
 
-CACHE_VERSION = 1  # bump when training code changes what a spec produces
+CACHE_VERSION = 2  # 2: deterministic build with a checksum; bump when training code changes what a spec produces
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,10 @@ class TrainRecord:
     ov: torch.Tensor
     loss: torch.Tensor
     cached: bool = False
+    sha256: str = ""  # of the trained weights (workbench.artifacts.weights_sha256)
+
+    def artifact_key(self) -> str:
+        return f"icl/{self.spec.key()}"
 
 
 def cache_path(spec: TrainSpec) -> Path:
@@ -77,12 +84,10 @@ def train(spec: TrainSpec, progress: bool = True, use_cache: bool = True) -> Tra
             return _load(spec, path)
         except Exception:  # a corrupt cache file is rebuilt, never trusted
             path.unlink(missing_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is several times faster than two on a busy machine
-    try:
+    # one thread: tiny matmuls run several times faster than on two on a busy machine, and alike everywhere
+    with artifacts.deterministic_build(spec.seed, threads=1):
         record = _train(spec, progress)
-    finally:
-        torch.set_num_threads(threads)
+    record.sha256 = artifacts.weights_sha256(record.model.state_dict())
     if use_cache:
         _save(record, path)
     return record
@@ -126,7 +131,8 @@ def _save(record: TrainRecord, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".train-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"spec": json.dumps(asdict(record.spec))})
+        save_file(tensors, tmp, metadata={"spec": json.dumps(asdict(record.spec)), "sha256": record.sha256})
+        artifacts.write_checksum(path, record.sha256)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -138,6 +144,11 @@ def _load(spec: TrainSpec, path: Path) -> TrainRecord:
 
     t = load_file(str(path))
     model = build(spec.d, spec.heads, attention=spec.attention, n_train=spec.n, seed=spec.seed)
-    model.load_state_dict({k[len("param."):]: v for k, v in t.items() if k.startswith("param.")})
+    state = {k[len("param."):]: v for k, v in t.items() if k.startswith("param.")}
+    sha = artifacts.weights_sha256(state)
+    recorded = artifacts.read_checksum(path)
+    if recorded is not None and recorded != sha:
+        raise ValueError(f"{path}: weights do not match their recorded sha256")  # rebuilt by the caller
+    model.load_state_dict(state)
     model.eval()
-    return TrainRecord(spec, model, t["checkpoint_steps"], t["kq"], t["ov"], t["loss"], cached=True)
+    return TrainRecord(spec, model, t["checkpoint_steps"], t["kq"], t["ov"], t["loss"], cached=True, sha256=sha)

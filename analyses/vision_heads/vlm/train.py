@@ -11,7 +11,11 @@ Training, on the CPU in minutes:
 
 The projector (and its training record) is cached in the user cache folder under a key of
 every setting (``workbench.environment.cache_dir("vlm", key)``), written to a temporary file and
-renamed; nothing is committed. ``load_vlm`` rebuilds it when absent."""
+renamed; nothing is committed. ``load_vlm`` rebuilds it when absent. The build runs under
+``workbench.artifacts.deterministic_build`` (deterministic kernels, one thread, seeded
+generators), so the same seed gives the same weights on this machine; the sha256 of the
+weights is written beside them (``projector.safetensors.sha256``), returned in the record
+and compared with the published one (``docs/artifacts.json``)."""
 from __future__ import annotations
 
 import hashlib
@@ -26,13 +30,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench import artifacts
 from workbench.cache import forward_embeds
 from workbench.environment import cache_dir
 from workbench.analyses.vision_heads.vlm.model import DEFAULT_PROMPT, VisionLanguageModel, left_pad
 from workbench.analyses.vision_heads.vlm.objects import BY_NAME
 from workbench.analyses.vision_heads.vlm.scenes import Scene, make_scenes, token_objects
 
-FORMAT = 3  # 3: mixed training layouts (scenes.SPLITS), 1024 scenes, 200 steps at lr 2e-3
+FORMAT = 4  # 4: built deterministically (one thread), sha256 recorded; 3: mixed training layouts, 1024 scenes
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,10 @@ class ProjectorConfig:
     def key(self) -> str:
         blob = json.dumps({**asdict(self), "format": FORMAT}, sort_keys=True)
         return f"{self.lm}-g{self.grid}-s{self.steps}-n{self.n_train}-" + hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+    def artifact_key(self) -> str:
+        """The projector's name in docs/artifacts.json and in provenance."""
+        return f"vlm/{self.key()}"
 
 
 def encode_scenes(vlm: VisionLanguageModel, scenes: Sequence[Scene], chunk: int = 32, progress: bool = False) -> torch.Tensor:
@@ -106,8 +115,12 @@ def ridge_init(projector: nn.Linear, features: torch.Tensor, targets: torch.Tens
 
 
 def train_projector(vlm: VisionLanguageModel, config: ProjectorConfig, progress: bool = True) -> dict[str, Any]:
-    """Warm-start and train ``vlm.projector`` in place; returns the training record."""
-    torch.manual_seed(config.seed)
+    """Warm-start and train ``vlm.projector`` in place, deterministically; returns the training record."""
+    with artifacts.deterministic_build(config.seed):
+        return _train_projector(vlm, config, progress)
+
+
+def _train_projector(vlm: VisionLanguageModel, config: ProjectorConfig, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     scenes = make_scenes(config.n_train, "train", seed=config.seed, size=config.image_size)
     features = encode_scenes(vlm, scenes, progress=progress)
@@ -126,7 +139,8 @@ def train_projector(vlm: VisionLanguageModel, config: ProjectorConfig, progress:
         opt.step()
         curve.append(float(loss.detach()))
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    return {"loss_curve": curve, "train_seconds": time.perf_counter() - start, "config": asdict(config)}
+    return {"loss_curve": curve, "train_seconds": time.perf_counter() - start, "config": asdict(config),
+            "threads": torch.get_num_threads(), "deterministic": torch.are_deterministic_algorithms_enabled()}
 
 
 def _save_atomic(state: dict[str, torch.Tensor], record: dict[str, Any], folder) -> None:
@@ -140,6 +154,7 @@ def _save_atomic(state: dict[str, torch.Tensor], record: dict[str, Any], folder)
         with open(rec_tmp, "w") as fh:
             json.dump(record, fh)
         os.replace(rec_tmp, folder / "record.json")
+        artifacts.write_checksum(folder / "projector.safetensors", record["sha256"])
         os.replace(tmp, folder / "projector.safetensors")
     finally:
         for p in (tmp, tmp + ".json"):
@@ -170,12 +185,19 @@ def build_vlm(lm: Any = None, config: ProjectorConfig | None = None, progress: b
             state = load_file(str(weights))
             projector.load_state_dict(state)
             record = json.loads((folder / "record.json").read_text())
-            record["cached"] = str(weights)
+            sha = artifacts.weights_sha256(state)
+            if record.get("sha256", sha) != sha:
+                raise ValueError("the cached weights are not the ones recorded")  # rebuilt below
+            record.update(cached=str(weights), sha256=sha, artifact=config.artifact_key(),
+                          build=artifacts.check_published(config.artifact_key(), sha))
             return vlm, record
         except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
             pass
     record = train_projector(vlm, config, progress=progress)
-    _save_atomic({k: v.detach().contiguous() for k, v in projector.state_dict().items()}, record, folder)
-    record["cached"] = str(weights)
+    state = {k: v.detach().contiguous() for k, v in projector.state_dict().items()}
+    record["sha256"] = artifacts.weights_sha256(state)
+    _save_atomic(state, record, folder)
+    record.update(cached=str(weights), artifact=config.artifact_key(),
+                  build=artifacts.check_published(config.artifact_key(), record["sha256"]))
     projector.requires_grad_(False)
     return vlm, record
