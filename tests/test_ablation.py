@@ -40,7 +40,7 @@ def test_batched_ablation_equals_one_forward_per_head(tiny_llama):
 def test_same_seed_same_numbers(tiny_llama, tmp_path):
     a = run(tiny_llama, AblationConfig(n_prompts=4, seed=1), progress=False)
     b = run(tiny_llama, AblationConfig(n_prompts=4, seed=1), progress=False)
-    assert torch.equal(a.effect, b.effect) and a.metrics["top_heads"] == b.metrics["top_heads"]
+    assert torch.equal(a.effect, b.effect) and a.top_heads == b.top_heads
     back = load_result(a.save(tmp_path / "run"))
     assert torch.equal(back.effect, a.effect) and back.config == a.config
 
@@ -90,7 +90,7 @@ def test_embedded_model_does_ioi_and_ablation_is_deterministic(smollm2):
     cfg = AblationConfig(n_prompts=4, seed=0)
     a = run(smollm2, cfg, progress=False)
     b = run(smollm2, cfg, progress=False)
-    print("clean logit diff", a.metrics["clean_logit_diff"], "accuracy", a.metrics["accuracy"], "top", a.metrics["top_heads"][:3])
+    print("clean logit diff", a.clean_logit_diff, "accuracy", a.accuracy, "top", a.top_heads[:3])
     assert torch.equal(a.effect, b.effect)
-    assert a.metrics["clean_logit_diff"] > 1.0 and a.metrics["accuracy"] >= 0.75
+    assert a.clean_logit_diff > 1.0 and a.accuracy >= 0.75
     assert a.effect.shape == (30, 9)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workbench.errors import ResultError
-from workbench.results import Result, list_runs, load_result, provenance, register_result
+from workbench.results import Result, list_runs, load_result, provenance
 
 
 @dataclass
@@ -18,7 +18,6 @@ class ToyConfig:
     sizes: tuple = (1, 2)
 
 
-@register_result
 @dataclass
 class ToyResult(Result):
     analysis = "toy"
@@ -203,18 +202,23 @@ def test_config_fields_of_the_wrong_type_are_refused(tmp_path):
     assert list_runs(tmp_path)[0]["analysis"] == "broken"
 
 
-@register_result
-@dataclass
+@dataclass(kw_only=True)
 class TypedResult(Result):
     analysis = "typed-toy"
+    score: float
+    heads: list[dict]
 
-    @property
-    def score(self) -> float:
-        return float(self.metrics["score"])
 
-    @property
-    def heads(self) -> list[dict]:
-        return list(self.metrics["heads"])
+@pytest.fixture(autouse=True)
+def _toy_specs(monkeypatch):
+    """The toys are known the one way an analysis is: through a spec."""
+    from workbench import spec as spec_module
+
+    toys = {cls.analysis: spec_module.AnalysisSpec(key=cls.analysis, title=cls.analysis, help="a toy", config=ToyConfig,
+                                                   result=cls, run=lambda target, config, progress=True: None,
+                                                   needs_model=False)
+            for cls in (ToyResult, TypedResult)}
+    monkeypatch.setattr(spec_module, "_SPECS", {**spec_module.specs(), **toys})
 
 
 @pytest.mark.parametrize("metrics,words", [
@@ -224,10 +228,10 @@ class TypedResult(Result):
     ({"score": 1.0, "heads": [[0, 1]]}, "'heads' is not list[dict]"),
 ])
 def test_typed_properties_are_checked_on_load(tmp_path, metrics, words):
-    path = TypedResult(metrics={"score": 0.5, "heads": [{"layer": 0}]}).save(tmp_path / "run")
+    path = TypedResult(score=0.5, heads=[{"layer": 0}]).save(tmp_path / "run")
     assert load_result(path).score == 0.5
     doc = _doc(path)
-    doc["metrics"] = metrics
+    doc["data"] = metrics
     _write_doc(path, doc)
     with pytest.raises(ResultError) as err:
         load_result(path)

@@ -5,23 +5,11 @@ from __future__ import annotations
 import html
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import plotly.graph_objects as go
-
 from .errors import ResultError, WorkbenchError
-
-
-@dataclass
-class Section:
-    """One report section: a heading, a short text, figures and tables (rows of dicts)."""
-
-    title: str
-    text: str = ""
-    figures: list[go.Figure] = field(default_factory=list)
-    tables: list[list[dict[str, Any]]] = field(default_factory=list)
+from .sections import Section  # noqa: F401  (re-exported: figures import it from the report)
 
 
 def table_html(rows: Sequence[dict[str, Any]]) -> str:

@@ -4,18 +4,20 @@ atomically, and loads back into the same object.
 
 A run folder holds::
 
-    result.json          analysis, config, metrics, provenance (model, seed, git, versions, time),
-                         the mark ``"written_by": "workbench"`` and the manifest ``files``: the
+    result.json          format_version, analysis, config, data (the Result's JSON fields),
+                         metrics (the bag of untyped Results), meta: provenance (model, seed,
+                         git, versions, time), the mark ``"written_by": "workbench"`` and the manifest ``files``: the
                          sha256 and size of every other file the run wrote
-    arrays.safetensors   named tensors (absent when the result has none)
+    arrays.safetensors   the tensor fields by name (absent when the result has none)
     report.html          optional, written by ``workbench.report``
 
 Only a folder holding nothing but what the workbench wrote is ever replaced (``run_folder``).
 
 Loading validates a run: the schema of result.json (format version, the types of config,
-metrics, meta and the array list, the config fields against the Config's annotations),
-the arrays' checksum recorded at save time (runs saved before checksums load without
-it), and every typed property of the Result; anything wrong is one ``ResultError`` line.
+data, metrics, meta and the array list), the arrays' checksum recorded at save time (runs
+saved before checksums load without it), then the config and every field against their
+annotations by the decoder of ``result_fields``; anything wrong is one ``ResultError`` line.
+Format-1 runs (numbers in ``metrics``, tensors in ``arrays``) load through ``migrate_v1``.
 ``list_runs`` never raises: a bad folder is listed as ``analysis: "broken"`` with a reason.
 """
 from __future__ import annotations
@@ -27,8 +29,6 @@ import os
 import platform
 import subprocess
 import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -39,41 +39,22 @@ import torch
 
 from .errors import ResultError, WorkbenchError
 from .paths import folder_problem, runs_dir, user_path
+from .result_fields import (FieldError, decode, decode_data, encode_data, hints_of, is_typed, json_type, migrate_v1,
+                            plain_json, type_name)
 from .run_folder import (ARRAYS_FILE, CHECKSUM_KEY, FILES_KEY, MARKER, MARKER_KEY, RESULT_FILE, SIZE_KEY,
                          check_run_target, clean_stale_saves, discard_temp, is_safe_name, manifest, move_into_place,
-                         json_type, read_result_doc, sha256_file, temp_folder)
+                         read_result_doc, sha256_file, temp_folder)
+from .sections import Section
+from .stats import Interval
 from .run_folder import is_run_folder  # noqa: F401  (re-exported: callers import it from the results store)
 
-FORMAT_VERSION = 1  # the manifest is an addition older readers ignore: no new version
-
-_RESULT_CLASSES: dict[str, type["Result"]] = {}
+FORMAT_VERSION = 2  # 2: typed fields under "data", tensors by field name; 1 (the metrics bag) loads through migrate_v1
 
 
 def register_result(cls: type["Result"]) -> type["Result"]:
-    """Class decorator: make ``load_result`` able to rebuild this result type by its ``analysis`` name."""
-    _RESULT_CLASSES[cls.analysis] = cls
+    """No longer needed (the spec is the one registry); kept, doing nothing, until the
+    circuits and vision_heads Results are typed and stop importing it."""
     return cls
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values from numpy / torch scalars, tuples, paths and dataclasses."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    return value
 
 
 def git_commit() -> str | None:
@@ -112,51 +93,57 @@ def provenance(model: str | None = None, seed: int | None = None) -> dict[str, A
 
 @dataclass
 class Result:
-    """Base of every analysis result.
+    """Base of every analysis result: a dataclass whose fields ARE its data.
 
-    ``config``: the analysis's config dataclass; ``metrics``: plain numbers, lists and
-    strings (what ``--json`` prints); ``arrays``: named tensors (grids, maps, curves);
-    ``meta``: provenance. Subclasses set ``analysis`` and ``config_cls`` and are
-    decorated with ``@register_result``.
-    """
+    A typed Result declares its data as annotated fields (``Float[Tensor, "layer head"]``,
+    numbers, strings, records such as ``HeadEffect`` or ``Interval``); ``save`` and
+    ``load_result`` walk them by annotation (``workbench.result_fields``): tensors to
+    safetensors, the rest to JSON, checked the same way both ways. ``config`` is the
+    analysis's Config (annotate it with the Config class), ``meta`` the provenance,
+    ``intervals`` each headline figure's interval.
+
+    ``metrics`` and ``arrays`` are the untyped bag of Results not yet typed (and of format-1
+    runs): a typed Result leaves them empty. Declare a typed Result ``@dataclass(kw_only=True)``
+    (its fields need no defaults then; see docs/adding-an-analysis.md)."""
 
     analysis: ClassVar[str] = "result"
-    config_cls: ClassVar[type | None] = None
+    config_cls: ClassVar[type | None] = None  # the bag Results' Config (a typed one annotates ``config``)
+    v1_names: ClassVar[dict[str, str]] = {}  # field -> its format-1 key in metrics or arrays, where they differ
 
     config: Any = None
     metrics: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    intervals: dict[str, Interval] = field(default_factory=dict)
     path: Path | None = field(default=None, compare=False)
 
     # ----- what people read -------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        """The JSON summary the CLI prints with ``--json``; subclasses may reshape it."""
-        out = dict(self.metrics)
+        """The JSON summary the CLI prints with ``--json``: the JSON fields (the bag of an
+        untyped Result), intervals last; subclasses may reshape it."""
+        if is_typed(type(self)):
+            data, _ = encode_data(self)
+            out = {k: v for k, v in data.items() if k != "intervals"}
+            if data.get("intervals"):
+                out["intervals"] = data["intervals"]
+        else:
+            out = dict(self.metrics)
         if self.path is not None:
             out["run"] = str(self.path)
-        return _jsonable(out)
+        return plain_json(out)
 
-    def report_sections(self) -> list:
-        """Sections for HTML reports (``workbench.report``); analyses override this with
-        their figures. The base shows the metrics as a table."""
-        from .report import Section
-
-        rows = [{"metric": k, "value": v} for k, v in _jsonable(self.metrics).items() if not isinstance(v, (list, dict))]
+    def report_sections(self) -> list[Section]:
+        """The fallback when no installed spec draws this result: its numbers as one table."""
+        values = encode_data(self)[0] if is_typed(type(self)) else plain_json(self.metrics)
+        rows = [{"metric": k, "value": v} for k, v in values.items() if not isinstance(v, (list, dict))]
         return [Section(title=f"{self.analysis}: metrics", tables=[rows])]
 
-    # ----- intervals ----------------------------------------------------------
-    def set_interval(self, name: str, interval: Any) -> None:
-        """Store a figure's interval (``workbench.stats.Interval``) under ``metrics["intervals"]``,
-        where the report, the app and ``benchmarks/headlines.py`` find it."""
-        self.metrics.setdefault("intervals", {})[name] = interval.to_dict()
-
-    @property
-    def intervals(self) -> dict[str, Any]:
-        """Every stored interval by figure name, as ``workbench.stats.Interval``."""
-        from .stats import Interval
-
-        return {k: Interval.from_dict(v) for k, v in (self.metrics.get("intervals") or {}).items()}
+    def set_interval(self, name: str, interval: Interval) -> None:
+        """Store a figure's interval, where the report, the app and ``benchmarks/headlines.py``
+        find it (an untyped Result also keeps it in its metrics, as format 1 did)."""
+        self.intervals[name] = interval
+        if not is_typed(type(self)):
+            self.metrics.setdefault("intervals", {})[name] = interval.to_dict()
 
     # ----- saving -------------------------------------------------------------
     def default_run_name(self) -> str:
@@ -179,6 +166,7 @@ class Result:
         bad = [name for name in extra_files or {} if not is_safe_name(name)]
         if bad:
             raise ValueError(f"extra_files must be plain file names other than {RESULT_FILE}: {bad}")
+        self._document()  # a value that does not fit its field is refused before anything is written
         parent = target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -200,22 +188,29 @@ class Result:
         self.path = target
         return target
 
+    def _document(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """result.json (without its manifest) and the tensors, from the fields."""
+        try:
+            data, tensors = encode_data(self)
+        except FieldError as exc:
+            raise ResultError(f"this {self.analysis} result does not fit {type(self).__name__}: {exc}") from None
+        if is_typed(type(self)) and (self.metrics or self.arrays):
+            raise ResultError(f"{type(self).__name__} is typed: its data goes in its fields, not in metrics or arrays")
+        tensors |= self.arrays
+        doc = {"format_version": FORMAT_VERSION, "analysis": self.analysis, "config": plain_json(self.config),
+               "data": data, "metrics": plain_json(self.metrics), "meta": plain_json(self.meta),
+               "arrays": sorted(tensors)}
+        return doc, tensors
+
     def _write_into(self, folder: Path, extra_files: dict[str, str | bytes]) -> None:
         """The arrays and extra files first, result.json with the manifest of them last."""
         from safetensors.torch import save_file
 
-        doc = {
-            "format_version": FORMAT_VERSION,
-            "analysis": self.analysis,
-            "config": _jsonable(self.config),
-            "metrics": _jsonable(self.metrics),
-            "meta": _jsonable(self.meta),
-            "arrays": sorted(self.arrays),
-        }
-        if self.arrays:
+        doc, tensors = self._document()
+        if tensors:
             # a copy each: safetensors refuses tensors that share storage (views of one another)
-            tensors = {k: _as_tensor(v).detach().cpu().contiguous().clone() for k, v in self.arrays.items()}
-            save_file(tensors, str(folder / ARRAYS_FILE))
+            save_file({k: _as_tensor(v).detach().cpu().contiguous().clone() for k, v in tensors.items()},
+                      str(folder / ARRAYS_FILE))
         for name, content in extra_files.items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(folder / name, mode) as fh:
@@ -227,36 +222,30 @@ class Result:
         (folder / RESULT_FILE).write_text(json.dumps(doc, indent=2, allow_nan=False))
 
     # ----- loading ------------------------------------------------------------
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        """Reshape a format-1 run's bag before ``migrate_v1`` maps it onto the fields; most
+        Results need only ``v1_names``."""
+        return metrics, arrays
+
     def check(self) -> None:
-        """Read every typed property and the summary once, so a run whose metrics or
-        arrays lack a key or hold the wrong type is refused on load (one ``ResultError``)
-        rather than crashing a page or a report later. Subclasses may check more."""
+        """Every field against its annotation (the code ``save`` runs) and the summary once,
+        so a run that does not fit is refused on load in one ``ResultError``, not later on a page."""
         where = self.path / RESULT_FILE if self.path is not None else f"this {self.analysis} result"
-        for name in _property_names(type(self)):
-            try:
-                value = getattr(self, name)
-            except WorkbenchError:  # the property's own one-line refusal (not for this kind of run)
-                continue
-            except _READ_ERRORS as exc:
-                raise ResultError(f"{where} does not fit {type(self).__name__}: its '{name}' cannot be read "
-                                  f"({_brief(exc)}); the run folder is broken, delete it and re-run the analysis") from None
-            expected = _return_annotation(type(self), name)
-            if expected is not None and not _value_fits(value, expected):
-                raise ResultError(f"{where} does not fit {type(self).__name__}: its '{name}' is not "
-                                  f"{_type_name(expected)}; the run folder is broken, delete it and re-run the analysis")
         try:
+            encode_data(self)
             self.summary()
+        except FieldError as exc:
+            raise ResultError(f"{where} does not fit {type(self).__name__}: {exc}; "
+                              "the run folder is broken, delete it and re-run the analysis") from None
         except _READ_ERRORS as exc:
             raise ResultError(f"{where} does not fit {type(self).__name__}: its summary cannot be built "
                               f"({_brief(exc)}); the run folder is broken, delete it and re-run the analysis") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Result":
-        """Load a run folder back into its result type (``load_result`` for any type)."""
-        result = load_result(path)
-        if cls is not Result and not isinstance(result, cls):
-            raise ResultError(f"{path} holds a '{result.analysis}' result, not '{cls.analysis}'; open it with load_result")
-        return result
+        """Load a run folder into this Result type (``load_result`` finds the type itself)."""
+        return load_result(path, None if cls is Result else cls)
 
 
 _READ_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError)
@@ -267,64 +256,6 @@ def _brief(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = text if len(text) <= 160 else text[:157] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _property_names(cls: type) -> list[str]:
-    """The ``@property`` accessors a Result subclass defines (the base defines none)."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if klass is Result or not issubclass(klass, Result):
-            continue
-        names += [n for n, v in vars(klass).items() if isinstance(v, property) and n not in names]
-    return names
-
-
-def _return_annotation(cls: type, name: str) -> Any:
-    """The return annotation of property ``name``, or None when it cannot be resolved."""
-    prop = getattr(cls, name, None)
-    fget = getattr(prop, "fget", None)
-    try:
-        return typing.get_type_hints(fget).get("return") if fget is not None else None
-    except Exception:  # noqa: BLE001 - an unresolvable annotation: no check
-        return None
-
-
-def _type_name(annotation: Any) -> str:
-    if typing.get_args(annotation) or not hasattr(annotation, "__name__"):
-        return str(annotation).replace("typing.", "").replace("torch.", "")
-    return annotation.__name__
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1
-    return isinstance(value, (int, float, np.number)) or (isinstance(value, np.ndarray) and value.size == 1)
-
-
-def _value_fits(value: Any, annotation: Any) -> bool:
-    """A loose check of a property's value against its return annotation: scalars,
-    strings, tensors and containers (list elements too); anything else passes."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        return any(_value_fits(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation in (int, float):
-        return _is_number(value)
-    if annotation is str:
-        return isinstance(value, str)
-    if annotation is torch.Tensor:
-        return isinstance(value, torch.Tensor)
-    if annotation in (list, tuple) or origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        elems = [a for a in typing.get_args(annotation) if a is not Ellipsis]
-        return len(set(elems)) != 1 or all(_value_fits(v, elems[0]) for v in value)
-    if annotation is dict or origin is dict:
-        return isinstance(value, dict)
-    return True
-
-
 
 CHEAP_CHECKSUM_BYTES = 32 << 20  # ``list_runs`` checks the sha256 of arrays files up to this size
 
@@ -351,87 +282,91 @@ def _check_arrays_file(folder: Path, doc: dict[str, Any], full: bool) -> None:
                               "delete the run folder and re-run the analysis")
 
 
-def _fits(value: Any, annotation: Any) -> bool:
-    """Whether a JSON value can stand for a config field of this annotation (None always
-    can: older runs and optional knobs); unknown annotations accept anything."""
-    if value is None or annotation is Any:
-        return True
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        return any(_fits(value, a) for a in typing.get_args(annotation) if a is not type(None))
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation in (str, Path):
-        return isinstance(value, str)
-    if annotation is tuple or origin is tuple or annotation is list or origin is list:
-        if not isinstance(value, list):
-            return False
-        elems = [a for a in typing.get_args(annotation) if a is not Ellipsis]
-        return len(set(elems)) != 1 or all(_fits(v, elems[0]) for v in value)
-    if annotation is dict or origin is dict:
-        return isinstance(value, dict)
-    return True
-
-
 def _as_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     return torch.as_tensor(np.asarray(value))
 
 
-def _build_config(config_cls: type | None, raw: Any) -> Any:
+def config_class(result_cls: type) -> type | None:
+    """The Config class of a Result: its ``config`` annotation, else ``config_cls``."""
+    hint = hints_of(result_cls).get("config")
+    return hint if dataclasses.is_dataclass(hint) else result_cls.config_cls
+
+
+def decode_config(config_cls: type | None, raw: Any) -> Any:
+    """The Config from its JSON, each field decoded by its annotation (None always fits:
+    older runs and optional knobs); old field names go through the Config's ``renamed``."""
     if config_cls is None or raw is None or not dataclasses.is_dataclass(config_cls):
         return raw
     names = {f.name for f in dataclasses.fields(config_cls) if f.init}
     renamed = getattr(config_cls, "renamed", {})  # old field name -> new, so older runs still load
-    raw = {renamed.get(k, k): v for k, v in raw.items()}
-    try:
-        hints = typing.get_type_hints(config_cls)
-    except Exception:  # noqa: BLE001 - an unresolvable annotation: skip the type check
-        hints = {}
-    for k, v in raw.items():
-        if k in names and k in hints and not _fits(v, hints[k]):
-            raise TypeError(f"field '{k}' is {json_type(v)} ({json.dumps(v)[:40]}), not {getattr(hints[k], '__name__', hints[k])}")
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in names}
+    hints = hints_of(config_cls)
+    kwargs = {}
+    for key, value in raw.items():
+        key = renamed.get(key, key)
+        if key not in names:
+            continue
+        try:
+            value = None if value is None else decode(value, hints.get(key, Any), f"field '{key}'")
+        except FieldError:
+            raise FieldError(f"field '{key}' is {json_type(value)} ({json.dumps(value)[:40]}), "
+                             f"not {type_name(hints[key])}") from None
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
     return config_cls(**kwargs)
 
 
-def load_result(path: str | os.PathLike) -> Result:
-    """Rebuild any saved result from its run folder; a missing or corrupt file is a
-    one-line ``ResultError`` that says which file and what to do."""
+def _read_arrays(folder: Path, doc: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The run's tensors, checked against the recorded checksum and the doc's list of names."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    expected = doc.get("arrays") or []
+    if not expected:
+        return {}
+    _check_arrays_file(folder, doc, full=True)
+    arr_path = folder / ARRAYS_FILE
+    try:
+        arrays = load_file(str(arr_path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ResultError(f"{arr_path} is corrupt ({type(exc).__name__}); delete the run folder and re-run the analysis") from None
+    missing = set(expected) - set(arrays)
+    if missing:
+        raise ResultError(f"{arr_path} lacks arrays {sorted(missing)}; the run folder is corrupt, re-run the analysis")
+    return arrays
+
+
+def load_result(path: str | os.PathLike, result_cls: type[Result] | None = None) -> Result:
+    """Rebuild a saved result from its run folder, as ``result_cls`` or else the class its
+    analysis's spec names; a missing or corrupt file is a one-line ``ResultError`` that
+    says which file and what to do."""
     folder = user_path(path)
     if (problem := folder_problem(folder)) is not None:
         raise ResultError(f"run folder {folder} {problem}; list saved runs with `workbench runs`")
     doc = read_result_doc(folder)
     doc_path = folder / RESULT_FILE
     analysis = doc["analysis"]
-    result_cls = _RESULT_CLASSES.get(analysis) or _spec_result_class(analysis) or Result
-    arrays: dict[str, torch.Tensor] = {}
-    expected = doc.get("arrays") or []
-    if expected:
-        _check_arrays_file(folder, doc, full=True)
-        arr_path = folder / ARRAYS_FILE
-        try:
-            arrays = load_file(str(arr_path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise ResultError(f"{arr_path} is corrupt ({type(exc).__name__}); delete the run folder and re-run the analysis") from None
-        missing = set(expected) - set(arrays)
-        if missing:
-            raise ResultError(f"{arr_path} lacks arrays {sorted(missing)}; the run folder is corrupt, re-run the analysis")
+    if result_cls is not None and analysis != result_cls.analysis:
+        raise ResultError(f"{path} holds a '{analysis}' result, not '{result_cls.analysis}'; open it with load_result")
+    result_cls = result_cls or _spec_result_class(analysis) or Result
+    arrays = _read_arrays(folder, doc)
+    metrics = doc.get("metrics") or {}
+    if doc["format_version"] == 1:
+        data, tensors = migrate_v1(result_cls, metrics, arrays)
+    else:
+        data, tensors = doc.get("data") or {}, arrays
+    bag = {} if is_typed(result_cls) else {"metrics": metrics, "arrays": arrays}
     try:
-        config = _build_config(result_cls.config_cls, doc.get("config"))
+        config = decode_config(config_class(result_cls), doc.get("config"))
     except (TypeError, ValueError) as exc:
         raise ResultError(f"{doc_path} has a config that does not fit {result_cls.__name__}: {_brief(exc)}; "
                           "re-run the analysis") from None
-    result = result_cls(config=config, metrics=doc.get("metrics") or {}, arrays=arrays, meta=doc.get("meta") or {},
-                        path=folder)
+    try:
+        fields = decode_data(result_cls, data, tensors)
+    except FieldError as exc:
+        raise ResultError(f"{doc_path} does not fit {result_cls.__name__}: {exc}; "
+                          "the run folder is broken, delete it and re-run the analysis") from None
+    result = result_cls(config=config, meta=doc.get("meta") or {}, path=folder, **bag, **fields)
     result.check()
     return result
 
@@ -439,13 +374,13 @@ def load_result(path: str | os.PathLike) -> Result:
 def _check_config_types(doc: dict[str, Any], doc_path: Path) -> None:
     """The config builds into its analysis's Config (when an installed analysis knows it)."""
     try:
-        result_cls = _RESULT_CLASSES.get(doc["analysis"]) or _spec_result_class(doc["analysis"])
+        result_cls = _spec_result_class(doc["analysis"])
     except Exception:  # noqa: BLE001 - no installed spec to check against: list the run as it is
         return
     if result_cls is None:
         return
     try:
-        _build_config(result_cls.config_cls, doc.get("config"))
+        decode_config(config_class(result_cls), doc.get("config"))
     except (TypeError, ValueError) as exc:
         raise ResultError(f"{doc_path} has a config that does not fit {result_cls.__name__}: {_brief(exc)}; "
                           "re-run the analysis") from None

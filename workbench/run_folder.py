@@ -316,10 +316,11 @@ def _is_stale(folder: Path, pid: Any, host: Any) -> bool:
 
 
 # ----- result.json's schema (read here and by the results store) -------------------
-KNOWN_FORMAT_VERSIONS = (1,)  # versions this workbench can read
+KNOWN_FORMAT_VERSIONS = (1, 2)  # versions this workbench can read (1: metrics bag; 2: typed fields in "data")
 
 
 def json_type(value: Any) -> str:
+    """How a JSON value reads in an error message (``a string``, ``a number``, ...)."""
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
@@ -360,7 +361,7 @@ def check_doc(doc: Any, doc_path: Path | str = RESULT_FILE) -> None:
     analysis = doc.get("analysis")
     if not isinstance(analysis, str) or not analysis.strip():
         raise bad(f"analysis is {json_type(analysis)}, not a name")
-    for key, allow_null in (("config", True), ("metrics", False), ("meta", False)):
+    for key, allow_null in (("config", True), ("metrics", False), ("meta", False), ("data", False)):
         value = doc.get(key)
         if key not in doc or (value is None and allow_null):
             continue

@@ -19,6 +19,7 @@ from typing import Any, Callable
 # re-exported: Configs and the CLI import these from the spec
 from .config_fields import base_type, check_config, config_fields, flag_of, option  # noqa: F401
 from .errors import InputError, WorkbenchError
+from .sections import interval_sections  # noqa: F401  (re-exported: pages import it from the spec)
 
 ENTRY_POINT_GROUP = "workbench.analyses"
 
@@ -131,20 +132,6 @@ class AnalysisSpec:
 
     def wants_model(self, config: Any) -> bool:
         return self.needs_model(config) if callable(self.needs_model) else bool(self.needs_model)
-
-
-def interval_sections(result: Any) -> list:
-    """The result's stored intervals as one table, appended to every page and report."""
-    intervals = getattr(result, "intervals", None) or {}
-    if not intervals:
-        return []
-    from .report import Section
-
-    rows = [{"figure": name, "estimate": f"{iv.value:.4g}", "interval": f"[{iv.low:.4g}, {iv.high:.4g}]",
-             "level": f"{iv.level:.0%}", "n": iv.n, "method": iv.method, "split": iv.split}
-            for name, iv in intervals.items()]
-    return [Section("Intervals", text="Each figure with its interval, sample size and the split it was measured on.",
-                    tables=[rows])]
 
 
 _SPECS: dict[str, AnalysisSpec] | None = None

@@ -10,10 +10,13 @@ tokens, so the ablated head carries no information about the names.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from workbench.stats import bootstrap, split_half_top, wilson
 from workbench.cache import Tokens, run_with_cache, run_with_patches
@@ -21,20 +24,31 @@ from workbench.datasets import PromptSet, ioi_prompts
 from workbench.errors import InputError
 from workbench.parallel import MapStats, current, run_head_patches_parallel, supports_ray
 from workbench.patching import HeadPatchSweep, head_masks_all_positions, logit_diff
-from workbench.results import Result, provenance, register_result
+from workbench.names import act_name, head_name
+from workbench.records import HeadEffect
+from workbench.results import Result, provenance
 from workbench.spec import option
 from workbench.checks import checked_run
 
-TASKS = ("ioi",)
+Task = Literal["ioi"]
+"""The task whose logit difference is measured.
+ioi: indirect object identification (IO - S), corrupted by the ABC set."""
+TASKS: tuple[str, ...] = typing.get_args(Task)
+
+Ablation = Literal["mean", "zero"]
+"""What replaces an ablated head's output z.
+mean: the head's mean over the corrupt (ABC) prompts and real tokens;
+zero: z = 0."""
+ABLATIONS: tuple[str, ...] = typing.get_args(Ablation)
 
 
 @dataclass
 class AblationConfig:
-    task: str = option("ioi", help="the task whose logit difference is measured", choices=TASKS)
+    task: Task = option("ioi", help="the task whose logit difference is measured", choices=TASKS)
     n_prompts: int = option(64, flag="--n", help="number of prompts", min=1, max=100_000)
     seed: int = 0
-    ablation: str = option("mean", help="mean: each head's mean over the corrupt (ABC) prompts; zero: z = 0",
-                           choices=("mean", "zero"))
+    ablation: Ablation = option("mean", help="mean: each head's mean over the corrupt (ABC) prompts; zero: z = 0",
+                                choices=ABLATIONS)
     batch_size: int = option(512, help="patched runs per forward pass", min=1)
     top_k: int = option(10, help="heads listed in the summary", min=1)
     include: tuple[str, ...] = option((), help="saved runs whose sections join the report "
@@ -77,52 +91,36 @@ def build_prompts(model: Any, config: AblationConfig) -> PromptSet:
 
 def mean_head_outputs(model: Any, prompts: list[str]) -> dict[int, torch.Tensor]:
     """Per layer, the mean z over prompts and real tokens: [head d_head]."""
-    names = [f"blocks.{l}.attn.hook_z" for l in range(model.shape.n_layers)]
+    names = [act_name("z", l) for l in range(model.shape.n_layers)]
     tokens = model.to_tokens(prompts)
     _, cache = run_with_cache(model, tokens, names, return_logits=False)
     mask = tokens[1].bool().to(cache[names[0]].device)  # the cache may sit elsewhere than the model
     return {l: cache[names[l]][mask].mean(dim=0).to(model.device) for l in range(model.shape.n_layers)}
 
 
-@register_result
-@dataclass
+@dataclass(kw_only=True)
 class AblationResult(Result):
+    """Every head's effect on the task's logit difference when ablated."""
+
     analysis = "ablation"
-    config_cls = AblationConfig
+    v1_names = {"clean_logit_diff_per_prompt": "clean_logit_diff"}  # format 1 kept the array under the mean's name
 
-    @property
-    def effect(self) -> torch.Tensor:
-        """[layer head] mean change in logit difference when the head is ablated."""
-        return self.arrays["effect"]
-
-    @property
-    def clean_logit_diff(self) -> float:
-        """Mean logit difference (IO - S) of the unablated model."""
-        return float(self.metrics["clean_logit_diff"])
-
-    @property
-    def accuracy(self) -> float:
-        """Share of prompts where the correct name beats the wrong one."""
-        return float(self.metrics["accuracy"])
-
-    @property
-    def n_prompts(self) -> int:
-        return int(self.metrics["n_prompts"])
-
-    @property
-    def top_heads(self) -> list[dict[str, Any]]:
-        """The heads with the largest |effect|: ``{"layer", "head", "effect"}`` each."""
-        return list(self.metrics["top_heads"])
+    config: AblationConfig
+    effect: Float[Tensor, "layer head"]  # mean change in logit difference when the head is ablated
+    clean_logit_diff_per_prompt: Float[Tensor, "prompt"]  # IO - S logit difference of the unablated model
+    ablated_logit_diff: Float[Tensor, "layer head prompt"]
+    clean_logit_diff: float  # mean over the prompts
+    clean_logit_diff_std: float
+    accuracy: float  # share of prompts where the correct name beats the wrong one
+    n_prompts: int
+    n_forwards: int
+    top_heads: list[HeadEffect]  # the heads with the largest |effect|
+    example_prompt: str
 
     def summary(self) -> dict[str, Any]:
-        out = {k: self.metrics[k] for k in ("clean_logit_diff", "accuracy", "top_heads")}
+        out = {k: v for k, v in super().summary().items() if k in ("clean_logit_diff", "accuracy", "top_heads")}
         out["report"] = str(self.path / "report.html") if self.path else None
         return out
-
-    def report_sections(self) -> list:
-        from .figures import ablation_sections
-
-        return ablation_sections(self)
 
 
 def traced_head_sweep(model: Any, tokens: Tokens, source: dict[int, torch.Tensor], masks: torch.Tensor,
@@ -152,7 +150,7 @@ def traced_head_sweep(model: Any, tokens: Tokens, source: dict[int, torch.Tensor
                 z5 = z.reshape(c, z.shape[0] // c, *z.shape[1:])
                 return torch.where(m.to(z.device), src.to(device=z.device, dtype=z.dtype).expand_as(z5[0])[None], z5).reshape(z.shape)
 
-            patches[f"blocks.{l}.attn.hook_z"] = patch
+            patches[act_name("z", l)] = patch
         logits = run_with_patches(model, big, patches)
         rows = torch.arange(c * n, device=logits.device)
         last_logits = logits[rows, last.repeat(c)].float().view(c, n, -1)
@@ -171,7 +169,7 @@ def run(model: Any, config: AblationConfig | None = None, progress: bool = True)
     forwards (the suffix method reads weights outside the forward); the nnsight backend's
     ``--remote`` runs it as traces (``traced_head_sweep``)."""
     config = config or AblationConfig()
-    if config.ablation not in ("mean", "zero"):
+    if config.ablation not in ABLATIONS:
         raise InputError(f"unknown ablation '{config.ablation}'; choose mean or zero")
     ps = build_prompts(model, config)
     correct, wrong = ps.answer_ids(model)
@@ -205,19 +203,13 @@ def run(model: Any, config: AblationConfig | None = None, progress: bool = True)
     # accuracy: the correct name beats the wrong one
     accuracy = float((clean > 0).float().mean())
     order = torch.argsort(effect.abs().flatten(), descending=True)[: config.top_k]
-    top = [{"layer": int(i // s.n_heads), "head": int(i % s.n_heads), "effect": float(effect.flatten()[i])} for i in order]
-    metrics = {
-        "clean_logit_diff": float(clean.mean()),
-        "clean_logit_diff_std": float(clean.std()) if len(clean) > 1 else 0.0,
-        "accuracy": accuracy,
-        "n_prompts": len(ps),
-        "n_forwards": sweep.n_forwards,
-        "top_heads": top,
-        "example_prompt": ps.prompts[0],
-    }
-    arrays = {"effect": effect, "clean_logit_diff": clean, "ablated_logit_diff": sweep.metric.view(s.n_layers, s.n_heads, -1)}
-    result = AblationResult(config=config, metrics=metrics, arrays=arrays,
-                            meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend, "parallel": how})
+    top = [HeadEffect(int(i // s.n_heads), int(i % s.n_heads), float(effect.flatten()[i])) for i in order]
+    result = AblationResult(
+        config=config, effect=effect, clean_logit_diff_per_prompt=clean,
+        ablated_logit_diff=sweep.metric.view(s.n_layers, s.n_heads, -1),
+        clean_logit_diff=float(clean.mean()), clean_logit_diff_std=float(clean.std()) if len(clean) > 1 else 0.0,
+        accuracy=accuracy, n_prompts=len(ps), n_forwards=sweep.n_forwards, top_heads=top, example_prompt=ps.prompts[0],
+        meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend, "parallel": how})
     set_intervals(result)
     return result
 
@@ -225,12 +217,12 @@ def run(model: Any, config: AblationConfig | None = None, progress: bool = True)
 def set_intervals(result: AblationResult, n_top: int = 3) -> None:
     """The clean logit difference and accuracy over the prompts, and the costliest heads
     chosen on the even-numbered prompts with their cost measured on the odd ones."""
-    clean = result.arrays["clean_logit_diff"].double()
-    ablated = result.arrays["ablated_logit_diff"].double()  # [layer head prompt]
+    clean = result.clean_logit_diff_per_prompt.double()
+    ablated = result.ablated_logit_diff.double()  # [layer head prompt]
     n_layers, n_heads, n = ablated.shape
     result.set_interval("clean logit difference IO - S", bootstrap(clean.cpu().numpy(), split="all prompts"))
     result.set_interval("clean accuracy", wilson(int((clean > 0).sum()), n, split="all prompts"))
     per_prompt = (ablated - clean).reshape(n_layers * n_heads, n).T.cpu().numpy()  # [prompt head]
-    names = [f"L{i // n_heads}H{i % n_heads}" for i in range(n_layers * n_heads)]
+    names = [head_name(i // n_heads, i % n_heads) for i in range(n_layers * n_heads)]
     for rank, (name, iv) in enumerate(split_half_top(per_prompt, names, n_top, largest=False), start=1):
         result.set_interval(f"logit difference change when ablated, head ranked #{rank} on the ranking half ({name})", iv)

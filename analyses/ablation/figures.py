@@ -6,6 +6,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from workbench.figures.common import bar_top_heads, head_grid
+from workbench.names import head_name
+from workbench.sections import Section
 
 
 def effect_grid(result: Any) -> go.Figure:
@@ -25,15 +27,12 @@ def headline(result: Any) -> list[tuple[str, Any]]:
 
 
 def ablation_sections(result: Any) -> list:
-    from workbench.report import Section
-
-    m = result.metrics
-    summary = [{"clean logit diff (IO - S)": result.clean_logit_diff, "std": m.get("clean_logit_diff_std"),
-                "accuracy": result.accuracy, "prompts": result.n_prompts, "forward passes": m.get("n_forwards")}]
-    top = [{"head": f"L{t['layer']}H{t['head']}", "layer": t["layer"], "head index": t["head"], "effect": t["effect"]}
+    summary = [{"clean logit diff (IO - S)": result.clean_logit_diff, "std": result.clean_logit_diff_std,
+                "accuracy": result.accuracy, "prompts": result.n_prompts, "forward passes": result.n_forwards}]
+    top = [{"head": head_name(t.layer, t.head), "layer": t.layer, "head index": t.head, "effect": t.effect}
            for t in result.top_heads]
     text = (f"Each head's output is replaced by its {result.config.ablation} over the corrupted (ABC) prompts at every "
-            f"position; the effect is the mean change in the logit difference. Example prompt: {m.get('example_prompt', '')!r}")
+            f"position; the effect is the mean change in the logit difference. Example prompt: {result.example_prompt!r}")
     return [
         Section("Model on the task", tables=[summary]),
         Section("Head ablation", text=text, figures=[effect_grid(result), top_heads_bar(result)], tables=[top]),

@@ -1,0 +1,68 @@
+"""Runs saved by the code before typed Results (format 1: numbers in a ``metrics`` bag,
+tensors in ``arrays``) load through the migration with identical arrays, the same
+``--json`` summary and the same tables, tiles, atlas columns and headline figures.
+
+The folders under tests/data/format1 were written by ``workbench ablate|sinks|induction
+--model tiny-llama`` at commit 01893d3; summaries.json and views.json hold what that code
+showed for them (its summary without the run path, and every table of its sections)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from workbench.result_fields import plain_json
+from workbench.results import load_result
+from workbench.spec import get_spec
+
+DATA = Path(__file__).parent / "data" / "format1"
+ANALYSES = ("ablation", "sinks", "induction")
+
+
+def _views(result, spec) -> dict:
+    """What the old code's views.json recorded, computed by today's code."""
+    sections = spec.sections(result)
+    return {"headline": plain_json(spec.headline(result)) if spec.headline else None,
+            "tables": [[plain_json(rows) for rows in s.tables] for s in sections],
+            "titles": [s.title for s in sections], "texts": [s.text for s in sections],
+            "columns": {c.name: plain_json(c.values(result)) for c in spec.head_columns},
+            "headlines": [plain_json(h.figures(result)) for h in spec.headlines]}
+
+
+@pytest.mark.parametrize("analysis", ANALYSES)
+def test_format1_run_loads_with_identical_arrays(analysis):
+    folder = DATA / analysis
+    assert json.loads((folder / "result.json").read_text())["format_version"] == 1
+    result = load_result(folder)
+    assert type(result) is get_spec(analysis).result
+    saved = load_file(str(folder / "arrays.safetensors"))
+    _, tensors = result._document()
+    old_names = {getattr(type(result), "v1_names", {}).get(k, k): v for k, v in tensors.items()}
+    assert set(old_names) == set(saved)
+    for name, old in saved.items():
+        assert old.dtype == old_names[name].dtype and torch.equal(old, old_names[name].cpu()), name
+
+
+@pytest.mark.parametrize("analysis", ANALYSES)
+def test_format1_run_shows_the_same_numbers(analysis):
+    result = load_result(DATA / analysis)
+    summary = result.summary()
+    summary.pop("run", None), summary.pop("report", None)
+    expected = json.loads((DATA / "summaries.json").read_text())[analysis]
+    assert json.loads(json.dumps(summary)) == expected
+    views = json.loads((DATA / "views.json").read_text())[analysis]
+    assert json.loads(json.dumps(_views(result, get_spec(analysis)))) == views
+
+
+@pytest.mark.parametrize("analysis", ANALYSES)
+def test_format1_run_saves_as_format2_and_round_trips(analysis, tmp_path):
+    result = load_result(DATA / analysis)
+    path = result.save(tmp_path / "run")
+    assert json.loads((path / "result.json").read_text())["format_version"] == 2
+    back = load_result(path)
+    a, b = result._document(), back._document()
+    assert a[0]["data"] == b[0]["data"] and a[0]["config"] == b[0]["config"]
+    assert a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
