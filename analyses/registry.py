@@ -12,5 +12,6 @@ PACKAGES = [
     "workbench.analyses.induction",
     "workbench.analyses.retrieval",
     "workbench.analyses.sinks",
+    "workbench.analyses.qk",
     "workbench.analyses.atlas",
 ]

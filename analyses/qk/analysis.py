@@ -1,0 +1,172 @@
+"""QK attribution and composition scores: why a head attends where it does.
+
+For one head, each query's pre-softmax score to its attended key (the highest) is split
+exactly into (query component, key component) pairs (``attribution``); so is the score
+difference between the attended key and the runner-up ("why here and not there"). The
+pairs are averaged per prompt, then over prompts with bootstrap intervals. Beside them,
+Q-, K- and V-composition scores of every ordered pair of heads from the weights alone
+(``composition``), corrected for the random baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from workbench.checks import checked_run
+from workbench.heads import head_name
+from workbench.results import Result, provenance, register_result
+from workbench.spec import option
+from workbench.stats import Interval, bootstrap
+
+from .attribution import component_names, decompose, pair_scores, qk_parts
+from .composition import MODES, composition_scores, strongest_sources
+from .prompts import TASKS, QueryPlan, parse_head, plan
+
+
+@dataclass
+class QKConfig:
+    head: str = option("L18H6", help="the head whose scores are attributed, as L{layer}H{head}")
+    task: str = option("induction", help="prompts: induction (repeated random tokens; every second-copy token is a "
+                                         "query) or ioi (the last token is the query)", choices=TASKS)
+    prompt: str = option("", help="one prompt instead of the task's prompts")
+    query: int = option(-1, help="with --prompt: the query position (-1: the last token)", min=-1)
+    n_prompts: int = option(16, flag="--n", help="task prompts", min=1, max=10_000)
+    seq_len: int = option(10, help="induction: random tokens before the sequence repeats", min=2, max=2048)
+    top_k: int = option(10, help="pairs and sources listed", min=1)
+    batch_size: int = option(8, help="prompts per forward pass", min=1)
+    seed: int = 0
+
+
+def check_model(config: QKConfig, model: Any) -> None:
+    """The head must exist in the model (one line naming --head otherwise)."""
+    parse_head(config.head, model.shape.n_layers, model.shape.n_heads)
+
+
+def estimate_bytes(config: QKConfig, model: Any) -> int:
+    """The component stack of one batch (float64): components x batch x positions x width."""
+    s = model.shape
+    layer, _ = parse_head(config.head, s.n_layers, s.n_heads)
+    pos = 2 * config.seq_len + 1 if not config.prompt else 4 * len(config.prompt) // 3 + 8
+    comps = 3 + layer * (s.n_heads + 2)
+    return int(3 * 8 * comps * min(config.batch_size, config.n_prompts) * pos * s.d_model)
+
+
+@register_result
+@dataclass
+class QKResult(Result):
+    analysis = "qk"
+    config_cls = QKConfig
+
+    @property
+    def components(self) -> list[str]:
+        """The residual components feeding the head, ``bias`` last."""
+        return list(self.metrics["components"])
+
+    @property
+    def key_side(self) -> list[dict[str, Any]]:
+        """Key-side sources of the attended score, strongest first: component, mean, low, high."""
+        return list(self.metrics["key_side"])
+
+    @property
+    def query_side(self) -> list[dict[str, Any]]:
+        return list(self.metrics["query_side"])
+
+    @property
+    def attended_is_target_share(self) -> float | None:
+        """Share of queries whose attended key is the task's target (induction), else None."""
+        return self.metrics.get("attended_is_target_share")
+
+    def composition(self, mode: str) -> torch.Tensor:
+        """[layer head layer head] baseline-corrected composition score (writer, reader); NaN
+        where the writer is not earlier."""
+        return self.arrays[f"composition_{mode}"]
+
+    def report_sections(self) -> list:
+        from .figures import sections
+
+        return sections(self)
+
+
+def _items(model: Any, qplan: QueryPlan, layer: int, head: int, batch_size: int,
+           progress: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float], float]:
+    """Per prompt: the mean pair contributions to the attended score [C C] and to attended -
+    runner-up [C C]; per query whether the attended key is the target; the identity's error."""
+    n = len(qplan.tokens)
+    pairs, diffs, hits, err = [], [], [], 0.0
+    for start in tqdm(range(0, n, batch_size), desc="QK attribution", disable=not progress, leave=False):
+        dec = decompose(model, qplan.tokens.slice(start, start + batch_size), layer)
+        q, k, scale = qk_parts(model, dec, head)
+        for row in range(len(dec.lengths)):
+            p_att, p_diff = [], []
+            for i, target in zip(qplan.queries[start + row], qplan.targets[start + row]):
+                p = pair_scores(q, k, scale, row, i)  # [C C key]
+                model_scores = dec.scores[row, head, i, : i + 1]
+                err = max(err, float((p.sum((0, 1)) - model_scores).abs().max()))
+                order = torch.argsort(model_scores, descending=True)
+                att = int(order[0])
+                p_att.append(p[..., att])
+                if len(order) > 1:
+                    p_diff.append(p[..., att] - p[..., int(order[1])])
+                if target >= 0:
+                    hits.append(float(att == target))
+            pairs.append(torch.stack(p_att).mean(0).float().cpu())
+            diffs.append(torch.stack(p_diff).mean(0).float().cpu() if p_diff else torch.zeros_like(pairs[-1]))
+    return pairs, diffs, hits, err
+
+
+def summarise(per_prompt: torch.Tensor, names: list[str], k: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Top pairs and both marginals of [prompt C C], by |mean|, each with a bootstrap interval over prompts."""
+    x = per_prompt.double().numpy()
+
+    def rows(values: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+        order = np.argsort(-np.abs(values.mean(0)), kind="stable")[:k]
+        out = []
+        for j in order:
+            iv = bootstrap(values[:, j], seed=seed, split="all prompts")
+            out.append({"component": labels[j], "mean": iv.value, "low": iv.low, "high": iv.high})
+        return out
+
+    c = len(names)
+    pair_labels = [f"{a} · {b}" for a in names for b in names]
+    return {"pairs": rows(x.reshape(len(x), c * c), pair_labels), "query_side": rows(x.sum(2), names),
+            "key_side": rows(x.sum(1), names)}
+
+
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
+def run(model: Any, config: QKConfig | None = None, progress: bool = True,
+        tokens: torch.Tensor | None = None) -> QKResult:
+    """Attribute the head's scores on the config's prompts; score composition from the weights.
+    ``tokens`` [n 2*seq_len]: repeated sequences given directly (tests' hand-built models)."""
+    config = config or QKConfig()
+    s = model.shape
+    layer, head = parse_head(config.head, s.n_layers, s.n_heads)
+    qplan = plan(model, config, tokens)
+    pairs, diffs, hits, err = _items(model, qplan, layer, head, config.batch_size, progress)
+    names = component_names(model, layer)
+    att = summarise(torch.stack(pairs), names, config.top_k, config.seed)
+    why = summarise(torch.stack(diffs), names, config.top_k, config.seed)
+    comp, base = composition_scores(model, seed=config.seed)
+    sources = {m: strongest_sources(comp[m], k=config.top_k)[layer][head] for m in MODES}
+    metrics = {
+        "head": head_name(layer, head), "layer": layer, "head_index": head, "components": names,
+        "top_pairs": att["pairs"], "query_side": att["query_side"], "key_side": att["key_side"],
+        "diff_top_pairs": why["pairs"], "diff_query_side": why["query_side"], "diff_key_side": why["key_side"],
+        "attended_is_target_share": float(np.mean(hits)) if hits else None,
+        "identity_error": err, "n_prompts": len(pairs), "n_queries": sum(len(q) for q in qplan.queries),
+        "composition_baseline": base,
+        "composition_sources": {m: [{"head": head_name(a, b), "score": v} for a, b, v in sources[m]] for m in MODES},
+    }
+    arrays = {"pairs": torch.stack(pairs), "pairs_diff": torch.stack(diffs)}
+    arrays |= {f"composition_{m}": comp[m].float().cpu() for m in MODES}
+    result = QKResult(config=config, metrics=metrics, arrays=arrays,
+                      meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend})
+    for side in ("key_side", "query_side"):
+        top = metrics[side][0]
+        result.set_interval(f"{side.replace('_', '-')} top source of {metrics['head']}'s attended score ({top['component']})",
+                            Interval(top["mean"], top["low"], top["high"], len(pairs), "bootstrap", split="all prompts"))
+    return result
+

@@ -1,0 +1,95 @@
+"""Figures of QK attribution: the query-side and key-side sources as bars with their
+intervals, the top (query, key) pairs, and the layer-by-layer graph of the strongest
+compositions; ``sections`` serves the page, the notebooks and every HTML report."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from workbench.report import Section
+
+
+def source_bars(rows: list[dict[str, Any]], title: str) -> go.Figure:
+    """Horizontal bars of sources (mean with its bootstrap interval), strongest at the top."""
+    rows = list(reversed(rows))
+    mean = np.array([r["mean"] for r in rows])
+    fig = go.Figure(go.Bar(x=mean, y=[r["component"] for r in rows], orientation="h",
+                           error_x={"type": "data", "symmetric": False,
+                                    "array": [r["high"] - r["mean"] for r in rows],
+                                    "arrayminus": [r["mean"] - r["low"] for r in rows]}))
+    fig.update_layout(title=title, xaxis_title="contribution to the score", height=120 + 24 * len(rows),
+                      margin={"l": 140})
+    return fig
+
+
+def composition_graph(scores: torch.Tensor, title: str, k: int = 30) -> go.Figure:
+    """Heads as nodes (x = layer, y = head), the ``k`` strongest (writer -> reader) scores of
+    [layer head layer head] as edges, wider and darker for larger scores."""
+    n_layers, n_heads = scores.shape[:2]
+    flat = scores.detach().float().cpu().nan_to_num(float("-inf")).flatten()
+    vals, idx = flat.topk(min(k, int(torch.isfinite(flat).sum())))
+    fig = go.Figure()
+    top = float(vals[0]) if len(vals) else 1.0
+    for v, i in zip(vals.tolist(), idx.tolist()):
+        la, ha, lb, hb = (int(x) for x in np.unravel_index(i, tuple(scores.shape)))
+        w = max(v, 0.0) / top if top > 0 else 0.0
+        fig.add_trace(go.Scatter(x=[la, lb], y=[ha, hb], mode="lines", hoverinfo="text", showlegend=False,
+                                 text=f"L{la}H{ha} → L{lb}H{hb}: {v:.3f}",
+                                 line={"width": 1 + 5 * w, "color": f"rgba(31,119,180,{0.25 + 0.75 * w:.2f})"}))
+    layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
+    fig.add_trace(go.Scatter(x=layer, y=head, mode="markers", marker={"size": 6, "color": "#444"}, showlegend=False,
+                             text=[f"L{l}H{h}" for l, h in zip(layer, head)], hoverinfo="text"))
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="head", height=420)
+    return fig
+
+
+def headline(result: Any) -> list[tuple[str, Any]]:
+    """The tiles on the page."""
+    m = result.metrics
+    tiles = [("head", m["head"]), ("top key-side source", result.key_side[0]["component"]),
+             ("top query-side source", result.query_side[0]["component"]), ("prompts", m["n_prompts"])]
+    if result.attended_is_target_share is not None:
+        tiles.append(("attends to the target", f"{result.attended_is_target_share:.2f}"))
+    return tiles
+
+
+def _table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"source": r["component"], "mean": f"{r['mean']:.4g}", "95% interval": f"[{r['low']:.4g}, {r['high']:.4g}]"}
+            for r in rows]
+
+
+def sections(result: Any) -> list[Section]:
+    m, cfg = result.metrics, result.config
+    where = f"the prompt {cfg.prompt!r}" if cfg is not None and cfg.prompt else f"{m['n_prompts']} {cfg.task if cfg else ''} prompts"
+    text = (f"{m['head']}'s pre-softmax score to its attended key, split into (query component, key component) "
+            f"pairs on {where} ({m['n_queries']} queries); the pairs sum to the score (largest error "
+            f"{m['identity_error']:.2g}). Intervals: bootstrap over prompts.")
+    comp = m["composition_sources"]
+    comp_rows = [{"mode": mode, "writer": r["head"], "score − baseline": f"{r['score']:.3f}"}
+                 for mode in ("K", "Q", "V") for r in comp[mode][:5]]
+    return [
+        Section("QK attribution: the attended key", text=text,
+                figures=[source_bars(result.key_side, "Key-side sources"),
+                         source_bars(result.query_side, "Query-side sources")],
+                tables=[_table(m["top_pairs"])]),
+        Section("Why here and not there: attended minus runner-up",
+                text="The same split for the score difference between the attended key and the second-highest.",
+                figures=[source_bars(m["diff_key_side"], "Key-side sources of the difference"),
+                         source_bars(m["diff_query_side"], "Query-side sources of the difference")],
+                tables=[_table(m["diff_top_pairs"])]),
+        Section("Composition from the weights",
+                text=f"Elhage et al.'s composition scores minus the random baseline "
+                     f"({m['composition_baseline']:.3f}) of the same shapes; the strongest writers into {m['head']}.",
+                figures=[composition_graph(result.composition("K"), "Strongest K-compositions"),
+                         composition_graph(result.composition("Q"), "Strongest Q-compositions")],
+                tables=[comp_rows]),
+    ]
+
+
+def headline_figures(result: Any) -> list[dict[str, Any]]:
+    from workbench.spec import figure
+
+    return [figure(name, interval=iv, fmt=".2f") for name, iv in result.intervals.items()]
