@@ -36,6 +36,7 @@ from workbench.errors import InputError
 from workbench.results import Result, provenance, register_result
 from workbench.spec import check_config, option
 from workbench.stats import Interval, bootstrap
+from workbench.analyses.vision_heads import choice
 from workbench.analyses.vision_heads.vlm.chair import chair, mentioned_objects, per_caption
 from workbench.analyses.vision_heads.vlm.generate import Captioner, HeadPolicy, generate_chunked
 from workbench.analyses.vision_heads.vlm.heads import DISTANCES, token_vhd, top_heads
@@ -58,7 +59,8 @@ HEAD_SET_HELP = "'vhr' (per layer and step, heads above the layer median, outlie
 @dataclass
 class VHDConfig:
     n_scenes: int = option(64, aliases=("--n",), help="test scenes: captioned and scored with intervals", max=10_000)
-    n_val: int = option(32, help="validation scenes: alpha and the head set are chosen on them", min=1, max=10_000)
+    n_val: int = option(choice.MIN_VAL, help="validation scenes: alpha and the head set are chosen on them (fewer than "
+                        f"{choice.MIN_VAL}: the choice flips between resamples)", min=1, max=10_000)
     alpha: float = option(0.0, help="VHR amplification; 0 (the default) chooses it on the validation scenes from --alphas",
                           min=0.0)
     alphas: tuple[float, ...] = option((1.5, 2.0, 3.0), help="the alphas tried on the validation scenes")
@@ -243,18 +245,14 @@ def objective(scores: dict[str, float]) -> float:
     return float(scores["recall"]) - float(scores["chair_i"])
 
 
-MIN_MENTIONS = 0.5  # a setting must keep this share of the objects mentioned without intervention
-CRITERION = (f"largest validation recall minus CHAIR_i among the settings that still mention at least {MIN_MENTIONS:g} "
-             "as many objects per caption as no intervention (all settings when none does; ties: the smaller alpha)")
+CRITERION = choice.CRITERION
 
 
-def choose(sweep: list[dict[str, Any]], before: dict[str, float]) -> dict[str, Any]:
-    """The validation choice (``CRITERION``): a setting that silences the captions scores CHAIR_i
-    0 and would otherwise win by saying nothing, so settings that drop below ``MIN_MENTIONS`` of
-    the objects mentioned without intervention are left out."""
-    floor = MIN_MENTIONS * float(before.get("mentioned_per_caption", 0.0))
-    pool = [r for r in sweep if r["vhr"]["mentioned_per_caption"] >= floor] or sweep
-    return max(pool, key=lambda r: (r["objective"], -r["alpha"]))
+def choose(sweep: list[dict[str, Any]], before: np.ndarray, settings: list[np.ndarray], seed: int = 0) -> dict[str, Any]:
+    """The validation choice among the ``sweep`` rows (``choice.CRITERION``) from per-scene counts
+    (``before`` and one per row, ``choice.counts``), with its bootstrap stability."""
+    out = choice.choose(before, settings, [r["alpha"] for r in sweep], seed=seed)
+    return {**out, "settings": [f"{r['head_set']} alpha {r['alpha']:g}" for r in sweep]}
 
 
 METRICS = ("chair_i", "chair_s", "recall", "mentioned")
@@ -425,6 +423,13 @@ class VHDResult(Result):
         return list(self.metrics["sweep"])
 
     @property
+    def choice(self) -> dict[str, Any]:
+        """The validation choice's record (``choice.choose``): ``index``, ``admissible``,
+        ``stability`` (share of bootstrap resamples of the validation scenes picking the same
+        setting), ``shares`` per setting, ``settings``, the recall and mentions floors; empty when given."""
+        return dict(self.metrics.get("choice") or {})
+
+    @property
     def val_before(self) -> dict[str, float]:
         return dict(self.metrics.get("val_before") or {})
 
@@ -529,7 +534,7 @@ class VHDResult(Result):
         out = {"vhd": m["vhd"], "top_heads": m["top_heads"], "chair": m["chair"], "alpha": m["alpha"],
                "head_set": m["head_set"], "chosen_by": m["chosen_by"], "splits": m["splits"],
                "n_scenes": m["n_scenes"], "n_val": m["n_val"], "intervals": m.get("intervals", {}),
-               "validation": {"before": m["val_before"], "sweep": m["sweep"]}}
+               "validation": {"before": m["val_before"], "sweep": m["sweep"], "choice": m.get("choice") or {}}}
         if self.path is not None:
             out["run"] = str(self.path)
         return out
@@ -600,7 +605,7 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
     sets = config.head_sets if config.head_set == "auto" else (config.head_set,)
     alphas = config.alphas if config.alpha == 0 else (config.alpha,)
     candidates = [(h, float(a)) for h in sets for a in alphas]
-    sweep = []
+    sweep, setting_counts, chosen = [], [], {}
     if len(candidates) == 1:
         head_set, alpha = candidates[0]
         chosen_by = "given"
@@ -610,7 +615,9 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
             g = caption(val_feats, pol, paired=pol.mode != "fixed")
             sc = _scores(g.captions, val_truths)
             sweep.append({"head_set": h, "alpha": a, "vhr": sc, "objective": objective(sc)})
-        best = choose(sweep, val_before)
+            setting_counts.append(choice.counts(g.captions, val_truths))
+        chosen = choose(sweep, choice.counts(val_base.captions, val_truths), setting_counts, seed=config.seed)
+        best = sweep[chosen["index"]]
         head_set, alpha = best["head_set"], best["alpha"]
         chosen_by = "val"
 
@@ -647,6 +654,7 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
         "chosen_by": chosen_by,
         "heads_scaled_per_step": heads_scaled,
         "criterion": CRITERION,
+        "choice": chosen,
         "sweep": sweep,
         "val_before": val_before,
         "splits": {"chair": "test", "intervals": "test", "vhd": "test", "top_heads": "test", "captions": "test",
@@ -683,8 +691,12 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
         # cpu: a result array
         "selected_rate": vhr.selected[vhr.valid].float().mean(0) if vhr.valid.any() else torch.zeros(s),
     }
-    result = VHDResult(config=config, metrics=metrics, arrays=arrays,
-                       meta=provenance(model=getattr(vlm, "name", "vlm"), seed=config.seed) | {"lm": vlm.lm.name})
+    meta = provenance(model=getattr(vlm, "name", "vlm"), seed=config.seed) | {"lm": vlm.lm.name}
+    if record.get("sha256"):  # the trained projector this run measured (workbench.artifacts)
+        from workbench.artifacts import provenance_entry
+
+        meta["artifacts"] = [provenance_entry(record["artifact"], record["sha256"])]
+    result = VHDResult(config=config, metrics=metrics, arrays=arrays, meta=meta)
     runs = {"before": [base.captions], "after": [vhr.captions], "random_control": [r.captions for r in randoms],
             "all_heads": [every.captions]}
     for cond, caps_ in runs.items():

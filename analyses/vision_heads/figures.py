@@ -179,6 +179,22 @@ def headline(result: Any) -> list[tuple[str, Any]]:
     return tiles
 
 
+BUILD_WORDS = {"published": "the published build", "differs": "differs from the published build",
+               "unpublished": "no published build"}
+
+
+def effect_words(iv: Any) -> str:
+    """Whether a paired difference's interval excludes 0; when not, roughly how many test scenes
+    an interval of this effect would need to (the half-width shrinks as 1/sqrt(n))."""
+    if iv.low > 0 or iv.high < 0:
+        return "interval excludes 0"
+    half = (iv.high - iv.low) / 2
+    if abs(iv.value) < 1e-12:
+        return "interval includes 0 (no effect measured)"
+    need = int(np.ceil(iv.n * (half / abs(iv.value)) ** 2))
+    return f"interval includes 0 (excluding it at this effect needs about {need} test scenes)"
+
+
 def headline_figures(result: Any) -> list[dict]:
     """The README row: test-split recall and CHAIR_i before VHR, after it and for both controls,
     with their intervals; the validated alpha and head set."""
@@ -196,13 +212,28 @@ def headline_figures(result: Any) -> list[dict]:
             "8 objects, one photograph each: training crops from one half, val/test crops from the other; partners "
             "co-occur 0.85 in training, 0 in val/test; see docs/vision-heads.md): test scenes", result.n_scenes,
             n=result.n_scenes, split="test", fmt="d"))
+        for art in result.meta.get("artifacts") or []:
+            out.append(figure(f"projector weights sha256 {art['sha256'][:16]} ({BUILD_WORDS.get(art['build'], art['build'])})",
+                              split="train"))
     how = f"chosen on {result.n_val} val scenes" if result.chosen_by == "val" else "given"
-    for cond, label in (("before", "before VHR"), ("after", f"VHR ({result.head_set}, alpha {result.alpha:g} {how})"),
+    for cond, label in (("before", "before VHR"), ("after", "VHR"),
                         ("random_control", f"{result.random_draws} random head draws"), ("all_heads", "all heads scaled")):
-        for m, name in (("recall", "recall"), ("chair_i", "CHAIR_i"), ("chair_s", "CHAIR_s")):
+        for m, name in (("recall", "recall"), ("chair_i", "CHAIR_i"), ("chair_s", "CHAIR_s"), ("mentioned", "objects per caption")):
             iv = ivs.get(cond, {}).get(m)
             if iv is not None:
                 out.append(figure(f"{name}, {label}", interval=iv, fmt=".2f"))
+    if result.chosen_by == "val":
+        ch = result.choice
+        out.append(figure(f"VHR setting {result.head_set}, alpha {result.alpha:g} {how}: share of "
+                          f"{ch.get('n_resamples', 0)} validation resamples choosing it"
+                          + ("" if ch.get("admissible", True) else " (no setting kept recall and mentions: chosen by recall)"),
+                          ch.get("stability"), n=result.n_val, split="val", fmt=".2f"))
+    ivs_all = result.intervals
+    for m, name in (("chair_i", "CHAIR_i"), ("recall", "recall")):
+        iv = ivs_all.get(f"{m} after - random_control")
+        if iv is not None:
+            out.append(figure(f"{name}, VHR minus random heads (paired over test scenes): {effect_words(iv)}", interval=iv,
+                              fmt="+.3f"))
     if result.recall_shuffled_image is not None:
         out.append(figure("recall with another scene's image (prior only)", result.recall_shuffled_image,
                           n=result.n_scenes, split="test", fmt=".2f"))
