@@ -19,6 +19,14 @@ CLEAN = ["When Mary and John went to the store, John gave a drink to", "Hello th
 CORRUPT = ["When Alice and Bob went to the shop, Tom gave a drink to", "Hi here", "A dog sat on the rug"]
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen2():
+    """A random 2-layer Qwen2 (q/k/v biases), built from its transformers config."""
+    from workbench.models import load_model
+
+    return load_model("tiny-qwen2")
+
+
 def metric(logits, idx):
     return logits[..., 100] - logits[..., 200]
 
@@ -55,7 +63,7 @@ def hook_reference(model, tokens, source, clean_z, edge):
     return metric(logits[rows, tokens.last_positions], rows)
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_neox", "tiny_qwen2"])
 def test_single_edges_match_hook_reference(name, request):
     model = request.getfixturevalue(name)
     tokens, source, clean_z = setup(model)

@@ -26,6 +26,14 @@ CORRUPT = ["When Alice and Bob went to the shop, Tom gave a drink to", "Hi here"
            "A dog sat on the rug and then it slept"]
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen2():
+    """A random 2-layer Qwen2 (q/k/v biases), built from its transformers config."""
+    from workbench.models import load_model
+
+    return load_model("tiny-qwen2")
+
+
 def metric(logits, idx):
     return logits[..., 100] - logits[..., 200]
 
@@ -65,7 +73,7 @@ def naive_loop(model, tokens, source, masks):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_neox", "tiny_qwen2"])
 def test_suffix_equals_full_and_naive(name, request):
     model = request.getfixturevalue(name)
     tokens, source = setup(model)

@@ -5,7 +5,9 @@ spirit of lxt). ``adapter_for(model)`` picks one by the Hugging Face config's
 ``model_type`` (falling back to the module layout for wrappers), so nothing outside
 this package tests an architecture's name.
 
-    llama     Llama, SmolLM2, Mistral, Qwen2: RMSNorm, rotary, grouped-query attention
+    llama     Llama, SmolLM2, Mistral: RMSNorm, rotary, grouped-query attention
+    qwen2     Qwen2 / Qwen2.5: the Llama layout with q/k/v biases
+    gemma2    Gemma-2: four norms, soft-capping, sliding window (single layers; models refused for now)
     gpt2      GPT-2: LayerNorm, learned positions, fused Conv1D q/k/v
     neox      GPT-NeoX / Pythia: LayerNorm, partial rotary, fused q/k/v, parallel residual
 """
@@ -14,10 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import InputError
-from . import gpt2, gpt_neox, llama
+from . import gemma2, gpt2, gpt_neox, llama, qwen2
 from .base import Adapter, QKVWeights, apply_rotary, causal_mask, rotary_grad, rotate_half
 
-ADAPTERS: dict[str, Adapter] = {a.name: a for a in (llama.ADAPTER, gpt2.ADAPTER, gpt_neox.ADAPTER)}
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (llama.ADAPTER, qwen2.ADAPTER, gemma2.ADAPTER, gpt2.ADAPTER,
+                                                    gpt_neox.ADAPTER)}
 """The families by name (``Model.arch``)."""
 
 _BY_MODEL_TYPE = {t: a for a in ADAPTERS.values() for t in a.model_types}

@@ -1,4 +1,4 @@
-"""Llama-style decoders (Llama, SmolLM2, Mistral, Qwen2): RMSNorm, rotary position
+"""Llama-style decoders (Llama, SmolLM2, Mistral; Qwen2 in ``qwen2`` adds q/k/v biases): RMSNorm, rotary position
 embeddings, separate q/k/v projections with grouped-query attention (``n_kv_heads`` <=
 ``n_heads``), a gated MLP, sequential residual."""
 from __future__ import annotations
@@ -51,7 +51,7 @@ class LlamaAdapter(Adapter):
 
 ADAPTER = LlamaAdapter(
     name="llama",
-    model_types=("llama", "mistral", "qwen2"),
+    model_types=("llama", "mistral"),
     base_path="model",
     embed_path="embed_tokens",
     layers_path="layers",
