@@ -18,7 +18,7 @@ N ?= 32
 PORT ?= 8501
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast test-real test-latest lock bench headlines app clean
+.PHONY: install run test test-fast test-real test-latest lock bench headlines headlines-check app clean
 
 # The installed versions of venv $(1), as pip constraints (torch's +cpu label dropped: the line must
 # also match a CUDA build's 2.13.0).
@@ -88,6 +88,11 @@ lock:
 # docs/headlines.md and docs/figures/ (needs chromium). ONLY="ablation atlas" re-measures those rows alone.
 headlines: install
 	$(PY) benchmarks/headlines.py $(addprefix --only ,$(ONLY))
+
+# The table re-measured on this machine, each row at its stated size: per figure, whether the fresh value lies
+# inside the published interval; writes nothing under docs/, exit 1 when a row does not hold. ONLY=vhd: one row.
+headlines-check: install
+	$(PY) benchmarks/headlines.py --check $(addprefix --only ,$(ONLY))
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

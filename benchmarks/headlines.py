@@ -5,6 +5,7 @@
     python benchmarks/headlines.py --only retrieval  # one analysis's rows and picture (make headlines ONLY=retrieval)
     python benchmarks/headlines.py --list            # what would run
     python benchmarks/headlines.py --readme          # regenerate the README table and docs/headlines.md only
+    python benchmarks/headlines.py --check --only vhd  # re-measure, compare with the published intervals, write nothing
 
 Analysis rows come from the specs' ``headlines`` (each a ``workbench`` command, run exactly as a
 user would type it, in a fresh process, saved to a temporary run folder, read back through
@@ -12,7 +13,14 @@ the spec's figure function, which also draws the row's picture). Benchmark rows 
 ``BENCHMARKS`` below (each a script with ``--json``). Every row records its command, seconds,
 commit and date. Rows not re-run keep their earlier measurement, so one analysis can be
 refreshed alone. ``SUMMARIES`` says, per row, which figure is the README's headline and which
-is its control; it is stamped into the JSON, so the README reads the JSON alone.
+is its control; it is stamped into the JSON, so the README reads the JSON alone. A row that
+measured a trained artifact (the VLM projector) carries its sha256 (``artifacts``), and saving
+the row publishes that checksum in ``docs/artifacts.json``.
+
+``--check`` re-runs the rows (each at its stated size, on this machine), writes nothing under
+docs/, and reports per figure whether the fresh value lies inside the published interval
+(``workbench.headlines.check_row``); exit 1 when a figure does not hold, ``--report FILE``
+saves the verdicts as JSON.
 """
 from __future__ import annotations
 
@@ -253,8 +261,9 @@ def _run(argv: list[str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def measure_spec(spec: Any, headline: Any, index: int, stamp: dict[str, Any]) -> dict[str, Any]:
-    """Run the headline's command into a temporary run folder; its figures and its picture."""
+def measure_spec(spec: Any, headline: Any, index: int, stamp: dict[str, Any], draw: bool = True) -> dict[str, Any]:
+    """Run the headline's command into a temporary run folder; its figures, the trained
+    artifacts it used and (``draw``) its picture."""
     from workbench.results import load_result
 
     with tempfile.TemporaryDirectory(prefix="headlines-") as tmp:
@@ -262,13 +271,16 @@ def measure_spec(spec: Any, headline: Any, index: int, stamp: dict[str, Any]) ->
         seconds, _ = _run([sys.executable, "-m", "workbench", *headline.args, "--out", str(out)])
         result = load_result(out)
         figures = headline.figures(result)
-        picture = draw_picture(spec, headline, index, result, stamp)
+        picture = draw_picture(spec, headline, index, result, stamp) if draw else None
     row = {"key": spec.key, "label": headline.label, "command": "workbench " + shlex.join(headline.args),
            "why": headline.why, "figures": figures, "seconds": round(seconds, 1), **stamp}
+    arts = [{"key": a["key"], "sha256": a["sha256"]} for a in result.meta.get("artifacts") or []]
+    if arts:
+        row["artifacts"] = arts
     return {**row, "picture": picture} if picture else row
 
 
-def measure_benchmark(b: Benchmark, stamp: dict[str, Any]) -> dict[str, Any]:
+def measure_benchmark(b: Benchmark, stamp: dict[str, Any], draw: bool = True) -> dict[str, Any]:
     seconds, stdout = _run([sys.executable, *b.argv])
     doc = json.loads(stdout[stdout.index("{"):])
     return {"key": b.key, "label": b.label, "command": "python " + shlex.join(b.argv), "why": b.why,
@@ -282,9 +294,9 @@ def jobs() -> list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]]:
     out = []
     for spec in specs().values():
         for i, h in enumerate(spec.headlines):
-            out.append((spec.key, h.label, lambda st, s=spec, h=h, i=i: measure_spec(s, h, i, st)))
+            out.append((spec.key, h.label, lambda st, draw=True, s=spec, h=h, i=i: measure_spec(s, h, i, st, draw)))
     for b in BENCHMARKS:
-        out.append((b.key, b.label, lambda st, b=b: measure_benchmark(b, st)))
+        out.append((b.key, b.label, lambda st, draw=True, b=b: measure_benchmark(b, st)))
     return out
 
 
@@ -316,6 +328,54 @@ def save(new_rows: list[dict[str, Any]], order: list[tuple[str, str]]) -> None:
         tmp.replace(hl.HEADLINES_JSON)
         hl.write_readme(doc)
         hl.write_details(doc)
+        publish_artifacts(new_rows)
+
+
+def publish_artifacts(rows: list[dict[str, Any]], path: Path | None = None) -> None:
+    """The checksums of the trained artifacts the saved rows measured, into docs/artifacts.json
+    (what ``workbench.artifacts`` compares a local build with)."""
+    from workbench import artifacts
+
+    path = path or artifacts.PUBLISHED
+    doc = json.loads(path.read_text()) if path.is_file() else {"artifacts": {}}
+    changed = False
+    for row in rows:
+        for a in row.get("artifacts") or []:
+            doc["artifacts"][a["key"]] = {"sha256": a["sha256"], "machine": row.get("machine"), "commit": row.get("commit"),
+                                          "date": row.get("date"), "row": row["label"]}
+            changed = True
+    if changed:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+
+def check(todo: list, only: list[str], report: Path | None) -> int:
+    """Re-measure the rows (``only``: those keys) and compare each figure with the published
+    interval; nothing under docs/ is written. 0 when every row holds, else 1."""
+    published = {(r["key"], r["label"]): r for r in hl.load(hl.HEADLINES_JSON).get("rows", [])}
+    stamp = {"commit": _commit(), "machine": _machine(), "date": _dt.date.today().isoformat()}
+    checks = []
+    for k, label, measure in todo:
+        if only and k not in only:
+            continue
+        fresh = measure(stamp, draw=False)
+        c = hl.check_row(published.get((k, label)), fresh)
+        c.update(machine=stamp["machine"], commit=stamp["commit"], date=stamp["date"])
+        checks.append(c)
+        print(hl.check_text(c), flush=True)
+        if report is not None:  # after every row: a long check stopped later keeps what it measured
+            report.write_text(json.dumps({"checks": checks}, indent=2) + "\n")
+    held = sum(c["holds"] for c in checks)
+    print(f"headlines --check: {held} of {len(checks)} rows hold "
+          f"({sum(c['seconds'] for c in checks) / 60:.1f} min)", file=sys.stderr)
+    return 0 if held == len(checks) else 1
+
+
+def _bad(message: str) -> None:
+    """Bad input: one line, exit 2."""
+    print(f"headlines: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main() -> None:
@@ -324,7 +384,14 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="list the headlines and exit")
     ap.add_argument("--readme", action="store_true",
                     help="only regenerate the README table and docs/headlines.md from docs/headlines.json")
+    ap.add_argument("--check", action="store_true",
+                    help="re-measure and report per figure whether it lies inside the published interval; writes nothing")
+    ap.add_argument("--report", type=Path, help="with --check: also write the verdicts to this JSON file")
     args = ap.parse_args()
+    if args.report is not None and not args.check:
+        _bad("--report goes with --check (python benchmarks/headlines.py --check --report FILE)")
+    if args.check and args.readme:
+        _bad("--check and --readme do different things; give one")
     todo = jobs()
     order = [(k, label) for k, label, _ in todo]
     if args.list:
@@ -334,7 +401,9 @@ def main() -> None:
     known_keys = {k for k, _, _ in todo}
     unknown = [k for k in args.only if k not in known_keys]
     if unknown:
-        raise SystemExit(f"headlines: unknown key {', '.join(unknown)}; known: {', '.join(sorted(known_keys))}")
+        _bad(f"unknown key {', '.join(unknown)}; known: {', '.join(sorted(known_keys))}")
+    if args.check:
+        raise SystemExit(check(todo, args.only, args.report))
     new_rows = []
     if not args.readme:
         stamp = {"commit": _commit(), "machine": _machine(), "date": _dt.date.today().isoformat()}

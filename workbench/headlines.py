@@ -132,7 +132,8 @@ def control_text(row: dict[str, Any]) -> str:
 def headline_text(row: dict[str, Any]) -> str:
     """The headline column: the chosen figure, its value in bold, its interval, n and split."""
     fig = find(row, (row.get("summary") or {}).get("main")) or row["figures"][0]
-    return f"{fig['text']}: {value_text(fig, bold=True)}"
+    build = build_text(row)
+    return f"{fig['text']}: {value_text(fig, bold=True)}" + (f" ({build})" if build else "")
 
 
 def is_analysis(row: dict[str, Any]) -> bool:
@@ -224,6 +225,8 @@ def details_row(row: dict[str, Any]) -> list[str]:
     s = row.get("summary") or {}
     meta = " · ".join(x for x in (f"`{row['command']}`", _when(row["seconds"]), row.get("machine"),
                                   f"commit {row.get('commit')}", row.get("date")) if x)
+    for a in row.get("artifacts") or []:
+        meta += f" · {a['key']} sha256 `{a['sha256']}` (docs/artifacts.json)"
     out = [f'<a id="{anchor(row)}"></a>', "", f"### {row['label']}", "", meta]
     if row.get("why"):
         out += ["", f"Settings: {row['why']}."]
@@ -251,3 +254,104 @@ def render_details(doc: dict[str, Any]) -> str:
 
 def write_details(doc: dict[str, Any], path: Path = DETAILS) -> None:
     _write(path, render_details(doc))
+
+
+# ----------------------------------------------------------------------------- the check (--check)
+# A re-measured row against the published one: each fresh figure's value against the published
+# figure's 95% interval (or, for a figure without one, its printed value). Why: a table that
+# does not survive a fresh machine should say so, figure by figure.
+INSIDE, OUTSIDE, SAME, DIFFERS, NEW, MISSING = "inside", "outside", "same", "differs", "new", "missing"
+FAILING = (OUTSIDE, DIFFERS, MISSING)
+
+
+def _stem(text: str) -> str:
+    """A figure's name without its run-dependent tail (what follows the first " (" or ": ")."""
+    return re.split(r" \(|: ", text, maxsplit=1)[0]
+
+
+def pair_figures(published: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[tuple[dict | None, dict | None]]:
+    """(published, fresh) pairs: by exact text, then by a stem unique on both sides; the rest unpaired."""
+    pairs, left = [], list(published)
+    unmatched = []
+    for f in fresh:
+        p = next((p for p in left if p["text"] == f["text"]), None)
+        if p is None:
+            unmatched.append(f)
+        else:
+            left.remove(p)
+            pairs.append((p, f))
+    for f in unmatched:
+        stem = _stem(f["text"])
+        same_p = [p for p in left if _stem(p["text"]) == stem]
+        same_f = [g for g in unmatched if _stem(g["text"]) == stem]
+        if len(same_p) == 1 and len(same_f) == 1:
+            left.remove(same_p[0])
+            pairs.append((same_p[0], f))
+        else:
+            pairs.append((None, f))
+    return pairs + [(p, None) for p in left]
+
+
+def check_figure(published: dict[str, Any] | None, fresh: dict[str, Any] | None) -> dict[str, Any]:
+    """The verdict on one figure: ``inside`` / ``outside`` the published interval, ``same`` /
+    ``differs`` (no interval: the printed values), ``new`` (not published), ``missing`` (not re-measured)."""
+    if published is None:
+        return {"text": fresh["text"], "fresh": fresh.get("value"), "verdict": NEW}
+    if fresh is None:
+        return {"text": published["text"], "published": published.get("value"), "verdict": MISSING}
+    out = {"text": fresh["text"], "published": published.get("value"), "fresh": fresh.get("value")}
+    if published["text"] != fresh["text"]:
+        out["published_text"] = published["text"]
+    iv, value = published.get("interval"), fresh.get("value")
+    if iv and value is not None:
+        out["interval"] = [iv["low"], iv["high"]]
+        out["verdict"] = INSIDE if iv["low"] - 1e-12 <= value <= iv["high"] + 1e-12 else OUTSIDE
+    else:
+        fmt = published.get("fmt") or ".3g"
+        same = _num(published.get("value"), fmt) == _num(value, fmt) and published["text"] == fresh["text"]
+        out["verdict"] = SAME if same else DIFFERS
+    return out
+
+
+def check_artifacts(published: dict[str, Any], fresh: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trained artifacts each row measured: the same checksum, or both checksums."""
+    old = {a["key"]: a["sha256"] for a in published.get("artifacts") or []}
+    out = []
+    for a in fresh.get("artifacts") or []:
+        was = old.get(a["key"])
+        verdict = NEW if was is None else (SAME if was == a["sha256"] else DIFFERS)
+        out.append({"key": a["key"], "fresh": a["sha256"], "published": was, "verdict": verdict})
+    return out
+
+
+def check_row(published: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    """Every figure of a re-measured row against the published row of the same key and label."""
+    figs = [check_figure(p, f) for p, f in pair_figures((published or {}).get("figures", []), fresh["figures"])]
+    arts = check_artifacts(published or {}, fresh)
+    failed = [c for c in figs + arts if c["verdict"] in FAILING]
+    return {"key": fresh["key"], "label": fresh["label"], "command": fresh["command"], "seconds": fresh["seconds"],
+            "published_seconds": (published or {}).get("seconds"), "figures": figs, "artifacts": arts,
+            "holds": published is not None and not failed}
+
+
+def check_text(check: dict[str, Any]) -> str:
+    """The check of one row as lines: a head line (holds or not, time), then one line per figure."""
+    n_in = sum(c["verdict"] in (INSIDE, SAME) for c in check["figures"])
+    head = (f"{check['key']}: {check['label']}: {'holds' if check['holds'] else 'DOES NOT HOLD'} "
+            f"({n_in}/{len(check['figures'])} figures inside or same; {_when(check['seconds'])} here"
+            + (f", {_when(check['published_seconds'])} published)" if check.get("published_seconds") else ")"))
+    lines = [head]
+    for a in check["artifacts"]:
+        lines.append(f"  [{a['verdict']}] {a['key']}: sha256 here {a['fresh'][:16]}, published "
+                     f"{(a['published'] or 'none')[:16]}")
+    for c in check["figures"]:
+        fresh = "" if c.get("fresh") is None else f"{c['fresh']:.4g}"
+        pub = "" if c.get("published") is None else f"{c['published']:.4g}"
+        where = f" in [{c['interval'][0]:.4g}, {c['interval'][1]:.4g}]" if "interval" in c else ""
+        lines.append(f"  [{c['verdict']}] {c['text']}: here {fresh or '-'}, published {pub or '-'}{where}")
+    return "\n".join(lines)
+
+
+def build_text(row: dict[str, Any]) -> str:
+    """Which trained build a row measured: ``projector sha256 1a2b3c4d5e6f`` (empty when none)."""
+    return "; ".join(f"{a['key'].split('/')[0]} build sha256 {a['sha256'][:12]}" for a in row.get("artifacts") or [])
