@@ -127,11 +127,11 @@ def test_sinks_result_round_trips_with_its_intervals(tiny_result, tmp_path):
             assert row["after"] == row["before"] and row["changed"] == 0
     for entry in s["sinks"]:
         assert entry["name"] == f"L{entry['layer']}H{entry['head']}"
-    assert r.metrics["n_heads_with_sinks"] == len(r.sinks)
-    assert r.metrics["search_parameters"]["max_search"] == 2 and r.metrics["search_parameters"]["betas"] == [0.4, 0.2]
+    assert r.n_heads_with_sinks == len(r.sinks)
+    assert r.search_parameters["max_search"] == 2 and r.search_parameters["betas"] == [0.4, 0.2]
     back = load_result(r.save(tmp_path / "run"))
-    assert back.metrics == json.loads(json.dumps(r.metrics))
-    torch.testing.assert_close(back.arrays["sink_strength"], r.arrays["sink_strength"])
+    assert back._document()[0]["data"] == json.loads(json.dumps(r._document()[0]["data"]))
+    torch.testing.assert_close(back.sink_strength, r.sink_strength)
     assert back.config.beta == 0.4 and back.config.tasks == ("category", "sentiment")
     assert interval_name("category", "base") in back.intervals
     from workbench.report import render
@@ -159,9 +159,8 @@ def test_sinks_page_shows_saved_run(tiny_result):
 def test_smollm2_has_sinks_and_is_above_chance_on_both_tasks(smollm2):
     r = run(smollm2, SinksConfig(n_calib=6, n_heldout=20, max_search=1, betas=(0.4,), thresholds=(0.1,)),
             progress=False)
-    m = r.metrics
-    assert m["n_sinks_beyond_first"] > 0 and m["n_heads_with_sinks"] > 0
-    classes = m["sink_token_classes"]
+    assert r.n_sinks_beyond_first > 0 and r.n_heads_with_sinks > 0
+    classes = r.sink_token_classes
     assert classes.get("punctuation", 0) + classes.get("newline", 0) > 0  # sinks sit on punctuation and newlines
     for row in r.calibration:  # the tasks are chosen so that the model is clearly above chance
         assert r.interval(row["task"], "base").low > row["chance"], row

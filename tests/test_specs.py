@@ -139,9 +139,10 @@ def test_runs_saved_under_old_field_names_still_load(tmp_path):
     from workbench.analyses.ablation.analysis import AblationConfig, AblationResult
     from workbench.results import load_result
 
-    result = AblationResult(config=AblationConfig(n_prompts=5, batch_size=64),
-                            metrics={"clean_logit_diff": 1.5, "accuracy": 1.0, "n_prompts": 5, "top_heads": []},
-                            arrays={"effect": torch.zeros(2, 4)}, meta={"model": "tiny-llama"})
+    result = AblationResult(config=AblationConfig(n_prompts=5, batch_size=64), effect=torch.zeros(2, 4),
+                            clean_logit_diff_per_prompt=torch.zeros(5), ablated_logit_diff=torch.zeros(2, 4, 5),
+                            clean_logit_diff=1.5, clean_logit_diff_std=0.0, accuracy=1.0, n_prompts=5, n_forwards=1,
+                            top_heads=[], example_prompt="", meta={"model": "tiny-llama"})
     folder = result.save(tmp_path / "old-run")
     doc = json.loads((folder / "result.json").read_text())
     doc["config"] = {"task": "ioi", "n": 5, "seed": 0, "ablation": "mean", "max_batch": 64, "top_k": 10}

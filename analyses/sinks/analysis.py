@@ -24,18 +24,20 @@ share no word or adjective), with Wilson intervals and a paired bootstrap of the
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
+from jaxtyping import Float, UInt8
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.cache import run_with_cache
 from workbench.datasets.multiple_choice import TASKS, MCQuestion, check_sizes, n_options, option_token_ids, task_splits
 from workbench.errors import InputError
 from workbench.generation import left_pad
-from workbench.heads import head_name
-from workbench.results import Result, provenance, register_result
+from workbench.names import act_name, head_name
+from workbench.results import Result, provenance
 from workbench.spec import option
 from workbench.stats import bootstrap, bootstrap_diff, wilson
 from workbench.checks import checked_run
@@ -156,7 +158,7 @@ def calibrate_pattern(pattern: torch.Tensor, valid: torch.Tensor, heads: torch.T
 def calibration_patches(head_sets: dict[int, torch.Tensor], valid: torch.Tensor, beta: float,
                         threshold: float, min_queries: int = 1) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Patches on ``blocks.{l}.attn.hook_pattern`` calibrating the heads in ``head_sets[l]`` ([head] bool)."""
-    return {f"blocks.{l}.attn.hook_pattern": (lambda p, hs=hs: calibrate_pattern(p, valid, hs, beta, threshold, min_queries))
+    return {act_name("pattern", l): (lambda p, hs=hs: calibrate_pattern(p, valid, hs, beta, threshold, min_queries))
             for l, hs in head_sets.items() if bool(hs.any())}
 
 
@@ -175,84 +177,53 @@ def token_class(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------- result
-@register_result
-@dataclass
+Rows = list[dict[str, Any]]
+
+
+@dataclass(kw_only=True)
 class SinksResult(Result):
+    """Sinks beyond the first token on every task's calibration prompts, the massive
+    activations at their tokens, and ACT's calibration chosen and measured per task."""
+
     analysis = "sinks"
-    config_cls = SinksConfig
 
-    @property
-    def sinks(self) -> list[dict[str, Any]]:
-        """Heads with sinks beyond the first token over every task's calibration prompts,
-        strongest first: name, layer, head, share_of_prompts, strength, tokens."""
-        return list(self.metrics["sinks"])
+    config: SinksConfig
+    sinks: Rows  # heads with non-first sinks, strongest first: name, layer, head, share_of_prompts, strength, tokens
+    # per task: task, chance, n_calib, n_heldout, heads, beta, threshold, calib_before/after, before, after, difference
+    calibration: Rows
+    search: Rows  # single-head calibration gains on each task's calibration split, one row per candidate
+    grid: Rows = field(default_factory=list)  # calibration accuracy of the chosen heads at each (beta, threshold)
+    search_parameters: dict[str, Any] = field(default_factory=dict)
+    n_sink_prompts: int = 0  # prompts the sinks were found on (every task's calibration split)
+    n_sinks_beyond_first: int  # counted over head x prompt x position
+    n_heads_with_sinks: int
+    sink_tokens: dict[str, int]  # the commonest tokens at non-first sinks (head x prompt occurrences)
+    sink_token_classes: dict[str, int]
+    massive_activations: Rows  # per task: the largest mean |h| dimensions at sink tokens, in their peak layer
+    first_token_massive_activations: Rows = field(default_factory=list)
+    example_tokens: list[str]
+    example_prompt: str = ""
+    sink_share: Float[Tensor, "layer head"]  # share of prompts where the head has a non-first sink
+    sink_strength: Float[Tensor, "layer head"]  # mean over prompts of the strongest non-first column mean
+    example_column_means: Float[Tensor, "layer head pos"]  # on the example prompt
+    example_sinks: UInt8[Tensor, "layer head pos"]  # 1 at the example prompt's non-first sinks
+    heldout_before: dict[str, UInt8[Tensor, "question"]] = field(default_factory=dict)  # per task: 1 = right
+    heldout_after: dict[str, UInt8[Tensor, "question"]] = field(default_factory=dict)
+    heldout_logp_before: dict[str, Float[Tensor, "question"]] = field(default_factory=dict)  # log p(right option)
+    heldout_logp_after: dict[str, Float[Tensor, "question"]] = field(default_factory=dict)
 
-    @property
-    def n_sinks_beyond_first(self) -> int:
-        """Sinks beyond the first token, counted over head x prompt x position."""
-        return int(self.metrics["n_sinks_beyond_first"])
-
-    @property
-    def n_heads_with_sinks(self) -> int:
-        return int(self.metrics["n_heads_with_sinks"])
-
-    @property
-    def n_sink_prompts(self) -> int:
-        """Prompts the sinks were found on (every task's calibration split)."""
-        return int(self.metrics.get("n_sink_prompts", 0))
-
-    @property
-    def sink_share(self) -> torch.Tensor:
-        """[layer head] share of prompts where the head has a sink beyond the first token."""
-        return self.arrays["sink_share"]
-
-    @property
-    def sink_strength(self) -> torch.Tensor:
-        """[layer head] mean over prompts of the strongest non-first column mean."""
-        return self.arrays["sink_strength"]
-
-    @property
-    def example_column_means(self) -> torch.Tensor:
-        """[layer head pos] column means on the example prompt."""
-        return self.arrays["example_column_means"]
-
-    @property
-    def example_sinks(self) -> torch.Tensor:
-        """[layer head pos] True at the example prompt's sinks beyond the first token."""
-        return self.arrays["example_sinks"].bool()
-
-    @property
-    def example_tokens(self) -> list[str]:
-        return list(self.metrics["example_tokens"])
-
-    @property
-    def example_prompt(self) -> str:
-        return str(self.metrics.get("example_prompt", ""))
-
-    @property
-    def sink_tokens(self) -> dict[str, int]:
-        """The commonest tokens at sinks beyond the first token (head x prompt occurrences)."""
-        return dict(self.metrics["sink_tokens"])
-
-    @property
-    def sink_token_classes(self) -> dict[str, int]:
-        return dict(self.metrics["sink_token_classes"])
-
-    @property
-    def massive_activations(self) -> list[dict[str, Any]]:
-        """Per task: the largest mean |h| dimensions at sink tokens in the layer where they peak."""
-        return list(self.metrics["massive_activations"])
-
-    @property
-    def first_token_massive_activations(self) -> list[dict[str, Any]]:
-        return list(self.metrics.get("first_token_massive_activations") or [])
-
-    @property
-    def calibration(self) -> list[dict[str, Any]]:
-        """One row per task: task, chance, n_calib, n_heldout, heads, beta, threshold, the
-        calibration-split accuracies (calib_before, calib_after) and the held-out ones
-        (before, after, difference), mean log-probabilities of the right option."""
-        return list(self.metrics["calibration"])
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, Tensor]) -> tuple[dict, dict]:
+        """Format 1 kept the held-out tensors as ``{task}_heldout_before`` (and after, logp_before,
+        logp_after): they become entries of the per-task dict fields."""
+        renamed = {}
+        for name, tensor in arrays.items():
+            for what in ("heldout_logp_before", "heldout_logp_after", "heldout_before", "heldout_after"):
+                if name.endswith("_" + what):
+                    name = f"{what}/{name[:-len(what) - 1]}"
+                    break
+            renamed[name] = tensor
+        return metrics, renamed
 
     @property
     def task_names(self) -> list[str]:
@@ -270,31 +241,17 @@ class SinksResult(Result):
         """Heads chosen by the search on any task, in the order first chosen."""
         return list(dict.fromkeys(h for row in self.calibration for h in row["heads"]))
 
-    @property
-    def search(self) -> list[dict[str, Any]]:
-        """Single-head calibration gains on each task's calibration split, one row per candidate."""
-        return list(self.metrics["search"])
-
-    @property
-    def grid(self) -> list[dict[str, Any]]:
-        """Calibration-split accuracy of the chosen heads at each (beta, threshold) of the grid."""
-        return list(self.metrics.get("grid") or [])
-
     def interval(self, task: str, what: str) -> Any:
         """The stored interval of ``what`` (``base``, ``act``, ``difference``, ``difference by group``,
         ``logprob difference``, ``calibration base``, ``calibration act``) on ``task``."""
         return self.intervals[interval_name(task, what)]
 
     def summary(self) -> dict[str, Any]:
-        out = {"sinks": self.metrics["sinks"][:20], "calibration": self.metrics["calibration"]}
+        data = super().summary()
+        out = {"sinks": data["sinks"][:20], "calibration": data["calibration"]}
         if self.path is not None:
             out["run"] = str(self.path)
         return out
-
-    def report_sections(self) -> list:
-        from .figures import sinks_sections
-
-        return sinks_sections(self)
 
 
 _INTERVAL_NAMES = {"base": "held-out accuracy, base", "act": "held-out accuracy, ACT",
@@ -370,8 +327,8 @@ def _discover(model: Any, questions: list[MCQuestion], cfg: SinksConfig, progres
     and the massive activations at their tokens."""
     s = model.shape
     tok = model.tokenizer
-    pat_names = [f"blocks.{l}.attn.hook_pattern" for l in range(s.n_layers)]
-    res_names = [f"blocks.{l}.hook_resid_post" for l in range(s.n_layers)]
+    pat_names = [act_name("pattern", l) for l in range(s.n_layers)]
+    res_names = [act_name("resid_post", l) for l in range(s.n_layers)]
     tokens = model.to_tokens([q.prompt for q in questions])
     _, cache = run_with_cache(model, tokens, pat_names + res_names, batch_size=cfg.batch_size, return_logits=False,
                               progress=progress)
@@ -498,8 +455,8 @@ def _search_task(model: Any, task: str, calib: list[MCQuestion], heldout: list[M
            "changed": int((act_c != before_c).sum())}
     search = [{"task": task, "name": head_name(l, h), "accuracy_gain": round(g, 4), "logprob_gain": round(gl, 4),
                "chosen": (l, h) in chosen} for (l, h), g, gl in gains]
-    arrays = {f"{task}_heldout_before": before_c.to(torch.uint8), f"{task}_heldout_after": act_c.to(torch.uint8),
-              f"{task}_heldout_logp_before": before_lp.clone(), f"{task}_heldout_logp_after": act_lp.clone()}
+    arrays = {"heldout_before": before_c.to(torch.uint8), "heldout_after": act_c.to(torch.uint8),
+              "heldout_logp_before": before_lp.clone(), "heldout_logp_after": act_lp.clone()}
     return row, search, grid, {"intervals": iv, "arrays": arrays}
 
 
@@ -529,39 +486,34 @@ def run(model: Any, config: SinksConfig | None = None, progress: bool = True) ->
               "tokens": dict(head_tokens[(l, h)].most_common(5))} for l, h in sink_heads]
 
     # 3. ACT per task: choices on the calibration split, one measurement on the held-out split
-    rows, search, grid, arrays, intervals = [], [], [], {}, {}
+    rows, search, grid, intervals = [], [], [], {}
+    heldout: dict[str, dict[str, torch.Tensor]] = {k: {} for k in ("heldout_before", "heldout_after",
+                                                                    "heldout_logp_before", "heldout_logp_after")}
     for t in cfg.tasks:
         row, srch, grd, extra = _search_task(model, t, splits[t][0], splits[t][1], found[t], cfg, progress)
         rows.append(row)
         search += srch
         grid += grd
-        arrays.update(extra["arrays"])
+        for what, tensor in extra["arrays"].items():
+            heldout[what][t] = tensor
         intervals.update({interval_name(t, k): v for k, v in extra["intervals"].items()})
 
     first = found[cfg.tasks[0]]
-    metrics = {
-        "sinks": sinks,
-        "calibration": rows,
-        "search": search,
-        "grid": grid,
-        "search_parameters": {"tasks": list(cfg.tasks), "n_calib": cfg.n_calib, "n_heldout": cfg.n_heldout,
+    result = SinksResult(
+        config=cfg, sinks=sinks, calibration=rows, search=search, grid=grid,
+        search_parameters={"tasks": list(cfg.tasks), "n_calib": cfg.n_calib, "n_heldout": cfg.n_heldout,
                               "max_search": cfg.max_search, "max_heads": cfg.max_heads, "min_layer": cfg.min_layer,
                               "min_queries": cfg.min_queries, "search_beta": cfg.beta,
                               "search_threshold": cfg.threshold, "betas": list(cfg.betas),
                               "thresholds": list(cfg.thresholds), "n_heads_in_model": s.n_layers * s.n_heads},
-        "n_sink_prompts": n_total,
-        "n_sinks_beyond_first": sum(f["n_sinks"] for f in found.values()),
-        "n_heads_with_sinks": len(sink_heads),
-        "sink_tokens": dict(token_counts.most_common(15)),
-        "sink_token_classes": dict(class_counts),
-        "massive_activations": [r for f in found.values() for r in f["massive"]],
-        "first_token_massive_activations": [r for f in found.values() for r in f["first_massive"]],
-        "example_tokens": first["example_tokens"],
-        "example_prompt": first["example_prompt"],
-    }
-    arrays.update({"sink_share": share, "sink_strength": strength,
-                   "example_column_means": first["example_column_means"], "example_sinks": first["example_sinks"]})
-    result = SinksResult(config=cfg, metrics=metrics, arrays=arrays, meta=provenance(model=model.name, seed=cfg.seed))
+        n_sink_prompts=n_total, n_sinks_beyond_first=sum(f["n_sinks"] for f in found.values()),
+        n_heads_with_sinks=len(sink_heads), sink_tokens=dict(token_counts.most_common(15)),
+        sink_token_classes=dict(class_counts),
+        massive_activations=[r for f in found.values() for r in f["massive"]],
+        first_token_massive_activations=[r for f in found.values() for r in f["first_massive"]],
+        example_tokens=first["example_tokens"], example_prompt=first["example_prompt"],
+        sink_share=share, sink_strength=strength, example_column_means=first["example_column_means"],
+        example_sinks=first["example_sinks"], **heldout, meta=provenance(model=model.name, seed=cfg.seed))
     for name, iv in intervals.items():
         result.set_interval(name, iv)
     return result

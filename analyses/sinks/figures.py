@@ -24,7 +24,7 @@ def sink_map(result: Any, n_heads: int = 12) -> go.Figure:
     """Column means of the strongest sink heads over the example prompt's tokens; sinks
     beyond the first token are outlined."""
     cm = result.example_column_means.float()  # [L H pos]
-    sinks = result.example_sinks
+    sinks = result.example_sinks.bool()
     heads = [(s["layer"], s["head"]) for s in result.sinks[:n_heads]]
     if not heads:
         heads = [(0, 0)]
