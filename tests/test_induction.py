@@ -4,6 +4,7 @@ previous-token head, a uniform head with a closed-form score), then the command,
 results store and report it gets from its spec alone."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -77,7 +78,7 @@ def test_planted_heads_score_exactly(tiny_llama, bos):
     assert ind.shape == prev.shape == (2, 4)
     # the planted induction head scores exactly 1 and is ranked first; it never looks one back
     assert abs(ind[1, 0].item() - 1.0) < 1e-6
-    assert (result.top_heads[0]["layer"], result.top_heads[0]["head"]) == (1, 0)
+    assert (result.top_heads[0].layer, result.top_heads[0].head) == (1, 0)
     assert abs(prev[1, 0].item()) < 1e-6
     # the planted previous-token head: prev-token score exactly 1
     assert abs(prev[0, 1].item() - 1.0) < 1e-6
@@ -169,7 +170,7 @@ def test_cli_runs_and_saves_a_run_folder(tmp_path):
     assert doc["n_prompts"] == 4 and doc["seq_len"] == 20
     back = load_result(out)
     assert isinstance(back, InductionResult) and back.config.n_prompts == 4
-    assert back.induction_score.shape == (2, 4) and back.top_heads == doc["top_heads"]
+    assert back.induction_score.shape == (2, 4) and [dataclasses.asdict(t) for t in back.top_heads] == doc["top_heads"]
 
 
 @pytest.fixture
@@ -204,5 +205,5 @@ def test_embedded_model_has_induction_heads(smollm2):
     print("top", result.top_heads[:3], "n over threshold", result.n_induction_heads)
     assert result.induction_score.shape == (30, 9)
     assert result.max_induction_score > 0.4 and result.n_induction_heads >= 1
-    assert result.top_heads[0]["layer"] > 0  # an induction head needs a previous-token head before it
+    assert result.top_heads[0].layer > 0  # an induction head needs a previous-token head before it
     assert float(result.prev_token_score.max()) > 0.4

@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.cache import run_with_cache
 from workbench.errors import InputError
+from workbench.names import act_name, head_name
 from workbench.stats import split_half_top
 from workbench.results import Result, provenance
 from workbench.spec import option
@@ -122,65 +125,36 @@ def uniform_baseline(seq_len: int, bos: bool) -> float:
     return sum(1.0 / (q + 1) for q in range(start, start + seq_len)) / seq_len
 
 
-@dataclass
+@dataclass(frozen=True)
+class InductionHead:
+    """One head's two scores (a row of the summary's ``top_heads``)."""
+
+    layer: int
+    head: int
+    induction_score: float
+    prev_token_score: float
+
+
+@dataclass(kw_only=True)
 class InductionResult(Result):
+    """Every head's induction and previous-token score on repeated random sequences."""
+
     analysis = "induction"
-    config_cls = InductionConfig
 
-    @property
-    def induction_score(self) -> torch.Tensor:
-        """[layer head] mean attention from second-copy tokens to their induction targets."""
-        return self.arrays["induction_score"]
-
-    @property
-    def prev_token_score(self) -> torch.Tensor:
-        """[layer head] mean attention from each token to the one before it."""
-        return self.arrays["prev_token_score"]
-
-    @property
-    def top_heads(self) -> list[dict[str, Any]]:
-        """Heads by induction score, highest first: ``{"layer", "head", "induction_score", "prev_token_score"}``."""
-        return list(self.metrics["top_heads"])
-
-    @property
-    def induction_heads(self) -> list[str]:
-        """``L{l}H{h}`` of every head at or over the threshold, highest score first."""
-        return list(self.metrics["induction_heads"])
-
-    @property
-    def n_induction_heads(self) -> int:
-        return int(self.metrics["n_induction_heads"])
-
-    @property
-    def threshold(self) -> float:
-        return float(self.metrics["threshold"])
-
-    @property
-    def n_prompts(self) -> int:
-        return int(self.metrics["n_prompts"])
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.metrics["seq_len"])
-
-    @property
-    def bos(self) -> bool:
-        """Whether the sequences started with a BOS token."""
-        return bool(self.metrics["bos"])
-
-    @property
-    def max_induction_score(self) -> float:
-        return float(self.metrics["max_induction_score"])
-
-    @property
-    def uniform_baseline(self) -> float:
-        """What a head attending uniformly to the past would score on this layout."""
-        return float(self.metrics["uniform_baseline"])
-
-    def report_sections(self) -> list:
-        from .figures import sections
-
-        return sections(self)
+    config: InductionConfig
+    top_heads: list[InductionHead]  # by induction score, highest first
+    induction_heads: list[str]  # L{l}H{h} of every head at or over the threshold, highest score first
+    n_induction_heads: int
+    threshold: float
+    max_induction_score: float
+    max_prev_token_score: float
+    uniform_baseline: float  # what a head attending uniformly to the past would score on this layout
+    n_prompts: int
+    seq_len: int
+    bos: bool  # whether the sequences started with a BOS token
+    induction_score: Float[Tensor, "layer head"]  # mean attention from second-copy tokens to their targets
+    prev_token_score: Float[Tensor, "layer head"]  # mean attention from each token to the one before it
+    induction_per_sequence: Float[Tensor, "prompt layer head"]
 
 
 @checked_run  # the Python door makes the command line's checks (workbench.checks)
@@ -195,7 +169,7 @@ def run(model: Any, config: InductionConfig | None = None, progress: bool = True
     s = model.shape
     bos = uses_bos(model, config)
     tokens = repeated_tokens(model, config)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(s.n_layers)]
+    names = [act_name("pattern", l) for l in range(s.n_layers)]
     # cpu: per-prompt scores, filled with .cpu() slices
     ind_seq = torch.zeros(config.n_prompts, s.n_layers, s.n_heads, dtype=torch.float64)
     prev_sum = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)  # cpu: per-head sums, added with .cpu() values
@@ -213,33 +187,25 @@ def run(model: Any, config: InductionConfig | None = None, progress: bool = True
 
     flat = induction.flatten()
     order = torch.argsort(flat, descending=True, stable=True)
-    top = [{"layer": int(i // s.n_heads), "head": int(i % s.n_heads), "induction_score": float(flat[i]),
-            "prev_token_score": float(prev.flatten()[i])} for i in order[: config.top_k]]
+    top = [InductionHead(int(i // s.n_heads), int(i % s.n_heads), float(flat[i]), float(prev.flatten()[i]))
+           for i in order[: config.top_k]]
     over = [i for i in order if float(flat[i]) >= config.threshold]
-    metrics = {
-        "top_heads": top,
-        "induction_heads": [f"L{int(i // s.n_heads)}H{int(i % s.n_heads)}" for i in over],
-        "n_induction_heads": len(over),
-        "threshold": config.threshold,
-        "max_induction_score": float(flat.max()),
-        "max_prev_token_score": float(prev.max()),
-        "uniform_baseline": uniform_baseline(config.seq_len, bos),
-        "n_prompts": config.n_prompts,
-        "seq_len": config.seq_len,
-        "bos": bos,
-    }
-    arrays = {"induction_score": induction, "prev_token_score": prev, "induction_per_sequence": ind_seq.float()}
-    result = InductionResult(config=config, metrics=metrics, arrays=arrays,
-                             meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend})
+    result = InductionResult(
+        config=config, top_heads=top, induction_heads=[head_name(i // s.n_heads, i % s.n_heads) for i in over],
+        n_induction_heads=len(over), threshold=config.threshold, max_induction_score=float(flat.max()),
+        max_prev_token_score=float(prev.max()), uniform_baseline=uniform_baseline(config.seq_len, bos),
+        n_prompts=config.n_prompts, seq_len=config.seq_len, bos=bos, induction_score=induction,
+        prev_token_score=prev, induction_per_sequence=ind_seq.float(),
+        meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend})
     set_held_out_intervals(result)
     return result
 
 
 def set_held_out_intervals(result: InductionResult, n_top: int = 3) -> None:
     """The top heads ranked on the even-numbered sequences, scored on the odd ones."""
-    per_seq = result.arrays["induction_per_sequence"]
+    per_seq = result.induction_per_sequence
     n_heads = per_seq.shape[2]
-    names = [f"L{i // n_heads}H{i % n_heads}" for i in range(per_seq.shape[1] * n_heads)]
+    names = [head_name(i // n_heads, i % n_heads) for i in range(per_seq.shape[1] * n_heads)]
     top = split_half_top(per_seq.flatten(1).cpu().numpy(), names, n_top)
     for rank, (name, iv) in enumerate(top, start=1):
         result.set_interval(f"induction score, head ranked #{rank} on the ranking half ({name})", iv)

@@ -7,6 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from workbench.figures.common import bar_top_heads, head_grid
+from workbench.names import head_name
 from workbench.report import Section
 
 
@@ -29,7 +30,7 @@ def top_heads_bar(result: Any, k: int = 15) -> go.Figure:
 def headline(result: Any) -> list[tuple[str, Any]]:
     """The tiles on the induction page."""
     top = result.top_heads[0]
-    return [("top induction head", f"L{top['layer']}H{top['head']} ({top['induction_score']:.3f})"),
+    return [("top induction head", f"{head_name(top.layer, top.head)} ({top.induction_score:.3f})"),
             (f"heads ≥ {result.threshold:g}", result.n_induction_heads),
             ("prompts", result.n_prompts)]
 
@@ -41,8 +42,8 @@ def sections(result: Any) -> list[Section]:
             "that token's first occurrence (offset -(seq_len-1)); a head attending uniformly to the past would "
             f"score {result.uniform_baseline:.3f}. Heads at or over {result.threshold:g}: "
             f"{', '.join(result.induction_heads) or 'none'}.")
-    top = [{"head": f"L{t['layer']}H{t['head']}", "induction score": t["induction_score"],
-            "prev-token score": t["prev_token_score"]} for t in result.top_heads]
+    top = [{"head": head_name(t.layer, t.head), "induction score": t.induction_score,
+            "prev-token score": t.prev_token_score} for t in result.top_heads]
     return [
         Section("Induction heads", text=text, figures=[induction_grid(result), top_heads_bar(result)], tables=[top]),
         Section("Previous-token heads", text="Mean attention from every token to the one right before it, "
