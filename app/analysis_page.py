@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import typing
 from typing import Any
 
 import streamlit as st
@@ -13,44 +12,41 @@ import streamlit as st
 from workbench.app.common import draw_sections, get_model, model_picker, run_picker, show_error
 from workbench.errors import WorkbenchError
 from workbench.checks import check_run_inputs
-from workbench.spec import AnalysisSpec, base_type, config_fields, get_spec
+from workbench.config_fields import field_shape
+from workbench.spec import AnalysisSpec, config_fields, get_spec
 
 
 def _field_input(spec: AnalysisSpec, f: dataclasses.Field, annotation: Any) -> Any:
-    """One form widget for a Config field; returns the field's value."""
-    kind, optional = base_type(annotation)
-    default = spec.page_defaults.get(f.name, f.default if f.default is not dataclasses.MISSING else
-                                     (f.default_factory() if f.default_factory is not dataclasses.MISSING else None))
+    """One form widget for a Config field (from its ``FieldShape``); returns the field's value."""
+    shape = field_shape(f, annotation)
+    default = spec.page_defaults.get(f.name, shape.default)
     label, key, help_text = f.name.replace("_", " "), f"{spec.key}-{f.name}", f.metadata.get("help") or None
-    choices = f.metadata.get("choices")
-    if choices:
-        return st.selectbox(label, list(choices), index=list(choices).index(default) if default in choices else 0,
+    if shape.choices:
+        choices = list(shape.choices)
+        return st.selectbox(label, choices, index=choices.index(default) if default in choices else 0,
                             key=key, help=help_text)
-    if kind is bool:
+    if shape.kind is bool:
         return st.checkbox(label, bool(default), key=key, help=help_text)
-    if kind in (int, float) and (optional or default is None):  # empty box = None (the Config's own default)
+    if shape.kind in (int, float) and (shape.optional or default is None):  # empty box = None (the Config's default)
         text = st.text_input(label, "" if default is None else str(default), key=key, help=help_text)
         try:
-            return kind(text) if text.strip() else None
+            return shape.kind(text) if text.strip() else None
         except ValueError:
             st.error(f"{label}: '{text}' is not a number; leave it empty for the default")
             return None
-    if kind in (int, float):
-        lo, hi = f.metadata.get("min"), f.metadata.get("max")
-        cast = int if kind is int else float
+    if shape.kind in (int, float):
+        lo, hi, cast = f.metadata.get("min"), f.metadata.get("max"), shape.kind
         return st.number_input(label, value=cast(default), min_value=None if lo is None else cast(lo),
                                max_value=None if hi is None else cast(hi), key=key, help=help_text,
-                               format=None if kind is int else "%g")
-    if typing.get_origin(kind) is tuple or kind is tuple:
-        args = [a for a in typing.get_args(kind) if a is not Ellipsis]
-        elem = args[0] if args and args[0] in (int, float, str) else (type(default[0]) if default else str)
-        if elem is str:  # texts may hold commas: one per line
+                               format=None if cast is int else "%g")
+    if shape.kind is tuple:
+        if shape.elem is str:  # texts may hold commas: one per line
             text = st.text_area(label, "\n".join(default or ()), key=key, help=f"{help_text or ''} (one per line)")
             return tuple(x.strip() for x in text.splitlines() if x.strip())
         text = st.text_input(label, ",".join(map(str, default or ())), key=key, help=f"{help_text or ''} (comma-separated)")
-        return tuple(elem(x.strip()) for x in text.split(",") if x.strip())
+        return tuple(shape.elem(x.strip()) for x in text.split(",") if x.strip())
     text = st.text_input(label, "" if default is None else str(default), key=key, help=help_text)
-    return None if (optional and not text) else text
+    return None if (shape.optional and not text) else text
 
 
 def run_form(spec: AnalysisSpec) -> Any:

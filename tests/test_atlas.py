@@ -138,7 +138,7 @@ def saved_induction(tiny_llama):
 def test_columns_come_from_the_specs_alone(tiny_llama, saved_induction, monkeypatch):
     """The induction analysis's columns appear because its spec declares them; a new spec with a
     head column, registered at run time, adds its column with no change to the atlas code."""
-    import workbench.spec as spec_module
+    import workbench.spec_registry as spec_registry
     from workbench.analyses.induction import SPEC as INDUCTION
 
     assert [c.name for c in INDUCTION.head_columns] == ["induction_score", "prev_token_score"]
@@ -165,7 +165,7 @@ def test_columns_come_from_the_specs_alone(tiny_llama, saved_induction, monkeypa
     new = AnalysisSpec(key="layer_index_probe", title="t", help="h", config=NewConfig, result=NewResult,
                        run=lambda m, c, progress=True: NewResult(c, {}, {"grid": layer_index}, {"model": m.name}),
                        head_columns=(HeadColumn("layer_index", lambda r: r.grid, unit="layers"),))
-    monkeypatch.setattr(spec_module, "_SPECS", {**spec_module.specs(), new.key: new})
+    monkeypatch.setattr(spec_registry, "_SPECS", {**spec_registry.specs(), new.key: new})
     NewResult(NewConfig(), {}, {"grid": layer_index}, {"model": "tiny-llama"}).save()
     atlas = run(None, AtlasConfig(models=("tiny-llama",), n_permutations=20), progress=False)
     assert "layer_index" in atlas.column_names

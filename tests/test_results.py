@@ -212,13 +212,13 @@ class TypedResult(Result):
 @pytest.fixture(autouse=True)
 def _toy_specs(monkeypatch):
     """The toys are known the one way an analysis is: through a spec."""
-    from workbench import spec as spec_module
+    from workbench import spec as spec_module, spec_registry
 
     toys = {cls.analysis: spec_module.AnalysisSpec(key=cls.analysis, title=cls.analysis, help="a toy", config=ToyConfig,
                                                    result=cls, run=lambda target, config, progress=True: None,
                                                    needs_model=False)
             for cls in (ToyResult, TypedResult)}
-    monkeypatch.setattr(spec_module, "_SPECS", {**spec_module.specs(), **toys})
+    monkeypatch.setattr(spec_registry, "_SPECS", {**spec_registry.specs(), **toys})
 
 
 @pytest.mark.parametrize("metrics,words", [

@@ -14,7 +14,8 @@ import typer.main
 
 from conftest import analysis_page_app
 from workbench.cli import app, register_analyses
-from workbench.cli.analysis import COMMON_OPTIONS, _is_tuple
+from workbench.cli.analysis import COMMON_OPTIONS
+from workbench.config_fields import field_shape
 from workbench.spec import base_type, check_config, config_fields, flag_of, get_spec, result_class, specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +44,7 @@ def test_command_options_are_the_config_fields(key):
         assert flag in by_flag, f"{key}: {f.name} has no {flag} option"
         value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = by_flag[flag].default
-        kind, _ = base_type(annotation)
-        if _is_tuple(kind):
+        if field_shape(f, annotation).kind is tuple:
             if by_flag[flag].multiple:
                 # a repeatable option may leave its default to the Config (shown as None)
                 assert shown is None or (not shown and not value) or tuple(shown) == value, f"{key} {flag}"

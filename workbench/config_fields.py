@@ -46,6 +46,38 @@ def base_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+@dataclasses.dataclass(frozen=True)
+class FieldShape:
+    """What one Config field takes, read once from its annotation and ``option()`` metadata:
+    the command line and the app build their option and widget from it, so neither
+    interprets annotations itself."""
+
+    kind: type  # bool, int, float, str, or tuple (a list of ``elem``)
+    elem: type | None  # a tuple's element type: int, float or str
+    optional: bool  # None is allowed (an empty box or no option: the Config's own default)
+    default: Any
+    choices: tuple[Any, ...] | None  # ``option(choices=...)`` or the members of a Literal
+
+
+def field_shape(f: dataclasses.Field, annotation: Any) -> FieldShape:
+    """The ``FieldShape`` of a Config field (unknown annotations read as text)."""
+    kind, optional = base_type(annotation)
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    choices = f.metadata.get("choices")
+    if typing.get_origin(kind) is typing.Literal:
+        choices = choices or typing.get_args(kind)
+        kind = type(typing.get_args(kind)[0])
+    elem = None
+    if typing.get_origin(kind) is tuple or kind is tuple:
+        args = [a for a in typing.get_args(kind) if a is not Ellipsis]
+        elem = args[0] if args and args[0] in (int, float, str) else (type(default[0]) if default else str)
+        kind = tuple
+    elif kind not in (bool, int, float, str):
+        kind = str
+    return FieldShape(kind, elem, optional or default is None, default, tuple(choices) if choices else None)
+
+
 def config_fields(config_cls: type) -> list[tuple[dataclasses.Field, Any]]:
     """The Config's fields with their resolved annotations (string annotations included)."""
     hints = typing.get_type_hints(config_cls)

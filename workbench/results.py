@@ -388,7 +388,7 @@ def _check_config_types(doc: dict[str, Any], doc_path: Path) -> None:
 
 def _spec_result_class(analysis: str) -> type[Result] | None:
     """The Result class of an installed analysis spec (the spec registry is the only door)."""
-    from .spec import result_class
+    from .spec_registry import result_class
 
     return result_class(analysis)
 

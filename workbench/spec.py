@@ -10,18 +10,16 @@ spec. Nothing else needs to know an analysis exists.
 """
 from __future__ import annotations
 
-import importlib
-import types
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, Callable
 
 # re-exported: Configs and the CLI import these from the spec
 from .config_fields import base_type, check_config, config_fields, flag_of, option  # noqa: F401
-from .errors import InputError, WorkbenchError
 from .sections import interval_sections  # noqa: F401  (re-exported: pages import it from the spec)
 
-ENTRY_POINT_GROUP = "workbench.analyses"
+# re-exported: the registry lives one floor down, so the results store can find a Result
+# class without importing this module (which imports the checks, which read saved runs)
+from .spec_registry import ENTRY_POINT_GROUP, get_spec, result_class, specs  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -132,59 +130,3 @@ class AnalysisSpec:
 
     def wants_model(self, config: Any) -> bool:
         return self.needs_model(config) if callable(self.needs_model) else bool(self.needs_model)
-
-
-_SPECS: dict[str, AnalysisSpec] | None = None
-
-
-def _specs_from(obj: Any, origin: str) -> list[AnalysisSpec]:
-    """An entry point may name one spec, a list of specs, or a list of module names whose
-    ``SPECS`` (or ``SPEC``) to take: the built-in registry is such a list."""
-    if isinstance(obj, AnalysisSpec):
-        return [obj]
-    if isinstance(obj, types.ModuleType):
-        found = getattr(obj, "SPECS", None) or [getattr(obj, "SPEC", None)]
-        specs = [s for s in found if isinstance(s, AnalysisSpec)]
-        if not specs:
-            raise WorkbenchError(f"{origin}: module {obj.__name__} defines no SPEC; add SPEC = AnalysisSpec(...) to it")
-        return specs
-    if isinstance(obj, (list, tuple)):
-        out: list[AnalysisSpec] = []
-        for item in obj:
-            out += _specs_from(importlib.import_module(item) if isinstance(item, str) else item, origin)
-        return out
-    raise WorkbenchError(f"{origin} is not an AnalysisSpec or a list of analysis modules")
-
-
-def specs() -> dict[str, AnalysisSpec]:
-    """Every installed analysis by key, in registration order (loaded once)."""
-    global _SPECS
-    if _SPECS is None:
-        found: dict[str, AnalysisSpec] = {}
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            for spec in _specs_from(ep.load(), f"entry point {ep.name} = {ep.value}"):
-                if spec.key in found:
-                    raise WorkbenchError(f"two analyses are registered as '{spec.key}'; rename one")
-                found[spec.key] = spec
-        _SPECS = found
-    return _SPECS
-
-
-def get_spec(name: str) -> AnalysisSpec:
-    """The spec for a key, alias or saved ``analysis`` name; a one-line error otherwise."""
-    all_specs = specs()
-    if name in all_specs:
-        return all_specs[name]
-    for spec in all_specs.values():
-        if name in spec.aliases or name in spec.result_names:
-            return spec
-    raise InputError(f"unknown analysis '{name}'; known: {', '.join(all_specs)}")
-
-
-def result_class(analysis: str) -> type | None:
-    """The Result class saved under ``analysis``, or None when no installed spec has it."""
-    for spec in specs().values():
-        for cls in (spec.result, *spec.extra_results):
-            if cls.analysis == analysis:
-                return cls
-    return None

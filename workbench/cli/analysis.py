@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import typing
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -13,7 +12,8 @@ import typer
 
 from ..errors import InputError
 from ..checks import check_run_inputs
-from ..spec import AnalysisSpec, base_type, config_fields, flag_of
+from ..config_fields import field_shape
+from ..spec import AnalysisSpec, config_fields, flag_of
 from .common import JSON_OPT, finish, load, number_list, status
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,45 +53,29 @@ COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
 ]
 
 
-def _is_tuple(annotation: Any) -> bool:
-    return typing.get_origin(annotation) is tuple or annotation is tuple
-
-
-def _element_type(f: dataclasses.Field, annotation: Any) -> type:
-    """The element type of a tuple field: from ``tuple[int, ...]``, else from its default."""
-    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
-    if args and args[0] in (int, float, str):
-        return args[0]
-    default = f.default if f.default is not dataclasses.MISSING else ()
-    return type(default[0]) if default else str
-
-
 def _cli_parameter(f: dataclasses.Field, annotation: Any) -> tuple[inspect.Parameter, Any]:
-    """The typer parameter of one Config field and a parser from the CLI value to the field's value."""
-    kind, optional = base_type(annotation)
-    default = f.default if f.default is not dataclasses.MISSING else (
-        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    """The typer parameter of one Config field (from its ``FieldShape``) and a parser from
+    the CLI value to the field's value."""
+    shape = field_shape(f, annotation)
+    default = shape.default
     flags = [flag_of(f), *f.metadata.get("aliases", ())]
     help_text = f.metadata.get("help", "")
-    if f.metadata.get("choices"):
-        help_text = f"{help_text} ({' | '.join(map(str, f.metadata['choices']))})".strip()
-    if _is_tuple(kind):
-        elem = _element_type(f, kind)
-        if elem is str:  # repeatable option: --prompt a --prompt b
+    if shape.choices:
+        help_text = f"{help_text} ({' | '.join(map(str, shape.choices))})".strip()
+    if shape.kind is tuple:
+        if shape.elem is str:  # repeatable option: --prompt a --prompt b
             opt = typer.Option(None, *flags, help=f"{help_text} (repeatable)".strip())
             return _param(f.name, Optional[List[str]], opt), lambda v: tuple(v) if v else default
         shown = ",".join(str(x) for x in default) if default else None
         opt = typer.Option(shown, *flags, help=f"{help_text} (comma-separated)".strip())
         # "" is refused by number_list: an empty list given is not the default
-        return _param(f.name, Optional[str], opt), lambda v: number_list(v, flags[0], elem) if v is not None else tuple(default or ())
-    if kind is bool:
+        return _param(f.name, Optional[str], opt), lambda v: number_list(v, flags[0], shape.elem) if v is not None else tuple(default or ())
+    if shape.kind is bool:
         name = flags[0].removeprefix("--")
         opt = typer.Option(default, f"--{name}/--no-{name}", help=help_text)
         return _param(f.name, bool, opt), lambda v: v
-    if kind not in (int, float, str):
-        kind = str
     opt = typer.Option(default, *flags, help=help_text)
-    return _param(f.name, Optional[kind] if optional or default is None else kind, opt), lambda v: v
+    return _param(f.name, Optional[shape.kind] if shape.optional else shape.kind, opt), lambda v: v
 
 
 def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
