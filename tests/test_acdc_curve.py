@@ -71,7 +71,7 @@ def test_sweep_equals_separate_single_runs_and_reuses_forwards(planted, monkeypa
 
 def test_curve_rows_are_the_single_runs_circuits_and_faithfulness(planted):
     model, graph, disc, val, ranked, ablate = planted
-    runs = acdc_circuits(model, graph, disc, ranked, TAUS, 30)
+    runs = acdc_circuits(model, graph, disc, ranked, TAUS, 30, "mean")
     curve = faithfulness_curve(model, graph, val, {"eap-ig": ranked}, [5, 30], "mean",
                                thresholded={"acdc": [(t, c) for t, (c, _) in zip(TAUS, runs)]})
     row = curve["methods"]["acdc"]
@@ -80,7 +80,7 @@ def test_curve_rows_are_the_single_runs_circuits_and_faithfulness(planted):
         keep, _ = acdc(model, graph, disc.clean, ablate, disc.metric, tau=t, candidates=top_edges(graph, ranked, 30))
         circuit = prune_dangling(graph, keep)
         assert n == int(circuit.sum()), t
-        assert f == pytest.approx(faithfulness(model, graph, val, circuit)[1], abs=1e-5), t
+        assert f == pytest.approx(faithfulness(model, graph, val, circuit, "mean")[1], abs=1e-5), t
     assert row["n_edges"] == sorted(row["n_edges"], reverse=True)
     assert row["n_edges"][-1] == 0 and row["faithfulness"][-1] == 0.0  # a huge tau: the all-ablated model
 
@@ -88,7 +88,7 @@ def test_curve_rows_are_the_single_runs_circuits_and_faithfulness(planted):
 def test_extremes_every_edge_at_tau_zero_the_planted_path_in_the_middle_nothing_at_a_huge_tau(planted):
     model, graph, disc, val, ranked, _ = planted
     n = graph.n_edges
-    runs = acdc_circuits(model, graph, disc, ranked, [0.0, 0.5, 1e9], n)  # every edge a candidate
+    runs = acdc_circuits(model, graph, disc, ranked, [0.0, 0.5, 1e9], n, "mean")  # every edge a candidate
     (all_kept, _), (middle, _), (none, _) = runs
     assert torch.equal(all_kept, graph.valid)  # removing any edge moves the metric away from the full model's
     assert not none.any()

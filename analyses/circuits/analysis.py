@@ -16,14 +16,16 @@ from workbench.datasets.base import PromptSet
 from workbench.errors import InputError
 from workbench.patching.graph import (Graph, LogitDiff, ablation_values, prune_dangling, run_edge_masks,
                                       sender_outputs, top_edges)
+from workbench.patching.ablation import CHOICES as ABLATIONS, Ablation, parse_ablation
+from workbench.patching.methods import METHODS as METHOD_TABLE, DiscoveryConfig
+from workbench.patching.mib import mib_edge_count
 from workbench.results import Result, provenance, register_result
 from workbench.spec import option
 from workbench.stats import Interval, bootstrap, bootstrap_diff, wilson
 from workbench.checks import checked_run
 
 TASKS = ("ioi", "colored-objects")
-METHODS = ("eap", "eap-ig", "acdc", "path-patching")
-from workbench.patching.ablation import CHOICES as ABLATIONS, Ablation, parse_ablation
+METHODS = tuple(METHOD_TABLE)  # the core method table's keys (workbench.patching.methods)
 BATCH_SIZE = 8  # prompts per forward pass when --batch-size is not given: min(BATCH_SIZE, n_prompts)
 
 
@@ -183,17 +185,34 @@ class CircuitConfig:
     acdc_taus: str = option(ACDC_TAUS, help="ACDC thresholds of the curve (with --curve-methods ...,acdc), "
                             "comma-separated: one exact ACDC run each")
     path_top: int = option(6, help="path patching: heads kept in each of the two rounds", min=1)
-    compare_patching: bool = option(False, help="also patch every head exactly; report Spearman")
+    compare_patching: bool = option(False, help="also patch every head exactly (the node reference): rank agreement "
+                                    "with each method's head scores and faithfulness of the top --node-heads heads by each")
+    node_heads: str = option("3,6,12,24", help="head counts at which node circuits (top heads, every MLP kept) are "
+                             "compared with --compare-patching")
+    mib_methods: str = option("eap-ig", help="methods whose MIB CPR and CMD are measured on the test prompts "
+                              "(comma-separated among eap, eap-ig; '' for none)")
+    beside_ablation: str = option("mean", help="a second ablation whose validation curve is drawn beside ('' for "
+                                  "none)", choices=("",) + ABLATIONS)
+    stability_boots: int = option(0, help="bootstrap resamples of the discovery prompts to rediscover on (mean "
+                                  "pairwise Jaccard of the top edges and heads); 0: not measured", min=0, max=100)
 
     def __post_init__(self) -> None:
         if self.batch_size is None:
             self.batch_size = max(1, min(BATCH_SIZE, self.n_prompts))
         if self.ablation in ABLATIONS:  # the old name 'corrupt' is stored as 'counterfactual'
             self.ablation = parse_ablation(self.ablation).value
+        if self.beside_ablation in ABLATIONS:
+            self.beside_ablation = parse_ablation(self.beside_ablation).value
 
     def validate(self) -> None:
         check_task_and_method(self.task, self.method)
         parse_ablation(self.ablation)
+        if self.beside_ablation:
+            parse_ablation(self.beside_ablation)
+        from .measures import parse_counts, parse_names
+
+        parse_names(self.mib_methods, ("eap", "eap-ig"), "--mib-methods")
+        parse_counts(self.node_heads, "--node-heads")
         parse_sizes(self.sizes)
         parse_taus(self.acdc_taus)
         if self.method == "acdc" or "acdc" in parse_methods(self.curve_methods):
@@ -414,87 +433,55 @@ def topk_jaccard(a: torch.Tensor, b: torch.Tensor, graph: Graph, k: int) -> floa
     return float((ta & tb).sum()) / max(1, int((ta | tb).sum()))
 
 
+def discovery_config(config: CircuitConfig, progress: bool = False, ranked: torch.Tensor | None = None,
+                     taus: list[float] | None = None) -> "DiscoveryConfig":
+    """The core method table's knobs from the command's Config."""
+    from workbench.patching.methods import DiscoveryConfig
+
+    return DiscoveryConfig(ig_steps=config.ig_steps, batch_size=config.batch_size, ablation=config.ablation,
+                           acdc_taus=tuple(taus or [config.acdc_tau]), acdc_candidates=config.acdc_candidates,
+                           path_top=config.path_top, ranked=ranked, progress=progress)
+
+
 def discover(model: Any, config: CircuitConfig, prep: Prepared, progress: bool = True,
              ranked: torch.Tensor | None = None) -> tuple[Graph, torch.Tensor, torch.Tensor]:
-    """(graph, edge scores [S R], circuit edges [S R] bool) by the configured method; EAP and
-    EAP-IG keep the top ``config.n_edges`` edges (200 when it is None). ``ranked``: EAP-IG
-    scores already computed (ACDC tries their top edges)."""
-    from workbench.patching.eap import edge_attribution
+    """(graph, edge scores [S R], circuit edges [S R] bool) by the configured method, through the
+    core method table (``workbench.patching.methods``); EAP and EAP-IG keep the top
+    ``config.n_edges`` edges (200 when it is None). ``ranked``: EAP-IG scores already computed
+    (EAP-IG's own, or ACDC's candidates)."""
+    from workbench.patching.methods import EdgeScores, method
 
     graph = Graph.for_model(model)
     check_task_and_method(config.task, config.method)
     check_circuit_size(model, config.n_edges, config.threshold)
     n_edges = config.n_edges if config.n_edges is not None else 200
-    if config.method in ("eap", "eap-ig"):
-        scores = ranked if ranked is not None else edge_attribution(
-            model, prep.clean, prep.corrupt, prep.metric, config.method, steps=config.ig_steps,
-            batch_size=config.batch_size, progress=progress)
-        edges = top_edges(graph, scores, None if config.threshold is not None else min(n_edges, graph.n_edges),
-                          config.threshold)
-        return graph, scores, prune_dangling(graph, edges)
-    if config.method == "acdc":
-        if ranked is None:
-            ranked = edge_attribution(model, prep.clean, prep.corrupt, prep.metric, "eap-ig", steps=config.ig_steps,
-                                      batch_size=config.batch_size, progress=progress)
-        (keep, scores), = acdc_circuits(model, graph, prep, ranked, [config.acdc_tau], config.acdc_candidates,
-                                        config.ablation, progress)
-        return graph, scores, keep
-    return (graph, *_path_patching_circuit(model, graph, prep, config, progress))
+    m = method(config.method)
+    if config.method in ("eap", "eap-ig") and ranked is not None:
+        found = EdgeScores(config.method, graph, ranked)
+    else:
+        found = m.discover(model, prep, discovery_config(config, progress, ranked))
+    if found.circuit is not None:
+        return graph, found.scores, found.circuit
+    edges = top_edges(graph, found.scores, None if config.threshold is not None else min(n_edges, graph.n_edges),
+                      config.threshold)
+    return graph, found.scores, prune_dangling(graph, edges)
 
 
 def acdc_circuits(model: Any, graph: Graph, prep: Prepared, ranked: torch.Tensor, taus: list[float],
-                  n_candidates: int, ablation: str = "counterfactual", progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """ACDC on ``prep``'s prompts at each threshold in ``taus``, each an exact, separate run over the
-    top ``n_candidates`` edges of ``ranked`` (EAP-IG scores): ``[(circuit [S R] bool, pruned of edges
-    that do not reach the logits; ACDC's score [S R]), ...]`` in the order of ``taus``."""
-    from workbench.patching.acdc import acdc_sweep
+                  n_candidates: int, ablation: str = "counterfactual",
+                  progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """ACDC on ``prep``'s prompts at each threshold in ``taus`` (the core method table's
+    ``acdc``: each an exact, separate run over the top ``n_candidates`` edges of ``ranked``):
+    ``[(circuit [S R] bool, pruned of edges that do not reach the logits; ACDC's score [S R]), ...]``."""
+    from workbench.patching.methods import DiscoveryConfig, method
 
-    cands = top_edges(graph, ranked, min(n_candidates, graph.n_edges))
-    _, acts = sender_outputs(model, prep.corrupt)
-    ablate = ablation_values(acts, ablation, len(prep.clean))
-
-    def told(i: int, tau: float, keep: torch.Tensor) -> None:
+    cfg = DiscoveryConfig(ablation=ablation, acdc_taus=tuple(taus), acdc_candidates=n_candidates, ranked=ranked,
+                          progress=progress)
+    found = method("acdc").discover(model, prep, cfg)
+    for i, (tau, keep, _) in enumerate(found.runs):
         if len(taus) > 1:
-            say(progress, f"ACDC tau={tau:g} ({i + 1}/{len(taus)}): {int(prune_dangling(graph, keep).sum())} edges kept "
-                          f"of {int(cands.sum())} tried")
-
-    runs = acdc_sweep(model, graph, prep.clean, ablate, prep.metric, taus, candidates=cands, progress=progress,
-                      on_run=told)
-    return [(prune_dangling(graph, keep), scores) for keep, scores in runs]
-
-
-def _path_patching_circuit(model: Any, graph: Graph, prep: Prepared, config: CircuitConfig, progress: bool):
-    """Wang et al.'s two rounds: heads that matter to the logits directly, then heads that
-    matter to those through their queries, keys and values. The circuit keeps the found
-    heads with the input, every MLP and the logits (MLPs are not ablated in Wang et al.)."""
-    from workbench.patching.path import path_patch
-
-    L, H = graph.n_layers, graph.n_heads
-    scores = torch.zeros(graph.valid.shape)  # cpu: edge scores live on the CPU, like the graph
-    direct = path_patch(model, prep.clean, prep.corrupt, prep.metric, "logits", max_batch=8 * len(prep.clean),
-                        progress=progress).effect
-    top = direct.abs().flatten().topk(min(config.path_top, L * H)).indices.tolist()
-    movers = [(i // H, i % H) for i in top]
-    for l, h in movers:
-        scores[graph.head_slice(l).start + h, -1] = direct[l, h]
-    found = set(movers)
-    last = max(l for l, _ in movers)
-    senders = [(l, h) for l in range(last) for h in range(H)]
-    if senders:
-        second = path_patch(model, prep.clean, prep.corrupt, prep.metric, movers, "qkv", senders=senders,
-                            max_batch=8 * len(prep.clean), progress=progress).effect
-        order = second.abs().argsort(descending=True)[:config.path_top].tolist()
-        for i in order:
-            l, h = senders[i]
-            found.add((l, h))
-            for rl, rh in movers:
-                if rl > l:
-                    scores[graph.head_slice(l).start + h, graph.head_slice(rl).start + rh - 1] = second[i]
-    keep_nodes = {"input", "logits"} | {f"M{l}" for l in range(L)} | {f"L{l}H{h}" for l, h in found}
-    s_in = torch.tensor([s in keep_nodes for s in graph.senders])  # cpu: node masks over the CPU graph
-    r_in = torch.tensor([r in keep_nodes for r in graph.receivers])  # cpu: node masks over the CPU graph
-    edges = s_in[:, None] & r_in[None, :] & graph.valid
-    return scores, prune_dangling(graph, edges)
+            say(progress, f"ACDC tau={tau:g} ({i + 1}/{len(taus)}): {int(keep.sum())} edges kept")
+    return [(keep, scores) for _, keep, scores in found.runs]
 
 
 def as_float(value: Any) -> float:
@@ -666,7 +653,8 @@ class CircuitResult(Result):
         keys = ["task", "method", "format", "n_prompts", "n_val", "n_test", "logit_diff", "accuracy", "accuracies",
                 "n_edges", "n_heads", "faithfulness", "faithfulness_validation", "target", "target_met", "chosen_by",
                 "circuit_metric", "full_metric", "ablated_metric", "spearman_vs_patching", "faithfulness_curve",
-                "convergence", "heads", "top_edges"]
+                "convergence", "heads", "top_edges", "ablation", "n_edges_total", "n_edges_total_mib", "mib",
+                "faithfulness_curve_beside", "node_reference", "stability"]
         out = {k: self.metrics.get(k) for k in keys}
         out["faithfulness_interval"] = self.metrics.get("intervals", {}).get("faithfulness")
         out["target_text"] = self.target_text()
@@ -836,13 +824,12 @@ def measure_circuit(model: Any, config: CircuitConfig, progress: bool = True) ->
     for m, sc in scores.items():
         if sc is not edge_scores:  # the method's own scores are edge_scores
             arrays[f"scores_{m}"] = sc
-    rho = None
-    if config.compare_patching:
-        from workbench.patching.activation import patch_heads
+    from .measures import comparable_measures
 
-        grid = patch_heads(model, disc.clean, disc.corrupt, disc.metric, progress=progress)
-        arrays["head_patching"] = grid.effect
-        rho = spearman(head_scores, grid.effect)
+    extra, extra_arrays, extra_iv = comparable_measures(model, config, graph, preps, scores, sizes, int(edges.sum()),
+                                                        len(heads), lambda text: say(progress, text))
+    arrays.update(extra_arrays)
+    rho = spearman(head_scores, extra_arrays["head_patching"]) if "head_patching" in extra_arrays else None
     flat = edge_scores.abs().masked_fill(~edges, -1).flatten()
     order = flat.argsort(descending=True)[: min(20, int(edges.sum()))].tolist()
     R = len(graph.receivers)
@@ -859,8 +846,9 @@ def measure_circuit(model: Any, config: CircuitConfig, progress: bool = True) ->
         "circuit_metric": float(vals[2].mean()), "full_metric": float(vals[0].mean()),
         "ablated_metric": float(vals[1].mean()), "ablation": config.ablation,
         "spearman_vs_patching": rho, "top_edges": top, "faithfulness_curve": curve, "convergence": convergence,
+        "n_edges_total_mib": mib_edge_count(graph), **extra,
     }
-    intervals = {"faithfulness": iv, **{f"accuracy ({k.replace('_', ' ')})": v for k, v in acc_iv.items()}}
+    intervals = {"faithfulness": iv, **{f"accuracy ({k.replace('_', ' ')})": v for k, v in acc_iv.items()}, **extra_iv}
     return metrics, arrays, intervals
 
 

@@ -177,12 +177,53 @@ def circuit_sections(result: Any) -> list:
              "spearman_vs_patching": result.spearman_vs_patching}]
     edges = [{"sender": s, "receiver": r, "score": v} for s, r, v in result.top_edges]
     tables = [rows, result.curve_rows()] + ([convergence_rows(result.convergence)] if result.convergence else []) + [edges]
+    tables += [t for t in (mib_rows(m), beside_rows(m), node_rows(m), stability_rows(m)) if t]
     return [Section(title=f"Circuit: {result.task} by {result.method}",
                     text=f"Edges outside the circuit carry their {_ablation_text(m.get('ablation', 'mean'))}. Faithfulness "
                          "is normalised: (circuit − all ablated) / (full model − all ablated). Scores come from the "
                          "discovery prompts, the curve and the size choice from the validation prompts, the reported "
                          f"faithfulness from the test prompts.{_acdc_text(result)} Chosen: {result.target_text()}.",
                     figures=circuit_figures(result), tables=tables)]
+
+
+def mib_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """MIB's scores per method (test prompts): CPR (signed scores, higher is better) and CMD
+    (absolute scores, lower is better), with their bootstrap intervals, and the curve."""
+    rows = []
+    for method, c in (m.get("mib") or {}).items():
+        rows.append({"method": method, "ablation": c["ablation"], "prompts": c["n_prompts"],
+                     "CPR": _iv(c["cpr"]), "CMD": _iv(c["cmd"]),
+                     "faithfulness at MIB's edge fractions (absolute scores)": ", ".join(
+                         f"{p * 100:g}%: {f:.2f}" for p, f in zip(c["fractions"], c["faithfulness_absolute"]))})
+    return rows
+
+
+def beside_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The validation curve under the second ablation, one row per (method, size)."""
+    c = m.get("faithfulness_curve_beside") or {}
+    return [{"method": meth, "ablation (beside)": m.get("beside_ablation") or "second", "edges kept": n,
+             "faithfulness (validation)": f}
+            for meth, row in (c.get("methods") or {}).items() for n, f in zip(row["n_edges"], row["faithfulness"])]
+
+
+def node_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """Node circuits (top-k heads, every MLP kept) by the exact reference and by each method."""
+    ref = m.get("node_reference") or {}
+    rows = []
+    for name, faith in (ref.get("faithfulness") or {}).items():
+        agree = (ref.get("agreement") or {}).get(name, {})
+        rows.append({"head ranking": name, **{f"{k} heads": f for k, f in zip(ref["heads"], faith)},
+                     "Spearman vs exact": agree.get("spearman"), "top-10 overlap": agree.get("top10_overlap")})
+    return rows
+
+
+def stability_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    st = m.get("stability")
+    return [st] if st else []
+
+
+def _iv(d: dict[str, Any]) -> str:
+    return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
 
 
 def _ablation_text(name: str) -> str:

@@ -138,3 +138,34 @@ def _chunk(model, clean, chunk, clean_cache, corrupt_cache, metric, receivers, r
     with torch.no_grad():
         logits, _ = forward(model, big, [], hooks)
     return metric(last_logits(logits, big).view(c, n, -1)).mean(1)
+
+
+def path_patching_circuit(model: Any, graph: Any, clean: Tokens, corrupt: Tokens, metric: Callable, top: int = 6,
+                          progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wang et al.'s two rounds as a circuit: heads that matter to the logits directly, then
+    heads that matter to those through their queries, keys and values. (edge scores [S R],
+    circuit [S R] bool): the found heads with the input, every MLP and the logits (MLPs are
+    not ablated in Wang et al.), pruned of edges that do not reach the logits."""
+    from .graph import prune_dangling
+
+    L, H = graph.n_layers, graph.n_heads
+    scores = torch.zeros(graph.valid.shape)  # cpu: edge scores live on the CPU, like the graph
+    direct = path_patch(model, clean, corrupt, metric, "logits", max_batch=8 * len(clean), progress=progress).effect
+    movers = [(i // H, i % H) for i in direct.abs().flatten().topk(min(top, L * H)).indices.tolist()]
+    for l, h in movers:
+        scores[graph.head_slice(l).start + h, -1] = direct[l, h]
+    found = set(movers)
+    senders = [(l, h) for l in range(max(l for l, _ in movers)) for h in range(H)]
+    if senders:
+        second = path_patch(model, clean, corrupt, metric, movers, "qkv", senders=senders, max_batch=8 * len(clean),
+                            progress=progress).effect
+        for i in second.abs().argsort(descending=True)[:top].tolist():
+            l, h = senders[i]
+            found.add((l, h))
+            for rl, rh in movers:
+                if rl > l:
+                    scores[graph.head_slice(l).start + h, graph.head_slice(rl).start + rh - 1] = second[i]
+    keep = {"input", "logits"} | {f"M{l}" for l in range(L)} | {f"L{l}H{h}" for l, h in found}
+    s_in = torch.tensor([s in keep for s in graph.senders])  # cpu: node masks over the CPU graph
+    r_in = torch.tensor([r in keep for r in graph.receivers])  # cpu: node masks over the CPU graph
+    return scores, prune_dangling(graph, s_in[:, None] & r_in[None, :] & graph.valid)
