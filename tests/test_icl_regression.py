@@ -215,15 +215,15 @@ def test_small_run_summary_and_trends(small_result):
     assert set(s["seed_table"]) == {"H=2", "H=4"} and s["seed_table"]["H=4"]["seeds"] == [0, 1]
     assert set(s["mse"]) == {"model", "single_head", "gd_debiased", "ridge"}
     assert s["heads"] == 4 and len(s["mu"]) == 4 and len(s["kq_offdiag_share"]) == 4
-    m = small_result.metrics
-    loss = small_result.arrays["loss"]
+    m = small_result
+    loss = small_result.loss
     assert loss[-50:].mean() < 0.5 * loss[:10].mean()
     # even 300 steps split the heads into opposite signs and beat one head clearly
-    assert m["zero_sum_ratio"] < 0.2
-    assert m["mse"]["model"] < 0.8 * m["mse"]["single_head"]
-    assert m["mse"]["ridge"] < m["mse"]["gd_debiased"]
-    assert small_result.arrays["kq"].shape == (7, 4, 4, 4)
-    curve = small_result.arrays["curve.kq_offdiag_weighted"]
+    assert m.zero_sum_ratio < 0.2
+    assert m.mse["model"] < 0.8 * m.mse["single_head"]
+    assert m.mse["ridge"] < m.mse["gd_debiased"]
+    assert small_result.kq.shape == (7, 4, 4, 4)
+    curve = small_result.curves["kq_offdiag_weighted"]
     assert curve[-1] < curve[0]
 
 
@@ -231,13 +231,14 @@ def test_round_trip_and_cache(small_result, tmp_path):
     path = small_result.save(tmp_path / "icl-run")
     back = load_result(path)
     assert isinstance(back, ICLResult)
-    assert back.metrics == small_result.metrics
-    for k, v in small_result.arrays.items():
-        assert torch.equal(back.arrays[k], v), k
+    (data, tensors), (back_data, back_tensors) = small_result._document(), back._document()
+    assert back_data["data"] == data["data"]
+    for k, v in tensors.items():
+        assert torch.equal(back_tensors[k], v), k
     assert back.config == small_result.config
     again = run(None, ICLConfig(**SMALL), progress=False)  # every model now comes from the cache
-    assert again.metrics["cached"] is True
-    assert again.metrics["mse"] == small_result.metrics["mse"]
+    assert again.cached is True
+    assert again.mse == small_result.mse
 
 
 def test_figures_and_report(small_result):
@@ -277,17 +278,16 @@ def test_app_page(small_result):
 @pytest.mark.slow
 def test_default_run_shows_the_patterns_and_claims(icl_cache):
     r = run(None, ICLConfig(seed=0, n_seeds=0), progress=False)  # the seed table is the command's, not this test's
-    m = r.metrics
-    assert m["zero_sum_ratio"] < 0.05
-    assert m["kq_offdiag_weighted"] < 0.1
-    assert m["kq_diag_cv_weighted"] < 0.25
-    assert m["ov_offlast_total"] < 0.15
-    assert m["mse"]["model"] < 0.75 * m["mse"]["single_head"]  # multi-head beats single-head
-    assert m["dgd_pred_gap"] < 0.02  # predictions within 2% (relative squared error) of debiased GD
-    assert abs(m["dgd_mse_gap_rel"]) < 0.05
+    assert r.zero_sum_ratio < 0.05
+    assert r.kq_offdiag_weighted < 0.1
+    assert r.kq_diag_cv_weighted < 0.25
+    assert r.ov_offlast_total < 0.15
+    assert r.mse["model"] < 0.75 * r.mse["single_head"]  # multi-head beats single-head
+    assert r.dgd_pred_gap < 0.02  # predictions within 2% (relative squared error) of debiased GD
+    assert abs(r.dgd_mse_gap_rel) < 0.05
     # length generalisation: softmax keeps improving past the training length, linear attention breaks
-    by_len, lengths = m["mse_by_length"], m["lengths"]
-    i_n, i_4n = lengths.index(m["n"]), lengths.index(4 * m["n"])
+    by_len, lengths = r.mse_by_length_table, r.lengths
+    i_n, i_4n = lengths.index(r.n), lengths.index(4 * r.n)
     assert by_len["model"][i_4n] < by_len["model"][i_n]
     assert by_len["linear"][i_4n] > 2 * by_len["linear"][i_n]
 
@@ -295,9 +295,8 @@ def test_default_run_shows_the_patterns_and_claims(icl_cache):
 @pytest.mark.slow
 def test_anisotropic_covariates_give_a_preconditioner(icl_cache):
     r = run(None, ICLConfig(seed=0, covariance="ar1", rho=0.5, baselines=False, n_seeds=0), progress=False)
-    m = r.metrics
-    assert m["precond_dist_inv_cov"] < 0.5 * m["precond_dist_identity"]
-    assert m["mse"]["model"] < 0.8 * m["mse"]["gd_debiased"]  # plain debiased GD ignores Sigma
+    assert r.precond_dist_inv_cov < 0.5 * r.precond_dist_identity
+    assert r.mse["model"] < 0.8 * r.mse["gd_debiased"]  # plain debiased GD ignores Sigma
     assert m["dgd_precond_pred_gap"] < 0.05
 
 

@@ -133,7 +133,16 @@ class Result:
         return plain_json(out)
 
     def report_sections(self) -> list[Section]:
-        """The fallback when no installed spec draws this result: its numbers as one table."""
+        """The sections its analysis's spec draws (``spec.figures``, the one figures door);
+        without one, its numbers as one table."""
+        from .spec_registry import get_spec
+
+        try:
+            figures = get_spec(self.analysis).figures
+        except WorkbenchError:
+            figures = None
+        if figures is not None:
+            return figures(self)
         values = encode_data(self)[0] if is_typed(type(self)) else plain_json(self.metrics)
         rows = [{"metric": k, "value": v} for k, v in values.items() if not isinstance(v, (list, dict))]
         return [Section(title=f"{self.analysis}: metrics", tables=[rows])]

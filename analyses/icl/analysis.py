@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.errors import InputError
-from workbench.results import Result, provenance, register_result
+from workbench.results import Result, provenance
 from workbench.spec import option
 from workbench.stats import bootstrap, bootstrap_diff, wilson
 
@@ -143,138 +145,101 @@ def _spec(config: ICLConfig, heads: int, attention: str = "softmax") -> TrainSpe
                      seed=config.seed, checkpoint_every=config.checkpoint_every)
 
 
-@register_result
-@dataclass
+@dataclass(kw_only=True)
 class ICLResult(Result):
-    analysis = "icl"
-    config_cls = ICLConfig
+    """A multi-head attention model trained on in-context linear regression: its KQ and OV
+    patterns over training, the predictors it is compared with, and the seed table."""
 
+    analysis = "icl"
+    v1_names = {"length_grid": "lengths", "mse_by_length_table": "mse_by_length"}  # format-1 names of the two
     SUMMARY_KEYS = ("heads", "kq_offdiag_share", "kq_diag_cv", "ov_offlast_share", "mu", "zero_sum_ratio")
 
-    # ----- the trained model's size -----------------------------------------------
-    @property
-    def heads(self) -> int:
-        return int(self.metrics["heads"])
+    config: ICLConfig
+    # the trained model's size
+    heads: int
+    d: int
+    n: int  # training context length
+    steps: int
+    # the final patterns, per head
+    kq_offdiag_share: list[float]
+    kq_diag_cv: list[float]
+    kq_y_share: list[float]
+    ov_offlast_share: list[float]
+    mu: list[float]  # the last OV entry of each head
+    omega: list[float]
+    zero_sum_ratio: float  # |sum_h mu_h| / sum_h |mu_h| at the end of training
+    kq_offdiag_weighted: float
+    kq_diag_cv_weighted: float
+    ov_offlast_total: float
+    # the predictors on fresh test prompts
+    mse: dict[str, float]  # at the training length, per predictor
+    mse_by_length_table: dict[str, list[float]]  # per predictor, at each of ``lengths``
+    lengths: list[int]
+    predictors: list[str]
+    eta_gd: float  # closed-form GD step sizes at the training length (nothing fitted)
+    eta_gd_debiased: float
+    step_sizes: str
+    eta_implied: float
+    dgd_pred_gap: float | None  # relative squared gap of the model's predictions to debiased GD's
+    dgd_mse_gap_rel: float
+    dgd_precond_pred_gap: float | None
+    final_train_loss: float
+    precond_dist_identity: float
+    precond_dist_inv_cov: float
+    train_seconds: float
+    cached: bool
+    seed_table: list[dict[str, Any]] = field(default_factory=list)  # heads, seed, zero_sum_ratio, reached, mu, mse
+    zero_sum_threshold: float = ZERO_SUM_THRESHOLD
+    zero_sum_criterion: str = ""
+    test_prompts: int = 0
+    eta_gd_debiased_precond: float | None = None  # with anisotropic covariates only
+    # tensors
+    checkpoint_steps: Int[Tensor, "checkpoint"]  # the Adam steps of the checkpoints (0 = initialisation)
+    kq: Float[Tensor, "checkpoint head d1 d1"]  # KQ = W_Q^T W_K per head (d1 = d + 1)
+    ov: Float[Tensor, "checkpoint head d1"]  # OV per head (the last entry is mu_h)
+    loss: Float[Tensor, "step"]  # training loss of the multi-head model
+    length_grid: Int[Tensor, "length"]
+    mse_by_length: Float[Tensor, "predictor length"]
+    preconditioner: Float[Tensor, "d d"]
+    covariance: Float[Tensor, "d d"]
+    curves: dict[str, Float[Tensor, "checkpoint *head"]]  # pattern scores over checkpoints
+    baseline_losses: dict[str, Float[Tensor, "step"]] = field(default_factory=dict)  # single_head, linear
+
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, Tensor]) -> tuple[dict, dict]:
+        """Format 1 named the curves ``curve.{score}`` and the baselines' losses ``{model}.loss``."""
+        renamed = {}
+        for name, tensor in arrays.items():
+            if name.startswith("curve."):
+                name = "curves/" + name[len("curve."):]
+            elif name.endswith(".loss"):
+                name = "baseline_losses/" + name[:-len(".loss")]
+            renamed[name] = tensor
+        return metrics, renamed
 
     @property
-    def d(self) -> int:
-        return int(self.metrics["d"])
-
-    @property
-    def n(self) -> int:
-        """Training context length."""
-        return int(self.metrics["n"])
-
-    @property
-    def steps(self) -> int:
-        return int(self.metrics["steps"])
-
-    # ----- weights and curves over training -----------------------------------------
-    @property
-    def checkpoint_steps(self) -> list[int]:
-        """The Adam steps of the KQ/OV checkpoints (0 = initialisation)."""
-        return [int(v) for v in self.arrays["checkpoint_steps"].tolist()]
-
-    @property
-    def kq(self) -> torch.Tensor:
-        """[checkpoint head d+1 d+1] KQ = W_Q^T W_K per head."""
-        return self.arrays["kq"]
-
-    @property
-    def ov(self) -> torch.Tensor:
-        """[checkpoint head d+1] OV per head (the last entry is mu_h)."""
-        return self.arrays["ov"]
-
-    @property
-    def loss(self) -> torch.Tensor:
-        """[steps] training loss of the multi-head model."""
-        return self.arrays["loss"]
-
-    @property
-    def losses(self) -> dict[str, torch.Tensor]:
+    def losses(self) -> dict[str, Tensor]:
         """Training loss per trained model: ``model``, and ``single_head`` / ``linear`` with baselines."""
-        out = {"model": self.arrays["loss"]}
-        for name in ("single_head", "linear"):
-            if f"{name}.loss" in self.arrays:
-                out[name] = self.arrays[f"{name}.loss"]
-        return out
+        return {"model": self.loss, **self.baseline_losses}
 
-    def curve(self, score: str) -> torch.Tensor:
+    def curve(self, score: str) -> Tensor:
         """A pattern score over checkpoints: ``[checkpoint head]`` or ``[checkpoint]`` (e.g. ``zero_sum_ratio``)."""
-        return self.arrays[f"curve.{score}"]
-
-    # ----- the final patterns ---------------------------------------------------------
-    @property
-    def zero_sum_ratio(self) -> float:
-        """|sum mu_h| / sum |mu_h| at the end of training (0 = the heads cancel exactly)."""
-        return float(self.metrics["zero_sum_ratio"])
-
-    @property
-    def kq_offdiag_weighted(self) -> float:
-        """KQ off-diagonal share, weighted by |mu_h|."""
-        return float(self.metrics["kq_offdiag_weighted"])
-
-    @property
-    def kq_diag_cv_weighted(self) -> float:
-        return float(self.metrics["kq_diag_cv_weighted"])
-
-    @property
-    def ov_offlast_total(self) -> float:
-        """Share of OV energy outside the y entry."""
-        return float(self.metrics["ov_offlast_total"])
-
-    @property
-    def mu(self) -> list[float]:
-        return list(self.metrics["mu"])
-
-    # ----- predictors -------------------------------------------------------------------
-    @property
-    def predictors(self) -> list[str]:
-        return list(self.metrics["predictors"])
-
-    @property
-    def lengths(self) -> list[int]:
-        """The evaluated context lengths."""
-        return [int(v) for v in self.metrics["lengths"]]
-
-    @property
-    def mse(self) -> dict[str, float]:
-        """Mean squared error per predictor at the training length."""
-        return dict(self.metrics["mse"])
-
-    @property
-    def mse_by_length(self) -> torch.Tensor:
-        """[predictor length] mean squared error on fresh prompts (rows in ``predictors`` order)."""
-        return self.arrays["mse_by_length"]
-
-    @property
-    def dgd_pred_gap(self) -> float | None:
-        """Relative squared difference between the model's and debiased GD's predictions at n."""
-        gap = self.metrics.get("dgd_pred_gap")
-        return None if gap is None else float(gap)
+        return self.curves[score]
 
     @property
     def steps_closed_form(self) -> dict[str, float]:
-        """The GD baselines' step sizes, each derived in closed form (``predictors.optimal_step``)."""
-        return {k[len("eta_"):]: float(v) for k, v in self.metrics.items() if k.startswith("eta_") and k != "eta_implied"}
-
-    # ----- the seed table ------------------------------------------------------------
-    @property
-    def seed_table(self) -> list[dict[str, Any]]:
-        """One row per (heads, seed): ``heads``, ``seed``, ``zero_sum_ratio``, ``reached``, ``mu``,
-        ``mse`` (test, at n), ``mse_gd_debiased`` (same prompts), ``train_seconds``."""
-        return [dict(r) for r in self.metrics.get("seed_table", [])]
-
-    @property
-    def zero_sum_threshold(self) -> float:
-        return float(self.metrics.get("zero_sum_threshold", ZERO_SUM_THRESHOLD))
+        """The closed-form GD step sizes by predictor (``gd``, ``gd_debiased``, ``gd_debiased_precond``)."""
+        out = {"gd": self.eta_gd, "gd_debiased": self.eta_gd_debiased}
+        if self.eta_gd_debiased_precond is not None:
+            out["gd_debiased_precond"] = self.eta_gd_debiased_precond
+        return out
 
     def reached_share(self, heads: int) -> Any:
         """The share of seeds with ``heads`` heads that reach the opposite-sign pattern (Wilson interval)."""
         return self.intervals.get(f"H={heads}: share of seeds reaching the zero-sum pattern")
 
     def summary(self) -> dict[str, Any]:
-        m = self.metrics
+        m = super().summary()
         out: dict[str, Any] = {k: m[k] for k in self.SUMMARY_KEYS}
         out["mse"] = {k: m["mse"].get(k) for k in ("model", "single_head", "gd_debiased", "ridge")}
         if m.get("seed_table"):
@@ -286,10 +251,6 @@ class ICLResult(Result):
             out["run"] = str(self.path)
         return out
 
-    def report_sections(self) -> list:
-        from .figures import icl_sections
-
-        return icl_sections(self)
 
 
 @torch.no_grad()
@@ -449,55 +410,32 @@ def run(model: Any = None, config: ICLConfig | None = None, progress: bool = Tru
                           "mse": float(err.mean()), "mse_gd_debiased": mse["gd_debiased"],
                           "train_seconds": round(seconds.get(spec, 0.0), 1)})
 
-    metrics: dict[str, Any] = {
-        "heads": config.heads, "d": config.d, "n": config.n, "steps": config.steps,
-        "kq_offdiag_share": final["kq_offdiag_share"].tolist(),
-        "kq_diag_cv": final["kq_diag_cv"].tolist(),
-        "kq_y_share": final["kq_y_share"].tolist(),
-        "ov_offlast_share": final["ov_offlast_share"].tolist(),
-        "mu": mus.tolist(),
-        "omega": final["omega"].tolist(),
-        "zero_sum_ratio": float(final["zero_sum_ratio"]),
-        "kq_offdiag_weighted": float(final["kq_offdiag_weighted"]),
-        "kq_diag_cv_weighted": float(final["kq_diag_cv_weighted"]),
-        "ov_offlast_total": float(final["ov_offlast_total"]),
-        "mse": mse,
-        "mse_by_length": {name: table[i].tolist() for i, name in enumerate(names)},
-        "lengths": lengths,
-        "predictors": names,
-        "eta_gd": eta_gd, "eta_gd_debiased": eta_dgd,
-        "step_sizes": "closed form (predictors.optimal_step), at the training length n; nothing fitted",
-        "eta_implied": float((mus * final["omega"]).sum()),
-        "dgd_pred_gap": gap,
-        "dgd_mse_gap_rel": (mse["model"] - mse["gd_debiased"]) / mse["gd_debiased"],
-        "dgd_precond_pred_gap": pgap,
-        "final_train_loss": float(main.loss[-tail:].mean()),
+    result = ICLResult(
+        config=config, heads=config.heads, d=config.d, n=config.n, steps=config.steps,
+        **{k: final[k].tolist() for k in ("kq_offdiag_share", "kq_diag_cv", "kq_y_share", "ov_offlast_share")},
+        mu=mus.tolist(), omega=final["omega"].tolist(), zero_sum_ratio=float(final["zero_sum_ratio"]),
+        **{k: float(final[k]) for k in ("kq_offdiag_weighted", "kq_diag_cv_weighted", "ov_offlast_total")},
+        mse=mse, mse_by_length_table={name: table[i].tolist() for i, name in enumerate(names)},
+        lengths=lengths, predictors=names, eta_gd=eta_gd, eta_gd_debiased=eta_dgd,
+        step_sizes="closed form (predictors.optimal_step), at the training length n; nothing fitted",
+        eta_implied=float((mus * final["omega"]).sum()), dgd_pred_gap=gap,
+        dgd_mse_gap_rel=(mse["model"] - mse["gd_debiased"]) / mse["gd_debiased"], dgd_precond_pred_gap=pgap,
+        final_train_loss=float(main.loss[-tail:].mean()),
         # cpu: the in-context regression study runs on the CPU (its own small model)
-        "precond_dist_identity": pat.scaled_distance(gamma, torch.eye(config.d)),
-        "precond_dist_inv_cov": pat.scaled_distance(gamma, inv_cov),
-        "train_seconds": train_seconds,
-        "cached": all(v == 0.0 for v in seconds.values()) and bool(main.cached),
-        "seed_table": seed_rows,
-        "zero_sum_threshold": ZERO_SUM_THRESHOLD,
-        "zero_sum_criterion": f"|sum_h mu_h| / sum_h |mu_h| < {ZERO_SUM_THRESHOLD} at the end of training",
-        "test_prompts": config.eval_prompts,
-    }
-    if aniso:
-        metrics["eta_gd_debiased_precond"] = eta_pdgd
-    arrays = {
-        "checkpoint_steps": main.checkpoint_steps, "kq": main.kq, "ov": main.ov, "loss": main.loss,
-        "lengths": torch.tensor(lengths), "mse_by_length": table,  # cpu: a result array
-        "preconditioner": gamma, "covariance": cov,
-    }
-    for k in ("kq_offdiag_share", "kq_diag_cv", "kq_y_share", "ov_offlast_share", "mu", "omega", "zero_sum_ratio",
-              "kq_offdiag_weighted", "ov_offlast_total"):
-        arrays[f"curve.{k}"] = curves[k]
-    if config.baselines:
-        arrays["single_head.loss"] = single.loss
-        arrays["linear.loss"] = linear.loss
+        precond_dist_identity=float(pat.scaled_distance(gamma, torch.eye(config.d))),
+        precond_dist_inv_cov=float(pat.scaled_distance(gamma, inv_cov)), train_seconds=train_seconds,
+        cached=all(v == 0.0 for v in seconds.values()) and bool(main.cached), seed_table=seed_rows,
+        zero_sum_criterion=f"|sum_h mu_h| / sum_h |mu_h| < {ZERO_SUM_THRESHOLD} at the end of training",
+        test_prompts=config.eval_prompts, eta_gd_debiased_precond=eta_pdgd if aniso else None,
+        checkpoint_steps=main.checkpoint_steps, kq=main.kq, ov=main.ov, loss=main.loss,
+        length_grid=torch.tensor(lengths), mse_by_length=table,  # cpu: a result array
+        preconditioner=gamma, covariance=cov,
+        curves={k: curves[k] for k in ("kq_offdiag_share", "kq_diag_cv", "kq_y_share", "ov_offlast_share", "mu",
+                                       "omega", "zero_sum_ratio", "kq_offdiag_weighted", "ov_offlast_total")},
+        baseline_losses={"single_head": single.loss, "linear": linear.loss} if config.baselines else {})
     meta = provenance(model=f"icl-attn-H{config.heads}-d{config.d}-n{config.n}", seed=config.seed)
     meta["train_spec_key"] = _spec(config, config.heads).key()
-    result = ICLResult(config=config, metrics=metrics, arrays=arrays, meta=meta)
+    result.meta = meta
 
     # ---- intervals: over test prompts (errors) and over seeds (the share reaching the pattern)
     for name, sq in sq_at_n.items():

@@ -16,7 +16,7 @@ def _token_labels(d: int) -> list[str]:
 
 
 def _checkpoint(result, step_index: int) -> tuple[int, int]:
-    steps = result.checkpoint_steps
+    steps = result.checkpoint_steps.tolist()
     i = int(step_index) % len(steps)
     return i, steps[i]
 
@@ -56,7 +56,7 @@ def ov_heatmap(result, step_index: int = -1) -> go.Figure:
 def pattern_curves(result) -> go.Figure:
     """The pattern scores over training: per head KQ off-diagonal share, diagonal spread, share
     touching y, omega_h, OV share outside y, mu_h; and the zero-sum ratio |sum mu| / sum |mu|."""
-    steps = np.array(result.checkpoint_steps)
+    steps = np.array(result.checkpoint_steps.tolist())
     panels = [("kq_offdiag_share", "KQ off-diagonal share"), ("kq_diag_cv", "KQ diagonal spread (CV)"),
               ("kq_y_share", "KQ share touching y"), ("omega", "omega_h"),
               ("ov_offlast_share", "OV share outside y"), ("mu", "mu_h"),

@@ -10,7 +10,7 @@ from .figures import kq_heatmaps, ov_heatmap
 def checkpoint_explorer(result: Any) -> None:
     import streamlit as st
 
-    steps = result.checkpoint_steps
+    steps = result.checkpoint_steps.tolist()
     st.subheader("KQ and OV over training")
     step = st.select_slider("checkpoint step", options=steps, value=steps[-1], key="icl-step",
                             help="move it to see the heads at an earlier checkpoint; the figures above are the last one")
