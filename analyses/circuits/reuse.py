@@ -337,7 +337,7 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
                             n_edges=config.n_edges, ig_steps=config.ig_steps, ablation=config.ablation,
                             batch_size=config.batch_size, target=config.target, sizes=config.sizes,
                             curve_methods=config.method, n_val=config.n_val, n_test=config.n_test,
-                            format=fmt if task != "ioi" else "")
+                            format=fmt if task != "ioi" else "", mib_methods="", beside_ablation="")
         m, arr, ivs = measure_circuit(model, cfg, progress)
         circuits[key] = m["heads"]
         keep = ("n_heads", "n_edges", "faithfulness", "faithfulness_validation", "target", "target_met", "chosen_k", "chosen_by",
