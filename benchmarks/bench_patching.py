@@ -21,11 +21,18 @@ spaced sample of a large sweep and scales the time to the whole sweep (said in t
 
     python benchmarks/bench_patching.py --n-prompts 16 --layer-step 3 --dtype float32,bfloat16
     python benchmarks/bench_patching.py --json          # {"peak": ..., "dtypes": {dtype: {sweep: {...}}}, "vs_float32": ...}
+    python benchmarks/bench_patching.py --dtype float32,bfloat16 --compile   # adds "bfloat16+compile"
+
+``--compile`` adds, for every dtype but float32, the engine with its suffix forward under
+``torch.compile`` (``load_model(compile=True)``): only the engine is timed for it (the naive loops
+and the floor do not change); the compile itself is a warm-up over a sample of each sweep, timed
+apart (``compile_s``), since it is paid once per process and shape family.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -224,13 +231,18 @@ def pristine_model(name: str, dtype: torch.dtype, device: str):
 
 
 class Setup:
-    """One dtype's models (workbench, bridge, pristine), prompts, corrupt sources and clean run."""
+    """One dtype's models (workbench, bridge, pristine), prompts, corrupt sources and clean run;
+    with ``compile`` only the workbench model (its engine under torch.compile)."""
 
-    def __init__(self, args, dtype: torch.dtype) -> None:
-        self.device, self.max_batch, self.dtype = args.device, args.max_batch, dtype
-        self.model = load_model(args.model, device=args.device, dtype=dtype)
-        self.tl_model = self.model.with_backend("transformer_lens")
-        self.pristine = pristine_model(args.model, dtype, args.device)
+    def __init__(self, args, dtype: torch.dtype, compile: bool = False) -> None:
+        self.device, self.max_batch, self.dtype, self.compile = args.device, args.max_batch, dtype, compile
+        self.model = load_model(args.model, device=args.device, dtype=dtype, compile=compile)
+        self.methods = ["batched"] if compile else \
+            ["naive_hf", "naive_tl", "batched", "floor"] + (["kernel"] if args.device.startswith("cuda") else [])
+        self.compile_s = 0.0
+        if not compile:
+            self.tl_model = self.model.with_backend("transformer_lens")
+            self.pristine = pristine_model(args.model, dtype, args.device)
         ps = ioi_prompts(args.n_prompts, self.model.tokenizer, seed=0, templates=[TEMPLATES[0]])
         self.tokens, corrupt = ps.tokens(self.model), ps.corrupt_tokens(self.model)
         correct, wrong = ps.answer_ids(self.model)
@@ -265,6 +277,17 @@ def kernels_used(setup, masks: torch.Tensor) -> dict[str, object]:
     return {"patch_mix": dispatch.choose(setup.device), "attention": attention, "matmul": matmul, "cpu": cpu}
 
 
+def warm_up(setup, sweeps: list[torch.Tensor]) -> float:
+    """Seconds to compile the engine's graphs: one engine run on a few configurations of each
+    sweep (its first, middle and last: the largest and the one-position suffixes), so every
+    shape family the sweep will meet is compiled before it is timed."""
+    start = time.perf_counter()
+    for masks in sweeps:
+        p = masks.shape[0]
+        engine(setup, masks[sorted({0, p // 2, p - 1})], "reference")
+    return time.perf_counter() - start
+
+
 # ---------------------------------------------------------------------------- the sweeps
 def build_sweeps(args, model, n_pos: int) -> dict[str, torch.Tensor]:
     s = model.shape
@@ -291,12 +314,13 @@ def time_sweep(setups: dict[str, Setup], masks: torch.Tensor, methods: list[str]
     sample = naive_sample(p, args.naive_max)
     in_sample = torch.zeros(p, dtype=torch.bool)
     in_sample[sample] = True
-    out = {d: {"s": dict.fromkeys(methods, 0.0), "val": {m: torch.full((p,) + (len(s.clean_metric),), float("nan"))
-                                                         for m in methods if m != "floor"}} for d, s in setups.items()}
+    out = {d: {"s": dict.fromkeys(s.methods, 0.0), "val": {m: torch.full((p,) + (len(s.clean_metric),), float("nan"))
+                                                           for m in s.methods if m != "floor"}} for d, s in setups.items()}
     for r in range(args.rounds):
         part = torch.arange(r, p, args.rounds)
         for d, setup in setups.items():
-            for method in methods[r % len(methods):] + methods[: r % len(methods)]:
+            ms = [m for m in methods if m in setup.methods]
+            for method in ms[r % len(ms):] + ms[: r % len(ms)]:
                 rows = part[in_sample[part]] if method.startswith("naive") else part
                 if len(rows) == 0:
                     continue
@@ -306,7 +330,7 @@ def time_sweep(setups: dict[str, Setup], masks: torch.Tensor, methods: list[str]
                 if val is not None:
                     out[d]["val"][method][rows] = val.detach().float().cpu()
     for d in setups:
-        for m in methods:
+        for m in setups[d].methods:
             if m.startswith("naive"):
                 out[d]["s"][m] *= p / len(sample)
             elif m in ("batched", "kernel"):
@@ -328,18 +352,22 @@ def sweep_row(setup, model, masks, timed: dict, peak: float, n_sample: int, meth
     n, t = setup.tokens.input_ids.shape
     p = masks.shape[0]
     secs = timed["s"]
+    methods = [m for m in methods if m in secs]
     best = min(secs[m] for m in ("batched", "kernel") if m in methods)
     row = {"n_patches": p, "naive_sampled": n_sample, "seconds": {m: round(v, 3) for m, v in secs.items()}}
     gflop = {m: method_gflop(model, m, masks, n, t) for m in methods}
     row["gflop_per_s"] = {m: round(gflop[m] / secs[m], 1) for m in methods}
     row["share_of_peak"] = {m: round(gflop[m] / secs[m] / peak, 3) for m in methods}
-    row["speedup_vs_naive_hf"] = round(secs["naive_hf"] / best, 2)
-    row["speedup_vs_naive_tl"] = round(secs["naive_tl"] / best, 2)
-    row["vs_floor"] = round(best / secs["floor"], 3)
     val = timed["val"]
-    sampled = ~val["naive_hf"][:, 0].isnan()
-    for m in ("naive_hf", "naive_tl"):
-        row[f"max_abs_diff_vs_{m}"] = float((val["batched"][sampled] - val[m][sampled]).abs().max())
+    if "naive_hf" in secs:
+        row["speedup_vs_naive_hf"] = round(secs["naive_hf"] / best, 2)
+        row["speedup_vs_naive_tl"] = round(secs["naive_tl"] / best, 2)
+        row["vs_floor"] = round(best / secs["floor"], 3)
+        sampled = ~val["naive_hf"][:, 0].isnan()
+        for m in ("naive_hf", "naive_tl"):
+            row[f"max_abs_diff_vs_{m}"] = float((val["batched"][sampled] - val[m][sampled]).abs().max())
+    if setup.compile:
+        row["compile_s"] = round(setup.compile_s, 1)
     eff = effects(val["batched"], setup.clean_metric)
     row["top10"] = top(eff)
     row["largest_effect"] = float(eff.abs().max())
@@ -363,6 +391,8 @@ def compare_dtypes(report: dict, timed_all: dict, setups: dict) -> dict:
                 "max_abs_effect_deviation": round(float((eff - ref).abs().max()), 4),
                 "largest_effect_float32": round(float(ref.abs().max()), 4),
                 "engine_speedup_vs_float32_engine": round(timed["float32"]["s"]["batched"] / timed[d]["s"]["batched"], 2),
+                "speedup_vs_float32_naive_hf": round(timed["float32"]["s"]["naive_hf"] / timed[d]["s"]["batched"], 2),
+                "speedup_vs_float32_naive_tl": round(timed["float32"]["s"]["naive_tl"] / timed[d]["s"]["batched"], 2),
             }
     return out
 
@@ -378,6 +408,9 @@ def print_table(report: dict) -> None:
         for name, row in sweeps.items():
             for m in row["seconds"]:
                 print(f"{name:<9} {d:<9} {m:<9} " + " ".join(f"{row[c][m]:>14}" for c in cols))
+            if "speedup_vs_naive_hf" not in row:
+                print(f"{name:<9} {d:<9} compile {row.get('compile_s')} s, apart from the sweep")
+                continue
             print(f"{name:<9} {d:<9} speed-up vs naive_hf {row['speedup_vs_naive_hf']}x, vs naive_tl "
                   f"{row['speedup_vs_naive_tl']}x, engine/floor {row['vs_floor']}, naive sample {row['naive_sampled']}"
                   f"/{row['n_patches']}, max |diff| vs naive_hf {row['max_abs_diff_vs_naive_hf']:.2e}")
@@ -401,6 +434,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3, help="interleave the methods over this many slices of each sweep")
     ap.add_argument("--naive-max", type=int, default=0,
                     help="naive loops: at most this many configurations per sweep, evenly spaced, time scaled (0: all)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the engine under torch.compile for each dtype but float32 ('<dtype>+compile')")
     ap.add_argument("--json", action="store_true")
     return ap.parse_args()
 
@@ -412,13 +447,22 @@ def main() -> None:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     dtypes = [d.strip() for d in args.dtype.split(",")]
     setups = {d: Setup(args, getattr(torch, d)) for d in dtypes}
+    if args.compile:
+        setups.update({f"{d}+compile": Setup(args, getattr(torch, d), compile=True) for d in dtypes if d != "float32"})
     first = setups[dtypes[0]]
     n, t = first.tokens.input_ids.shape
     sweeps = build_sweeps(args, first.model, t)
     methods = ["naive_hf", "naive_tl", "batched", "floor"] + (["kernel"] if args.device.startswith("cuda") else [])
+    for d, s in setups.items():
+        if s.compile:
+            log(f"[{d}] compiling on a sample of each sweep ...")
+            s.compile_s = warm_up(s, [sweeps[name] for name in args.sweeps.split(",")])
+            log(f"[{d}] compiled in {s.compile_s:.1f} s")
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    peaks = {d: round(matmul_peak(getattr(torch, d), args.device), 1) for d in dtypes}
     report = {"model": args.model, "n_prompts": n, "n_tokens": t, "max_batch": args.max_batch, "rounds": args.rounds,
-              "device": device, "peak_gflop_per_s": {d: round(matmul_peak(getattr(torch, d), args.device), 1) for d in dtypes},
+              "device": device, "load_average": list(os.getloadavg()),
+              "peak_gflop_per_s": {d: peaks[d.split("+")[0]] for d in setups},
               "kernels": {d: kernels_used(s, sweeps["head"]) for d, s in setups.items()},
               "clean_run_s": {d: round(s.clean_s, 3) for d, s in setups.items()}, "dtypes": {d: {} for d in dtypes}}
     log(f"{args.model} on {device}: {n} prompts x {t} tokens; " + ", ".join(f"{k}: {v.shape[0]} patches" for k, v in sweeps.items())
@@ -428,7 +472,9 @@ def main() -> None:
     for name in args.sweeps.split(","):
         timed_all[name] = time_sweep(setups, sweeps[name], methods, args, log)
         # a shared machine's load moves: the peak is the best of a GEMM before and after each sweep
-        peak.update({d: round(max(peak[d], matmul_peak(getattr(torch, d), args.device)), 1) for d in dtypes})
+        fresh = {d: matmul_peak(getattr(torch, d), args.device) for d in dtypes}
+        peak.update({d: round(max(peak[d], fresh[d.split("+")[0]]), 1) for d in setups})
+    report["load_average_end"] = list(os.getloadavg())
     for name, timed in timed_all.items():
         n_sample = len(naive_sample(sweeps[name].shape[0], args.naive_max))
         for d, setup in setups.items():

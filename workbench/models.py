@@ -67,6 +67,7 @@ class Model:
     load_args: dict[str, Any] = field(default_factory=dict, repr=False)  # load_model keywords that load it again
     device_map: dict[str, Any] | None = None  # accelerate's map (module -> device) when split over devices
     remote: bool | str = False  # nnsight backend: True sends traces to NDIF, "local" simulates that path here
+    compile: bool = False  # run the patching engine's repeated suffix forward under torch.compile (--compile)
 
     @property
     def device(self) -> torch.device:
@@ -100,7 +101,7 @@ class Model:
             Model(self.name, self.hf, self.tokenizer, self.shape, arch=self.arch, source=self.source,
                   hook_points=self.hook_points, load_seconds=self.load_seconds,
                   load_args={**self.load_args, "backend": backend} if self.load_args else {},
-                  device_map=self.device_map),
+                  device_map=self.device_map, compile=self.compile),
             backend,
         )
 
@@ -456,6 +457,7 @@ def load_model(
     device_map: str | dict[str, Any] | None = None,
     remote: bool | str = False,
     offload_dir: str | os.PathLike | None = None,
+    compile: bool | None = None,
 ) -> Model:
     """Load a model by registry name, hub id or local folder, behind one backend:
     ``hf`` (plain PyTorch hooks, fastest), ``transformer_lens`` (TransformerBridge) or
@@ -465,9 +467,11 @@ def load_model(
     map ``{module: device}`` as a dict, JSON text or ``module=device,...``; devices are
     ``cuda:N``, ``cpu`` or ``disk``); ``device`` is then not used. ``remote`` (nnsight backend
     only): True sends every trace to NDIF (see ``workbench.backends.nnsight``), "local" runs
-    the same serialised traces here."""
+    the same serialised traces here. ``compile``: the patching engine's repeated suffix forward
+    runs under ``torch.compile`` (None: the ``WORKBENCH_COMPILE`` environment variable, 1 or 0)."""
     from .hooks import install_hook_points
 
+    compile = compile_wanted(compile)
     if backend not in BACKENDS:
         raise InputError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     dtype = _check_dtype(dtype)
@@ -499,12 +503,25 @@ def load_model(
         tok.pad_token = tok.eos_token
     arch, hook_points = install_hook_points(hf)
     model = Model(name=name, hf=hf, tokenizer=tok, shape=shape_of(hf), arch=arch, source=spec.description,
-                  hook_points=hook_points, device_map=used_map, remote=remote)
+                  hook_points=hook_points, device_map=used_map, remote=remote, compile=compile)
     model.load_args = {"name": name, "backend": backend, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                       "device_map": device_map, "remote": remote}
+                       "device_map": device_map, "remote": remote, "compile": compile}
     model = _attach_backend(model, backend)
     model.load_seconds = time.perf_counter() - start
     return model
+
+
+def compile_wanted(compile: bool | None) -> bool:
+    """``compile`` as asked, or when None the ``WORKBENCH_COMPILE`` environment variable (how a
+    command line without a ``--compile`` option reaches it)."""
+    if compile is not None:
+        return bool(compile)
+    value = os.environ.get("WORKBENCH_COMPILE", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise InputError(f"WORKBENCH_COMPILE={value!r}: use 1 (compile the patching sweeps) or 0")
 
 
 # ---------------------------------------------------------------------------- device maps

@@ -126,7 +126,8 @@ def output_projection(model: Any, layer: int) -> tuple[torch.Tensor, torch.Tenso
 class SuffixRunner:
     """Runs chunks of configurations on their suffixes against one cached clean run."""
 
-    def __init__(self, model: Any, clean: CleanRun, source_z: dict[int, torch.Tensor], kernel: str | None = None):
+    def __init__(self, model: Any, clean: CleanRun, source_z: dict[int, torch.Tensor], kernel: str | None = None,
+                 compile: bool | None = None):
         self.adapter = adapter = check_supported(model)
         try:  # WORKBENCH_KERNEL or kernel= naming no backend: bad input, said before any work
             dispatch.choose(clean.last_logits.device, kernel)
@@ -148,17 +149,15 @@ class SuffixRunner:
         self.resid_dtype = torch.float32 if model.dtype in (torch.bfloat16, torch.float16) else model.dtype
         # no padding: every prompt has the same (causal) mask, which then broadcasts over the batch
         self.shared_mask = bool((clean.mask_add == clean.mask_add[:1]).all())
+        # --compile: the per-layer pieces under torch.compile, compiled once for every layer and shape
+        self.compiled = bool(getattr(model, "compile", False) if compile is None else compile)
+        self._qkv_step, self._finish_step = compiled_steps() if self.compiled else (qkv_step, finish_step)
 
     # ------------------------------------------------------------------ one layer's pieces
     def qkv(self, l: int, x: torch.Tensor, p0: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B S M] (positions p0..) -> q [B H S D], k and v [B K S D] (rotary applied)."""
-        a = self.adapter
-        h = a.norm_to(a.attn_norm(self.layers[l]), x, self.model.dtype)
-        q, k, v = (t.transpose(1, 2) for t in a.qkv(self.attns[l], h, self.model.shape))
-        if self.clean.rotary is not None:
-            cos, sin = (r[:, None, p0:] for r in self.clean.rotary)
-            q, k = a.apply_rotary(q, cos, sin), a.apply_rotary(k, cos, sin)
-        return q, k, v
+        cos, sin = (None, None) if self.clean.rotary is None else (r[:, None, p0:] for r in self.clean.rotary)
+        return self._qkv_step(self.adapter, self.layers[l], self.attns[l], x, cos, sin, self.model.shape, self.model.dtype)
 
     def _attention(self, l: int, x: torch.Tensor, c: int, p0: int) -> torch.Tensor:
         """Head outputs z [c N S H D] of the suffix, attending to the clean prefix keys."""
@@ -216,7 +215,7 @@ class SuffixRunner:
     def finish_layer(self, l: int, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """Layer l's output residual from its input ``x`` and its attention output (MLP added
         as the architecture does: sequential, or parallel for GPT-NeoX)."""
-        return self.adapter.finish_layer(self.layers[l], x, attn_out)
+        return self._finish_step(self.adapter, self.layers[l], x, attn_out)
 
     def source_for(self, l: int, n: int, t: int) -> torch.Tensor:
         s = self.model.shape
@@ -276,6 +275,34 @@ class SuffixRunner:
         s, t = self.model.shape, self.clean.mask_add.shape[-1]
         none = torch.zeros(1, s.n_layers, s.n_heads, t, dtype=torch.bool, device=self.clean.mask_add.device)
         return self.run_chunk(none, [0], 0)[0]
+
+
+def qkv_step(adapter: Adapter, layer: Any, attn: Any, x: torch.Tensor, cos: torch.Tensor | None,
+             sin: torch.Tensor | None, shape: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's norm, q/k/v projections and rotary: x [B S M] -> q [B H S D], k and v [B K S D]."""
+    h = adapter.norm_to(adapter.attn_norm(layer), x, dtype)
+    q, k, v = (t.transpose(1, 2) for t in adapter.qkv(attn, h, shape))
+    if cos is not None:
+        q, k = adapter.apply_rotary(q, cos, sin), adapter.apply_rotary(k, cos, sin)
+    return q, k, v
+
+
+def finish_step(adapter: Adapter, layer: Any, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """One layer's residual sums, MLP norm and MLP (``Adapter.finish_layer``)."""
+    return adapter.finish_layer(layer, x, attn_out)
+
+
+_COMPILED: list[tuple[Any, Any]] = []
+
+
+def compiled_steps() -> tuple[Any, Any]:
+    """``qkv_step`` and ``finish_step`` under ``torch.compile``, made once per process. The layer's
+    modules are arguments (their weights are graph inputs, not constants) and the batch and
+    position sizes are dynamic, so one compiled graph serves every layer and every chunk; the
+    fused attention and the patch mix stay eager (they are one library call each already)."""
+    if not _COMPILED:
+        _COMPILED.append((torch.compile(qkv_step, dynamic=True), torch.compile(finish_step, dynamic=True)))
+    return _COMPILED[0]
 
 
 def first_patched(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
