@@ -106,7 +106,7 @@ def test_stored_intervals_are_the_stats_of_the_per_prompt_numbers(tiny_result):
             assert (iv.value, iv.low, iv.high, iv.n) == pytest.approx((ref.value, ref.low, ref.high, 3))
             assert iv.method == "paired bootstrap"
         assert r.task_interval(task, "AOPC attnlrp").value == pytest.approx(float(lrp.mean()))
-        tok = r.arrays["token_conservation_error"][sl].numpy()
+        tok = r.token_conservation_error_per_prompt[sl].numpy()
         assert r.task_interval(task, "token-only conservation error").value == pytest.approx(bootstrap(tok).value)
         right = int((r.target_values[sl] > 0).sum())
         assert r.task_interval(task, "accuracy").value == pytest.approx(wilson(right, 3).value)
@@ -117,8 +117,8 @@ def test_token_only_error_is_the_absorbed_share(tiny_result):
     """sum(R_tokens) + absorbed = f (the identity), so |sum R_tokens - f| / |f| = |absorbed / f|."""
     r = tiny_result
     assert r.conservation_error < 1e-3
-    tok = r.arrays["token_conservation_error"]
-    share = r.arrays["softmax_absorbed_share"]
+    tok = r.token_conservation_error_per_prompt
+    share = r.softmax_absorbed_share
     assert torch.allclose(tok, share.abs(), atol=2e-3)
     assert not math.isclose(r.token_conservation_error, r.conservation_error, abs_tol=1e-3)  # two different numbers
 

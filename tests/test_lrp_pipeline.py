@@ -42,30 +42,30 @@ def test_prompt_result_summary_and_round_trip(prompt_result, tmp_path):
     r = prompt_result
     assert set(r.summary()) == PROMPT_KEYS
     s = r.summary()
-    assert len(s["tokens"]) == len(s["relevance"]) == int(r.arrays["lengths"][0])
+    assert len(s["tokens"]) == len(s["relevance"]) == int(r.lengths[0])
     assert np.array(s["head_relevance"]).shape == (2, 4)  # tiny-llama: 2 layers x 4 heads
     assert s["conservation_error"] < CONSERVATION_TOLERANCE
     assert set(s["aopc"]) == {"attnlrp", "gradient_x_input", "rollout", "random"}
-    assert {"io_share", "io_top1_rate"} <= set(r.metrics)
+    assert r.io_share is not None and r.io_top1_rate is not None
     assert set(s["aopc_by_task"]) == {"ioi"} and "ioi: AOPC attnlrp - random" in s["intervals"]
     back = load_result(r.save(tmp_path / "run"))
     assert isinstance(back, LrpResult)
     assert back.summary() == {**s, "run": str(tmp_path / "run")}
-    assert torch.equal(back.arrays["relevance_attnlrp"], r.arrays["relevance_attnlrp"])
+    assert torch.equal(back.relevance_maps["attnlrp"], r.relevance_maps["attnlrp"])
     assert back.report_sections()[0].figures
 
 
 def test_explicit_prompt_target_and_contrast(tiny_llama):
     r = run(tiny_llama, LrpConfig(prompts=("Alice met Bob and gave a book to",), target=" Bob", contrast=" Alice",
                                   max_delete=2, n_random=0), progress=False)
-    assert r.metrics["targets"] == [" Bob"] and r.metrics["contrasts"] == [" Alice"]
+    assert r.targets == [" Bob"] and r.contrasts == [" Alice"]
     ids = tiny_llama.to_tokens("Alice met Bob and gave a book to")[0]
     with torch.no_grad():
         lg = tiny_llama.hf(input_ids=ids).logits[0, -1]
     expected = float(lg[tiny_llama.token_id(" Bob")] - lg[tiny_llama.token_id(" Alice")])
-    assert float(r.arrays["target_value"][0]) == pytest.approx(expected, abs=1e-4)
+    assert float(r.target_values[0]) == pytest.approx(expected, abs=1e-4)
     top = run(tiny_llama, LrpConfig(prompts=("one two three",), max_delete=1, n_random=0), progress=False)
-    assert top.metrics["contrasts"] == [None] and top.metrics["conservation_error"] < CONSERVATION_TOLERANCE
+    assert top.contrasts == [None] and top.conservation_error < CONSERVATION_TOLERANCE
 
 
 def test_bad_prompt_inputs(tiny_llama):
@@ -98,8 +98,8 @@ def test_image_result_summary_and_round_trip(image_result, tmp_path):
     assert set(s) == IMAGE_KEYS
     assert s["top_classes"]["coffee"][0]["name"] in {"espresso", "cup", "coffee mug", "coffeepot"}
     assert set(s["aopc"]) == {"lrp", "sr", "gradient", "random"}
-    assert r.arrays["map_lrp"].shape == (1, 96, 96) and r.arrays["images"].dtype == torch.uint8
-    assert float(r.arrays["map_sr"].max()) == pytest.approx(1.0)
+    assert r.saliency_maps["lrp"].shape == (1, 96, 96) and r.image_crops.dtype == torch.uint8
+    assert float(r.saliency_maps["sr"].max()) == pytest.approx(1.0)
     back = load_result(r.save(tmp_path / "img"))
     assert isinstance(back, LrpImageResult) and back.summary() == {**s, "run": str(tmp_path / "img")}
     assert back.report_sections()[0].figures
@@ -156,12 +156,11 @@ def test_notebook_executes_small(monkeypatch):
 @pytest.mark.real_model
 def test_ioi_on_smollm2_conserves_and_finds_the_io_name(smollm2):
     r = run(smollm2, LrpConfig(n_prompts=2, max_delete=3, n_random=1), progress=False)
-    m = r.metrics
-    assert m["conservation_error"] < CONSERVATION_TOLERANCE
+    assert r.conservation_error < CONSERVATION_TOLERANCE
     assert r.tasks == ["ioi", "successor"]
     assert all(v > 0 for v in r.target_values.tolist())  # the model prefers IO over S, the next item over the item
-    assert m["io_share"]["attnlrp"] > 0.05  # the IO name carries a clear positive share for AttnLRP
-    assert set(m["aopc"]) == {"attnlrp", "gradient_x_input", "rollout", "random"}
+    assert r.io_share["attnlrp"] > 0.05  # the IO name carries a clear positive share for AttnLRP
+    assert set(r.aopc) == {"attnlrp", "gradient_x_input", "rollout", "random"}
 
 
 def test_sections_join_the_head_ablation_report(prompt_result, image_result):

@@ -21,16 +21,19 @@ run needs them, so importing this module never loads lxt or zennit.
 """
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int, UInt8
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.errors import InputError
-from workbench.results import Result, provenance, register_result
+from workbench.results import Result, provenance
 from workbench.spec import option
 from workbench.stats import Interval, bootstrap, bootstrap_diff, wilson
 from workbench.checks import checked_run
@@ -71,156 +74,106 @@ class LrpConfig:
     renamed: ClassVar[dict[str, str]] = {"n": "n_prompts"}
 
 
-@register_result
-@dataclass
+def _rename_v1(arrays: dict[str, torch.Tensor], prefixes: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Format 1's flat ``{prefix}{key}`` tensors as ``{field}/{key}`` entries of dict fields."""
+    out = {}
+    for name, tensor in arrays.items():
+        for prefix, field_name in prefixes.items():
+            if name.startswith(prefix):
+                name = f"{field_name}/{name[len(prefix):]}"
+                break
+        out[name] = tensor
+    return out
+
+
+@dataclass(kw_only=True)
 class LrpResult(Result):
+    """Token relevance (AttnLRP, gradient x input, rollout) of every prompt, head relevance,
+    and the deletion test, with per-task statistics."""
+
     analysis = "lrp"
-    config_cls = LrpConfig
+    v1_names = {"prompt_tokens": "tokens", "token_conservation_error": "token_conservation_error_mean",
+                "softmax_absorbed_fraction": "softmax_absorbed_fraction_mean", "target_values": "target_value",
+                "conservation_error_per_prompt": "conservation_error",
+                "token_conservation_error_per_prompt": "token_conservation_error"}
+
+    config: LrpConfig
+    task: str  # the tasks explained, joined by '+' (``ioi+successor``), or ``prompts`` (given prompts)
+    tasks: list[str]
+    prompt_tasks: list[str]  # the task of each prompt
+    n_prompts: int
+    prompts: list[str]
+    prompt_tokens: list[list[str]]
+    targets: list[str]  # the explained token of each prompt
+    contrasts: list[str | None]  # the contrast token of each prompt (None: the target logit alone)
+    target_value_mean: float
+    # the accounting identity: largest |sum(token R) + softmax-absorbed R - value| / |value| over the prompts
+    conservation_error: float
+    conservation_tolerance: float
+    token_conservation_error: float = math.nan  # by the tokens alone: mean over prompts of |sum(token R) - value| / |value|
+    softmax_absorbed_fraction: float  # mean share of the explained value absorbed by the softmax rule (signed)
+    aopc: dict[str, float]  # area over the deletion curve per method (and ``random``), mean over every prompt
+    max_delete: int
+    n_random: int
+    top_heads: list[dict[str, Any]]  # layer, head, relevance
+    split: str = SPLIT
+    aopc_by_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    accuracy_by_task: dict[str, float] = field(default_factory=dict)  # share of prompts with a positive value
+    io_share: dict[str, float] | None = None  # IOI only: the IO name's share of relevance, per method
+    io_top1_rate: dict[str, float] | None = None  # IOI only: how often the IO name is the most relevant token
+    lengths: Int[Tensor, "prompt"]
+    target_values: Float[Tensor, "prompt"]  # the explained value, logit(target) - logit(contrast)
+    token_ids: Int[Tensor, "prompt pos"]  # -1 past a prompt's length
+    relevance_maps: dict[str, Float[Tensor, "prompt pos"]]  # per method
+    head_relevance_by_method: dict[str, Float[Tensor, "prompt layer head"]]  # attnlrp, gradient_x_input
+    # per method, the explained value after deleting the most relevant tokens first (NaN past a prompt's length)
+    deletion_curves: dict[str, Float[Tensor, "prompt step"]]
+    token_conservation_error_per_prompt: Float[Tensor, "prompt"]
+    conservation_error_per_prompt: Float[Tensor, "prompt"]
+    softmax_absorbed_share: Float[Tensor, "prompt"]
+
+    deletion_step: ClassVar[int] = 1  # tokens deleted per step of the deletion curves
+
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        return metrics, _rename_v1(arrays, {"head_relevance_": "head_relevance_by_method",
+                                            "relevance_": "relevance_maps", "deletion_": "deletion_curves"})
 
     def tokens(self, i: int = 0) -> list[str]:
-        return list(self.metrics["tokens"][i])
+        return list(self.prompt_tokens[i])
 
     def relevance(self, method: str = "attnlrp", i: int = 0) -> torch.Tensor:
         """[pos] token relevance of prompt ``i``."""
-        n = int(self.arrays["lengths"][i])
-        return self.arrays[f"relevance_{method}"][i, :n]
+        return self.relevance_maps[method][i, :int(self.lengths[i])]
 
     @property
     def head_relevance(self) -> torch.Tensor:
         """[layer head] AttnLRP head relevance, mean over prompts."""
-        return self.arrays["head_relevance_attnlrp"].mean(0)
-
-    @property
-    def task(self) -> str:
-        """The tasks explained, joined by '+' (``ioi+successor``), or ``prompts`` (given prompts)."""
-        return str(self.metrics["task"])
-
-    @property
-    def tasks(self) -> list[str]:
-        """The tasks explained, in order (``["prompts"]`` for given prompts)."""
-        return list(self.metrics.get("tasks", [self.metrics["task"]]))
-
-    @property
-    def prompt_tasks(self) -> list[str]:
-        """The task of each prompt."""
-        return list(self.metrics.get("prompt_tasks", [self.tasks[0]] * self.n_prompts))
-
-    @property
-    def n_prompts(self) -> int:
-        return int(self.metrics["n_prompts"])
-
-    @property
-    def prompts(self) -> list[str]:
-        return list(self.metrics["prompts"])
-
-    @property
-    def targets(self) -> list[str]:
-        """The explained token of each prompt."""
-        return list(self.metrics["targets"])
-
-    @property
-    def contrasts(self) -> list[str | None]:
-        """The contrast token of each prompt (None: the target logit alone)."""
-        return list(self.metrics["contrasts"])
-
-    @property
-    def target_values(self) -> torch.Tensor:
-        """[prompt] the explained value, logit(target) - logit(contrast)."""
-        return self.arrays["target_value"]
-
-    @property
-    def target_value_mean(self) -> float:
-        return float(self.metrics["target_value_mean"])
-
-    @property
-    def conservation_error(self) -> float:
-        """The accounting identity: largest ``|sum(token R) + softmax-absorbed R - value| / |value|``
-        over the prompts (bookkeeping, ~1e-6; not conservation by the tokens)."""
-        return float(self.metrics["conservation_error"])
-
-    @property
-    def conservation_tolerance(self) -> float:
-        return float(self.metrics["conservation_tolerance"])
-
-    @property
-    def token_conservation_error(self) -> float:
-        """Conservation by the tokens alone: mean over prompts of ``|sum(token R) - value| / |value|``."""
-        return float(self.metrics.get("token_conservation_error_mean", float("nan")))
-
-    @property
-    def softmax_absorbed_fraction(self) -> float:
-        """Mean share of the explained value absorbed by the softmax rule (signed)."""
-        return float(self.metrics["softmax_absorbed_fraction_mean"])
-
-    @property
-    def aopc(self) -> dict[str, float]:
-        """Area over the deletion curve per method (and ``random``), mean over every prompt."""
-        return dict(self.metrics["aopc"])
-
-    @property
-    def aopc_by_task(self) -> dict[str, dict[str, float]]:
-        """Per task, the mean AOPC per method (and ``random``)."""
-        return {t: dict(v) for t, v in (self.metrics.get("aopc_by_task") or {self.task: self.aopc}).items()}
-
-    @property
-    def accuracy_by_task(self) -> dict[str, float]:
-        """Per task, the share of prompts whose explained value is positive (target over contrast)."""
-        return dict(self.metrics.get("accuracy_by_task") or {})
+        return self.head_relevance_by_method["attnlrp"].mean(0)
 
     def prompt_aopc(self, method: str) -> torch.Tensor:
         """[prompt] AOPC of one method (or ``random``) on each prompt."""
-        return torch.tensor([curve_aopc(c) for c in self.arrays[f"deletion_{method}"]])  # cpu: a result array
+        return torch.tensor([curve_aopc(c) for c in self.deletion_curves[method]])  # cpu: a result array
 
     def task_interval(self, task: str, figure: str) -> Interval | None:
         """A stored interval of ``task``: figure ``AOPC attnlrp``, ``AOPC attnlrp - random``,
         ``token-only conservation error``, ``softmax-absorbed share``, ``accuracy``."""
         return self.intervals.get(f"{task}: {figure}")
 
-    @property
-    def io_share(self) -> dict[str, float] | None:
-        """IOI only: the IO name's share of relevance, per method."""
-        return self.metrics.get("io_share")
-
-    @property
-    def io_top1_rate(self) -> dict[str, float] | None:
-        """IOI only: how often the IO name is the most relevant token, per method."""
-        return self.metrics.get("io_top1_rate")
-
-    @property
-    def top_heads(self) -> list[dict[str, Any]]:
-        return list(self.metrics["top_heads"])
-
-    @property
-    def deletion_curves(self) -> dict[str, torch.Tensor]:
-        """Per method, ``[prompt step]`` explained value after deleting the most relevant tokens
-        first (NaN past a prompt's length)."""
-        return {k[len("deletion_"):]: v for k, v in self.arrays.items() if k.startswith("deletion_")}
-
-    @property
-    def deletion_step(self) -> int:
-        """Tokens deleted per step of the deletion curves."""
-        return 1
-
     def summary(self) -> dict[str, Any]:
+        data = super().summary()
         out = {
             "tokens": self.tokens(0),
             "relevance": [round(float(v), 6) for v in self.relevance("attnlrp", 0)],
             "head_relevance": [[round(float(v), 6) for v in row] for row in self.head_relevance],
-            "conservation_error": self.metrics["conservation_error"],
-            "token_conservation_error": self.metrics.get("token_conservation_error_mean"),
-            "softmax_absorbed_share": self.metrics.get("softmax_absorbed_fraction_mean"),
-            "aopc": self.metrics["aopc"],
-            "aopc_by_task": self.metrics.get("aopc_by_task"),
+            **{k: data[k] for k in ("conservation_error", "token_conservation_error")},
+            "softmax_absorbed_share": data["softmax_absorbed_fraction"],
+            "aopc": data["aopc"], "aopc_by_task": data["aopc_by_task"],
             "intervals": {k: iv.to_dict() for k, iv in self.intervals.items()},
         }
         if self.path is not None:
             out["run"] = str(self.path)
         return out
-
-    def report_sections(self) -> list:
-        from workbench.analyses.lrp.figures import prompt_sections
-
-        return prompt_sections(self)
 
 
 def curve_aopc(curve: torch.Tensor) -> float:
@@ -323,59 +276,42 @@ def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResu
             curves["random"].append(_pad_curve(rand, config.max_delete))
 
     n, width = len(prompts), max(len(t) for t in id_lists)
-    lengths = torch.tensor([len(t) for t in id_lists])
-    arrays: dict[str, torch.Tensor] = {"lengths": lengths, "target_value": torch.tensor(values)}
     token_ids = torch.full((n, width), -1, dtype=torch.long)
     for i, t in enumerate(id_lists):
         token_ids[i, : len(t)] = t
-    arrays["token_ids"] = token_ids
+    maps = {}
     for m in METHODS:
         mat = torch.zeros(n, width)
         for i, r in enumerate(per_method[m]):
             mat[i, : len(r)] = r
-        arrays[f"relevance_{m}"] = mat
-    arrays["head_relevance_attnlrp"] = torch.stack(heads_lrp)
-    arrays["head_relevance_gradient_x_input"] = torch.stack(heads_gxi)
-    for m, cs in curves.items():
-        arrays[f"deletion_{m}"] = torch.stack(cs)
+        maps[m] = mat
+    deletion = {m: torch.stack(cs) for m, cs in curves.items()}
     shares = [a / v if abs(v) > 1e-6 else float("nan") for a, v in zip(absorbed, values)]
-    arrays["token_conservation_error"] = torch.tensor(token_cons)
-    arrays["conservation_error"] = torch.tensor(cons)
-    arrays["softmax_absorbed_share"] = torch.tensor(shares)
-
-    per_prompt_aopc = {m: np.array([curve_aopc(c) for c in arrays[f"deletion_{m}"]]) for m in curves}
-    aopc = {m: _nanmean(list(v)) for m, v in per_prompt_aopc.items()}
-    mean_heads = arrays["head_relevance_attnlrp"].mean(0)
+    per_prompt_aopc = {m: np.array([curve_aopc(c) for c in deletion[m]]) for m in curves}
+    head_lrp = torch.stack(heads_lrp)
+    mean_heads = head_lrp.mean(0)
     order = torch.argsort(mean_heads.flatten().abs(), descending=True)[:10]
     top_heads = [{"layer": int(k // s.n_heads), "head": int(k % s.n_heads), "relevance": float(mean_heads.flatten()[k])}
                  for k in order]
     task_names = list(dict.fromkeys(labels))
-    metrics: dict[str, Any] = {
-        "task": "+".join(task_names),
-        "tasks": task_names,
-        "prompt_tasks": labels,
-        "n_prompts": n,
-        "prompts": prompts,
-        "tokens": token_lists,
-        "targets": [model.tokenizer.decode([t]) for t in targets],
-        "contrasts": [model.tokenizer.decode([c]) if c is not None else None for c in contrasts],
-        "target_value_mean": float(np.mean(values)),
-        "conservation_error": float(max(cons)),
-        "conservation_tolerance": CONSERVATION_TOLERANCE,
-        "token_conservation_error_mean": float(np.mean(token_cons)),
-        "softmax_absorbed_fraction_mean": _nanmean(shares),
-        "aopc": aopc,
-        "max_delete": config.max_delete,
-        "n_random": config.n_random,
-        "top_heads": top_heads,
-        "split": SPLIT,
-    }
-    result = LrpResult(config=config, metrics=metrics, arrays=arrays, meta={})
+    result = LrpResult(
+        config=config, task="+".join(task_names), tasks=task_names, prompt_tasks=labels, n_prompts=n,
+        prompts=prompts, prompt_tokens=token_lists, targets=[model.tokenizer.decode([t]) for t in targets],
+        contrasts=[model.tokenizer.decode([c]) if c is not None else None for c in contrasts],
+        target_value_mean=float(np.mean(values)), conservation_error=float(max(cons)),
+        conservation_tolerance=CONSERVATION_TOLERANCE, token_conservation_error=float(np.mean(token_cons)),
+        softmax_absorbed_fraction=_nanmean(shares), aopc={m: _nanmean(list(v)) for m, v in per_prompt_aopc.items()},
+        max_delete=config.max_delete, n_random=config.n_random, top_heads=top_heads,
+        lengths=torch.tensor([len(t) for t in id_lists]), target_values=torch.tensor(values), token_ids=token_ids,
+        relevance_maps=maps, head_relevance_by_method={"attnlrp": head_lrp, "gradient_x_input": torch.stack(heads_gxi)},
+        deletion_curves=deletion, token_conservation_error_per_prompt=torch.tensor(token_cons),
+        conservation_error_per_prompt=torch.tensor(cons), softmax_absorbed_share=torch.tensor(shares))
     _task_statistics(result, labels, per_prompt_aopc, values, token_cons, shares)
     if info.get("io_ids"):
         keep = [i for i, io in enumerate(info["io_ids"]) if io is not None]
-        metrics.update(_io_metrics({m: [r[i] for i in keep] for m, r in per_method.items()},
-                                   [id_lists[i] for i in keep], [info["io_ids"][i] for i in keep]))
+        io = _io_metrics({m: [r[i] for i in keep] for m, r in per_method.items()},
+                         [id_lists[i] for i in keep], [info["io_ids"][i] for i in keep])
+        result.io_share, result.io_top1_rate = io["io_share"], io["io_top1_rate"]
     result.meta = provenance(model=model.name, seed=config.seed) | {"backend": model.backend}
     return result
 
@@ -409,8 +345,8 @@ def _task_statistics(result: LrpResult, labels: list[str], per_prompt_aopc: dict
         iv = wilson(right, len(rows), split=SPLIT)
         accuracy[task] = iv.value
         result.set_interval(f"{task}: accuracy", iv)
-    result.metrics["aopc_by_task"] = by_task
-    result.metrics["accuracy_by_task"] = accuracy
+    result.aopc_by_task = by_task
+    result.accuracy_by_task = accuracy
 
 
 def _pad_curve(curve: torch.Tensor, length: int) -> torch.Tensor:
@@ -462,56 +398,39 @@ class LrpImageConfig:
     seed: int = 0
 
 
-@register_result
-@dataclass
+@dataclass(kw_only=True)
 class LrpImageResult(Result):
+    """LRP, salient relevance and gradient maps of images through EfficientNet-lite0, and the
+    region-deletion test."""
+
     analysis = "lrp_image"
-    config_cls = LrpImageConfig
+    v1_names = {"names": "images", "image_crops": "images"}
 
-    @property
-    def names(self) -> list[str]:
-        return list(self.metrics["images"])
+    config: LrpImageConfig
+    names: list[str]
+    top_classes: dict[str, list[dict[str, Any]]]  # per image, its top classes {index, name, prob}, most probable first
+    top1: dict[str, str]
+    explained_class: dict[str, int]
+    aopc: dict[str, float]  # area over the region-deletion curve per method (and ``random``), mean over images
+    aopc_per_image: dict[str, list[float]]  # per method (and ``random``), in ``names`` order
+    relevance_fraction: list[float]
+    rules: str  # the LRP rules of the composite used, in words
+    removed_fraction_max: float
+    image_crops: UInt8[Tensor, "image h w 3"]  # the centre crops that were explained
+    saliency_maps: dict[str, Float[Tensor, "image row col"]]  # lrp (signed), sr, gradient
+    deletion_curves: dict[str, Float[Tensor, "image step"]]  # explained logit after deleting the most salient regions
 
-    @property
-    def top_classes(self) -> dict[str, list[dict[str, Any]]]:
-        """Per image name, its top classes ``{"index", "name", "prob"}``, most probable first."""
-        return dict(self.metrics["top_classes"])
-
-    @property
-    def top1(self) -> dict[str, str]:
-        return dict(self.metrics["top1"])
-
-    @property
-    def aopc(self) -> dict[str, float]:
-        """Area over the region-deletion curve per method (and ``random``), mean over images."""
-        return dict(self.metrics["aopc"])
-
-    @property
-    def aopc_per_image(self) -> dict[str, list[float]]:
-        """Per method (and ``random``), the AOPC of each image, in ``names`` order."""
-        return {k: [float(x) for x in v] for k, v in self.metrics["aopc_per_image"].items()}
-
-    @property
-    def rules(self) -> str:
-        """The LRP rules of the composite used, in words."""
-        return str(self.metrics["rules"])
-
-    @property
-    def removed_fraction_max(self) -> float:
-        return float(self.metrics["removed_fraction_max"])
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        return metrics, _rename_v1(arrays, {"map_": "saliency_maps", "deletion_": "deletion_curves"})
 
     def image(self, i: int = 0) -> torch.Tensor:
         """[H W 3] uint8 the centre crop that was explained."""
-        return self.arrays["images"][i]
+        return self.image_crops[i]
 
     def saliency(self, method: str = "lrp", i: int = 0) -> torch.Tensor:
         """[H W] the ``lrp`` (signed), ``sr`` or ``gradient`` map of image ``i``."""
-        return self.arrays[f"map_{method}"][i]
-
-    @property
-    def deletion_curves(self) -> dict[str, torch.Tensor]:
-        """Per method, ``[image step]`` explained logit after deleting the most salient regions first."""
-        return {k[len("deletion_"):]: v for k, v in self.arrays.items() if k.startswith("deletion_")}
+        return self.saliency_maps[method][i]
 
     @property
     def deletion_step(self) -> int:
@@ -519,15 +438,11 @@ class LrpImageResult(Result):
         return int(self.config.step) if self.config is not None else 1
 
     def summary(self) -> dict[str, Any]:
-        out = {"top_classes": self.metrics["top_classes"], "aopc": self.metrics["aopc"]}
+        data = super().summary()
+        out = {"top_classes": data["top_classes"], "aopc": data["aopc"]}
         if self.path is not None:
             out["run"] = str(self.path)
         return out
-
-    def report_sections(self) -> list:
-        from workbench.analyses.lrp.figures import image_sections
-
-        return image_sections(self)
 
 
 def blur_baseline(x: torch.Tensor, sigma: float = 8.0) -> torch.Tensor:
@@ -589,23 +504,18 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
         crops.append(torch.from_numpy((crop * 255).round().astype(np.uint8)))
         rel_sums.append(float(relevance.sum()))
         logits_expl.append(float(logits[cls]))
-    arrays = {f"map_{m}": torch.stack(v) for m, v in maps.items()}
-    arrays |= {f"deletion_{m}": torch.stack(v) for m, v in curves.items()}
-    arrays["images"] = torch.stack(crops)
-    per_image = {m: [float((c[0] - c).mean()) for c in arrays[f"deletion_{m}"]] for m in curves}
-    metrics = {
-        "images": names,
-        "top_classes": tops,
-        "top1": {n: t[0]["name"] for n, t in tops.items()},
-        "explained_class": {n: int(t[0]["index"]) if config.class_index is None else config.class_index for n, t in tops.items()},
-        "aopc": {m: float(np.mean(v)) for m, v in per_image.items()},
-        "aopc_per_image": per_image,
-        "relevance_fraction": [r / l if abs(l) > 1e-6 else float("nan") for r, l in zip(rel_sums, logits_expl)],
-        "rules": C.RULES[config.composite],
-        "removed_fraction_max": min(1.0, config.step * config.n_steps * config.region ** 2 / config.image_size ** 2),
-    }
-    return LrpImageResult(config=config, metrics=metrics, arrays=arrays,
-                          meta=provenance(model="efficientnet-lite0", seed=config.seed))
+    deletion = {m: torch.stack(v) for m, v in curves.items()}
+    per_image = {m: [float((c[0] - c).mean()) for c in deletion[m]] for m in curves}
+    return LrpImageResult(
+        config=config, names=names, top_classes=tops, top1={n: t[0]["name"] for n, t in tops.items()},
+        explained_class={n: int(t[0]["index"]) if config.class_index is None else config.class_index
+                         for n, t in tops.items()},
+        aopc={m: float(np.mean(v)) for m, v in per_image.items()}, aopc_per_image=per_image,
+        relevance_fraction=[r / l if abs(l) > 1e-6 else float("nan") for r, l in zip(rel_sums, logits_expl)],
+        rules=C.RULES[config.composite],
+        removed_fraction_max=min(1.0, config.step * config.n_steps * config.region ** 2 / config.image_size ** 2),
+        image_crops=torch.stack(crops), saliency_maps={m: torch.stack(v) for m, v in maps.items()},
+        deletion_curves=deletion, meta=provenance(model="efficientnet-lite0", seed=config.seed))
 
 
 # ============================================================================ the command's options
