@@ -464,7 +464,7 @@ def main() -> None:
               "device": device, "load_average": list(os.getloadavg()),
               "peak_gflop_per_s": {d: peaks[d.split("+")[0]] for d in setups},
               "kernels": {d: kernels_used(s, sweeps["head"]) for d, s in setups.items()},
-              "clean_run_s": {d: round(s.clean_s, 3) for d, s in setups.items()}, "dtypes": {d: {} for d in dtypes}}
+              "clean_run_s": {d: round(s.clean_s, 3) for d, s in setups.items()}, "dtypes": {d: {} for d in setups}}
     log(f"{args.model} on {device}: {n} prompts x {t} tokens; " + ", ".join(f"{k}: {v.shape[0]} patches" for k, v in sweeps.items())
         + f"; peak {report['peak_gflop_per_s']} GFLOP/s")
     timed_all = {}
