@@ -101,11 +101,11 @@ def test_result_round_trips_with_the_issue_keys(tiny_result, tmp_path):
     assert s["splits"]["ranking"]["n_tests"] == 1 and s["splits"]["heldout"]["n_tests"] == 2
     assert s["masking"]["k"] == [0, 1] and len(s["masking"]["top_accuracy"]) == 2
     assert len(s["scores"]) == 2 and len(s["scores"][0]) == 4
-    kv = r.metrics["kv_compression"]
-    assert 0 < kv["cache_kept"] <= 1
+    kv = r.kv_compression
+    assert 0 < kv.cache_kept <= 1
     back = load_result(r.save(tmp_path / "run"))
-    assert back.metrics == json.loads(json.dumps(r.metrics))
-    torch.testing.assert_close(back.arrays["scores"], r.arrays["scores"])
+    assert back._document()[0]["data"] == json.loads(json.dumps(r._document()[0]["data"]))
+    torch.testing.assert_close(back.scores, r.scores)
     assert back.summary()["run"] == str(tmp_path / "run")
     assert back.config.context_lengths == (120,)
     assert [sec.title for sec in back.report_sections()][0] == "Retrieval heads: scores (ranking split)"
@@ -131,10 +131,10 @@ def test_retrieval_page_shows_saved_run(tiny_result):
 def test_smollm2_has_retrieval_heads(smollm2):
     r = run(smollm2, RetrievalConfig(context_lengths=(250,), depths=(50,), n_needles=1, n_eval_needles=1, mask_ks=(3,),
                                      n_random=1, kv_protect=10, max_new_tokens=20), progress=False)
-    assert r.metrics["n_counted"] == 1  # the needle is recalled
-    assert r.metrics["n_retrieval_heads"] >= 3
+    assert r.n_counted == 1  # the needle is recalled
+    assert r.n_retrieval_heads >= 3
     assert float(r.scores.max()) > 0.3
-    assert r.metrics["share_over_threshold"] < 0.2  # sparse, as Wu et al. find
+    assert r.share_over_threshold < 0.2  # sparse, as Wu et al. find
 
 
 def _execute_notebook(name: str, monkeypatch) -> list:

@@ -86,7 +86,7 @@ def test_result_records_both_splits_and_which_figure_comes_from_which(tiny_llama
         assert ivs[f"top-{k} retrieval heads masked"].n == 4 and ivs[f"top-{k} retrieval heads masked"].split == "heldout"
         assert ivs[f"{k} random heads masked (2 draws)"].split == "heldout"
     assert ivs["needle accuracy, unmasked (ranking)"].n == 2
-    assert r.arrays["mask_success"].shape == (4, 2 * 3) and r.arrays["kv_success"].shape == (4, 3)
+    assert r.mask_success.shape == (4, 2 * 3) and r.kv_success.shape == (4, 3)
     # the masking curve's bounds are the stored intervals'
     assert r.masking.top_low[1] == ivs["top-1 retrieval heads masked"].low
 

@@ -32,7 +32,6 @@ grow with the number of tests.
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 import warnings
@@ -41,13 +40,15 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
+from jaxtyping import Float, UInt8
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.datasets.needles import HELDOUT_NEEDLES, RANKING_NEEDLES, NeedleSet, NeedleTest, read_haystack, split_tests
 from workbench.errors import InputError
 from workbench.generation import Prefill, decode, newline_stop_ids, prefill
 from workbench.heads import MASK_MODES, head_name, head_set_mask, mask_patches, random_heads, top_heads
-from workbench.results import Result, provenance, register_result
+from workbench.results import Result, provenance
 from workbench.spec import option
 from workbench.stats import Interval, bootstrap, bootstrap_diff, spearman, wilson
 from workbench.checks import checked_run
@@ -271,12 +272,13 @@ class MaskingCurves:
     split: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KVCheck:
     """The RazorAttention-style check: cache kept and needle accuracy for the top retrieval
     heads protected, the same budget on random heads (mean over draws), and the full cache."""
 
     protected_heads: list[str]
+    random_protected_heads: list[list[str]] = field(default_factory=list)
     full_kv_heads: int
     n_kv_heads: int
     cache_kept: float
@@ -289,7 +291,6 @@ class KVCheck:
     n_tests: int = 0
     n_random: int = 0
     split: str = ""
-    random_protected_heads: list[list[str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -306,122 +307,61 @@ class SplitInfo:
     used_for: str
 
 
-def _from_dict(cls: type, raw: dict[str, Any]) -> Any:
-    """A frozen record from a saved dict, ignoring keys it does not know."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in raw.items() if k in names})
-
-
-@register_result
-@dataclass
+@dataclass(kw_only=True)
 class RetrievalResult(Result):
+    """Every head's retrieval score on the ranking split, and on the held-out split the
+    masking curves, the KV-compression check, the needle grid and the scores' replication."""
+
     analysis = "retrieval"
-    config_cls = RetrievalConfig
 
-    @property
-    def scores(self) -> torch.Tensor:
-        """[layer head] retrieval scores on the ranking split (the heads are chosen by these)."""
-        return self.arrays["scores"]
+    config: RetrievalConfig
+    scores: Float[Tensor, "layer head"]  # retrieval scores on the ranking split (the heads are chosen by these)
+    retrieval_heads: list[dict[str, Any]]  # over the threshold on the ranking split, best first: name, layer, head, score
+    masking: MaskingCurves
+    share_over_threshold: float  # share of all heads whose retrieval score (ranking split) is over the threshold
+    n_retrieval_heads: int
+    n_tests: int  # ranking tests (the scores average over the counted ones)
+    n_counted: int  # ranking tests whose answer recalled the needle
+    needle_accuracy: float  # unmasked, on the ranking split
+    heldout_accuracy: float  # unmasked, on the held-out split (k = 0 of the masking curve)
+    mean_recall: float
+    kv_compression: KVCheck
+    context_lengths: list[int]
+    depths: list[float]
+    answers: list[str]  # the unmasked model's decoded answer per held-out test (per ranking test in older runs)
+    ranking_answers: list[str] = field(default_factory=list)
+    haystack: str = ""
+    splits: dict[str, SplitInfo] = field(default_factory=dict)  # ranking and held-out (empty before the splits)
+    figure_splits: dict[str, str] = field(default_factory=dict)  # which split each reported figure comes from
+    # how the ranking scores replicate on the held-out split: Spearman over heads, overlap of the top heads
+    replication: dict[str, Any] = field(default_factory=dict)
+    heldout_scores: Float[Tensor, "layer head"]  # the scores measured again on the held-out split
+    per_test_scores: Float[Tensor, "test layer head"]
+    recall: Float[Tensor, "test"]
+    heldout_recall: Float[Tensor, "heldout_test"]
+    needle_grid: Float[Tensor, "length depth"]  # unmasked held-out accuracy (averaged over needles)
+    masking_top: Float[Tensor, "k"]
+    masking_random: Float[Tensor, "k"]
+    masking_random_draws: Tensor
+    mask_success: UInt8[Tensor, "heldout_test config"]
+    kv_success: UInt8[Tensor, "heldout_test kv_config"]
 
-    @property
-    def heldout_scores(self) -> torch.Tensor:
-        """[layer head] retrieval scores measured again on the held-out split (zeros in runs
-        saved before the splits)."""
-        return self.arrays["heldout_scores"] if "heldout_scores" in self.arrays else torch.zeros_like(self.scores)
-
-    @property
-    def needle_grid(self) -> torch.Tensor:
-        """[context length, depth] unmasked needle accuracy on the held-out split (averaged over needles)."""
-        return self.arrays["needle_grid"]
-
-    @property
-    def retrieval_heads(self) -> list[dict[str, Any]]:
-        """Heads over the threshold on the ranking split, best first: name, layer, head, score."""
-        return list(self.metrics["retrieval_heads"])
-
-    @property
-    def n_retrieval_heads(self) -> int:
-        return int(self.metrics["n_retrieval_heads"])
-
-    @property
-    def share_over_threshold(self) -> float:
-        """Share of all heads whose retrieval score (ranking split) is over the threshold."""
-        return float(self.metrics["share_over_threshold"])
-
-    @property
-    def n_tests(self) -> int:
-        """Ranking tests (the scores average over the counted ones)."""
-        return int(self.metrics["n_tests"])
-
-    @property
-    def n_counted(self) -> int:
-        """Ranking tests whose answer recalled the needle (the ones the scores average over)."""
-        return int(self.metrics["n_counted"])
-
-    @property
-    def needle_accuracy(self) -> float:
-        """Unmasked needle accuracy on the ranking split (the tests the scores come from)."""
-        return float(self.metrics["needle_accuracy"])
-
-    @property
-    def heldout_accuracy(self) -> float:
-        """Unmasked needle accuracy on the held-out split (k = 0 of the masking curve)."""
-        return float(self.metrics.get("heldout_accuracy", self.metrics["needle_accuracy"]))
-
-    @property
-    def mean_recall(self) -> float:
-        return float(self.metrics["mean_recall"])
-
-    @property
-    def context_lengths(self) -> list[int]:
-        return [int(x) for x in self.metrics["context_lengths"]]
-
-    @property
-    def depths(self) -> list[float]:
-        return [float(x) for x in self.metrics["depths"]]
-
-    @property
-    def answers(self) -> list[str]:
-        """The unmasked model's decoded answer per held-out test (per ranking test in older runs)."""
-        return list(self.metrics["answers"])
-
-    @property
-    def masking(self) -> MaskingCurves:
-        return _from_dict(MaskingCurves, self.metrics["masking"])
-
-    @property
-    def kv_compression(self) -> KVCheck:
-        return _from_dict(KVCheck, self.metrics["kv_compression"])
-
-    @property
-    def splits(self) -> dict[str, SplitInfo]:
-        """The ranking and held-out splits (empty for runs saved before the splits)."""
-        return {k: _from_dict(SplitInfo, v) for k, v in (self.metrics.get("splits") or {}).items()}
-
-    @property
-    def figure_splits(self) -> dict[str, str]:
-        """Which split each reported figure comes from."""
-        return dict(self.metrics.get("figure_splits") or {})
-
-    @property
-    def replication(self) -> dict[str, Any]:
-        """How the ranking-split scores replicate on the held-out split: Spearman over heads
-        and the overlap of the top heads (empty for older runs)."""
-        return dict(self.metrics.get("replication") or {})
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, Tensor]) -> tuple[dict, dict]:
+        """Runs saved before the splits had no held-out scores or accuracy."""
+        metrics.setdefault("heldout_accuracy", metrics.get("needle_accuracy"))
+        if "scores" in arrays:
+            arrays.setdefault("heldout_scores", torch.zeros_like(arrays["scores"]))
+        return metrics, arrays
 
     def summary(self) -> dict[str, Any]:
-        out = {k: self.metrics[k] for k in ("scores", "retrieval_heads", "masking")}
-        for k in ("kv_compression", "splits", "figure_splits", "replication"):
-            if k in self.metrics:
-                out[k] = self.metrics[k]
+        data = super().summary()
+        out = {"scores": [[round(float(v), 6) for v in row] for row in self.scores],
+               "retrieval_heads": data["retrieval_heads"], "masking": data["masking"]}
+        out |= {k: data[k] for k in ("kv_compression", "splits", "figure_splits", "replication") if data.get(k)}
         if self.path is not None:
             out["run"] = str(self.path)
         return out
-
-    def report_sections(self) -> list:
-        from .figures import retrieval_sections
-
-        return retrieval_sections(self)
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -647,11 +587,11 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
         "n_tests": n_held, "n_random": cfg.n_random, "split": "heldout",
     }
 
-    def split_info(name: str, ns: NeedleSet, acc: float, used: str) -> dict[str, Any]:
+    def split_info(name: str, ns: NeedleSet, acc: float, used: str) -> SplitInfo:
         lens = [len(t.ids) for t in ns.tests]
-        return {"name": name, "n_tests": len(ns), "n_needles": int(ns.meta["n_needles"]), "haystack": ns.source,
-                "context_lengths": ns.context_lengths, "prompt_tokens": [min(lens), max(lens)], "accuracy": acc,
-                "used_for": used}
+        return SplitInfo(name=name, n_tests=len(ns), n_needles=int(ns.meta["n_needles"]), haystack=ns.source,
+                         context_lengths=list(ns.context_lengths), prompt_tokens=[min(lens), max(lens)], accuracy=acc,
+                         used_for=used)
 
     # the needle grid: held-out unmasked accuracy over (context length, depth), averaged over needles
     L, D = held_set.context_lengths, held_set.depths
@@ -663,45 +603,32 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
         count[a, b] += 1
     grid = grid / count.clamp(min=1)
 
-    metrics = {
-        "scores": [[round(float(v), 6) for v in row] for row in scores],
-        "retrieval_heads": [{"name": head_name(l, h), "layer": l, "head": h, "score": round(float(scores[l, h]), 6)}
-                            for l, h in retrieval],
-        "masking": masking,
-        "share_over_threshold": len(retrieval) / n_heads_total,
-        "n_retrieval_heads": len(retrieval),
-        "n_tests": len(rt),
-        "n_counted": int(success.sum()),
-        "needle_accuracy": float(success.float().mean()),
-        "heldout_accuracy": base.value,
-        "mean_recall": float(held_recall.mean()),
-        "kv_compression": kv,
-        "context_lengths": L,
-        "depths": D,
-        "answers": answers,
-        "ranking_answers": rank_answers,
-        "haystack": held_set.source,
-        "splits": {"ranking": split_info("ranking", rank_set, float(success.float().mean()),
-                                         "retrieval scores, the head ranking, the retrieval-head list"),
-                   "heldout": split_info("heldout", held_set, base.value,
-                                         "masking curves, KV compression, needle grid, replication of the scores")},
-        "figure_splits": {"retrieval scores and head ranking": "ranking", "retrieval heads over threshold": "ranking",
-                          "masking curves": "heldout", "KV compression": "heldout", "needle grid": "heldout",
-                          "unmasked needle accuracy": "heldout", "score replication": "ranking vs heldout"},
-        "replication": {"spearman": _finite(rho.value), "spearman_low": _finite(rho.low), "spearman_high": _finite(rho.high),
-                        "top_n": top_n, "top_overlap": overlap,
-                        "heldout_top_heads": [head_name(l, h) for l, h in held_ranked[:top_n]],
-                        "n_heldout_counted": int(held_success.sum())},
-    }
-    arrays = {
-        "scores": scores, "heldout_scores": held_scores, "per_test_scores": per_test, "recall": recall,
-        "heldout_recall": held_recall, "needle_grid": grid,
+    result = RetrievalResult(
+        config=cfg, scores=scores,
+        retrieval_heads=[{"name": head_name(l, h), "layer": l, "head": h, "score": round(float(scores[l, h]), 6)}
+                         for l, h in retrieval],
+        masking=MaskingCurves(**masking), share_over_threshold=len(retrieval) / n_heads_total,
+        n_retrieval_heads=len(retrieval), n_tests=len(rt), n_counted=int(success.sum()),
+        needle_accuracy=float(success.float().mean()), heldout_accuracy=base.value,
+        mean_recall=float(held_recall.mean()), kv_compression=KVCheck(**kv), context_lengths=L, depths=D,
+        answers=answers, ranking_answers=rank_answers, haystack=held_set.source,
+        splits={"ranking": split_info("ranking", rank_set, float(success.float().mean()),
+                                      "retrieval scores, the head ranking, the retrieval-head list"),
+                "heldout": split_info("heldout", held_set, base.value,
+                                      "masking curves, KV compression, needle grid, replication of the scores")},
+        figure_splits={"retrieval scores and head ranking": "ranking", "retrieval heads over threshold": "ranking",
+                       "masking curves": "heldout", "KV compression": "heldout", "needle grid": "heldout",
+                       "unmasked needle accuracy": "heldout", "score replication": "ranking vs heldout"},
+        replication={"spearman": _finite(rho.value), "spearman_low": _finite(rho.low), "spearman_high": _finite(rho.high),
+                     "top_n": top_n, "top_overlap": overlap,
+                     "heldout_top_heads": [head_name(l, h) for l, h in held_ranked[:top_n]],
+                     "n_heldout_counted": int(held_success.sum())},
+        heldout_scores=held_scores, per_test_scores=per_test, recall=recall, heldout_recall=held_recall,
+        needle_grid=grid,
         # cpu: result arrays
-        "masking_top": torch.tensor(masking["top_accuracy"]), "masking_random": torch.tensor(masking["random_accuracy"]),
-        "masking_random_draws": rand_draws, "mask_success": mask_success.to(torch.uint8),
-        "kv_success": kv_success.to(torch.uint8),
-    }
-    result = RetrievalResult(config=cfg, metrics=metrics, arrays=arrays, meta=provenance(model=model.name, seed=cfg.seed))
+        masking_top=torch.tensor(masking["top_accuracy"]), masking_random=torch.tensor(masking["random_accuracy"]),
+        masking_random_draws=rand_draws, mask_success=mask_success.to(torch.uint8),
+        kv_success=kv_success.to(torch.uint8), meta=provenance(model=model.name, seed=cfg.seed))
     for name, iv in result_intervals.items():
         result.set_interval(name, iv)
     if np.isfinite(rho.value) and np.isfinite(rho.low):
