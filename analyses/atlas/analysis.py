@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from workbench.errors import InputError, WorkbenchError
-from workbench.results import Result, list_runs, load_result, provenance, register_result
+from workbench.names import act_name, head_name
+from workbench.results import Result, list_runs, load_result, provenance
 from workbench.spec import check_config, option
 from workbench.checks import checked_run
 
@@ -180,7 +181,7 @@ def attention_columns(model: Any, n_prompts: int, seed: int) -> dict[str, torch.
     s = model.shape
     prompts = ioi_prompts(n_prompts, model.tokenizer, seed=seed).prompts
     tokens = as_tokens(model, prompts)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(s.n_layers)]
+    names = [act_name("pattern", l) for l in range(s.n_layers)]
     _, cache = run_with_cache(model, tokens, names, batch_size=16, return_logits=False)
     mask = tokens.attention_mask.bool().cpu()  # [batch pos]
     t = mask.shape[1]
@@ -216,7 +217,7 @@ def head_card(model: Any, prompt: str, k: int = 5) -> tuple[dict[str, Any], torc
     from workbench.cache import run_with_cache
 
     s = model.shape
-    names = [f"blocks.{l}.attn.hook_{w}" for l in range(s.n_layers) for w in ("pattern", "z")]
+    names = [act_name(w, l) for l in range(s.n_layers) for w in ("pattern", "z")]
     _, cache = run_with_cache(model, [prompt], names, return_logits=False)
     ids = model.to_tokens([prompt])[0][0]
     tokens = [model.tokenizer.decode([int(i)]) for i in ids]
@@ -226,11 +227,11 @@ def head_card(model: Any, prompt: str, k: int = 5) -> tuple[dict[str, Any], torc
     norm_w = getattr(adapter.final_norm(model.hf), "weight", None)
     # cpu: the unembedding and norm weight are moved to the CPU here
     scale = norm_w.detach().float().cpu() if norm_w is not None else torch.ones(w_u.shape[1])
-    patterns = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0].float().cpu() for l in range(s.n_layers)])
+    patterns = torch.stack([cache[act_name("pattern", l)][0].float().cpu() for l in range(s.n_layers)])
     top_tokens, top_logits = [], []
     for l in range(s.n_layers):
         w_o, _ = adapter.out_weights(adapter.attn(layers[l]), s)  # [H D M]
-        z = cache[f"blocks.{l}.attn.hook_z"][0, -1].float().cpu()  # [H D]
+        z = cache[act_name("z", l)][0, -1].float().cpu()  # [H D]
         out = torch.einsum("hd,hdm->hm", z, w_o.detach().float().cpu()) * scale  # [H M]
         logits = out @ w_u.T  # [H V]
         val, idx = logits.topk(k, dim=-1)
@@ -315,7 +316,6 @@ def run(target: Any, config: AtlasConfig | None = None, progress: bool = True, r
 
 
 # ----------------------------------------------------------------------------- result
-@register_result
 @dataclass
 class AtlasResult(Result):
     analysis = ATLAS_KEY
@@ -418,7 +418,7 @@ class AtlasResult(Result):
         table = self.table_of(i).reshape(len(a["columns"]), -1).cpu().numpy()
         layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
         data = {"model": a["model"], "layer": layer, "head": head,
-                "name": [f"L{l}H{h}" for l, h in zip(layer, head)],
+                "name": [head_name(l, h) for l, h in zip(layer, head)],
                 "cluster": self.arrays[f"clusters_{i}"].flatten().cpu().numpy()}
         data.update({c["name"]: table[j] for j, c in enumerate(a["columns"])})
         return pd.DataFrame(data)
@@ -460,8 +460,3 @@ class AtlasResult(Result):
         if self.path is not None:
             out["run"] = str(self.path)
         return out
-
-    def report_sections(self) -> list:
-        from .figures import atlas_sections
-
-        return atlas_sections(self)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
+from workbench.names import head_name
 from workbench.stats import permutation_p, spearman
 
 SPLIT = "all heads"
@@ -20,7 +21,8 @@ OUTLIER_Z = 3.5
 
 
 def _name(i: int, n_heads: int) -> str:
-    return f"L{i // n_heads}H{i % n_heads}"
+    """The name of flat head index ``i`` (layer-major)."""
+    return head_name(i // n_heads, i % n_heads)
 
 
 def _usable(x: np.ndarray) -> bool:
@@ -177,7 +179,7 @@ def compare(atlases: list[tuple[dict[str, Any], np.ndarray]]) -> dict[str, Any]:
             row[f"present_{tag}"] = bool(heads.any())
             row[f"n_{tag}"] = int(heads.sum())
             row[f"depth_{tag}"] = round(float(depth.mean()), 3) if len(depth) else None
-            row[f"top_{tag}"] = f"L{best // H}H{best % H}"
+            row[f"top_{tag}"] = _name(best, H)
             row[f"top_depth_{tag}"] = round((best // H + 0.5) / L, 3)
             row[f"profile_{tag}"] = depth_profile(x, col["direction"], L, H)
         row["both"] = row["present_a"] and row["present_b"]
