@@ -16,7 +16,7 @@ from workbench.datasets.base import PromptSet
 from workbench.errors import InputError
 from workbench.patching.graph import (Graph, LogitDiff, ablation_values, prune_dangling, run_edge_masks,
                                       sender_outputs, top_edges)
-from workbench.patching.ablation import CHOICES as ABLATIONS, Ablation, parse_ablation
+from workbench.patching.ablation import CHOICES as ABLATIONS, parse_ablation
 from workbench.patching.methods import METHODS as METHOD_TABLE, DiscoveryConfig
 from workbench.patching.mib import mib_edge_count
 from workbench.results import Result, provenance, register_result
