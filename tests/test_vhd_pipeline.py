@@ -85,6 +85,19 @@ def test_figures_and_report(small_result):
     assert "Vision-aware head divergence" in html and "CHAIR" in html
 
 
+def test_sweep_table_and_report_say_how_the_setting_was_chosen(small_result):
+    from workbench.analyses.vision_heads.figures import choice_text, sweep_table
+
+    rows = sweep_table(small_result)
+    assert rows[0]["head set"] == "none" and len(rows) == 5
+    assert abs(sum(r["chosen in resamples"] for r in rows[1:]) - 1) < 1e-9
+    chosen = rows[1 + small_result.choice["index"]]
+    assert chosen["chosen in resamples"] == small_result.choice["stability"]
+    assert chosen["admissible"] == small_result.choice["admissible"]
+    text = choice_text(small_result)
+    assert f"{small_result.choice['stability']:.0%} of 1000 bootstrap resamples" in text and "silence" in text
+
+
 def test_headline_figures(small_result):
     from workbench.analyses.vision_heads import SPEC
     from workbench.analyses.vision_heads.figures import headline_figures

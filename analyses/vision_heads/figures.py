@@ -134,6 +134,19 @@ def chair_table(result: Any) -> list[dict]:
     return rows
 
 
+def choice_text(result: Any) -> str:
+    """How the setting was chosen, and how often resampled validation scenes choose it."""
+    ch = result.choice
+    if not ch:
+        return f"{result.head_set} at alpha {result.alpha} was given (chosen_by: {result.chosen_by})."
+    out = (f"Criterion: {result.metrics.get('criterion', '')}. Chosen: {result.head_set} at alpha {result.alpha:g} on "
+           f"{result.n_val} validation scenes; {ch['stability']:.0%} of {ch['n_resamples']} bootstrap resamples of "
+           "them choose it.")
+    if not ch.get("admissible", True):
+        out += " No setting kept recall and mentions within no intervention's interval: chosen by recall alone."
+    return out
+
+
 def vision_sections(result: Any) -> list:
     from workbench.report import Section
 
@@ -148,22 +161,34 @@ def vision_sections(result: Any) -> list:
                 f"alpha and the head set chosen on {result.n_val} validation scenes ({result.chosen_by}); reported on "
                 f"{result.n_scenes} test scenes; random heads pooled over {result.random_draws} draws.",
                 tables=[chair_table(result)], figures=[conditions_figure(result), scene_figure(result, 0)]),
-        Section("VHR on the validation split: the choice", tables=[sweep_table(result)],
+        Section("VHR on the validation split: the choice", choice_text(result), tables=[sweep_table(result)],
                 figures=[sweep_figure(result, "objective"), sweep_figure(result, "chair_i"), sweep_figure(result, "recall")]),
     ]
     return sections
 
 
 def sweep_table(result: Any) -> list[dict]:
-    """The validation sweep as rows (split: val)."""
+    """The validation sweep as rows (split: val): each setting's scores, whether it kept recall and
+    mentions above no intervention's interval (admissible) and the share of bootstrap resamples
+    of the validation scenes that chose it."""
     rows = []
+    ch = result.choice
+    floors = (ch.get("recall_floor"), ch.get("mentioned_floor"))
     if result.val_before:
         b = result.val_before
         rows.append({"head set": "none", "alpha": 1.0, "CHAIR_i": b["chair_i"], "CHAIR_s": b["chair_s"],
-                     "recall": b["recall"], "recall - CHAIR_i": b["recall"] - b["chair_i"]})
-    for r in result.sweep:
-        rows.append({"head set": r["head_set"], "alpha": r["alpha"], "CHAIR_i": r["vhr"]["chair_i"],
-                     "CHAIR_s": r["vhr"]["chair_s"], "recall": r["vhr"]["recall"], "recall - CHAIR_i": r["objective"]})
+                     "recall": b["recall"], "objects/caption": b.get("mentioned_per_caption"),
+                     "recall - CHAIR_i": b["recall"] - b["chair_i"]})
+    shares = ch.get("shares") or []
+    for i, r in enumerate(result.sweep):
+        v = r["vhr"]
+        row = {"head set": r["head_set"], "alpha": r["alpha"], "CHAIR_i": v["chair_i"], "CHAIR_s": v["chair_s"],
+               "recall": v["recall"], "objects/caption": v.get("mentioned_per_caption"), "recall - CHAIR_i": r["objective"]}
+        if None not in floors:
+            row["admissible"] = bool(v["recall"] >= floors[0] - 1e-12 and v["mentioned_per_caption"] >= floors[1] - 1e-12)
+        if i < len(shares):
+            row["chosen in resamples"] = shares[i]
+        rows.append(row)
     return rows
 
 
