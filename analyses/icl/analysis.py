@@ -46,7 +46,7 @@ from workbench.stats import bootstrap, bootstrap_diff, wilson
 from workbench.analyses.icl import patterns as pat
 from workbench.analyses.icl import predictors as pred
 from workbench.analyses.icl.model import AttentionRegressor
-from workbench.analyses.icl.task import COVARIANCES, covariance_matrix, embed, sample_prompts
+from workbench.analyses.icl.task import COVARIANCES, Covariance, covariance_matrix, embed, sample_prompts
 from workbench.analyses.icl.training import TrainSpec, cache_path, train
 from workbench.checks import checked_run
 
@@ -65,7 +65,7 @@ class ICLConfig:
     lr: float = option(3e-3, help="Adam learning rate")
     batch_size: int = option(256, help="training prompts per Adam step", aliases=("--batch",), min=1)
     noise_var: float = option(0.1, help="noise variance of y", min=0)
-    covariance: str = option("isotropic", help="covariance of x: isotropic, or ar1 (Sigma_ij = rho^|i-j|)",
+    covariance: Covariance = option("isotropic", help="covariance of x: isotropic, or ar1 (Sigma_ij = rho^|i-j|)",
                              choices=COVARIANCES)
     rho: float = option(0.5, help="ar1 correlation")
     seed: int = 0  # initialisation and data; set by the common --seed option

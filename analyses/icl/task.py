@@ -6,13 +6,19 @@ and its target y_q = beta . x_q + eps_q. Each prompt holds n context pairs.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from workbench.errors import InputError
 
-COVARIANCES = ("isotropic", "ar1")
+Covariance = Literal["isotropic", "ar1"]
+"""The covariance of the covariates x.
+isotropic: the identity;
+ar1: Sigma_ij = rho^|i-j| (anisotropic, where debiased GD needs a preconditioner)."""
+COVARIANCES: tuple[str, ...] = typing.get_args(Covariance)
 
 
 @dataclass

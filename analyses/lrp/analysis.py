@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+import typing
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -519,7 +520,11 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
 
 
 # ============================================================================ the command's options
-IMAGE_BASELINES = ("blur", "gray")
+ImageBaseline = Literal["blur", "gray"]
+"""What replaces a deleted image region.
+blur: a strongly blurred copy (colour kept, shapes lost, no new edges);
+gray: zeros after normalisation (the mean colour)."""
+IMAGE_BASELINES: tuple[str, ...] = typing.get_args(ImageBaseline)
 
 
 @dataclass
@@ -547,7 +552,7 @@ class LrpOptions:
     class_index: int = option(-1, flag="--class", help="ImageNet class to explain (-1: the top-1 class)",
                               min=-1, max=999)
     composite: str = option("epsilon_gamma_box", help="LRP rules for the CNN", choices=COMPOSITES)
-    baseline: str = option("blur", help="what replaces deleted image regions", choices=IMAGE_BASELINES)
+    baseline: ImageBaseline = option("blur", help="what replaces deleted image regions", choices=IMAGE_BASELINES)
     image_size: int = option(224, flag="--size", help="image side in pixels fed to the CNN (224 = as trained)", min=32)
     n_steps: int = option(16, flag="--steps", help="deletion steps for images (4 regions of 16x16 each)", min=1)
     seed: int = 0

@@ -39,6 +39,7 @@ import torch
 from workbench.cache import Tokens, forward, run_with_cache
 from workbench.errors import InputError
 from workbench.hooks import unhooked_copy
+from workbench.names import act_name
 
 from workbench.analyses.lrp.imports import import_lxt
 
@@ -201,7 +202,7 @@ def gradient_x_input(model: Any, ids: torch.Tensor, target: TargetFn) -> Explana
         held.append(e)
         return e
 
-    names = [f"blocks.{l}.attn.hook_z" for l in range(model.shape.n_layers)]
+    names = [act_name("z", l) for l in range(model.shape.n_layers)]
     logits, store = forward(model, Tokens(ids, torch.ones_like(ids)), names, {"hook_embed": leaf}, grad=True)
     value = target(logits[0, -1].float())
     zs = [store[n] for n in names]
@@ -223,7 +224,7 @@ def attention_rollout(model: Any, ids: torch.Tensor, residual_weight: float = 0.
     through the layers. Returns [pos], non-negative, summing to 1 (no target: rollout is
     class-agnostic)."""
     ids = ids.reshape(1, -1).to(model.device)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.shape.n_layers)]
+    names = [act_name("pattern", l) for l in range(model.shape.n_layers)]
     _, cache = run_with_cache(model, Tokens(ids, torch.ones_like(ids)), names, return_logits=False)
     n = ids.shape[1]
     eye = torch.eye(n, device=ids.device)

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from workbench.datasets.needles import HELDOUT_NEEDLES, RANKING_NEEDLES, NeedleSet, NeedleTest, read_haystack, split_tests
 from workbench.errors import InputError
 from workbench.generation import Prefill, decode, newline_stop_ids, prefill
+from workbench.names import act_name
 from workbench.heads import MASK_MODES, head_name, head_set_mask, mask_patches, random_heads, top_heads
 from workbench.results import Result, provenance
 from workbench.spec import option
@@ -184,11 +185,11 @@ class RetrievalScorer:
         self.scores = torch.zeros(rows, n_layers, n_heads, device=prompt_ids.device)
 
     def names(self) -> list[str]:
-        return [f"blocks.{l}.attn.hook_pattern" for l in range(self.n_layers)]
+        return [act_name("pattern", l) for l in range(self.n_layers)]
 
     def __call__(self, step: int, read: dict[str, torch.Tensor], token: torch.Tensor, active: torch.Tensor) -> None:
         # pattern [rows head key]: the newest query's attention at this step
-        top = torch.stack([read[f"blocks.{l}.attn.hook_pattern"].argmax(-1) for l in range(self.n_layers)], 1)
+        top = torch.stack([read[act_name("pattern", l)].argmax(-1) for l in range(self.n_layers)], 1)
         rows = torch.arange(top.shape[0], device=top.device)[:, None, None]
         at = self.seq[rows, top]  # token ids at the argmax positions [rows layer head]
         inside = (top >= self.start[:, None, None]) & (top < self.end[:, None, None])
@@ -238,7 +239,7 @@ def kv_compression_patches(full_kv: torch.Tensor, n_cfg: int, n_heads: int, pad_
             visible = keep_full.to(scores.device)[cfg][:, :, None] | kept[:, None, :]  # [rows head key]
             return scores.masked_fill(~visible[:, :, None, :], torch.finfo(scores.dtype).min)
 
-        patches[f"blocks.{layer}.attn.hook_attn_scores"] = fn
+        patches[act_name("attn_scores", layer)] = fn
     return patches
 
 

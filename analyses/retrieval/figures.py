@@ -10,6 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from workbench.figures.common import bar_top_heads, head_grid
+from workbench.names import head_name
 from workbench.spec import figure
 
 
@@ -29,7 +30,7 @@ def replication_scatter(result: Any) -> go.Figure:
     x = result.scores.flatten().tolist()
     y = result.heldout_scores.flatten().tolist()
     n_heads = result.scores.shape[1]
-    names = [f"L{i // n_heads}H{i % n_heads}" for i in range(len(x))]
+    names = [head_name(i // n_heads, i % n_heads) for i in range(len(x))]
     rep = result.replication
     title = "Retrieval scores: ranking split vs held-out split"
     if rep:

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from workbench.names import parse_head
 from workbench.spec import HeadColumn
 
 
@@ -12,8 +13,8 @@ def _calibrated(result: Any) -> torch.Tensor:
     """1 for the heads ACT's calibration search chose, 0 elsewhere."""
     grid = torch.zeros_like(result.sink_strength, dtype=torch.float32)
     for name in result.calibrated_heads:
-        layer, head = name[1:].split("H")
-        grid[int(layer), int(head)] = 1.0
+        layer, head = parse_head(name)
+        grid[layer, head] = 1.0
     return grid
 
 

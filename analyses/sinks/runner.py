@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from workbench.generation import last_token_logits
+from workbench.names import act_name
 from workbench.patching.suffix import additive_mask
 
 
@@ -22,9 +23,9 @@ class LayerRunner:
         self.adapter = model.adapter
         self.n_layers = model.shape.n_layers
         self.keep = sorted({int(l) for l in keep if 0 <= int(l) < self.n_layers})
-        names = [f"blocks.{l}.hook_resid_pre" for l in self.keep]
+        names = [act_name("resid_pre", l) for l in self.keep]
         self.base_logits, store = last_token_logits(model, ids, mask, read=names)
-        self.resid_pre = {l: store[f"blocks.{l}.hook_resid_pre"] for l in self.keep}
+        self.resid_pre = {l: store[act_name("resid_pre", l)] for l in self.keep}
         self._mask_add: torch.Tensor | None = None
         self._rotary: Any = None
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from pathlib import Path
-from typing import Any, List, Optional
+import typing
+from typing import Any, List, Literal, Optional
 
 import typer
 
@@ -16,8 +17,19 @@ from ..config_fields import field_shape
 from ..spec import AnalysisSpec, config_fields, flag_of
 from .common import JSON_OPT, finish, load, number_list, status
 
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "bfloat16", "float16")
+Device = Literal["auto", "cpu", "cuda"]
+"""Where the model runs.
+auto: CUDA when present, else cpu;
+cpu: the CPU;
+cuda: the first CUDA device (a one-line error without one)."""
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+
+DType = Literal["float32", "bfloat16", "float16"]
+"""The model's parameter dtype.
+float32: full precision (the default, every known answer holds);
+bfloat16: half the memory, float32's range;
+float16: half the memory, a narrow range (CUDA)."""
+DTYPES: tuple[str, ...] = typing.get_args(DType)
 
 
 @dataclasses.dataclass
@@ -26,8 +38,8 @@ class Common:
 
     model: str = "smollm2-135m"
     backend: str = "hf"
-    device: str = "auto"
-    dtype: str = "float32"
+    device: Device = "auto"
+    dtype: DType = "float32"
     seed: int = 0
     out: Optional[Path] = None
     as_json: bool = False
