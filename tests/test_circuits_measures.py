@@ -52,6 +52,10 @@ def test_round_trip_and_report(result, tmp_path):
 
     html = render("circuit", sections_for([back]))
     assert "CPR" in html and "CMD" in html and "Spearman vs exact" in html and "edge_jaccard" in html
+    from workbench.analyses.circuits.figures import circuit_headline_figures
+
+    rows = [f for f in circuit_headline_figures(back) if "MIB CMD (eap-ig)" in f["text"]]
+    assert len(rows) == 1 and rows[0]["split"] == "test" and "lower is better" in rows[0]["text"]
 
 
 def test_cli_takes_the_old_ablation_name(monkeypatch, capsys):

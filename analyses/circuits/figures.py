@@ -263,6 +263,10 @@ def circuit_headline_figures(result: Any) -> list[dict[str, Any]]:
     for name, iv in result.intervals.items():
         if name.startswith("accuracy"):
             out.append(figure(f"{result.task} full-model {name}", interval=iv))
+        elif name.startswith("MIB "):  # runs saved before MIB's scores have none
+            kind = "higher" if "CPR" in name else "lower"
+            out.append(figure(f"{result.task} {name} ({result.metrics.get('ablation')} ablation; {kind} is better)",
+                              interval=iv))
     return out
 
 
