@@ -53,7 +53,7 @@ def test_format1_run_loads_with_identical_arrays(analysis):
     result = load_result(folder)
     assert type(result) is get_spec(analysis).result
     saved = load_file(str(folder / "arrays.safetensors"))
-    _, tensors = result._document()
+    _, tensors = result.document()
     old_names = {_old_name(type(result), k): v for k, v in tensors.items()}
     assert set(old_names) == set(saved)
     for name, old in saved.items():
@@ -78,6 +78,6 @@ def test_format1_run_saves_as_format2_and_round_trips(analysis, tmp_path):
     path = result.save(tmp_path / "run")
     assert json.loads((path / "result.json").read_text())["format_version"] == 2
     back = load_result(path)
-    a, b = result._document(), back._document()
+    a, b = result.document(), back.document()
     assert a[0]["data"] == b[0]["data"] and a[0]["config"] == b[0]["config"]
     assert a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])

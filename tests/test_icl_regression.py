@@ -231,7 +231,7 @@ def test_round_trip_and_cache(small_result, tmp_path):
     path = small_result.save(tmp_path / "icl-run")
     back = load_result(path)
     assert isinstance(back, ICLResult)
-    (data, tensors), (back_data, back_tensors) = small_result._document(), back._document()
+    (data, tensors), (back_data, back_tensors) = small_result.document(), back.document()
     assert back_data["data"] == data["data"]
     for k, v in tensors.items():
         assert torch.equal(back_tensors[k], v), k

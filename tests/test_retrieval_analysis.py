@@ -104,7 +104,7 @@ def test_result_round_trips_with_the_issue_keys(tiny_result, tmp_path):
     kv = r.kv_compression
     assert 0 < kv.cache_kept <= 1
     back = load_result(r.save(tmp_path / "run"))
-    assert back._document()[0]["data"] == json.loads(json.dumps(r._document()[0]["data"]))
+    assert back.document()[0]["data"] == json.loads(json.dumps(r.document()[0]["data"]))
     torch.testing.assert_close(back.scores, r.scores)
     assert back.summary()["run"] == str(tmp_path / "run")
     assert back.config.context_lengths == (120,)

@@ -130,7 +130,7 @@ def test_sinks_result_round_trips_with_its_intervals(tiny_result, tmp_path):
     assert r.n_heads_with_sinks == len(r.sinks)
     assert r.search_parameters["max_search"] == 2 and r.search_parameters["betas"] == [0.4, 0.2]
     back = load_result(r.save(tmp_path / "run"))
-    assert back._document()[0]["data"] == json.loads(json.dumps(r._document()[0]["data"]))
+    assert back.document()[0]["data"] == json.loads(json.dumps(r.document()[0]["data"]))
     torch.testing.assert_close(back.sink_strength, r.sink_strength)
     assert back.config.beta == 0.4 and back.config.tasks == ("category", "sentiment")
     assert interval_name("category", "base") in back.intervals

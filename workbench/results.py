@@ -26,11 +26,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import platform
-import subprocess
-import sys
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,6 +42,7 @@ from .run_folder import (ARRAYS_FILE, CHECKSUM_KEY, FILES_KEY, MARKER, MARKER_KE
                          read_result_doc, sha256_file, temp_folder)
 from .sections import Section
 from .stats import Interval
+from .provenance import git_commit, package_versions, provenance  # noqa: F401  (re-exported: analyses import them here)
 from .run_folder import is_run_folder  # noqa: F401  (re-exported: callers import it from the results store)
 
 FORMAT_VERSION = 2  # 2: typed fields under "data", tensors by field name; 1 (the metrics bag) loads through migrate_v1
@@ -55,40 +52,6 @@ def register_result(cls: type["Result"]) -> type["Result"]:
     """No longer needed (the spec is the one registry); kept, doing nothing, until the
     circuits and vision_heads Results are typed and stop importing it."""
     return cls
-
-
-def git_commit() -> str | None:
-    """The workbench checkout's commit, or None outside a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages whose behaviour a result depends on."""
-    names = ["torch", "transformers", "transformer-lens", "nnsight", "numpy", "safetensors", "lxt", "zennit", "triton"]
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def provenance(model: str | None = None, seed: int | None = None) -> dict[str, Any]:
-    """What a reader needs to reproduce a run: model, seed, commit, versions, time, command line."""
-    return {
-        "model": model,
-        "seed": seed,
-        "git_commit": git_commit(),
-        "versions": package_versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "argv": sys.argv,
-    }
 
 
 @dataclass
@@ -175,7 +138,7 @@ class Result:
         bad = [name for name in extra_files or {} if not is_safe_name(name)]
         if bad:
             raise ValueError(f"extra_files must be plain file names other than {RESULT_FILE}: {bad}")
-        self._document()  # a value that does not fit its field is refused before anything is written
+        self.document()  # a value that does not fit its field is refused before anything is written
         parent = target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -197,8 +160,9 @@ class Result:
         self.path = target
         return target
 
-    def _document(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """result.json (without its manifest) and the tensors, from the fields."""
+    def document(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What ``save`` writes: result.json (without its manifest) and the tensors by name,
+        from the fields (for comparing two results: ``a.document()[0]["data"]``)."""
         try:
             data, tensors = encode_data(self)
         except FieldError as exc:
@@ -215,7 +179,7 @@ class Result:
         """The arrays and extra files first, result.json with the manifest of them last."""
         from safetensors.torch import save_file
 
-        doc, tensors = self._document()
+        doc, tensors = self.document()
         if tensors:
             # a copy each: safetensors refuses tensors that share storage (views of one another)
             save_file({k: _as_tensor(v).detach().cpu().contiguous().clone() for k, v in tensors.items()},
