@@ -132,6 +132,10 @@ def test_run_round_trip_and_spec(tiny_llama, tmp_path):
     assert result.metrics["identity_error"] < 1e-4
     assert result.metrics["n_queries"] == 4 * 5
     assert len(result.key_side) == 4 and result.arrays["pairs"].shape[1:] == (7, 7)
+    # every head's measured sources (reading vectors) agree with this head's pair matrices
+    mine = dict(result.head_sources["L1H2"]["key"])
+    assert mine and all(abs(mine[r["component"]] - r["mean"]) < 1e-4 for r in result.key_side if r["component"] in mine)
+    assert len(result.head_sources) == 8
     back = load_result(result.save(tmp_path / "run"))
     assert isinstance(back, QKResult) and back.key_side == result.key_side
     spec = get_spec("qk")

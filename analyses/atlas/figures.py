@@ -82,7 +82,7 @@ def atlas_grid(result: Any, column: str, i: int = 0) -> go.Figure:
     A flag column is drawn in two colours with a legend; any other on a colour bar."""
     a = result.atlas(i)
     col = {c["name"]: c for c in a["columns"]}[column]
-    grid = result.column(column, i).numpy()
+    grid = result.column(column, i).cpu().numpy()
     n_layers, n_heads = grid.shape
     title = f"{a['model']}: {column_label(col)}"
     if is_categorical(col):
@@ -108,8 +108,8 @@ def column_scatter(result: Any, x: str, y: str, i: int = 0) -> go.Figure:
     gives their Spearman rho with its interval and permutation p-value when the atlas has it."""
     a = result.atlas(i)
     cols = {c["name"]: c for c in a["columns"]}
-    xs, ys = result.column(x, i).numpy().flatten(), result.column(y, i).numpy().flatten()
-    clusters = result.arrays[f"clusters_{i}"].numpy().flatten()
+    xs, ys = result.column(x, i).cpu().numpy().flatten(), result.column(y, i).cpu().numpy().flatten()
+    clusters = result.arrays[f"clusters_{i}"].cpu().numpy().flatten()
     layer, head = _heads(int(a["n_layers"]), int(a["n_heads"]))
     fig = go.Figure()
     for value in sorted(int(v) for v in np.unique(clusters)):
@@ -161,7 +161,7 @@ def correlation_matrix(result: Any, i: int = 0) -> go.Figure:
 def cluster_grid(result: Any, i: int = 0) -> go.Figure:
     """Layer by head coloured by role cluster: one colour and legend entry per cluster."""
     a = result.atlas(i)
-    labels = result.arrays[f"clusters_{i}"].numpy().astype(int)
+    labels = result.arrays[f"clusters_{i}"].cpu().numpy().astype(int)
     names = {c["id"]: f"{c['id']}: {_short(c['description'])}" for c in a["clusters"]["clusters"]}
     names[-1] = "not clustered"
     title = f"{a['model']}: role clusters ({a['clusters']['method']}, k={a['clusters']['k']})"
@@ -239,6 +239,64 @@ def comparison_rows(result: Any) -> list[dict[str, Any]]:
              f"top ({b})": f"{r['top_b']} @ {r['top_depth_b']}"} for r in comp["roles"]]
 
 
+# ----------------------------------------------------------------------------- where a head reads from
+READS_FROM = ("measured, key side", "measured, query side", "weights, K-composition", "weights, Q-composition")
+
+
+def qk_run(result: Any, i: int = 0) -> Any | None:
+    """The saved QK-attribution run behind model ``i``'s composition columns (None without one)."""
+    from workbench.errors import WorkbenchError
+    from workbench.results import load_result
+
+    for c in result.atlas(i)["columns"]:
+        if c.get("analysis") == "qk" and c.get("run"):
+            try:
+                return load_result(c["run"])
+            except WorkbenchError:
+                return None
+    return None
+
+
+def reads_from(qk: Any, layer: int, head: int, k: int = 5) -> dict[str, list[dict[str, Any]]]:
+    """Where head (layer, head) reads from, strongest first: measured (the query-side and
+    key-side sources of its attended score on the QK run's prompts) and from the weights (its
+    strongest K- and Q-composition writers, minus the random baseline)."""
+    name = f"L{layer}H{head}"
+    measured = qk.head_sources.get(name, {})
+    out = {READS_FROM[0]: [{"source": c, "value": v} for c, v in measured.get("key", [])[:k]],
+           READS_FROM[1]: [{"source": c, "value": v} for c, v in measured.get("query", [])[:k]]}
+    for label, mode in zip(READS_FROM[2:], ("K", "Q")):
+        scores = qk.composition(mode)[:, :, layer, head].float().cpu()  # [writer layer, writer head]
+        flat = scores.nan_to_num(float("-inf")).flatten()
+        n = int(np.isfinite(flat.numpy()).sum())
+        vals, idx = flat.topk(min(k, n)) if n else (flat[:0], flat[:0].long())
+        out[label] = [{"source": f"L{int(j) // scores.shape[1]}H{int(j) % scores.shape[1]}", "value": float(v)}
+                      for v, j in zip(vals, idx)]
+    return out
+
+
+def reads_from_rows(qk: Any, heads: list[tuple[int, int]], k: int = 3) -> list[dict[str, Any]]:
+    """The report's table: one row per head, its top sources per kind."""
+    rows = []
+    for layer, head in heads:
+        lists = reads_from(qk, layer, head, k)
+        rows.append({"head": f"L{layer}H{head}",
+                     **{kind: ", ".join(f"{r['source']} ({r['value']:.3g})" for r in lists[kind]) or "-"
+                        for kind in READS_FROM}})
+    return rows
+
+
+def _report_heads(result: Any, i: int, limit: int = 12) -> list[tuple[int, int]]:
+    """The heads the report explains: the top two of every column, in column order."""
+    seen: list[tuple[int, int]] = []
+    for heads in result.atlas(i)["top_heads"].values():
+        for t in heads[:2]:
+            key = (int(t["layer"]), int(t["head_index"]))
+            if key not in seen:
+                seen.append(key)
+    return seen[:limit]
+
+
 def atlas_sections(result: Any) -> list[Section]:
     out = []
     for i in range(result.n_models):
@@ -263,6 +321,14 @@ def atlas_sections(result: Any) -> list[Section]:
                                 "strongest pair drawn head by head.",
                            tables=[correlation_rows(result, i)],
                            figures=[column_scatter(result, *pair, i)] if (pair := strongest_pair(result, i)) else []))
+        qk = qk_run(result, i)
+        if qk is not None:
+            out.append(Section(f"Head atlas: {a['model']}: where the top heads read from",
+                               text="Measured: the key-side and query-side sources of each head's attended score "
+                                    f"(QK attribution on the {qk.config.task if qk.config else ''} prompts of "
+                                    f"{qk.path.name if qk.path else 'the qk run'}). From the weights: the strongest "
+                                    "K- and Q-composition writers (Elhage et al. 2021, minus the random baseline).",
+                               tables=[reads_from_rows(qk, _report_heads(result, i))]))
     if result.comparison:
         comp = result.comparison
         out.append(Section(f"Head atlas: {comp['models'][0]} vs {comp['models'][1]} by relative depth",

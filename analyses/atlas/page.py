@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .figures import atlas_grid
+from .figures import READS_FROM, atlas_grid, qk_run, reads_from
 
 
 def fmt(v: float) -> str:
@@ -84,6 +84,7 @@ def atlas_explorer(result: Any) -> None:
     layer, head = heads[pick]
     st.subheader(f"Head card: L{layer}H{head}")
     st.table(card_rows(result, layer, head, i))
+    reads_from_panel(result, i, layer, head, n_heads)
     runs = sorted({(c["analysis"], c["run"]) for c in a["columns"] if c["run"]})
     if runs:
         st.markdown("Saved runs behind these numbers: " + "; ".join(
@@ -111,3 +112,34 @@ def atlas_explorer(result: Any) -> None:
                     "weight, the unembedding): " + ", ".join(f"`{t!r}` ({v:.2f})" for t, v in zip(top, logits)))
     st.subheader("The whole table")
     st.dataframe(result.frame(i), width="stretch")
+
+
+def _open_head(index: int) -> None:
+    """A source's button: open that head's card (a callback, so it runs before the select box)."""
+    import streamlit as st
+
+    st.session_state["atlas-head"] = index
+
+
+def reads_from_panel(result: Any, i: int, layer: int, head: int, n_heads: int) -> None:
+    """Where the head reads from: measured and from the weights, each source head a button
+    that opens its card."""
+    import streamlit as st
+
+    st.markdown(f"**Where L{layer}H{head} reads from**")
+    qk = qk_run(result, i)
+    if qk is None:
+        st.caption(f"No QK-attribution run behind this atlas; run `workbench qk --model {result.atlas(i)['model']}` "
+                   "and rebuild the atlas to see the sources.")
+        return
+    lists = reads_from(qk, layer, head)
+    for col, kind in zip(st.columns(len(READS_FROM)), READS_FROM):
+        with col:
+            st.caption(kind)
+            for k, row in enumerate(lists[kind]):
+                src, label = row["source"], f"{row['source']} ({row['value']:.3g})"
+                if src.startswith("L") and "H" in src and src[1:].replace("H", "", 1).isdigit():
+                    sl, sh = (int(x) for x in src[1:].split("H"))
+                    st.button(label, key=f"atlas-src-{kind}-{k}", on_click=_open_head, args=(sl * n_heads + sh,))
+                else:
+                    st.markdown(f"`{label}`")

@@ -23,13 +23,16 @@ from workbench.spec import option
 from workbench.stats import Interval, bootstrap
 
 from .attribution import component_names, decompose, pair_scores, qk_parts
+from .columns import strongest
 from .composition import MODES, composition_scores, strongest_sources
 from .prompts import TASKS, QueryPlan, parse_head, plan
+from .sources import all_head_sources, top_sources
 
 
 @dataclass
 class QKConfig:
-    head: str = option("L18H6", help="the head whose scores are attributed, as L{layer}H{head}")
+    head: str = option("", help="the head whose scores are attributed, as L{layer}H{head} (default: the head "
+                               "with the strongest K-composition from the weights)")
     task: str = option("induction", help="prompts: induction (repeated random tokens; every second-copy token is a "
                                          "query) or ioi (the last token is the query)", choices=TASKS)
     prompt: str = option("", help="one prompt instead of the task's prompts")
@@ -43,13 +46,14 @@ class QKConfig:
 
 def check_model(config: QKConfig, model: Any) -> None:
     """The head must exist in the model (one line naming --head otherwise)."""
-    parse_head(config.head, model.shape.n_layers, model.shape.n_heads)
+    if config.head:
+        parse_head(config.head, model.shape.n_layers, model.shape.n_heads)
 
 
 def estimate_bytes(config: QKConfig, model: Any) -> int:
     """The component stack of one batch (float64): components x batch x positions x width."""
     s = model.shape
-    layer, _ = parse_head(config.head, s.n_layers, s.n_heads)
+    layer = parse_head(config.head, s.n_layers, s.n_heads)[0] if config.head else s.n_layers - 1
     pos = 2 * config.seq_len + 1 if not config.prompt else 4 * len(config.prompt) // 3 + 8
     comps = 3 + layer * (s.n_heads + 2)
     return int(3 * 8 * comps * min(config.batch_size, config.n_prompts) * pos * s.d_model)
@@ -79,6 +83,12 @@ class QKResult(Result):
     def attended_is_target_share(self) -> float | None:
         """Share of queries whose attended key is the task's target (induction), else None."""
         return self.metrics.get("attended_is_target_share")
+
+    @property
+    def head_sources(self) -> dict[str, dict[str, list]]:
+        """Every head's measured top sources on this run's prompts: ``{"L{l}H{h}": {"key":
+        [[component, mean], ...], "query": [...]}}`` (marginals of the attended score)."""
+        return dict(self.metrics["head_sources"])
 
     def composition(self, mode: str) -> torch.Tensor:
         """[layer head layer head] baseline-corrected composition score (writer, reader); NaN
@@ -143,13 +153,17 @@ def run(model: Any, config: QKConfig | None = None, progress: bool = True,
     ``tokens`` [n 2*seq_len]: repeated sequences given directly (tests' hand-built models)."""
     config = config or QKConfig()
     s = model.shape
-    layer, head = parse_head(config.head, s.n_layers, s.n_heads)
+    comp, base = composition_scores(model, seed=config.seed)
+    if config.head:
+        layer, head = parse_head(config.head, s.n_layers, s.n_heads)
+    else:
+        best = strongest(comp["K"]).nan_to_num(float("-inf"))
+        layer, head = divmod(int(best.flatten().argmax()), s.n_heads)
     qplan = plan(model, config, tokens)
     pairs, diffs, hits, err = _items(model, qplan, layer, head, config.batch_size, progress)
     names = component_names(model, layer)
     att = summarise(torch.stack(pairs), names, config.top_k, config.seed)
     why = summarise(torch.stack(diffs), names, config.top_k, config.seed)
-    comp, base = composition_scores(model, seed=config.seed)
     sources = {m: strongest_sources(comp[m], k=config.top_k)[layer][head] for m in MODES}
     metrics = {
         "head": head_name(layer, head), "layer": layer, "head_index": head, "components": names,
@@ -158,6 +172,7 @@ def run(model: Any, config: QKConfig | None = None, progress: bool = True,
         "attended_is_target_share": float(np.mean(hits)) if hits else None,
         "identity_error": err, "n_prompts": len(pairs), "n_queries": sum(len(q) for q in qplan.queries),
         "composition_baseline": base,
+        "head_sources": top_sources(model, all_head_sources(model, qplan, config.batch_size), k=config.top_k),
         "composition_sources": {m: [{"head": head_name(a, b), "score": v} for a, b, v in sources[m]] for m in MODES},
     }
     arrays = {"pairs": torch.stack(pairs), "pairs_diff": torch.stack(diffs)}

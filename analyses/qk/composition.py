@@ -8,7 +8,7 @@ With row vectors, head ``a`` writes ``x @ W_OV[a]`` (``W_OV = W_V W_O``, [M M]) 
 TransformerLens's ``all_composition_scores``, only pairs with ``layer(a) < layer(b)`` count.
 
 Every matrix is a product of two thin factors ([M D] @ [D M]), so each Frobenius norm is
-taken through [D D] Gram matrices, never an [M M] product.
+taken through [D D] QR factors, never an [M M] product.
 
 Handling stated:
 - Norms: the reading head's attention norm is folded into its reading weights: its
@@ -70,15 +70,22 @@ def _norm_fold(adapter: Any, norm: Any, m: int, device: Any) -> torch.Tensor:
     return fold
 
 
+def _r_factor(a: torch.Tensor) -> torch.Tensor:
+    """[.. D D] R with ``R^T R = a^T a`` for thin ``a`` [.. M D] (QR), so ``||a X|| = ||R X||``."""
+    return torch.linalg.qr(a.to(torch.float64), mode="r")[1]
+
+
 def _pair_norms(left_l: torch.Tensor, left_r: torch.Tensor, right_l: torch.Tensor,
                 right_r: torch.Tensor) -> torch.Tensor:
     """||(A_l A_r)(B_l B_r)||_F for every a in the left batch [a M D]/[a D M] and every b in
-    the right [b M D]/[b D M]: [a b], through ``C = A_r B_l`` [a b D D]."""
-    g_left = left_l.transpose(-1, -2) @ left_l  # [a D D]
-    g_right = right_r @ right_r.transpose(-1, -2)  # [b D D]
-    c = torch.einsum("adm,bme->abde", left_r, right_l)
-    sq = (torch.einsum("aij,abjk->abik", g_left, c) * torch.einsum("abij,bjk->abik", c, g_right)).sum((-1, -2))
-    return sq.clamp(min=0).sqrt()
+    the right [b M D]/[b D M]: [a b]. With QR factors ``A_l = Q R_a`` and ``B_r^T = Q' R_b`` the
+    norm is ``||R_a A_r B_l R_b^T||``: one [a*D M] @ [M b*D] product (float32), no [M M] matrix."""
+    a, d, m = left_r.shape
+    b = right_l.shape[0]
+    left = (_r_factor(left_l) @ left_r.to(torch.float64)).float()  # [a D M]
+    right = (right_l.to(torch.float64) @ _r_factor(right_r.transpose(-1, -2)).transpose(-1, -2)).float()  # [b M D]
+    c = left.reshape(a * d, m) @ right.permute(1, 0, 2).reshape(m, b * d)  # [a*D b*D]
+    return c.view(a, d, b, d).pow(2).sum((1, 3)).double().sqrt()
 
 
 def _norms(l_: torch.Tensor, r_: torch.Tensor) -> torch.Tensor:
@@ -117,7 +124,7 @@ def random_baseline(d_model: int, d_head: int, n_samples: int = 16, seed: int = 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     shapes = [(n_samples, d_model, d_head), (n_samples, d_head, d_model)] * 2
     al, ar, bl, br = (torch.randn(sh, generator=gen, dtype=torch.float64).to(device) for sh in shapes)
-    num = _pair_norms(al, ar, bl, br).diagonal()
+    num = _pair_norms(al, ar, bl, br).diagonal()  # sample i with sample i
     return float((num / (_norms(al, ar) * _norms(bl, br))).mean())
 
 
