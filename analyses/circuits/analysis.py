@@ -827,7 +827,7 @@ def measure_circuit(model: Any, config: CircuitConfig, progress: bool = True) ->
     from .measures import comparable_measures
 
     extra, extra_arrays, extra_iv = comparable_measures(model, config, graph, preps, scores, sizes, int(edges.sum()),
-                                                        len(heads), lambda text: say(progress, text))
+                                                        len(heads), lambda text: say(progress, text), faithfulness_curve)
     arrays.update(extra_arrays)
     rho = spearman(head_scores, extra_arrays["head_patching"]) if "head_patching" in extra_arrays else None
     flat = edge_scores.abs().masked_fill(~edges, -1).flatten()

@@ -88,11 +88,11 @@ def discovery_stability(model: Any, disc: Any, method: str, config: Any, k_edges
 
 
 def comparable_measures(model: Any, config: Any, graph: Graph, preps: dict[str, Any], scores: dict[str, torch.Tensor],
-                        sizes: list[int], chosen_k: int, n_heads: int,
-                        say: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
-    """Everything this module measures, as the command's Config asks: (metrics, arrays, intervals)."""
-    from .analysis import faithfulness_curve
-
+                        sizes: list[int], chosen_k: int, n_heads: int, say: Any,
+                        faithfulness_curve: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """Everything this module measures, as the command's Config asks: (metrics, arrays, intervals).
+    ``faithfulness_curve``: the command's own curve function (passed in, so this module does not
+    import the analysis that imports it)."""
     val, test, disc = preps["validation"], preps["test"], preps["discovery"]
     metrics: dict[str, Any] = {}
     arrays: dict[str, torch.Tensor] = {}
