@@ -55,11 +55,11 @@ def test_result_holds_the_issue_keys(small_result, tiny_llama):
             iv = ivs[f"{metric} {cond}"]
             assert iv.split == "test" and iv.n == 3 and iv.low <= iv.value <= iv.high
     assert ivs["recall before"].value == summary["chair"]["before"]["recall"]
-    m = small_result.metrics
-    assert m["caption_loss"] > 0 and m["caption_loss_no_image"] > 0
-    assert len(m["captions_before"]) == 3
-    assert small_result.arrays["vhd_map"].min() >= 0
-    steps = small_result.arrays["vhd_steps"]
+    r = small_result
+    assert r.caption_loss > 0 and r.caption_loss_no_image > 0
+    assert len(r.captions_before) == 3 and r.metrics == {} and r.arrays == {}  # typed: the fields are the data
+    assert r.vhd_map.min() >= 0 and r.projector.sha256 == r.meta["artifacts"][0]["sha256"]
+    steps = r.vhd_steps
     assert steps.shape[0] == 3 and steps.shape[2:] == (s.n_layers, s.n_heads)
 
 
@@ -69,8 +69,10 @@ def test_round_trip(small_result, tmp_path):
     assert isinstance(loaded, VHDResult)
     assert loaded.summary() | {"run": None} == small_result.summary() | {"run": None}
     assert loaded.config == small_result.config
-    for k, v in small_result.arrays.items():
-        assert torch.equal(loaded.arrays[k], torch.as_tensor(v)), k
+    for k in ("vhd_map", "vhd_map_val", "vhd_steps", "valid", "tvhd", "images", "selected_rate"):
+        assert torch.equal(getattr(loaded, k), getattr(small_result, k)), k
+    assert loaded.sweep == small_result.sweep and loaded.choice == small_result.choice
+    assert loaded.projector == small_result.projector and loaded.top_heads == small_result.top_heads
 
 
 def test_figures_and_report(small_result):
@@ -91,11 +93,11 @@ def test_sweep_table_and_report_say_how_the_setting_was_chosen(small_result):
     rows = sweep_table(small_result)
     assert rows[0]["head set"] == "none" and len(rows) == 5
     assert abs(sum(r["chosen in resamples"] for r in rows[1:]) - 1) < 1e-9
-    chosen = rows[1 + small_result.choice["index"]]
-    assert chosen["chosen in resamples"] == small_result.choice["stability"]
-    assert chosen["admissible"] == small_result.choice["admissible"]
+    chosen = rows[1 + small_result.choice.index]
+    assert chosen["chosen in resamples"] == small_result.choice.stability
+    assert chosen["admissible"] == small_result.choice.admissible
     text = choice_text(small_result)
-    assert f"{small_result.choice['stability']:.0%} of 1000 bootstrap resamples" in text and "silence" in text
+    assert f"{small_result.choice.stability:.0%} of 1000 bootstrap resamples" in text and "silence" in text
 
 
 def test_headline_figures(small_result):
@@ -107,7 +109,7 @@ def test_headline_figures(small_result):
     assert all(r["split"] == "test" for r in rows if r["interval"]) and len(SPEC.headlines) == 1
     stable = [r for r in rows if "validation resamples choosing it" in r["text"]]
     assert len(stable) == 1 and stable[0]["split"] == "val" and stable[0]["n"] == 2
-    assert stable[0]["value"] == small_result.choice["stability"]
+    assert stable[0]["value"] == small_result.choice.stability
     sha = small_result.meta["artifacts"][0]["sha256"]
     assert any(r["text"].startswith(f"projector weights sha256 {sha[:16]}") for r in rows)
     diff = [r for r in rows if r["text"].startswith("CHAIR_i, VHR minus random heads")]

@@ -24,12 +24,15 @@ by default: it cost more forwards than the whole VHR experiment. Any object with
 ``--llava`` and ``--vlm`` folders) can be passed as ``model`` instead."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from jaxtyping import Float
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.errors import InputError
@@ -253,8 +256,8 @@ CRITERION = choice.CRITERION
 def choose(sweep: list[dict[str, Any]], before: np.ndarray, settings: list[np.ndarray], seed: int = 0) -> dict[str, Any]:
     """The validation choice among the ``sweep`` rows (``choice.CRITERION``) from per-scene counts
     (``before`` and one per row, ``choice.counts``), with its bootstrap stability."""
-    out = choice.choose(before, settings, [r["alpha"] for r in sweep], seed=seed)
-    return {**out, "settings": [f"{r['head_set']} alpha {r['alpha']:g}" for r in sweep]}
+    out = choice.choose(before, settings, [r.alpha for r in sweep], seed=seed)
+    return {**out, "settings": [f"{r.head_set} alpha {r.alpha:g}" for r in sweep]}
 
 
 METRICS = ("chair_i", "chair_s", "recall", "mentioned")
@@ -312,37 +315,123 @@ def head_policy(head_set: str, alpha: float, config: VHDConfig, vhd_map: torch.T
     return HeadPolicy("fixed", alpha, config.distance, seed, heads=mask.view(vhd_map.shape))
 
 
+@dataclass(frozen=True)
+class SweepRow:
+    """One validation setting: its head set, alpha, CHAIR scores (``_scores``) and recall - CHAIR_i."""
+
+    head_set: str
+    alpha: float
+    vhr: dict[str, float]
+    objective: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The validation choice (``choice.choose``): the chosen row, whether it was admissible, the
+    share of bootstrap resamples of the validation scenes choosing it and each setting, the floors."""
+
+    index: int
+    admissible: bool
+    stability: float
+    shares: list[float]
+    n_resamples: int
+    recall_floor: float
+    mentioned_floor: float
+    settings: list[str]
+
+
+@dataclass(frozen=True)
+class ProjectorRecord:
+    """The projector's build record (``vlm.train.build_vlm``), with the sha256 of its weights."""
+
+    loss_curve: list[float] = dataclasses.field(default_factory=list)
+    train_seconds: float | None = None
+    cached: str | None = None
+    sha256: str | None = None
+    artifact: str | None = None
+    build: str | None = None
+    threads: int | None = None
+    deterministic: bool | None = None
+
+
+@dataclass(frozen=True)
+class VisionHead:
+    """A head and its mean VHD."""
+
+    layer: int
+    head: int
+    name: str
+    vhd: float
+
+
 @register_result
-@dataclass
+@dataclass(kw_only=True)
 class VHDResult(Result):
+    """VHD map, T-VHD, the validation choice of VHR and CHAIR on the test scenes against controls.
+    Splits: ``splits`` says where each figure comes from."""
+
     analysis = "vhd"
-    config_cls = VHDConfig
 
+    config: VHDConfig
     # arrays
-    @property
-    def vhd_map(self) -> torch.Tensor:
-        """[layer head] mean VHD over decoding steps of the test captions."""
-        return self.arrays["vhd_map"]
+    vhd_map: Float[Tensor, "layer head"]  # mean VHD over decoding steps of the test captions
+    vhd_map_val: Float[Tensor, "layer head"] | None = None  # on the validation captions (what top<k> uses)
+    vhd_steps: Float[Tensor, "scene step layer head"]  # every decoding step of the unmodified test captions
+    valid: Tensor  # [scene step] 1 where a caption token was generated (uint8)
+    tvhd: Float[Tensor, "scene step"]  # mean of the top-k head VHDs at each generated token
+    images: Tensor  # [shown height width 3] uint8: the first test scenes (at most N_SHOWN)
+    selected_rate: Float[Tensor, "layer head"]  # how often the chosen setting scaled each head (test)
+    # the settings of the run
+    alpha: float  # the amplification reported as "after"
+    head_set: str  # the head set reported as "after"
+    chosen_by: str  # "val" (chosen there) or "given"
+    heads_scaled_per_step: float = 0.0
+    criterion: str = ""
+    choice: Choice | None = None  # None when the setting was given
+    sweep: list[SweepRow] = dataclasses.field(default_factory=list)
+    val_before: dict[str, float] = dataclasses.field(default_factory=dict)
+    splits: dict[str, str] = dataclasses.field(default_factory=dict)
+    n_scenes: int  # test scenes
+    n_val: int = 0  # validation scenes
+    random_draws: int = 1
+    distance: str = "l2"
+    where: str = ""  # the hook point VHD is measured at
+    vision_tokens: int | None = None
+    model: str | None = None
+    # heads and CHAIR (test)
+    top_heads: list[VisionHead]
+    chair: dict[str, dict[str, float]]  # condition -> chair_i, chair_s, recall, mean_words, n_mentioned, ...
+    object_token_tvhd: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # captions (test)
+    captions_before: list[str]
+    captions_after: list[str]
+    captions_random: list[str]  # the first random-heads draw
+    captions_all_heads: list[str] = dataclasses.field(default_factory=list)
+    captions_shuffled_image: list[str] | None = None
+    caption_tokens: list[list[str]]
+    truths: list[list[str]]
+    references: list[str]
+    # does the model see? (None for an adapter without a projector)
+    recall: float
+    recall_shuffled_image: float | None = None
+    caption_loss: float | None = None
+    caption_loss_shuffled_image: float | None = None
+    caption_loss_no_image: float | None = None
+    caption_loss_n: int | None = None
+    object_rank_recall: float | None = None
+    object_rank_recall_shuffled_image: float | None = None
+    object_rank_recall_chance: float | None = None
+    projector: ProjectorRecord | None = None  # None when a given adapter was analysed
+    user_image: dict[str, Any] | None = None  # the --image captioned before and after VHR
 
-    @property
-    def vhd_map_val(self) -> torch.Tensor:
-        """[layer head] mean VHD on the validation captions (what ``top<k>`` head sets use)."""
-        return self.arrays.get("vhd_map_val", self.vhd_map)
-
-    @property
-    def vhd_steps(self) -> torch.Tensor:
-        """[scene step layer head] VHD at every decoding step of the unmodified test captions."""
-        return self.arrays["vhd_steps"]
-
-    @property
-    def tvhd(self) -> torch.Tensor:
-        """[scene step] T-VHD (mean of the top-k head VHDs) at each generated token."""
-        return self.arrays["tvhd"]
-
-    @property
-    def images(self) -> torch.Tensor:
-        """[scene H W 3] uint8: the first few test scenes (at most ``N_SHOWN``)."""
-        return self.arrays["images"]
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+        """Format 1 kept an empty projector record as ``{}`` and the heads without a record type."""
+        metrics = dict(metrics)
+        proj = metrics.get("projector") or None
+        metrics["projector"] = None if not proj else {k: v for k, v in proj.items()
+                                                      if k in {f.name for f in dataclasses.fields(ProjectorRecord)}}
+        return metrics, arrays
 
     @property
     def n_shown(self) -> int:
@@ -350,66 +439,9 @@ class VHDResult(Result):
         return int(self.images.shape[0])
 
     @property
-    def selected_rate(self) -> torch.Tensor:
-        """[layer head] how often the chosen VHR setting scaled each head on the test scenes."""
-        return self.arrays["selected_rate"]
-
-    # the settings of the run
-    @property
-    def alpha(self) -> float:
-        """The amplification reported as "after" (chosen on the validation scenes unless given)."""
-        return float(self.metrics["alpha"])
-
-    @property
-    def head_set(self) -> str:
-        """The head set reported as "after" (chosen on the validation scenes unless given)."""
-        return str(self.metrics.get("head_set", "vhr"))
-
-    @property
-    def chosen_by(self) -> str:
-        """How alpha and the head set were fixed: ``val`` (chosen there) or ``given``."""
-        return str(self.metrics.get("chosen_by", "given"))
-
-    @property
-    def distance(self) -> str:
-        return str(self.metrics.get("distance", "l2"))
-
-    @property
-    def where(self) -> str:
-        """The hook point VHD is measured at."""
-        return str(self.metrics.get("where", ""))
-
-    @property
-    def n_scenes(self) -> int:
-        """Test scenes."""
-        return int(self.metrics["n_scenes"])
-
-    @property
-    def n_val(self) -> int:
-        """Validation scenes."""
-        return int(self.metrics.get("n_val", 0))
-
-    @property
-    def random_draws(self) -> int:
-        return int(self.metrics.get("random_draws", 1))
-
-    @property
-    def splits(self) -> dict[str, str]:
-        """Which split each figure comes from."""
-        return dict(self.metrics.get("splits") or {})
-
-    # heads and CHAIR
-    @property
-    def top_heads(self) -> list[dict[str, Any]]:
-        """The most vision-aware heads on the test captions: ``{"name", "layer", "head", ...}`` each."""
-        return list(self.metrics["top_heads"])
-
-    @property
-    def chair(self) -> dict[str, dict[str, float]]:
-        """Test-split CHAIR scores (``chair_i``, ``chair_s``, ``recall``, ``mean_words``,
-        ``n_mentioned``, ``mentioned_per_caption``) of the captions ``before``, ``after`` VHR,
-        with ``random_control`` heads (pooled over the draws) and with ``all_heads`` scaled alike."""
-        return dict(self.metrics["chair"])
+    def loss_curve(self) -> list[float]:
+        """The projector's training caption loss per step (empty for a given adapter)."""
+        return list(self.projector.loss_curve) if self.projector else []
 
     @property
     def chair_intervals(self) -> dict[str, dict[str, Interval]]:
@@ -418,133 +450,18 @@ class VHDResult(Result):
         ivs = self.intervals
         return {cond: {m: ivs[f"{m} {cond}"] for m in METRICS if f"{m} {cond}" in ivs} for cond in CONDITIONS}
 
-    @property
-    def sweep(self) -> list[dict[str, Any]]:
-        """The validation sweep: one row per setting ``{"head_set", "alpha", "vhr": scores,
-        "objective"}``; ``val_before`` holds the scores without intervention."""
-        return list(self.metrics["sweep"])
-
-    @property
-    def choice(self) -> dict[str, Any]:
-        """The validation choice's record (``choice.choose``): ``index``, ``admissible``,
-        ``stability`` (share of bootstrap resamples of the validation scenes picking the same
-        setting), ``shares`` per setting, ``settings``, the recall and mentions floors; empty when given."""
-        return dict(self.metrics.get("choice") or {})
-
-    @property
-    def val_before(self) -> dict[str, float]:
-        return dict(self.metrics.get("val_before") or {})
-
-    @property
-    def object_token_tvhd(self) -> dict[str, Any]:
-        """Mean T-VHD at object words in the image vs hallucinated ones (test captions)."""
-        return dict(self.metrics.get("object_token_tvhd") or {})
-
-    # captions
-    @property
-    def captions_before(self) -> list[str]:
-        return list(self.metrics["captions_before"])
-
-    @property
-    def captions_after(self) -> list[str]:
-        """Test captions with the chosen VHR setting."""
-        return list(self.metrics["captions_after"])
-
-    @property
-    def captions_random(self) -> list[str]:
-        """Test captions with as many random heads scaled (the first draw)."""
-        return list(self.metrics["captions_random"])
-
-    @property
-    def captions_all_heads(self) -> list[str]:
-        """Test captions with every head scaled by alpha."""
-        return list(self.metrics.get("captions_all_heads") or [])
-
-    @property
-    def captions_shuffled_image(self) -> list[str] | None:
-        """Captions given another scene's image (None for an adapter without a projector)."""
-        return self.metrics.get("captions_shuffled_image")
-
-    @property
-    def caption_tokens(self) -> list[list[str]]:
-        """The generated tokens of each caption before VHR."""
-        return list(self.metrics["caption_tokens"])
-
-    @property
-    def truths(self) -> list[list[str]]:
-        """The objects in each test scene."""
-        return list(self.metrics["truths"])
-
-    @property
-    def references(self) -> list[str]:
-        """Each test scene's reference caption."""
-        return list(self.metrics["references"])
-
-    # does the model see? (None for an adapter without a projector)
-    @property
-    def recall(self) -> float:
-        """Object recall of the test captions before VHR."""
-        return float(self.metrics["recall"])
-
-    @property
-    def recall_shuffled_image(self) -> float | None:
-        return self.metrics.get("recall_shuffled_image")
-
-    @property
-    def caption_loss(self) -> float | None:
-        """Test caption loss (nats/token) with the right image."""
-        return self.metrics.get("caption_loss")
-
-    @property
-    def caption_loss_shuffled_image(self) -> float | None:
-        return self.metrics.get("caption_loss_shuffled_image")
-
-    @property
-    def caption_loss_no_image(self) -> float | None:
-        return self.metrics.get("caption_loss_no_image")
-
-    @property
-    def object_rank_recall(self) -> float | None:
-        """Forced-choice object ranking recall with the right image."""
-        return self.metrics.get("object_rank_recall")
-
-    @property
-    def object_rank_recall_shuffled_image(self) -> float | None:
-        return self.metrics.get("object_rank_recall_shuffled_image")
-
-    @property
-    def object_rank_recall_chance(self) -> float | None:
-        return self.metrics.get("object_rank_recall_chance")
-
-    @property
-    def projector(self) -> dict[str, Any]:
-        """The projector's build record (empty when a given adapter was analysed)."""
-        return dict(self.metrics.get("projector") or {})
-
-    @property
-    def loss_curve(self) -> list[float]:
-        """The projector's training caption loss per step."""
-        return list(self.projector.get("loss_curve") or [])
-
-    @property
-    def user_image(self) -> dict[str, Any] | None:
-        """The ``--image`` captioned before and after VHR, when one was given."""
-        return self.metrics.get("user_image")
-
     def summary(self) -> dict[str, Any]:
-        m = self.metrics
-        out = {"vhd": m["vhd"], "top_heads": m["top_heads"], "chair": m["chair"], "alpha": m["alpha"],
-               "head_set": m["head_set"], "chosen_by": m["chosen_by"], "splits": m["splits"],
-               "n_scenes": m["n_scenes"], "n_val": m["n_val"], "intervals": m.get("intervals", {}),
-               "validation": {"before": m["val_before"], "sweep": m["sweep"], "choice": m.get("choice") or {}}}
+        from workbench.results import plain_json
+
+        out = {"vhd": self.vhd_map.tolist(), "top_heads": [dataclasses.asdict(h) for h in self.top_heads],
+               "chair": self.chair, "alpha": self.alpha, "head_set": self.head_set, "chosen_by": self.chosen_by,
+               "splits": self.splits, "n_scenes": self.n_scenes, "n_val": self.n_val,
+               "intervals": {k: iv.to_dict() for k, iv in self.intervals.items()},
+               "validation": {"before": self.val_before, "sweep": [dataclasses.asdict(r) for r in self.sweep],
+                              "choice": dataclasses.asdict(self.choice) if self.choice else {}}}
         if self.path is not None:
             out["run"] = str(self.path)
-        return out
-
-    def report_sections(self) -> list:
-        from workbench.analyses.vision_heads.figures import vision_sections
-
-        return vision_sections(self)
+        return plain_json(out)
 
 
 CONDITIONS = ("before", "after", "random_control", "all_heads")
@@ -597,7 +514,8 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
         shuffled = generate_chunked(vlm, config.prompt, feats[perm], paired=False, **gen_kw)
         metrics["recall_shuffled_image"] = chair(shuffled.captions, truths).recall
         metrics["captions_shuffled_image"] = shuffled.captions
-    metrics["projector"] = {k: v for k, v in record.items() if k != "config"} if record else {}
+    known = {f.name for f in dataclasses.fields(ProjectorRecord)}
+    metrics["projector"] = ProjectorRecord(**{k: v for k, v in record.items() if k in known}) if record else None
 
     # 2. validation: VHD map, then every (head set, alpha) against the validation objective
     val_base = caption(val_feats, HeadPolicy("none", distance=config.distance))
@@ -616,11 +534,11 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
             pol = head_policy(h, a, config, vhd_map_val)
             g = caption(val_feats, pol, paired=pol.mode != "fixed")
             sc = _scores(g.captions, val_truths)
-            sweep.append({"head_set": h, "alpha": a, "vhr": sc, "objective": objective(sc)})
+            sweep.append(SweepRow(h, a, sc, objective(sc)))
             setting_counts.append(choice.counts(g.captions, val_truths))
         chosen = choose(sweep, choice.counts(val_base.captions, val_truths), setting_counts, seed=config.seed)
         best = sweep[chosen["index"]]
-        head_set, alpha = best["head_set"], best["alpha"]
+        head_set, alpha = best.head_set, best.alpha
         chosen_by = "val"
 
     # 3. test: before (with VHD), the chosen VHR, random heads, all heads
@@ -648,15 +566,14 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
         heads_scaled = 0.0
     s = vhd_map.shape
     metrics.update({
-        "vhd": vhd_map.tolist(),
-        "top_heads": top_heads(vhd_map, 10),
+        "top_heads": [VisionHead(**h) for h in top_heads(vhd_map, 10)],
         "chair": chair_scores,
         "alpha": float(alpha),
         "head_set": head_set,
         "chosen_by": chosen_by,
         "heads_scaled_per_step": heads_scaled,
         "criterion": CRITERION,
-        "choice": chosen,
+        "choice": Choice(**chosen) if chosen else None,
         "sweep": sweep,
         "val_before": val_before,
         "splits": {"chair": "test", "intervals": "test", "vhd": "test", "top_heads": "test", "captions": "test",
@@ -698,7 +615,7 @@ def run(model: Any = None, config: VHDConfig | None = None, progress: bool | Any
         from workbench.artifacts import provenance_entry
 
         meta["artifacts"] = [provenance_entry(record["artifact"], record["sha256"])]
-    result = VHDResult(config=config, metrics=metrics, arrays=arrays, meta=meta)
+    result = VHDResult(config=config, meta=meta, **metrics, **arrays)
     runs = {"before": [base.captions], "after": [vhr.captions], "random_control": [r.captions for r in randoms],
             "all_heads": [every.captions]}
     for cond, caps_ in runs.items():

@@ -47,10 +47,10 @@ def sweep_figure(result: Any, metric: str = "chair_i") -> go.Figure:
     rows = result.sweep
     before = result.val_before
     fig = go.Figure()
-    for hs in dict.fromkeys(r["head_set"] for r in rows):
-        mine = [r for r in rows if r["head_set"] == hs]
-        ys = [r["objective"] if metric == "objective" else r["vhr"][metric] for r in mine]
-        fig.add_trace(go.Scatter(x=[r["alpha"] for r in mine], y=ys, mode="lines+markers", name=hs))
+    for hs in dict.fromkeys(r.head_set for r in rows):
+        mine = [r for r in rows if r.head_set == hs]
+        ys = [r.objective if metric == "objective" else r.vhr[metric] for r in mine]
+        fig.add_trace(go.Scatter(x=[r.alpha for r in mine], y=ys, mode="lines+markers", name=hs))
     if before:
         base = before["recall"] - before["chair_i"] if metric == "objective" else before.get(metric)
         fig.add_hline(y=base, line_dash="dot", annotation_text="no intervention")
@@ -137,12 +137,12 @@ def chair_table(result: Any) -> list[dict]:
 def choice_text(result: Any) -> str:
     """How the setting was chosen, and how often resampled validation scenes choose it."""
     ch = result.choice
-    if not ch:
+    if ch is None:
         return f"{result.head_set} at alpha {result.alpha} was given (chosen_by: {result.chosen_by})."
-    out = (f"Criterion: {result.metrics.get('criterion', '')}. Chosen: {result.head_set} at alpha {result.alpha:g} on "
-           f"{result.n_val} validation scenes; {ch['stability']:.0%} of {ch['n_resamples']} bootstrap resamples of "
+    out = (f"Criterion: {result.criterion}. Chosen: {result.head_set} at alpha {result.alpha:g} on "
+           f"{result.n_val} validation scenes; {ch.stability:.0%} of {ch.n_resamples} bootstrap resamples of "
            "them choose it.")
-    if not ch.get("admissible", True):
+    if not ch.admissible:
         out += " No setting kept recall and mentions within no intervention's interval: chosen by recall alone."
     return out
 
@@ -173,17 +173,17 @@ def sweep_table(result: Any) -> list[dict]:
     of the validation scenes that chose it."""
     rows = []
     ch = result.choice
-    floors = (ch.get("recall_floor"), ch.get("mentioned_floor"))
+    floors = (ch.recall_floor, ch.mentioned_floor) if ch else (None, None)
     if result.val_before:
         b = result.val_before
         rows.append({"head set": "none", "alpha": 1.0, "CHAIR_i": b["chair_i"], "CHAIR_s": b["chair_s"],
                      "recall": b["recall"], "objects/caption": b.get("mentioned_per_caption"),
                      "recall - CHAIR_i": b["recall"] - b["chair_i"]})
-    shares = ch.get("shares") or []
+    shares = ch.shares if ch else []
     for i, r in enumerate(result.sweep):
-        v = r["vhr"]
-        row = {"head set": r["head_set"], "alpha": r["alpha"], "CHAIR_i": v["chair_i"], "CHAIR_s": v["chair_s"],
-               "recall": v["recall"], "objects/caption": v.get("mentioned_per_caption"), "recall - CHAIR_i": r["objective"]}
+        v = r.vhr
+        row = {"head set": r.head_set, "alpha": r.alpha, "CHAIR_i": v["chair_i"], "CHAIR_s": v["chair_s"],
+               "recall": v["recall"], "objects/caption": v.get("mentioned_per_caption"), "recall - CHAIR_i": r.objective}
         if None not in floors:
             row["admissible"] = bool(v["recall"] >= floors[0] - 1e-12 and v["mentioned_per_caption"] >= floors[1] - 1e-12)
         if i < len(shares):
@@ -250,9 +250,9 @@ def headline_figures(result: Any) -> list[dict]:
     if result.chosen_by == "val":
         ch = result.choice
         out.append(figure(f"VHR setting {result.head_set}, alpha {result.alpha:g} {how}: share of "
-                          f"{ch.get('n_resamples', 0)} validation resamples choosing it"
-                          + ("" if ch.get("admissible", True) else " (no setting kept recall and mentions: chosen by recall)"),
-                          ch.get("stability"), n=result.n_val, split="val", fmt=".2f"))
+                          f"{ch.n_resamples} validation resamples choosing it"
+                          + ("" if ch.admissible else " (no setting kept recall and mentions: chosen by recall)"),
+                          ch.stability, n=result.n_val, split="val", fmt=".2f"))
     ivs_all = result.intervals
     for m, name in (("chair_i", "CHAIR_i"), ("recall", "recall")):
         iv = ivs_all.get(f"{m} after - random_control")
