@@ -167,3 +167,33 @@ def test_cli_runs_and_refuses_a_bad_head(tmp_path):
     assert doc["head"] == "L1H3" and doc["key_side"] and doc["identity_error"] < 1e-4
     bad = _cli("qk", "--model", "tiny-gpt2", "--head", "L5H0")
     assert bad.returncode == 2 and "layer 5 is out of range" in bad.stderr
+
+
+def test_mechanism_check_known_answer(tiny_llama):
+    """Synthetic per-prompt data: L1H0 is the induction head, L0H1 the previous-token head, and
+    L1H0's top key-side source is L0H1 on every prompt while other heads' is the embedding: the
+    induction share is 1 and the random share 0; with the source swapped to L0H2 it drops to 0."""
+    from workbench.analyses.qk.attribution import component_names
+    from workbench.analyses.qk.mechanism import k_source_check
+
+    def data(source: str):
+        per = []
+        for layer in range(2):
+            c = len(component_names(tiny_llama, layer))
+            key = torch.zeros(8, 4, c)
+            key[:, :, 0] = 1.0  # the embedding leads everywhere ...
+            if layer == 1:
+                key[:, 0, component_names(tiny_llama, 1).index(source)] = 5.0  # ... but L1H0 reads `source`
+            target, previous = torch.zeros(8, 4), torch.zeros(8, 4)
+            if layer == 1:
+                target[:, 0] = 0.9
+            else:
+                previous[:, 1] = 0.9
+            per.append({"key": key, "query": key.clone(), "target": target, "previous": previous})
+        return per
+
+    check = k_source_check(tiny_llama, data("L0H1"), n_induction=1, n_previous=1, n_random=2)
+    assert check["induction_heads"] == ["L1H0"] and check["previous_token_heads"] == ["L0H1"]
+    assert check["induction"]["value"] == 1.0 and check["random"]["value"] == 0.0
+    assert "L1H0" not in check["random_heads"]
+    assert k_source_check(tiny_llama, data("L0H2"), n_induction=1, n_previous=1, n_random=2)["induction"]["value"] == 0.0

@@ -20,8 +20,9 @@ SPEC = AnalysisSpec(
     estimate_bytes=estimate_bytes,
     head_columns=HEAD_COLUMNS,
     page_defaults={"n_prompts": 4},
-    headlines=(Headline("QK attribution (SmolLM2 L18H6, induction)", ("qk", "--head", "L18H6"), headline_figures,
-                        why="L18H6 attends to the induction target on 76% of second-copy tokens (n=8)"),),
+    headlines=(Headline("QK attribution: the K-composition mechanism of induction", ("qk", "--head", "L18H6", "--n", "32"),
+                        headline_figures, why="L18H6 is an induction head of SmolLM2 (its attended key is the "
+                        "induction target on 0.76 of second-copy tokens); --n 32 gives 16 held-out prompts"),),
     description="With the norm's scale frozen at its measured value and rotary fixed per position, a head's score is "
                 "bilinear in the query and key residual streams; each stream is a sum of the embeddings, earlier heads, "
                 "MLPs and biases, so the (query, key) pair contributions sum exactly to the score.",

@@ -26,7 +26,9 @@ from .attribution import component_names, decompose, pair_scores, qk_parts
 from .columns import strongest
 from .composition import MODES, composition_scores, strongest_sources
 from .prompts import TASKS, QueryPlan, parse_head, plan
-from .sources import all_head_sources, top_sources
+from .mechanism import k_source_check
+from .mechanism import set_intervals as set_mechanism_intervals
+from .sources import per_prompt_sources, top_sources
 
 
 @dataclass
@@ -161,6 +163,8 @@ def run(model: Any, config: QKConfig | None = None, progress: bool = True,
         layer, head = divmod(int(best.flatten().argmax()), s.n_heads)
     qplan = plan(model, config, tokens)
     pairs, diffs, hits, err = _items(model, qplan, layer, head, config.batch_size, progress)
+    per_layer = per_prompt_sources(model, qplan, config.batch_size)
+    check = k_source_check(model, per_layer, seed=config.seed) if qplan.targets[0][0] >= 0 else None
     names = component_names(model, layer)
     att = summarise(torch.stack(pairs), names, config.top_k, config.seed)
     why = summarise(torch.stack(diffs), names, config.top_k, config.seed)
@@ -172,7 +176,9 @@ def run(model: Any, config: QKConfig | None = None, progress: bool = True,
         "attended_is_target_share": float(np.mean(hits)) if hits else None,
         "identity_error": err, "n_prompts": len(pairs), "n_queries": sum(len(q) for q in qplan.queries),
         "composition_baseline": base,
-        "head_sources": top_sources(model, all_head_sources(model, qplan, config.batch_size), k=config.top_k),
+        "head_sources": top_sources(model, [{side: p[side].mean(0) for side in ("key", "query")} for p in per_layer],
+                                    k=config.top_k),
+        "mechanism": check,
         "composition_sources": {m: [{"head": head_name(a, b), "score": v} for a, b, v in sources[m]] for m in MODES},
     }
     arrays = {"pairs": torch.stack(pairs), "pairs_diff": torch.stack(diffs)}
@@ -183,5 +189,7 @@ def run(model: Any, config: QKConfig | None = None, progress: bool = True,
         top = metrics[side][0]
         result.set_interval(f"{side.replace('_', '-')} top source of {metrics['head']}'s attended score ({top['component']})",
                             Interval(top["mean"], top["low"], top["high"], len(pairs), "bootstrap", split="all prompts"))
+    if check is not None:
+        set_mechanism_intervals(result, check)
     return result
 

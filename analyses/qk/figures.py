@@ -86,7 +86,22 @@ def sections(result: Any) -> list[Section]:
                 figures=[composition_graph(result.composition("K"), "Strongest K-compositions"),
                          composition_graph(result.composition("Q"), "Strongest Q-compositions")],
                 tables=[comp_rows]),
-    ]
+    ] + mechanism_section(result)
+
+
+def mechanism_section(result: Any) -> list[Section]:
+    """The held-out K-composition check of induction (induction prompts only)."""
+    check = result.metrics.get("mechanism")
+    if not check:
+        return []
+    rows = [{"heads": kind, "chosen on the even prompts": ", ".join(check[f"{kind}_heads"]),
+             "share of odd prompts whose top key-side source is a previous-token head":
+                 f"{check[kind]['value']:.2f} [{check[kind]['low']:.2f}, {check[kind]['high']:.2f}]"}
+            for kind in ("induction", "random")]
+    text = ("Olsson et al.'s K-composition, held-out: induction heads, previous-token heads ("
+            + ", ".join(check["previous_token_heads"]) + ") and random control heads are chosen on the even-numbered "
+            "prompts; on the odd ones, how often each head's top key-side source is one of those previous-token heads.")
+    return [Section("The induction mechanism, held-out", text=text, tables=[rows])]
 
 
 def headline_figures(result: Any) -> list[dict[str, Any]]:

@@ -92,14 +92,21 @@ def _norm_reader(model: Any, layer: int, resid: torch.Tensor, u: torch.Tensor) -
 
 def all_head_sources(model: Any, qplan: QueryPlan, batch_size: int = 4) -> list[dict[str, torch.Tensor]]:
     """Per layer: ``key`` and ``query`` [head component] mean marginals of the attended score
-    over every query of the plan (components as ``component_names(model, layer)``)."""
+    over the plan's prompts (components as ``component_names(model, layer)``)."""
+    return [{side: per[side].mean(0) for side in ("key", "query")} for per in per_prompt_sources(model, qplan, batch_size)]
+
+
+def per_prompt_sources(model: Any, qplan: QueryPlan, batch_size: int = 4) -> list[dict[str, torch.Tensor]]:
+    """Per layer, per prompt (mean over its queries): ``key`` and ``query`` [prompt head component]
+    marginals of the attended score; ``target`` and ``previous`` [prompt head] the share of queries
+    whose attended key is the task's target / the previous token."""
     s = model.shape
     names = ["hook_embed", "blocks.0.hook_resid_pre"]
     for l in range(s.n_layers):
         names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_z", f"blocks.{l}.hook_mlp_out",
                   f"blocks.{l}.attn.hook_q", f"blocks.{l}.attn.hook_k"]
-    sums = [{"key": 0.0, "query": 0.0} for _ in range(s.n_layers)]
-    count = 0
+    per: list[dict[str, list[torch.Tensor]]] = [{"key": [], "query": [], "target": [], "previous": []}
+                                                for _ in range(s.n_layers)]
     weights = [_layer_weights(model, l) for l in range(s.n_layers)]
     heads = torch.arange(s.n_heads, device=model.device)
     for start in range(0, len(qplan.tokens), batch_size):
@@ -129,10 +136,13 @@ def all_head_sources(model: Any, qplan: QueryPlan, batch_size: int = 4) -> list[
                 query = torch.einsum("cqm,qhm->hc", comps[:, qs], v_q.float()).double()
                 key = torch.cat([key, (g_k * bias_k).sum((0, -1))[:, None]], -1) * scale
                 query = torch.cat([query, (g_q * bias_q).sum((0, -1))[:, None]], -1) * scale
-                sums[layer]["key"] = sums[layer]["key"] + key
-                sums[layer]["query"] = sums[layer]["query"] + query
-        count += sum(len(qplan.queries[start + r]) for r in range(len(chunk)))
-    return [{side: (v / max(count, 1)).float().cpu() for side, v in layer_sums.items()} for layer_sums in sums]
+                n_q = len(qs)
+                targets = torch.tensor(qplan.targets[start + row], device=att.device)[:, None]
+                per[layer]["key"].append((key / n_q).float().cpu())
+                per[layer]["query"].append((query / n_q).float().cpu())
+                per[layer]["target"].append((att == targets).float().mean(0).cpu())
+                per[layer]["previous"].append((att == qs[:, None] - 1).float().mean(0).cpu())
+    return [{k: torch.stack(v) for k, v in layer.items()} for layer in per]
 
 
 def top_sources(model: Any, per_layer: list[dict[str, torch.Tensor]], k: int = 5) -> dict[str, dict[str, list]]:
