@@ -370,6 +370,7 @@ def sweep_row(setup, model, masks, timed: dict, peak: float, n_sample: int, meth
         row["compile_s"] = round(setup.compile_s, 1)
     eff = effects(val["batched"], setup.clean_metric)
     row["top10"] = top(eff)
+    row["top12_effects"] = [round(float(eff[i]), 4) for i in top(eff, 12)]  # to tell a swap from a tie
     row["largest_effect"] = float(eff.abs().max())
     return row
 
