@@ -34,12 +34,12 @@ def test_reads_from_lists_match_the_qk_run(atlas_with_qk):
     lists = reads_from(back, *READER)
     assert list(lists) == list(READS_FROM)
     k_side = lists["weights, K-composition"]
-    scores = qk.composition("K")[0, :, READER[0], READER[1]]
+    scores = qk.composition["K"][0, :, READER[0], READER[1]]
     assert k_side[0]["source"] == f"L0H{int(scores.argmax())}"
     assert k_side[0]["value"] == pytest.approx(float(scores.max()), rel=1e-5)
     assert {r["source"] for r in k_side} == {f"L0H{h}" for h in range(4)}  # only earlier heads write into it
     measured = [r["source"] for r in lists["measured, key side"]]
-    assert measured == [c for c, _ in qk.head_sources["L1H3"]["key"][:5]]
+    assert measured == [s.component for s in qk.head_sources["L1H3"].key[:5]]
     assert reads_from(back, 0, 1)["weights, K-composition"] == []  # layer 0 reads only the embeddings
 
 

@@ -129,12 +129,12 @@ def test_bad_head_is_one_line(tiny_llama):
 
 def test_run_round_trip_and_spec(tiny_llama, tmp_path):
     result = run(tiny_llama, QKConfig(head="L1H2", n_prompts=4, seq_len=5, top_k=4), progress=False)
-    assert result.metrics["identity_error"] < 1e-4
-    assert result.metrics["n_queries"] == 4 * 5
-    assert len(result.key_side) == 4 and result.arrays["pairs"].shape[1:] == (7, 7)
+    assert result.identity_error < 1e-4
+    assert result.n_queries == 4 * 5
+    assert len(result.key_side) == 4 and result.pairs.shape[1:] == (7, 7)
     # every head's measured sources (reading vectors) agree with this head's pair matrices
-    mine = dict(result.head_sources["L1H2"]["key"])
-    assert mine and all(abs(mine[r["component"]] - r["mean"]) < 1e-4 for r in result.key_side if r["component"] in mine)
+    mine = {s.component: s.value for s in result.head_sources["L1H2"].key}
+    assert mine and all(abs(mine[r.component] - r.mean) < 1e-4 for r in result.key_side if r.component in mine)
     assert len(result.head_sources) == 8
     back = load_result(result.save(tmp_path / "run"))
     assert isinstance(back, QKResult) and back.key_side == result.key_side
@@ -148,7 +148,7 @@ def test_run_round_trip_and_spec(tiny_llama, tmp_path):
 
 def test_prompt_and_query(tiny_llama):
     result = run(tiny_llama, QKConfig(head="L1H0", prompt="When Mary and John went out", query=3), progress=False)
-    assert result.metrics["n_queries"] == 1 and result.attended_is_target_share is None
+    assert result.n_queries == 1 and result.attended_is_target_share is None
     with pytest.raises(InputError, match="--query 99"):
         run(tiny_llama, QKConfig(head="L1H0", prompt="Hi there", query=99), progress=False)
 

@@ -92,7 +92,7 @@ def attribution(model: Model):
 
 
 def k_side_first(result) -> str:
-    return result.key_side[0]["component"]
+    return result.key_side[0].component
 
 
 def strongest_k_writer(model: Model) -> tuple[int, int]:
@@ -115,7 +115,7 @@ def test_the_planted_heads_do_their_jobs(planted):
 def test_qk_attribution_puts_the_previous_token_head_first_on_the_key_side(planted):
     result = attribution(planted)
     assert k_side_first(result) == "L0H0"
-    assert result.key_side[0]["mean"] > 5 * abs(result.key_side[1]["mean"])
+    assert result.key_side[0].mean > 5 * abs(result.key_side[1].mean)
 
 
 def test_the_planted_pair_has_the_largest_k_composition(planted):

@@ -262,11 +262,11 @@ def reads_from(qk: Any, layer: int, head: int, k: int = 5) -> dict[str, list[dic
     key-side sources of its attended score on the QK run's prompts) and from the weights (its
     strongest K- and Q-composition writers, minus the random baseline)."""
     name = f"L{layer}H{head}"
-    measured = qk.head_sources.get(name, {})
-    out = {READS_FROM[0]: [{"source": c, "value": v} for c, v in measured.get("key", [])[:k]],
-           READS_FROM[1]: [{"source": c, "value": v} for c, v in measured.get("query", [])[:k]]}
+    measured = qk.head_sources.get(name)
+    out = {READS_FROM[0]: [{"source": s.component, "value": s.value} for s in (measured.key if measured else [])[:k]],
+           READS_FROM[1]: [{"source": s.component, "value": s.value} for s in (measured.query if measured else [])[:k]]}
     for label, mode in zip(READS_FROM[2:], ("K", "Q")):
-        scores = qk.composition(mode)[:, :, layer, head].float().cpu()  # [writer layer, writer head]
+        scores = qk.composition[mode][:, :, layer, head].float().cpu()  # [writer layer, writer head]
         flat = scores.nan_to_num(float("-inf")).flatten()
         n = int(np.isfinite(flat.numpy()).sum())
         vals, idx = flat.topk(min(k, n)) if n else (flat[:0], flat[:0].long())

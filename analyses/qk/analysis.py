@@ -10,6 +10,9 @@ Q-, K- and V-composition scores of every ordered pair of heads from the weights 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from jaxtyping import Float
+from torch import Tensor
 from typing import Any
 
 import numpy as np
@@ -18,7 +21,7 @@ from tqdm.auto import tqdm
 
 from workbench.checks import checked_run
 from workbench.heads import head_name
-from workbench.results import Result, provenance, register_result
+from workbench.results import Result, provenance
 from workbench.spec import option
 from workbench.stats import Interval, bootstrap
 
@@ -61,46 +64,74 @@ def estimate_bytes(config: QKConfig, model: Any) -> int:
     return int(3 * 8 * comps * min(config.batch_size, config.n_prompts) * pos * s.d_model)
 
 
-@register_result
-@dataclass
+@dataclass(frozen=True)
+class Source:
+    """One source (a component, or a ``query · key`` pair) with its mean over prompts and
+    bootstrap interval."""
+
+    component: str
+    mean: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class SourceValue:
+    """A source and one value (a measured marginal, or a composition score)."""
+
+    component: str
+    value: float
+
+
+@dataclass(frozen=True)
+class HeadSources:
+    """One head's measured top sources of its attended score, strongest |value| first."""
+
+    key: list[SourceValue]
+    query: list[SourceValue]
+
+
+@dataclass(frozen=True)
+class MechanismCheck:
+    """The held-out K-composition check of induction (``mechanism.k_source_check``)."""
+
+    induction_heads: list[str]
+    previous_token_heads: list[str]
+    random_heads: list[str]
+    induction: Interval
+    random: Interval
+    difference: Interval
+
+
+@dataclass(kw_only=True)
 class QKResult(Result):
+    """One head's scores split into (query, key) source pairs, every head's measured sources,
+    and composition scores of every pair of heads from the weights."""
+
     analysis = "qk"
-    config_cls = QKConfig
 
-    @property
-    def components(self) -> list[str]:
-        """The residual components feeding the head, ``bias`` last."""
-        return list(self.metrics["components"])
-
-    @property
-    def key_side(self) -> list[dict[str, Any]]:
-        """Key-side sources of the attended score, strongest first: component, mean, low, high."""
-        return list(self.metrics["key_side"])
-
-    @property
-    def query_side(self) -> list[dict[str, Any]]:
-        return list(self.metrics["query_side"])
-
-    @property
-    def attended_is_target_share(self) -> float | None:
-        """Share of queries whose attended key is the task's target (induction), else None."""
-        return self.metrics.get("attended_is_target_share")
-
-    @property
-    def head_sources(self) -> dict[str, dict[str, list]]:
-        """Every head's measured top sources on this run's prompts: ``{"L{l}H{h}": {"key":
-        [[component, mean], ...], "query": [...]}}`` (marginals of the attended score)."""
-        return dict(self.metrics["head_sources"])
-
-    def composition(self, mode: str) -> torch.Tensor:
-        """[layer head layer head] baseline-corrected composition score (writer, reader); NaN
-        where the writer is not earlier."""
-        return self.arrays[f"composition_{mode}"]
-
-    def report_sections(self) -> list:
-        from .figures import sections
-
-        return sections(self)
+    config: QKConfig
+    head: str
+    layer: int
+    head_index: int
+    components: list[str]  # the residual components feeding the head, ``bias`` last
+    top_pairs: list[Source]  # pairs of the attended score, by |mean|
+    query_side: list[Source]
+    key_side: list[Source]
+    diff_top_pairs: list[Source]  # the same for attended minus runner-up
+    diff_query_side: list[Source]
+    diff_key_side: list[Source]
+    attended_is_target_share: float | None  # induction: share of queries attending to the target
+    identity_error: float  # largest |sum of pairs - the model's score|
+    n_prompts: int
+    n_queries: int
+    composition_baseline: float
+    composition_sources: dict[str, list[SourceValue]]  # per mode, the head's strongest writers
+    head_sources: dict[str, HeadSources]  # every head's measured sources on these prompts
+    mechanism: MechanismCheck | None = None
+    pairs: Float[Tensor, "prompt component component"]
+    pairs_diff: Float[Tensor, "prompt component component"]
+    composition: dict[str, Float[Tensor, "writer_layer writer_head layer head"]]  # Q, K, V; NaN unless earlier
 
 
 def _items(model: Any, qplan: QueryPlan, layer: int, head: int, batch_size: int,
@@ -130,16 +161,16 @@ def _items(model: Any, qplan: QueryPlan, layer: int, head: int, batch_size: int,
     return pairs, diffs, hits, err
 
 
-def summarise(per_prompt: torch.Tensor, names: list[str], k: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+def summarise(per_prompt: torch.Tensor, names: list[str], k: int, seed: int) -> dict[str, list[Source]]:
     """Top pairs and both marginals of [prompt C C], by |mean|, each with a bootstrap interval over prompts."""
     x = per_prompt.double().numpy()
 
-    def rows(values: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    def rows(values: np.ndarray, labels: list[str]) -> list[Source]:
         order = np.argsort(-np.abs(values.mean(0)), kind="stable")[:k]
         out = []
         for j in order:
             iv = bootstrap(values[:, j], seed=seed, split="all prompts")
-            out.append({"component": labels[j], "mean": iv.value, "low": iv.low, "high": iv.high})
+            out.append(Source(labels[j], iv.value, iv.low, iv.high))
         return out
 
     c = len(names)
@@ -169,26 +200,26 @@ def run(model: Any, config: QKConfig | None = None, progress: bool = True,
     att = summarise(torch.stack(pairs), names, config.top_k, config.seed)
     why = summarise(torch.stack(diffs), names, config.top_k, config.seed)
     sources = {m: strongest_sources(comp[m], k=config.top_k)[layer][head] for m in MODES}
-    metrics = {
-        "head": head_name(layer, head), "layer": layer, "head_index": head, "components": names,
-        "top_pairs": att["pairs"], "query_side": att["query_side"], "key_side": att["key_side"],
-        "diff_top_pairs": why["pairs"], "diff_query_side": why["query_side"], "diff_key_side": why["key_side"],
-        "attended_is_target_share": float(np.mean(hits)) if hits else None,
-        "identity_error": err, "n_prompts": len(pairs), "n_queries": sum(len(q) for q in qplan.queries),
-        "composition_baseline": base,
-        "head_sources": top_sources(model, [{side: p[side].mean(0) for side in ("key", "query")} for p in per_layer],
-                                    k=config.top_k),
-        "mechanism": check,
-        "composition_sources": {m: [{"head": head_name(a, b), "score": v} for a, b, v in sources[m]] for m in MODES},
-    }
-    arrays = {"pairs": torch.stack(pairs), "pairs_diff": torch.stack(diffs)}
-    arrays |= {f"composition_{m}": comp[m].float().cpu() for m in MODES}
-    result = QKResult(config=config, metrics=metrics, arrays=arrays,
-                      meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend})
+    by_head = top_sources(model, [{side: p[side].mean(0) for side in ("key", "query")} for p in per_layer], k=config.top_k)
+    result = QKResult(
+        config=config, head=head_name(layer, head), layer=layer, head_index=head, components=names,
+        top_pairs=att["pairs"], query_side=att["query_side"], key_side=att["key_side"],
+        diff_top_pairs=why["pairs"], diff_query_side=why["query_side"], diff_key_side=why["key_side"],
+        attended_is_target_share=float(np.mean(hits)) if hits else None, identity_error=err,
+        n_prompts=len(pairs), n_queries=sum(len(q) for q in qplan.queries), composition_baseline=base,
+        composition_sources={m: [SourceValue(head_name(a, b), v) for a, b, v in sources[m]] for m in MODES},
+        head_sources={name: HeadSources([SourceValue(*x) for x in e["key"]], [SourceValue(*x) for x in e["query"]])
+                      for name, e in by_head.items()},
+        mechanism=None if check is None else MechanismCheck(
+            check["induction_heads"], check["previous_token_heads"], check["random_heads"],
+            *(Interval.from_dict(check[k]) for k in ("induction", "random", "difference"))),
+        pairs=torch.stack(pairs), pairs_diff=torch.stack(diffs),
+        composition={m: comp[m].float().cpu() for m in MODES},
+        meta=provenance(model=model.name, seed=config.seed) | {"backend": model.backend})
     for side in ("key_side", "query_side"):
-        top = metrics[side][0]
-        result.set_interval(f"{side.replace('_', '-')} top source of {metrics['head']}'s attended score ({top['component']})",
-                            Interval(top["mean"], top["low"], top["high"], len(pairs), "bootstrap", split="all prompts"))
+        top = getattr(result, side)[0]
+        result.set_interval(f"{side.replace('_', '-')} top source of {result.head}'s attended score ({top.component})",
+                            Interval(top.mean, top.low, top.high, len(pairs), "bootstrap", split="all prompts"))
     if check is not None:
         set_mechanism_intervals(result, check)
     return result

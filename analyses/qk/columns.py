@@ -18,9 +18,9 @@ def strongest(scores: torch.Tensor) -> torch.Tensor:
 
 
 HEAD_COLUMNS = (
-    HeadColumn("k_composition", lambda r: strongest(r.composition("K")), unit="score − random baseline",
+    HeadColumn("k_composition", lambda r: strongest(r.composition["K"]), unit="score − random baseline",
                description="strongest K-composition from an earlier head (Elhage et al. 2021, from the weights): "
                            "how much an earlier head's output lies where this head's keys read"),
-    HeadColumn("q_composition", lambda r: strongest(r.composition("Q")), unit="score − random baseline",
+    HeadColumn("q_composition", lambda r: strongest(r.composition["Q"]), unit="score − random baseline",
                description="strongest Q-composition from an earlier head (from the weights)"),
 )

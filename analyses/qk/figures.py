@@ -12,14 +12,14 @@ import torch
 from workbench.report import Section
 
 
-def source_bars(rows: list[dict[str, Any]], title: str) -> go.Figure:
-    """Horizontal bars of sources (mean with its bootstrap interval), strongest at the top."""
+def source_bars(rows: list[Any], title: str) -> go.Figure:
+    """Horizontal bars of sources (``Source``: mean with its bootstrap interval), strongest at the top."""
     rows = list(reversed(rows))
-    mean = np.array([r["mean"] for r in rows])
-    fig = go.Figure(go.Bar(x=mean, y=[r["component"] for r in rows], orientation="h",
+    mean = np.array([r.mean for r in rows])
+    fig = go.Figure(go.Bar(x=mean, y=[r.component for r in rows], orientation="h",
                            error_x={"type": "data", "symmetric": False,
-                                    "array": [r["high"] - r["mean"] for r in rows],
-                                    "arrayminus": [r["mean"] - r["low"] for r in rows]}))
+                                    "array": [r.high - r.mean for r in rows],
+                                    "arrayminus": [r.mean - r.low for r in rows]}))
     fig.update_layout(title=title, xaxis_title="contribution to the score", height=120 + 24 * len(rows),
                       margin={"l": 140})
     return fig
@@ -48,58 +48,55 @@ def composition_graph(scores: torch.Tensor, title: str, k: int = 30) -> go.Figur
 
 def headline(result: Any) -> list[tuple[str, Any]]:
     """The tiles on the page."""
-    m = result.metrics
-    tiles = [("head", m["head"]), ("top key-side source", result.key_side[0]["component"]),
-             ("top query-side source", result.query_side[0]["component"]), ("prompts", m["n_prompts"])]
+    tiles = [("head", result.head), ("top key-side source", result.key_side[0].component),
+             ("top query-side source", result.query_side[0].component), ("prompts", result.n_prompts)]
     if result.attended_is_target_share is not None:
         tiles.append(("attends to the target", f"{result.attended_is_target_share:.2f}"))
     return tiles
 
 
-def _table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"source": r["component"], "mean": f"{r['mean']:.4g}", "95% interval": f"[{r['low']:.4g}, {r['high']:.4g}]"}
+def _table(rows: list[Any]) -> list[dict[str, Any]]:
+    return [{"source": r.component, "mean": f"{r.mean:.4g}", "95% interval": f"[{r.low:.4g}, {r.high:.4g}]"}
             for r in rows]
 
 
 def sections(result: Any) -> list[Section]:
-    m, cfg = result.metrics, result.config
-    where = f"the prompt {cfg.prompt!r}" if cfg is not None and cfg.prompt else f"{m['n_prompts']} {cfg.task if cfg else ''} prompts"
-    text = (f"{m['head']}'s pre-softmax score to its attended key, split into (query component, key component) "
-            f"pairs on {where} ({m['n_queries']} queries); the pairs sum to the score (largest error "
-            f"{m['identity_error']:.2g}). Intervals: bootstrap over prompts.")
-    comp = m["composition_sources"]
-    comp_rows = [{"mode": mode, "writer": r["head"], "score − baseline": f"{r['score']:.3f}"}
-                 for mode in ("K", "Q", "V") for r in comp[mode][:5]]
+    r, cfg = result, result.config
+    where = f"the prompt {cfg.prompt!r}" if cfg.prompt else f"{r.n_prompts} {cfg.task} prompts"
+    text = (f"{r.head}'s pre-softmax score to its attended key, split into (query component, key component) "
+            f"pairs on {where} ({r.n_queries} queries); the pairs sum to the score (largest error "
+            f"{r.identity_error:.2g}). Intervals: bootstrap over prompts.")
+    comp_rows = [{"mode": mode, "writer": w.component, "score − baseline": f"{w.value:.3f}"}
+                 for mode in ("K", "Q", "V") for w in r.composition_sources[mode][:5]]
     return [
         Section("QK attribution: the attended key", text=text,
                 figures=[source_bars(result.key_side, "Key-side sources"),
                          source_bars(result.query_side, "Query-side sources")],
-                tables=[_table(m["top_pairs"])]),
+                tables=[_table(r.top_pairs)]),
         Section("Why here and not there: attended minus runner-up",
                 text="The same split for the score difference between the attended key and the second-highest.",
-                figures=[source_bars(m["diff_key_side"], "Key-side sources of the difference"),
-                         source_bars(m["diff_query_side"], "Query-side sources of the difference")],
-                tables=[_table(m["diff_top_pairs"])]),
+                figures=[source_bars(r.diff_key_side, "Key-side sources of the difference"),
+                         source_bars(r.diff_query_side, "Query-side sources of the difference")],
+                tables=[_table(r.diff_top_pairs)]),
         Section("Composition from the weights",
                 text=f"Elhage et al.'s composition scores minus the random baseline "
-                     f"({m['composition_baseline']:.3f}) of the same shapes; the strongest writers into {m['head']}.",
-                figures=[composition_graph(result.composition("K"), "Strongest K-compositions"),
-                         composition_graph(result.composition("Q"), "Strongest Q-compositions")],
+                     f"({r.composition_baseline:.3f}) of the same shapes; the strongest writers into {r.head}.",
+                figures=[composition_graph(r.composition["K"], "Strongest K-compositions"),
+                         composition_graph(r.composition["Q"], "Strongest Q-compositions")],
                 tables=[comp_rows]),
     ] + mechanism_section(result)
 
 
 def mechanism_section(result: Any) -> list[Section]:
     """The held-out K-composition check of induction (induction prompts only)."""
-    check = result.metrics.get("mechanism")
-    if not check:
+    check = result.mechanism
+    if check is None:
         return []
-    rows = [{"heads": kind, "chosen on the even prompts": ", ".join(check[f"{kind}_heads"]),
+    rows = [{"heads": kind, "chosen on the even prompts": ", ".join(getattr(check, f"{kind}_heads")),
              "share of odd prompts whose top key-side source is a previous-token head":
-                 f"{check[kind]['value']:.2f} [{check[kind]['low']:.2f}, {check[kind]['high']:.2f}]"}
-            for kind in ("induction", "random")]
+                 getattr(check, kind).text()} for kind in ("induction", "random")]
     text = ("Olsson et al.'s K-composition, held-out: induction heads, previous-token heads ("
-            + ", ".join(check["previous_token_heads"]) + ") and random control heads are chosen on the even-numbered "
+            + ", ".join(check.previous_token_heads) + ") and random control heads are chosen on the even-numbered "
             "prompts; on the odd ones, how often each head's top key-side source is one of those previous-token heads.")
     return [Section("The induction mechanism, held-out", text=text, tables=[rows])]
 
