@@ -105,11 +105,10 @@ def test_the_parser_sees_imports_inside_functions(tmp_path):
         {"workbench.other", "workbench.x"}
 
 
-# Cycles other sessions are breaking while this test lands (issue 24); each entry goes when its fix does,
-# and the strict xfail below then turns into a failure that says to delete this list.
+# Cycles another session is breaking while this test lands (issue 24); an entry goes when its fix does,
+# and the strict xfail below then turns into a failure that says to delete this list and the mark.
 KNOWN_CYCLES = [
-    ["workbench.analyses.circuits.analysis", "workbench.analyses.circuits.measures"],
-    ["workbench.backends.nnsight", "workbench.models"],
+    ["workbench.backends.nnsight", "workbench.models"],  # load_remote assembles a Model (the backends session)
 ]
 
 
