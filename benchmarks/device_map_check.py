@@ -85,7 +85,7 @@ def main() -> None:
         "patched_logits_max_abs_diff": float((p0.float() - p1.float()).abs().max()),
         "generation_equal": bool(torch.equal(g0.new_tokens.cpu(), g1.new_tokens.cpu())),
         "ablation_effect_max_abs_diff": float((a0.effect.float() - a1.effect.float()).abs().max()),
-        "ablation_top_head_equal": a0.top_heads[0]["layer"] == a1.top_heads[0]["layer"] and a0.top_heads[0]["head"] == a1.top_heads[0]["head"],
+        "ablation_top_head_equal": (a0.top_heads[0].layer, a0.top_heads[0].head) == (a1.top_heads[0].layer, a1.top_heads[0].head),
         "seconds": round(time.perf_counter() - start, 1),
     }))
 

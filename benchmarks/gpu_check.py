@@ -84,8 +84,10 @@ def where_it_broke(exc: BaseException) -> str:
 
 
 def numbers(result: Any) -> dict[str, torch.Tensor]:
-    """Everything comparable in a result: its arrays and its float metrics (flattened)."""
-    out = {f"arrays.{k}": torch.as_tensor(v).detach().float().cpu() for k, v in result.arrays.items()}
+    """Everything comparable in a result: its tensors and its float numbers (flattened), read from
+    what ``save`` writes, so typed and untyped Results compare the same way."""
+    doc, tensors = result.document()
+    out = {f"arrays.{k}": torch.as_tensor(v).detach().float().cpu() for k, v in tensors.items()}
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, bool):
@@ -96,8 +98,12 @@ def numbers(result: Any) -> dict[str, torch.Tensor]:
         elif isinstance(value, dict):
             for k, v in value.items():
                 walk(f"{prefix}.{k}", v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
 
-    walk("metrics", result.metrics)
+    walk("data", doc["data"])
+    walk("metrics", doc["metrics"])
     return out
 
 

@@ -582,9 +582,13 @@ def test_home_page_survives_broken_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RUNS", str(runs))
     for how in ("metrics-list", "config-string", "flipped-bytes"):
         _break(save_toy_run(runs / f"bad-{how}"), how)
-    AblationResult(config=AblationConfig(n_prompts=2), arrays={"effect": torch.zeros(2, 4)},
-                            metrics={"clean_logit_diff": 0.1, "accuracy": 1.0, "n_prompts": 2, "top_heads": "x"},
-                            meta=provenance(model="tiny-llama")).save(runs / "misfit")
+    misfit = AblationResult(config=AblationConfig(n_prompts=2), effect=torch.zeros(2, 4),
+                            clean_logit_diff_per_prompt=torch.zeros(2), ablated_logit_diff=torch.zeros(2, 4, 2),
+                            clean_logit_diff=0.1, clean_logit_diff_std=0.0, accuracy=1.0, n_prompts=2, n_forwards=1,
+                            top_heads=[], example_prompt="x", meta=provenance(model="tiny-llama")).save(runs / "misfit")
+    doc = json.loads((misfit / "result.json").read_text())
+    doc["data"]["top_heads"] = "x"  # a field whose value does not fit its annotation
+    (misfit / "result.json").write_text(json.dumps(doc))
     before = snapshot(tmp_path)
     at = AppTest.from_string("from workbench.app.home_page import home_page\nhome_page()\n", default_timeout=120).run()
     assert not at.exception, at.exception

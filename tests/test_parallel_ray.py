@@ -67,6 +67,6 @@ def test_ablation_report_sweep_on_ray_is_identical(cluster, tiny_llama):
     with use(ray="auto", workers=2):
         two = run(tiny_llama, config, progress=False)
     assert torch.equal(one.effect, two.effect)
-    assert torch.equal(one.arrays["ablated_logit_diff"], two.arrays["ablated_logit_diff"])
-    assert one.metrics["n_forwards"] == two.metrics["n_forwards"]
+    assert torch.equal(one.ablated_logit_diff, two.ablated_logit_diff)
+    assert one.n_forwards == two.n_forwards
     assert two.meta["parallel"]["workers"] == 2 and two.meta["parallel"]["units"] == 4

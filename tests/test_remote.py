@@ -78,9 +78,9 @@ def test_ablation_through_the_remote_path(simulated, tiny_llama, spy):
     remote = run(simulated, config, progress=False)
     local = run(tiny_llama, config, progress=False)
     assert remote.meta["parallel"]["sweep"] == "nnsight traces"
-    assert len(spy) == remote.metrics["n_forwards"] + 1  # mean over corrupt prompts + clean + chunks
+    assert len(spy) == remote.n_forwards + 1  # mean over corrupt prompts + clean + chunks
     torch.testing.assert_close(remote.effect, local.effect, atol=1e-5, rtol=1e-4)
-    assert remote.top_heads[0]["layer"] == local.top_heads[0]["layer"] and remote.top_heads[0]["head"] == local.top_heads[0]["head"]
+    assert (remote.top_heads[0].layer, remote.top_heads[0].head) == (local.top_heads[0].layer, local.top_heads[0].head)
 
 
 def test_remote_refuses_names_ndif_cannot_reach(simulated):

@@ -16,12 +16,9 @@ from typing import Callable
 import torch
 
 from .errors import InputError
+from .names import head_name  # noqa: F401  (re-exported: the one head-name format)
 
 MASK_MODES = ("query", "zero")
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
 
 
 def top_heads(scores: torch.Tensor, k: int, min_score: float | None = None) -> list[tuple[int, int]]:
