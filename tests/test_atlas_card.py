@@ -82,8 +82,8 @@ def test_click_a_head_then_a_k_side_source_in_real_chromium(atlas_with_qk, tmp_p
         box = grid.locator(".scatterlayer .point").nth(READER[0] * 4 + READER[1]).bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.get_by_text(f"Head card: L{READER[0]}H{READER[1]}").wait_for(timeout=180_000)
-        page.get_by_text("weights, K-composition").first.wait_for(timeout=60_000)
-        source = page.locator("button", has_text="L0H").first
+        page.get_by_text("weights, K-composition").last.wait_for(state="attached", timeout=60_000)
+        source = page.locator("button", has_text="L0H").first  # a key-side source head of L1H3
         source.wait_for(timeout=60_000)
         target = source.inner_text().split(" ")[0]
         source.click()
