@@ -104,6 +104,9 @@ def comparable_measures(model: Any, config: Any, graph: Graph, preps: dict[str, 
         metrics["mib"] = {m: c.to_dict() for m, c in curves.items()}
         for m, c in curves.items():
             intervals[f"MIB CPR ({m})"], intervals[f"MIB CMD ({m})"] = c.cpr, c.cmd
+            say(f"{m}: MIB CPR {c.cpr.text('.3f')}, CMD {c.cmd.text('.3f')}; faithfulness at MIB's fractions "
+                f"(absolute scores): " + ", ".join(f"{p * 100:g}%: {f:.2f}" for p, f in
+                                                   zip(c.fractions, c.faithfulness_absolute)))
     beside = config.beside_ablation
     if beside and beside != config.ablation:
         say(f"the faithfulness curve under {beside} ablation, beside")
