@@ -47,6 +47,8 @@ def test_compiled_sweep_equals_eager(dtype):
     # float32: the same arithmetic up to fusion's reordering; bfloat16: fused ops round once, eager per op
     tol = 1e-4 if dtype == "float32" else 5e-3
     assert float((out[True] - out[False]).abs().max()) <= tol
-    # two steps (q/k/v, then the MLP), each one graph for all layers and chunk sizes, plus one
-    # per shape PyTorch always specialises (a one-position suffix)
-    assert counters["stats"]["unique_graphs"] <= 6
+    # two steps (q/k/v, then the MLP), each a few graphs (Dynamo breaks them where the adapter's
+    # Python code does) for all layers and chunk sizes, plus PyTorch's specialisations (a
+    # one-position suffix): 11 measured over both dtypes; 30 layers recompiled per layer would be
+    # far more and hit Dynamo's recompile limit
+    assert counters["stats"]["unique_graphs"] <= 12
