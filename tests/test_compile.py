@@ -49,6 +49,6 @@ def test_compiled_sweep_equals_eager(dtype):
     assert float((out[True] - out[False]).abs().max()) <= tol
     # two steps (q/k/v, then the MLP), each a few graphs (Dynamo breaks them where the adapter's
     # Python code does) for all layers and chunk sizes, plus PyTorch's specialisations (a
-    # one-position suffix): 11 measured over both dtypes; 30 layers recompiled per layer would be
+    # one-position suffix): 11 measured in float32; 30 layers recompiled per layer would be
     # far more and hit Dynamo's recompile limit
     assert counters["stats"]["unique_graphs"] <= 12
