@@ -43,7 +43,7 @@ def test_cluster_grid_has_one_colour_and_legend_entry_per_cluster(atlas):
 
 
 def test_flag_column_is_drawn_in_two_colours_and_amounts_on_a_colour_bar(atlas):
-    atlas.arrays["table_0"][0] = torch_flags(atlas.arrays["table_0"][0])
+    atlas.tables["0"][0] = torch_flags(atlas.tables["0"][0])
     atlas.atlas()["columns"][0]["unit"] = "flag"
     name = atlas.column_names[0]
     fig = figs.atlas_grid(atlas, name)

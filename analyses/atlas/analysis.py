@@ -15,11 +15,13 @@ from __future__ import annotations
 import io
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from workbench.errors import InputError, WorkbenchError
 from workbench.names import act_name, head_name
@@ -295,17 +297,20 @@ def run(target: Any, config: AtlasConfig | None = None, progress: bool = True, r
     check_config(cfg)
     models = [] if target is None else (list(target) if isinstance(target, (list, tuple)) else [target])
     names = [m.name for m in models] or list(cfg.models[:1])
-    atlases, arrays = [], {}
+    atlases, tensors = [], {"table": {}, "clusters": {}, "card_pattern": {}}
     for i, name in enumerate(names):
         atlas, arr = build_one(name, models[i] if i < len(models) else None, cfg, progress, tuple(results))
         atlases.append(atlas)
-        arrays.update({f"{k}_{i}": v for k, v in arr.items()})
-    metrics: dict[str, Any] = {"models": names, "atlases": atlases, "comparison": None}
+        for k, v in arr.items():
+            tensors[k][str(i)] = v
+    comparison = None
     if len(atlases) == 2:
-        metrics["comparison"] = crossstats.compare(
-            [(a, arrays[f"table_{i}"].reshape(len(a["columns"]), -1).cpu().numpy().astype(float))
+        comparison = crossstats.compare(
+            [(a, tensors["table"][str(i)].reshape(len(a["columns"]), -1).cpu().numpy().astype(float))
              for i, a in enumerate(atlases)])
-    result = AtlasResult(config=cfg, metrics=metrics, arrays=arrays, meta=provenance(model=names[0], seed=cfg.seed))
+    result = AtlasResult(config=cfg, models=names, atlases=atlases, comparison=comparison, tables=tensors["table"],
+                         cluster_grids=tensors["clusters"], card_patterns=tensors["card_pattern"],
+                         meta=provenance(model=names[0], seed=cfg.seed))
     first = atlases[0]
     best = max((c for c in first["correlations"] if c["rho"] is not None), key=lambda c: abs(c["rho"]), default=None)
     if best is not None and best.get("interval"):
@@ -316,26 +321,52 @@ def run(target: Any, config: AtlasConfig | None = None, progress: bool = True, r
 
 
 # ----------------------------------------------------------------------------- result
-@dataclass
+def _by_model(arrays: dict[str, Tensor], old: str, new: str) -> dict[str, Tensor]:
+    """Format 1's ``{old}_{i}`` tensors as entry ``i`` of dict field ``new``."""
+    out = {}
+    for name, tensor in arrays.items():
+        stem, _, i = name.rpartition("_")
+        out[f"{new}/{i}" if stem == old and i.isdigit() else name] = tensor
+    return out
+
+
+@dataclass(kw_only=True)
 class AtlasResult(Result):
+    """Every head of one or two models with every per-head quantity the installed analyses
+    declare, their correlations, top heads, role clusters and head cards. The dict fields'
+    keys are the model's index (``"0"``, ``"1"``)."""
+
     analysis = ATLAS_KEY
-    config_cls = AtlasConfig
+
+    config: AtlasConfig
+    models: list[str]
+    atlases: list[dict[str, Any]]  # per model: columns, correlations, top heads, clusters, card, filled
+    comparison: dict[str, Any] | None = None  # two models lined up by relative depth (None for one model)
+    tables: dict[str, Float[Tensor, "column layer head"]]  # every quantity of every head
+    cluster_grids: dict[str, Int[Tensor, "layer head"]]  # the cluster of each head (-1: not clustered)
+    card_patterns: dict[str, Float[Tensor, "layer head query key"]] = field(default_factory=dict)  # with a model
+
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, Tensor]) -> tuple[dict, dict]:
+        for old, new in (("table", "tables"), ("clusters", "cluster_grids"), ("card_pattern", "card_patterns")):
+            arrays = _by_model(arrays, old, new)
+        return metrics, arrays
 
     def atlas(self, i: int = 0) -> dict[str, Any]:
         """Model ``i``'s atlas (its columns, correlations, top heads, clusters, card)."""
-        return self.metrics["atlases"][i]
+        return self.atlases[i]
 
     @property
     def model_names(self) -> list[str]:
-        return list(self.metrics["models"])
+        return list(self.models)
 
     @property
     def n_models(self) -> int:
-        return len(self.metrics["models"])
+        return len(self.models)
 
     @property
     def model(self) -> str:
-        return str(self.metrics["models"][0])
+        return str(self.models[0])
 
     @property
     def n_layers(self) -> int:
@@ -357,10 +388,10 @@ class AtlasResult(Result):
     @property
     def table(self) -> torch.Tensor:
         """[column layer head] every quantity of every head (model 0)."""
-        return self.arrays["table_0"]
+        return self.tables["0"]
 
     def table_of(self, i: int = 0) -> torch.Tensor:
-        return self.arrays[f"table_{i}"]
+        return self.tables[str(i)]
 
     def column(self, name: str, i: int = 0) -> torch.Tensor:
         """[layer head] one column of model ``i``'s table."""
@@ -387,7 +418,7 @@ class AtlasResult(Result):
     @property
     def cluster_labels(self) -> torch.Tensor:
         """[layer head] the cluster of each head (-1: not clustered)."""
-        return self.arrays["clusters_0"]
+        return self.cluster_grids["0"]
 
     @property
     def card(self) -> dict[str, Any] | None:
@@ -397,17 +428,12 @@ class AtlasResult(Result):
     @property
     def card_pattern(self) -> torch.Tensor | None:
         """[layer head q k] attention patterns on the card prompt (None without a model)."""
-        return self.arrays.get("card_pattern_0")
+        return self.card_patterns.get("0")
 
     @property
     def filled(self) -> list[dict[str, Any]]:
         """Analyses ``--fill`` ran, with the settings they ran at and their runs."""
         return list(self.atlas().get("filled") or [])
-
-    @property
-    def comparison(self) -> dict[str, Any] | None:
-        """Two models lined up by relative depth (None for one model)."""
-        return self.metrics.get("comparison")
 
     def frame(self, i: int = 0) -> Any:
         """Model ``i``'s table as a pandas DataFrame: one row per head, one column per quantity."""
@@ -419,7 +445,7 @@ class AtlasResult(Result):
         layer, head = np.divmod(np.arange(n_layers * n_heads), n_heads)
         data = {"model": a["model"], "layer": layer, "head": head,
                 "name": [head_name(l, h) for l, h in zip(layer, head)],
-                "cluster": self.arrays[f"clusters_{i}"].flatten().cpu().numpy()}
+                "cluster": self.cluster_grids[str(i)].flatten().cpu().numpy()}
         data.update({c["name"]: table[j] for j, c in enumerate(a["columns"])})
         return pd.DataFrame(data)
 

@@ -109,7 +109,7 @@ def column_scatter(result: Any, x: str, y: str, i: int = 0) -> go.Figure:
     a = result.atlas(i)
     cols = {c["name"]: c for c in a["columns"]}
     xs, ys = result.column(x, i).cpu().numpy().flatten(), result.column(y, i).cpu().numpy().flatten()
-    clusters = result.arrays[f"clusters_{i}"].cpu().numpy().flatten()
+    clusters = result.cluster_grids[str(i)].cpu().numpy().flatten()
     layer, head = _heads(int(a["n_layers"]), int(a["n_heads"]))
     fig = go.Figure()
     for value in sorted(int(v) for v in np.unique(clusters)):
@@ -161,7 +161,7 @@ def correlation_matrix(result: Any, i: int = 0) -> go.Figure:
 def cluster_grid(result: Any, i: int = 0) -> go.Figure:
     """Layer by head coloured by role cluster: one colour and legend entry per cluster."""
     a = result.atlas(i)
-    labels = result.arrays[f"clusters_{i}"].cpu().numpy().astype(int)
+    labels = result.cluster_grids[str(i)].cpu().numpy().astype(int)
     names = {c["id"]: f"{c['id']}: {_short(c['description'])}" for c in a["clusters"]["clusters"]}
     names[-1] = "not clustered"
     title = f"{a['model']}: role clusters ({a['clusters']['method']}, k={a['clusters']['k']})"

@@ -89,7 +89,7 @@ def atlas_explorer(result: Any) -> None:
     if runs:
         st.markdown("Saved runs behind these numbers: " + "; ".join(
             f"[{key}](./{key}) `{run}`" for key, run in runs))
-    card, pattern = a.get("card"), result.arrays.get(f"card_pattern_{i}")
+    card, pattern = a.get("card"), result.card_patterns.get(str(i))
     default = card["prompt"] if card else ""
     prompt = st.text_input("prompt for the attention pattern and top tokens", default, key="atlas-card-prompt")
     tokens, top, logits = None, None, None
