@@ -52,3 +52,21 @@ def test_compiled_sweep_equals_eager(dtype):
     # one-position suffix): 11 measured in float32; 30 layers recompiled per layer would be
     # far more and hit Dynamo's recompile limit
     assert counters["stats"]["unique_graphs"] <= 12
+
+
+def test_the_cli_flag_reaches_the_model(monkeypatch):
+    """`--compile` is a common option of every analysis command; without it the environment
+    variable still decides."""
+    from typer.testing import CliRunner
+
+    from workbench.cli import app, register_analyses
+    from workbench.cli.analysis import Common, load_common
+
+    monkeypatch.delenv("WORKBENCH_COMPILE", raising=False)
+    assert load_common(Common(model="tiny-llama", compile=True)).compile is True
+    assert load_common(Common(model="tiny-llama")).compile is False
+    monkeypatch.setenv("WORKBENCH_COMPILE", "1")
+    assert load_common(Common(model="tiny-llama")).compile is True
+    register_analyses()
+    help_text = CliRunner().invoke(app, ["ablation", "--help"], env={"COLUMNS": "200"}).output
+    assert "--compile" in help_text

@@ -89,7 +89,8 @@ def load_target(config: AtlasConfig, common: Any) -> list[Any]:
     models = []
     for name in config.models:
         print(f"loading {name} ...", file=sys.stderr, flush=True)
-        models.append(load_model(name, backend=common.backend, device=common.device, dtype=common.dtype))
+        models.append(load_model(name, backend=common.backend, device=common.device, dtype=common.dtype,
+                                 compile=common.compile or None))
     return models
 
 

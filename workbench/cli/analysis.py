@@ -47,6 +47,7 @@ class Common:
     workers: int = 2
     device_map: Optional[str] = None
     remote: bool = False
+    compile: bool = False
 
 
 COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
@@ -62,6 +63,7 @@ COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
     ("workers", int, typer.Option(2, "--workers", help="Ray workers (with --ray); each loads the model once")),
     ("device_map", Optional[str], typer.Option(None, "--device-map", help="split the model over devices with accelerate: auto, or module=device,... / JSON")),
     ("remote", bool, typer.Option(False, "--remote", help="with --backend nnsight: run the traces on NDIF (needs NDIF_API_KEY)")),
+    ("compile", bool, typer.Option(False, "--compile", help="run the patching sweeps' repeated suffix forward under torch.compile; pays on sweeps longer than its one-off compile (about a minute)")),
 ]
 
 
@@ -159,13 +161,13 @@ def check_scaling(spec: AnalysisSpec, common: Common) -> None:
 def load_common(common: Common) -> Any:
     """The model of --model/--backend/--device/--dtype (and --device-map/--remote when given)."""
     if not common.device_map and not common.remote:
-        return load(common.model, common.backend, common.device, common.dtype)
+        return load(common.model, common.backend, common.device, common.dtype, common.compile)
     from ..models import load_model
 
     where = f"device map {common.device_map}" if common.device_map else "NDIF (remote)"
     status(f"loading {common.model} ({common.backend}, {where}, {common.dtype}) ...")
     m = load_model(common.model, backend=common.backend, device=common.device, dtype=common.dtype,
-                   device_map=common.device_map, remote=common.remote)
+                   device_map=common.device_map, remote=common.remote, compile=common.compile or None)
     status(f"loaded {common.model} in {m.load_seconds:.1f}s: {m.shape.n_layers} layers x {m.shape.n_heads} heads")
     return m
 

@@ -42,11 +42,12 @@ def status(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load(model: str, backend: str = "hf", device: str = "cpu", dtype: str = "float32") -> Any:
+def load(model: str, backend: str = "hf", device: str = "cpu", dtype: str = "float32", compile: bool = False) -> Any:
+    """The model, with progress lines; ``compile`` False leaves ``WORKBENCH_COMPILE`` in charge."""
     from ..models import load_model
 
-    status(f"loading {model} ({backend}, {device}, {dtype}) ...")
-    m = load_model(model, backend=backend, device=device, dtype=dtype)
+    status(f"loading {model} ({backend}, {device}, {dtype}{', compiled' if compile else ''}) ...")
+    m = load_model(model, backend=backend, device=device, dtype=dtype, compile=compile or None)
     status(f"loaded {model} in {m.load_seconds:.1f}s: {m.shape.n_layers} layers x {m.shape.n_heads} heads")
     return m
 
