@@ -66,7 +66,7 @@ def test_mib_counts_and_pruning(planted):
 
 def test_true_circuit_has_cmd_near_0_and_cpr_near_1_random_does_not(planted):
     m, g, clean, corrupt, metric = planted
-    true = mib_curve(m, g, clean, corrupt, metric, _scores(g, PATH), "counterfactual", split="test")
+    true = mib_curve(m, g, clean, corrupt, metric, -_scores(g, PATH), "counterfactual", split="test")
     assert true.faithfulness_absolute[-1] == pytest.approx(1.0, abs=1e-4)  # every edge: the full model
     first = next(i for i, k in enumerate(true.n_edges) if k >= len(PATH))
     assert min(true.faithfulness_absolute[first:]) > 0.99
@@ -81,13 +81,15 @@ def test_true_circuit_has_cmd_near_0_and_cpr_near_1_random_does_not(planted):
     assert rnd.cmd.value > 0.2 and rnd.cpr.value < 0.8
     assert rnd.cmd.low > true.cmd.high
     # the planted path cut (its first edge not scored): the metric says so
-    cut = mib_curve(m, g, clean, corrupt, metric, _scores(g, PATH[1:]), "counterfactual")
+    cut = mib_curve(m, g, clean, corrupt, metric, -_scores(g, PATH[1:]), "counterfactual")
     assert cut.cmd.value > 0.2
 
 
 def test_signed_scores_rank_negative_edges_last(planted):
     m, g, clean, corrupt, metric = planted
-    s = -_scores(g, PATH)  # the path with negative scores: CPR (signed) misses it, CMD (absolute) finds it
+    # the workbench's sign: an edge carrying the behaviour scores negative (patching it lowers the metric);
+    # the path scored positive (as if it hurt the behaviour): CPR (signed) misses it, CMD (absolute) finds it
+    s = _scores(g, PATH)
     c = mib_curve(m, g, clean, corrupt, metric, s, "counterfactual")
     assert c.cmd.value == pytest.approx(0.074, abs=1e-3)
     assert c.cpr.value < 0.8

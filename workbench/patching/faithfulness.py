@@ -6,7 +6,8 @@ edges, prunes the graph (a node needs an incoming and an outgoing edge; the inpu
 the logits always stay), runs the model with every other edge ablated, and normalises
 the metric as (circuit - empty) / (full - empty), each a mean over prompts. Then
 
-* **CPR** (higher is better): the area under that curve, edges chosen by *signed* score;
+* **CPR** (higher is better): the area under that curve, edges chosen by *signed* score (MIB's
+  sign: an edge that carries the behaviour scores high; the workbench's EAP scores are negated);
 * **CMD** (lower is better): the area between the curve and 1 (|1 - f|), edges chosen by
   *absolute* score;
 
@@ -131,7 +132,9 @@ def mib_curve(model: Any, graph: Graph, clean: Tokens, corrupt: Tokens, metric: 
     CPR (signed) and CMD (absolute) and their bootstrap intervals over prompts."""
     how = parse_ablation(ablation)
     sizes = sizes_at(graph, fractions)
-    signed = [prune(graph, top_n(graph, scores, k, absolute=False)) for k in sizes]
+    # the workbench's scores are the metric's change when an edge is patched: negative for an edge
+    # that carries the behaviour; MIB attributes with the loss (-metric), so its signed score is ours negated
+    signed = [prune(graph, top_n(graph, -scores, k, absolute=False)) for k in sizes]
     absolute = [prune(graph, top_n(graph, scores, k, absolute=True)) for k in sizes]
     masks = torch.stack([graph.valid, torch.zeros_like(graph.valid)] + signed + absolute)
     vals = edge_values(model, graph, clean, corrupt, metric, masks, how, seed, progress=progress)
