@@ -337,7 +337,9 @@ def test_ablation_intervals_from_per_prompt_numbers():
     clean = torch.tensor([2.0, -1.0, 3.0, 4.0])
     ablated = clean.repeat(2, 3, 1).clone()  # [layer head prompt]: no head matters ...
     ablated[1, 2] = clean - torch.tensor([5.0, 1.0, 5.0, 1.0])  # ... except L1H2: -5 on even prompts, -1 on odd
-    r = AblationResult(config=None, metrics={}, arrays={"clean_logit_diff": clean, "ablated_logit_diff": ablated})
+    r = AblationResult(config=None, effect=(ablated - clean).mean(-1), clean_logit_diff_per_prompt=clean,
+                       ablated_logit_diff=ablated, clean_logit_diff=float(clean.mean()), clean_logit_diff_std=0.0,
+                       accuracy=0.75, n_prompts=4, n_forwards=1, top_heads=[], example_prompt="")
     set_intervals(r, n_top=1)
     iv = r.intervals
     assert iv["clean logit difference IO - S"].value == 2.0 and iv["clean accuracy"] == wilson(3, 4, split="all prompts")
