@@ -43,11 +43,11 @@ def test_layernorm_fold_centres_the_reading_weights(tiny_gpt2):
 def test_random_models_score_the_baseline(tiny_llama):
     scores, base = composition_scores(tiny_llama)
     assert 0.05 < base < 0.3
-    assert base == pytest.approx(random_baseline(64, 16), rel=1e-9)
+    assert base == pytest.approx(random_baseline(64, 16, device="cpu"), rel=1e-9)
     for mode in MODES:
         vals = scores[mode][0, :, 1].flatten()
         assert abs(float(vals.mean())) < 0.03  # random weights: the corrected score sits at 0
 
 
 def test_baseline_shrinks_with_width():
-    assert random_baseline(576, 64) < random_baseline(64, 16)
+    assert random_baseline(576, 64, device="cpu") < random_baseline(64, 16, device="cpu")

@@ -233,3 +233,19 @@ def test_lxt_import_leaves_no_stub_package():
     assert "lxt.efficient" not in sys.modules or not getattr(sys.modules["lxt.efficient"], "__workbench_stub__", False)
     import_zennit()
     assert "torchvision" not in sys.modules or not getattr(sys.modules["torchvision"], "__workbench_stub__", False)
+
+
+def test_attnlrp_reaches_qwen2_and_computes_the_same_function():
+    """Qwen2 (Llama-style with q/k/v biases) takes the same rules: the private copy computes the
+    model's own logit difference, and the relevance of the inputs plus what the biases absorb is
+    the target (biases are sources in LRP, so input relevance alone need not add up)."""
+    from workbench.models import load_model
+
+    m = load_model("tiny-qwen2")
+    ids = m.to_tokens("When Mary and John went to the store, John gave a drink to")[0][0]
+    a, b = int(ids[1]), int(ids[3])
+    e = A.attnlrp(m, ids, lambda lg: lg[a] - lg[b])
+    with torch.no_grad():
+        ref = m.hf(input_ids=ids[None]).logits[0, -1]
+    assert e.target_value == pytest.approx(float(ref[a] - ref[b]), abs=1e-4)
+    assert e.relevance.shape == (len(ids),) and torch.isfinite(e.relevance).all()

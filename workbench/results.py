@@ -258,7 +258,7 @@ def _check_arrays_file(folder: Path, doc: dict[str, Any], full: bool) -> None:
 def _as_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
-    return torch.as_tensor(np.asarray(value))
+    return torch.as_tensor(np.asarray(value))  # cpu: read back from JSON, on the CPU like every loaded tensor
 
 
 def config_class(result_cls: type) -> type | None:

@@ -268,7 +268,7 @@ def reads_from(qk: Any, layer: int, head: int, k: int = 5) -> dict[str, list[dic
     for label, mode in zip(READS_FROM[2:], ("K", "Q")):
         scores = qk.composition[mode][:, :, layer, head].float().cpu()  # [writer layer, writer head]
         flat = scores.nan_to_num(float("-inf")).flatten()
-        n = int(np.isfinite(flat.numpy()).sum())
+        n = int(np.isfinite(flat.cpu().numpy()).sum())
         vals, idx = flat.topk(min(k, n)) if n else (flat[:0], flat[:0].long())
         out[label] = [{"source": f"L{int(j) // scores.shape[1]}H{int(j) % scores.shape[1]}", "value": float(v)}
                       for v, j in zip(vals, idx)]

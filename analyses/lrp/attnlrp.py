@@ -103,7 +103,7 @@ def _apply_rules(hf: torch.nn.Module) -> int:
 def attnlrp_model(model: Any) -> torch.nn.Module:
     """The private AttnLRP copy of ``model.hf`` (built once per model, ~1 s and one more copy of
     the weights in memory). Llama-family and GPT-2 models are supported."""
-    if model.adapter.name not in ("llama", "gpt2"):  # the LRP rules cover these families' modules
+    if model.adapter.name not in ("llama", "qwen2", "gpt2"):  # the LRP rules cover these families' modules
         raise InputError(f"AttnLRP supports Llama-family and GPT-2 models; '{model.name}' is {model.adapter.name}")
     lrp = _COPIES.get(model.hf)
     if lrp is None:

@@ -163,7 +163,7 @@ def _items(model: Any, qplan: QueryPlan, layer: int, head: int, batch_size: int,
 
 def summarise(per_prompt: torch.Tensor, names: list[str], k: int, seed: int) -> dict[str, list[Source]]:
     """Top pairs and both marginals of [prompt C C], by |mean|, each with a bootstrap interval over prompts."""
-    x = per_prompt.double().numpy()
+    x = per_prompt.double().cpu().numpy()
 
     def rows(values: np.ndarray, labels: list[str]) -> list[Source]:
         order = np.argsort(-np.abs(values.mean(0)), kind="stable")[:k]

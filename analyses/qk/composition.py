@@ -118,12 +118,13 @@ def raw_scores(f: HeadFactors, mode: str) -> torch.Tensor:
     return out
 
 
-def random_baseline(d_model: int, d_head: int, n_samples: int = 16, seed: int = 0,
-                    device: Any = "cpu") -> float:
+def random_baseline(d_model: int, d_head: int, n_samples: int = 16, seed: int = 0, *,
+                    device: Any) -> float:
     """The mean composition score of Gaussian factors with the heads' shapes."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     shapes = [(n_samples, d_model, d_head), (n_samples, d_head, d_model)] * 2
-    al, ar, bl, br = (torch.randn(sh, generator=gen, dtype=torch.float64).to(device) for sh in shapes)
+    al, ar, bl, br = (torch.randn(sh, generator=gen, dtype=torch.float64).to(device)  # cpu: a CPU generator, so every device gets the same baseline
+                      for sh in shapes)
     num = _pair_norms(al, ar, bl, br).diagonal()  # sample i with sample i
     return float((num / (_norms(al, ar) * _norms(bl, br))).mean())
 

@@ -57,7 +57,8 @@ def repeated_tokens(model: Any, n: int, seq_len: int, seed: int) -> torch.Tensor
     if seq_len > len(cand):
         raise InputError(f"--seq-len {seq_len} needs that many distinct tokens; the model has {len(cand)}")
     gen = torch.Generator().manual_seed(seed)
-    seq = torch.stack([cand[torch.randperm(len(cand), generator=gen)[:seq_len]] for _ in range(n)])
+    seq = torch.stack([cand[torch.randperm(len(cand), generator=gen)[:seq_len]]  # cpu: a CPU generator: the same prompts on every device
+                       for _ in range(n)])
     parts = [seq, seq]
     bos = getattr(model.tokenizer, "bos_token_id", None)
     if bos is not None:

@@ -49,7 +49,8 @@ def prune(graph: Graph, edges: torch.Tensor) -> torch.Tensor:
     """MIB's pruning: repeatedly drop nodes without an incoming or an outgoing kept edge (the
     input needs no incoming edge; the logits are always in), and the edges they touch."""
     edges = edges.clone() & graph.valid
-    r_of = torch.tensor([graph.receivers.index(s) if s in graph.receivers else -1 for s in graph.senders])
+    r_of = torch.tensor([graph.receivers.index(s) if s in graph.receivers else -1 for s in graph.senders],
+                        device=edges.device)
     while True:
         has_out = edges.any(dim=1)
         has_in = torch.ones_like(has_out)
