@@ -87,7 +87,7 @@ def config_fields(config_cls: type) -> list[tuple[dataclasses.Field, Any]]:
 def check_config(config: Any) -> None:
     """Range and finiteness checks from the fields' metadata, then the Config's own
     ``validate()`` when it has one; a bad value is one ``InputError`` naming the option."""
-    for f, annotation in config_fields(type(config)):
+    for f, _annotation in config_fields(type(config)):
         value = getattr(config, f.name)
         if value is None:
             continue

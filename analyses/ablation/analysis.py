@@ -107,7 +107,7 @@ class AblationResult(Result):
 
     config: AblationConfig
     effect: Float[Tensor, "layer head"]  # mean change in logit difference when the head is ablated
-    clean_logit_diff_per_prompt: Float[Tensor, "prompt"]  # IO - S logit difference of the unablated model
+    clean_logit_diff_per_prompt: Float[Tensor, " prompt"]  # IO - S logit difference of the unablated model
     ablated_logit_diff: Float[Tensor, "layer head prompt"]
     clean_logit_diff: float  # mean over the prompts
     clean_logit_diff_std: float

@@ -61,7 +61,7 @@ def node_reference(model: Any, graph: Graph, disc: Any, val: Any, scores: dict[s
     vals = edge_values(model, graph, val.clean, val.corrupt, val.metric, torch.stack(masks), ablation)
     faith = normalised_curve(vals.double().cpu().numpy())
     out: dict[str, Any] = {"heads": counts, "ablation": ablation, "faithfulness": {}, "agreement": {}}
-    for (name, k), f in zip(keys, faith):
+    for (name, _k), f in zip(keys, faith):
         out["faithfulness"].setdefault(name, []).append(float(f))
     for m in scores:
         out["agreement"][m] = compare_heads(exact, grids[m], min(10, exact.numel()))

@@ -23,7 +23,7 @@ from workbench.stats import Interval, bootstrap, bootstrap_diff, permutation_p, 
 from workbench.checks import checked_run
 
 from .analysis import (ABLATIONS, SIZES, CircuitConfig, as_float, build_task, check_circuit_size, check_prompt_memory,
-                       correct_per_prompt, measure_circuit, parse_sizes, positions, prepare, prompt_set_bytes, run_bytes,
+                       measure_circuit, parse_sizes, positions, prepare, prompt_set_bytes, run_bytes,
                        say)
 from .formats import TEST_SEED
 

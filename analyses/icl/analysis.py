@@ -194,16 +194,16 @@ class ICLResult(Result):
     test_prompts: int = 0
     eta_gd_debiased_precond: float | None = None  # with anisotropic covariates only
     # tensors
-    checkpoint_steps: Int[Tensor, "checkpoint"]  # the Adam steps of the checkpoints (0 = initialisation)
+    checkpoint_steps: Int[Tensor, " checkpoint"]  # the Adam steps of the checkpoints (0 = initialisation)
     kq: Float[Tensor, "checkpoint head d1 d1"]  # KQ = W_Q^T W_K per head (d1 = d + 1)
     ov: Float[Tensor, "checkpoint head d1"]  # OV per head (the last entry is mu_h)
-    loss: Float[Tensor, "step"]  # training loss of the multi-head model
-    length_grid: Int[Tensor, "length"]
+    loss: Float[Tensor, " step"]  # training loss of the multi-head model
+    length_grid: Int[Tensor, " length"]
     mse_by_length: Float[Tensor, "predictor length"]
     preconditioner: Float[Tensor, "d d"]
     covariance: Float[Tensor, "d d"]
-    curves: dict[str, Float[Tensor, "checkpoint *head"]]  # pattern scores over checkpoints
-    baseline_losses: dict[str, Float[Tensor, "step"]] = field(default_factory=dict)  # single_head, linear
+    curves: dict[str, Float[Tensor, "checkpoint *head"]]  # noqa: F821 (a jaxtyping shape, not an expression): pattern scores over checkpoints
+    baseline_losses: dict[str, Float[Tensor, " step"]] = field(default_factory=dict)  # single_head, linear
 
     @classmethod
     def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, Tensor]) -> tuple[dict, dict]:

@@ -122,16 +122,16 @@ class LrpResult(Result):
     accuracy_by_task: dict[str, float] = field(default_factory=dict)  # share of prompts with a positive value
     io_share: dict[str, float] | None = None  # IOI only: the IO name's share of relevance, per method
     io_top1_rate: dict[str, float] | None = None  # IOI only: how often the IO name is the most relevant token
-    lengths: Int[Tensor, "prompt"]
-    target_values: Float[Tensor, "prompt"]  # the explained value, logit(target) - logit(contrast)
+    lengths: Int[Tensor, " prompt"]
+    target_values: Float[Tensor, " prompt"]  # the explained value, logit(target) - logit(contrast)
     token_ids: Int[Tensor, "prompt pos"]  # -1 past a prompt's length
     relevance_maps: dict[str, Float[Tensor, "prompt pos"]]  # per method
     head_relevance_by_method: dict[str, Float[Tensor, "prompt layer head"]]  # attnlrp, gradient_x_input
     # per method, the explained value after deleting the most relevant tokens first (NaN past a prompt's length)
     deletion_curves: dict[str, Float[Tensor, "prompt step"]]
-    token_conservation_error_per_prompt: Float[Tensor, "prompt"]
-    conservation_error_per_prompt: Float[Tensor, "prompt"]
-    softmax_absorbed_share: Float[Tensor, "prompt"]
+    token_conservation_error_per_prompt: Float[Tensor, " prompt"]
+    conservation_error_per_prompt: Float[Tensor, " prompt"]
+    softmax_absorbed_share: Float[Tensor, " prompt"]
 
     deletion_step: ClassVar[int] = 1  # tokens deleted per step of the deletion curves
 

@@ -154,7 +154,7 @@ def headline_figures(result: Any) -> list[dict[str, Any]]:
     and the conservation figures: the identity, the token-only error and the absorbed share."""
     out = []
     for t in result.tasks:
-        def iv(name: str) -> Any:
+        def iv(name: str, t: str = t) -> Any:
             return result.task_interval(t, name)
 
         out.append(figure(f"{t}: model accuracy (target over contrast)", interval=iv("accuracy"), fmt=".2f"))

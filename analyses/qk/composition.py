@@ -52,7 +52,7 @@ def head_factors(model: Any) -> HeadFactors:
         w = adapter.qkv_weights(attn, s)
         w_o, _ = adapter.out_weights(attn, s)
         fold = _norm_fold(adapter, adapter.attn_norm(layer), s.d_model, w_o.device)  # [M M]
-        read = lambda m: fold @ m.detach().to(torch.float64).transpose(-1, -2)  # noqa: E731  [.. D M] -> [.. M D]
+        read = lambda m, fold=fold: fold @ m.detach().to(torch.float64).transpose(-1, -2)  # noqa: E731  [.. D M] -> [.. M D]
         qs.append(read(w.w_q))
         ks.append(read(w.w_k.repeat_interleave(rep, 0)))
         vs.append(read(w.w_v.repeat_interleave(rep, 0)))

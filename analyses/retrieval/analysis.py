@@ -338,11 +338,11 @@ class RetrievalResult(Result):
     replication: dict[str, Any] = field(default_factory=dict)
     heldout_scores: Float[Tensor, "layer head"]  # the scores measured again on the held-out split
     per_test_scores: Float[Tensor, "test layer head"]
-    recall: Float[Tensor, "test"]
-    heldout_recall: Float[Tensor, "heldout_test"]
+    recall: Float[Tensor, " test"]
+    heldout_recall: Float[Tensor, " heldout_test"]
     needle_grid: Float[Tensor, "length depth"]  # unmasked held-out accuracy (averaged over needles)
-    masking_top: Float[Tensor, "k"]
-    masking_random: Float[Tensor, "k"]
+    masking_top: Float[Tensor, " k"]
+    masking_random: Float[Tensor, " k"]
     masking_random_draws: Tensor
     mask_success: UInt8[Tensor, "heldout_test config"]
     kv_success: UInt8[Tensor, "heldout_test kv_config"]
@@ -479,7 +479,6 @@ def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True
         for d in range(cfg.n_random):
             mask_cfgs.append(head_set_mask(random_heads(s.n_layers, s.n_heads, k, rng, exclude), s.n_layers, s.n_heads))
             mask_labels.append(("random", k, d))
-    mask_cfgs_t = torch.stack(mask_cfgs)
     protect = ranked[: cfg.kv_protect]
     kv_heads = [protect] + [random_heads(s.n_layers, s.n_heads, len(protect), rng, set(protect)) if protect else []
                             for _ in range(cfg.n_random)]

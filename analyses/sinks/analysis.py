@@ -207,10 +207,10 @@ class SinksResult(Result):
     sink_strength: Float[Tensor, "layer head"]  # mean over prompts of the strongest non-first column mean
     example_column_means: Float[Tensor, "layer head pos"]  # on the example prompt
     example_sinks: UInt8[Tensor, "layer head pos"]  # 1 at the example prompt's non-first sinks
-    heldout_before: dict[str, UInt8[Tensor, "question"]] = field(default_factory=dict)  # per task: 1 = right
-    heldout_after: dict[str, UInt8[Tensor, "question"]] = field(default_factory=dict)
-    heldout_logp_before: dict[str, Float[Tensor, "question"]] = field(default_factory=dict)  # log p(right option)
-    heldout_logp_after: dict[str, Float[Tensor, "question"]] = field(default_factory=dict)
+    heldout_before: dict[str, UInt8[Tensor, " question"]] = field(default_factory=dict)  # per task: 1 = right
+    heldout_after: dict[str, UInt8[Tensor, " question"]] = field(default_factory=dict)
+    heldout_logp_before: dict[str, Float[Tensor, " question"]] = field(default_factory=dict)  # log p(right option)
+    heldout_logp_after: dict[str, Float[Tensor, " question"]] = field(default_factory=dict)
 
     @classmethod
     def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, Tensor]) -> tuple[dict, dict]:

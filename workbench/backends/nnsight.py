@@ -137,7 +137,7 @@ def native_forward(
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask if attention_mask is not None else torch.ones_like(input_ids)}
     with torch.set_grad_enabled(grad):
         with lm.trace(inputs, use_cache=False, remote=model.remote):
-            for name, layer, slot, paths in plan:
+            for name, _layer, slot, paths in plan:
                 fn = patches.get(name)
                 if slot == 0:  # residual stream into the block: its first input
                     env = _envoy(lm, paths["block"])

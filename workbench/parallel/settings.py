@@ -17,7 +17,7 @@ class Parallel:
     workers: int = 1
 
 
-_CURRENT: ContextVar[Parallel] = ContextVar("workbench_parallel", default=Parallel())
+_CURRENT: ContextVar[Parallel] = ContextVar("workbench_parallel", default=Parallel())  # noqa: B039 (frozen)
 
 
 def current() -> Parallel:

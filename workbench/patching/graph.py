@@ -330,7 +330,6 @@ def receiver_grads(model: Any, tokens: Tokens, metric: MetricFn, embed: torch.Te
             g_scores, g_z, g_mid = (g if g is not None else torch.zeros_like(w) for g, w in zip(grads[3 * l: 3 * l + 3], wanted[3 * l: 3 * l + 3]))
             q = st[f"blocks.{l}.attn.hook_q"]
             k = st[f"blocks.{l}.attn.hook_k"]
-            v = st[f"blocks.{l}.attn.hook_v"]
             pattern = st[f"blocks.{l}.attn.hook_pattern"]
             x = st[f"blocks.{l}.hook_resid_pre"]
             scale = attn_scale(model, l)
