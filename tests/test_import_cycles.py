@@ -7,8 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 # folder -> the package it installs as (pyproject.toml [tool.setuptools.package-dir])
 PACKAGES = {"workbench": "workbench", "analyses": "workbench.analyses", "app": "workbench.app",
@@ -105,20 +103,6 @@ def test_the_parser_sees_imports_inside_functions(tmp_path):
         {"workbench.other", "workbench.x"}
 
 
-# Cycles another session is breaking while this test lands (issue 24); an entry goes when its fix does,
-# and the strict xfail below then turns into a failure that says to delete this list and the mark.
-KNOWN_CYCLES = [
-    ["workbench.backends.nnsight", "workbench.models"],  # load_remote assembles a Model (the backends session)
-]
-
-
-def test_no_new_import_cycles():
-    """Whatever else stands, no cycle beyond the known ones appears."""
-    new = [c for c in cycles(project_graph()) if c not in KNOWN_CYCLES]
-    assert new == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in new)
-
-
-@pytest.mark.xfail(strict=True, reason="known cycles: " + "; ".join(" <-> ".join(c) for c in KNOWN_CYCLES))
 def test_no_import_cycles_among_project_modules():
     found = cycles(project_graph())
     assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)

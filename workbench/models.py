@@ -482,12 +482,7 @@ def load_model(
         if device_map is not None:
             raise InputError("--remote runs the model on NDIF, where --device-map means nothing; drop one of them")
         if remote is True:
-            from .backends.nnsight import load_remote
-
-            start = time.perf_counter()
-            model = load_remote(name, dtype)
-            model.load_seconds = time.perf_counter() - start
-            return model
+            return _load_remote(name, dtype)
     parsed_map = parse_device_map(device_map) if device_map is not None else None
     spec = _resolve(name)
     start = time.perf_counter()
@@ -507,6 +502,27 @@ def load_model(
     model.load_args = {"name": name, "backend": backend, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                        "device_map": device_map, "remote": remote, "compile": compile}
     model = _attach_backend(model, backend)
+    model.load_seconds = time.perf_counter() - start
+    return model
+
+
+def _load_remote(name: str, dtype: torch.dtype) -> Model:
+    """A ``Model`` whose traces run on NDIF (the weights stay there; see ``backends.nnsight``)."""
+    from .backends.nnsight import load_remote
+    from .hooks import install_hook_points
+
+    hub_id = MODELS[name].hub_id if name in MODELS else name
+    if not hub_id or "/" not in hub_id or name.startswith(("/", ".", "~")):
+        raise InputError(f"--remote runs hub models that NDIF hosts (an id like 'meta-llama/Llama-3.1-8B'); "
+                         f"'{name}' is not one")
+    start = time.perf_counter()
+    lm, hf, tok = load_remote(hub_id, dtype)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    arch, hook_points = install_hook_points(hf)
+    model = Model(name=name, hf=hf, tokenizer=tok, shape=shape_of(hf), backend="nnsight", wrapper=lm, arch=arch,
+                  source=f"{hub_id} on NDIF", hook_points=hook_points, remote=True)
+    model.load_args = {"name": name, "backend": "nnsight", "remote": True, "dtype": str(dtype).removeprefix("torch.")}
     model.load_seconds = time.perf_counter() - start
     return model
 

@@ -189,18 +189,12 @@ def remote_requirements() -> tuple[str, str]:
     return host, key
 
 
-def load_remote(name: str, dtype: torch.dtype) -> Any:
-    """A ``Model`` whose traces run on NDIF: the hub model NDIF hosts, built here on the meta
-    device (config and tokenizer only; no weights are downloaded)."""
+def load_remote(hub_id: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    """The hub model NDIF hosts, built here on the meta device (config and tokenizer only; no
+    weights are downloaded): ``(LanguageModel, its HF module, its tokenizer)``. ``models``
+    assembles the ``Model`` from them, as it does for every backend."""
     import warnings
 
-    from ..hooks import install_hook_points
-    from ..models import MODELS, Model, shape_of
-
-    hub_id = MODELS[name].hub_id if name in MODELS else name
-    if not hub_id or "/" not in hub_id or name.startswith(("/", ".", "~")):
-        raise InputError(f"--remote runs hub models that NDIF hosts (an id like 'meta-llama/Llama-3.1-8B'); "
-                         f"'{name}' is not one")
     remote_requirements()
     from nnsight import LanguageModel
 
@@ -211,12 +205,4 @@ def load_remote(name: str, dtype: torch.dtype) -> Any:
     except (OSError, ValueError) as exc:
         raise ModelNotAvailable(f"the config and tokenizer of '{hub_id}' are not reachable ({type(exc).__name__}); "
                                 "--remote needs the hub for them (the weights stay on NDIF)") from None
-    hf = lm._model
-    tok = lm.tokenizer
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    arch, hook_points = install_hook_points(hf)
-    model = Model(name=name, hf=hf, tokenizer=tok, shape=shape_of(hf), backend="nnsight", wrapper=lm, arch=arch,
-                  source=f"{hub_id} on NDIF", hook_points=hook_points, remote=True)
-    model.load_args = {"name": name, "backend": "nnsight", "remote": True, "dtype": str(dtype).removeprefix("torch.")}
-    return model
+    return lm, lm._model, lm.tokenizer
