@@ -12,6 +12,7 @@ import streamlit as st
 from workbench.app.common import draw_sections, get_model, model_picker, run_picker, show_error
 from workbench.errors import WorkbenchError
 from workbench.checks import check_run_inputs
+from workbench.cli.analysis import Common, run_analysis
 from workbench.config_fields import field_shape
 from workbench.spec import AnalysisSpec, config_fields, get_spec
 
@@ -58,12 +59,9 @@ def run_form(spec: AnalysisSpec) -> Any:
         if st.button("run", key=f"{spec.key}-run"):
             try:
                 config = check_run_inputs(spec, spec.config(**values))
-                target = get_model(name) if (name and spec.wants_model(config)) else None
-                spec.check_target(config, target)
-                with st.spinner(f"running {spec.key} ..."):
-                    result = spec.run(target, config, progress=False)
-                    result.save()
-                return result
+                model = get_model(name) if (name and spec.load_target is None and spec.wants_model(config)) else None
+                with st.spinner(f"running {spec.key} ..."):  # the CLI's door: load_target, checks, finish
+                    return run_analysis(spec, config, Common(model=name or Common.model), progress=False, model=model)
             except (WorkbenchError, ValueError, TypeError) as exc:
                 show_error(exc)
     return None

@@ -172,12 +172,14 @@ def load_common(common: Common) -> Any:
     return m
 
 
-def execute(spec: AnalysisSpec, config: Any, common: Common, progress: bool = True) -> Any:
-    """Load what the analysis runs on, run it, save the run folder and print its summary."""
+def run_analysis(spec: AnalysisSpec, config: Any, common: Common, progress: bool = True, model: Any = None) -> Any:
+    """The one way an analysis runs, for the CLI and the app alike: what it runs on (the spec's
+    ``load_target``, else ``model`` or the model of ``common``), the target's checks, the run
+    (over Ray when ``common`` asks), the spec's extra files, saved into ``common.out``."""
     if spec.load_target is not None:
         target = spec.load_target(config, common)
     elif spec.wants_model(config):
-        target = load_common(common)
+        target = model if model is not None else load_common(common)
     else:
         target = None
     spec.check_target(config, target)
@@ -186,8 +188,14 @@ def execute(spec: AnalysisSpec, config: Any, common: Common, progress: bool = Tr
     with use(ray=common.ray, workers=common.workers):
         result = spec.run(target, config, progress=progress)
     extra_files = spec.finish(result, config, common) if spec.finish is not None else {}
-    if extra_files:
+    if extra_files or result.path is None:
         result.save(common.out, extra_files=extra_files)
+    return result
+
+
+def execute(spec: AnalysisSpec, config: Any, common: Common, progress: bool = True) -> Any:
+    """``run_analysis``, then the summary on stdout (a table, or JSON with --json)."""
+    result = run_analysis(spec, config, common, progress=progress)
     finish(result, common.out, common.as_json)
     return result
 
