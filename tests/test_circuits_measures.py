@@ -24,7 +24,7 @@ def result(tiny_llama):
 
 
 def test_every_measure_is_there_with_its_split(result):
-    m = result.metrics
+    m = result.document()[0]["data"]  # the Result's fields as saved
     assert m["ablation"] == "counterfactual" and m["beside_ablation"] == "mean"
     total = m["n_edges_total"]
     for method in ("eap", "eap-ig"):
@@ -46,7 +46,7 @@ def test_every_measure_is_there_with_its_split(result):
 
 def test_round_trip_and_report(result, tmp_path):
     back = load_result(result.save(tmp_path / "c"))
-    assert back.metrics["mib"] == json.loads(json.dumps(result.metrics["mib"]))
+    assert back.document()[0]["data"]["mib"] == json.loads(json.dumps(result.document()[0]["data"]["mib"]))
     assert back.intervals["MIB CPR (eap-ig)"].value == pytest.approx(result.intervals["MIB CPR (eap-ig)"].value)
     from workbench.report import render, sections_for
 

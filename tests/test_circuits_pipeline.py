@@ -48,9 +48,10 @@ def test_reuse_summary_keys_and_round_trip(reuse_result, tmp_path):
     assert any("chance 0.33" in r["text"] for r in rows) and all(r["split"] or r["n"] for r in rows[:3])
     path = reuse_result.save(tmp_path / "reuse")
     back = load_result(path)
-    assert back.metrics == json.loads(json.dumps(reuse_result.metrics))
-    for k, v in reuse_result.arrays.items():
-        assert torch.equal(back.arrays[k], v.detach().cpu())
+    (data, tensors), (back_data, back_tensors) = reuse_result.document(), back.document()
+    assert back_data["data"] == json.loads(json.dumps(data["data"]))
+    for k, v in tensors.items():
+        assert torch.equal(back_tensors[k], v.detach().cpu())
     from workbench.report import render, sections_for
 
     html = render("head-ablation report", sections_for([back]))
@@ -62,7 +63,7 @@ def test_circuit_methods_run_and_round_trip(tiny_llama, method, tmp_path):
     cfg = CircuitConfig(task="ioi", method=method, n_prompts=2, n_edges=20, ig_steps=1, batch_size=2, n_val=2,
                         n_test=2, sizes="5,20", acdc_candidates=15, path_top=2, compare_patching=(method == "eap"))
     r = run_circuit(tiny_llama, cfg, progress=False)
-    m = r.metrics
+    m = r.document()[0]["data"]  # the Result's fields as saved
     assert m["n_edges"] <= m["n_edges_total"] and m["n_heads"] == len(m["heads"])
     if method == "eap":
         assert -1 <= m["spearman_vs_patching"] <= 1
@@ -82,10 +83,10 @@ def test_default_circuit_is_the_smallest_reaching_the_target(tiny_llama):
     faith = curve["methods"]["eap"]["faithfulness"]
     reached = [k for k, f in zip(curve["sizes"], faith) if f >= 0.5]
     if not behaviour_defined(curve):  # a random model: full - all ablated within noise
-        assert r.target_met is False and r.metrics["chosen_k"] == curve["sizes"][-1]
+        assert r.target_met is False and r.chosen_k == curve["sizes"][-1]
         assert "undefined" in r.target_text() and "NOT met" in r.target_text()
     elif reached:
-        assert r.metrics["chosen_k"] == reached[0] and r.target_met and "smallest" in r.target_text()
+        assert r.chosen_k == reached[0] and r.target_met and "smallest" in r.target_text()
     else:
         assert r.target_met is False and "NOT met" in r.target_text()
     from workbench.analyses.circuits.figures import circuit_headline_figures

@@ -169,28 +169,27 @@ def convergence_rows(conv: dict[str, Any] | None) -> list[dict[str, Any]]:
 def circuit_sections(result: Any) -> list:
     from workbench.report import Section
 
-    m = result.metrics
     rows = [{"task": result.task, "format": result.format or "", "method": result.method,
-             "prompts (discovery / validation / test)": f"{m.get('n_prompts')} / {m.get('n_val')} / {m.get('n_test')}",
+             "prompts (discovery / validation / test)": f"{result.n_prompts} / {result.n_val} / {result.n_test}",
              "logit_diff": result.logit_diff, "accuracy": result.accuracy, "n_edges": result.n_edges,
              "n_heads": result.n_heads, "faithfulness (test)": result.faithfulness,
              "spearman_vs_patching": result.spearman_vs_patching}]
     edges = [{"sender": s, "receiver": r, "score": v} for s, r, v in result.top_edges]
     tables = [rows, result.curve_rows()] + ([convergence_rows(result.convergence)] if result.convergence else []) + [edges]
-    tables += [t for t in (mib_rows(m), beside_rows(m), node_rows(m), stability_rows(m)) if t]
+    tables += [t for t in (mib_rows(result), beside_rows(result), node_rows(result), stability_rows(result)) if t]
     return [Section(title=f"Circuit: {result.task} by {result.method}",
-                    text=f"Edges outside the circuit carry their {_ablation_text(m.get('ablation', 'mean'))}. Faithfulness "
+                    text=f"Edges outside the circuit carry their {_ablation_text(result.ablation or 'mean')}. Faithfulness "
                          "is normalised: (circuit − all ablated) / (full model − all ablated). Scores come from the "
                          "discovery prompts, the curve and the size choice from the validation prompts, the reported "
                          f"faithfulness from the test prompts.{_acdc_text(result)} Chosen: {result.target_text()}.",
                     figures=circuit_figures(result), tables=tables)]
 
 
-def mib_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+def mib_rows(result: Any) -> list[dict[str, Any]]:
     """MIB's scores per method (test prompts): CPR (signed scores, higher is better) and CMD
     (absolute scores, lower is better), with their bootstrap intervals, and the curve."""
     rows = []
-    for method, c in (m.get("mib") or {}).items():
+    for method, c in (result.mib or {}).items():
         rows.append({"method": method, "ablation": c["ablation"], "prompts": c["n_prompts"],
                      "CPR": _iv(c["cpr"]), "CMD": _iv(c["cmd"]),
                      "faithfulness at MIB's edge fractions (absolute scores)": ", ".join(
@@ -198,17 +197,17 @@ def mib_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def beside_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+def beside_rows(result: Any) -> list[dict[str, Any]]:
     """The validation curve under the second ablation, one row per (method, size)."""
-    c = m.get("faithfulness_curve_beside") or {}
-    return [{"method": meth, "ablation (beside)": m.get("beside_ablation") or "second", "edges kept": n,
+    c = result.faithfulness_curve_beside or {}
+    return [{"method": meth, "ablation (beside)": result.beside_ablation or "second", "edges kept": n,
              "faithfulness (validation)": f}
             for meth, row in (c.get("methods") or {}).items() for n, f in zip(row["n_edges"], row["faithfulness"])]
 
 
-def node_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+def node_rows(result: Any) -> list[dict[str, Any]]:
     """Node circuits (top-k heads, every MLP kept) by the exact reference and by each method."""
-    ref = m.get("node_reference") or {}
+    ref = result.node_reference or {}
     rows = []
     for name, faith in (ref.get("faithfulness") or {}).items():
         agree = (ref.get("agreement") or {}).get(name, {})
@@ -217,8 +216,8 @@ def node_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def stability_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
-    st = m.get("stability")
+def stability_rows(result: Any) -> list[dict[str, Any]]:
+    st = result.stability
     return [st] if st else []
 
 
@@ -250,22 +249,22 @@ def circuit_headline_figures(result: Any) -> list[dict[str, Any]]:
     from workbench.spec import figure
 
     out = [figure(f"{result.task} {result.method} circuit: edges (chosen on validation; target "
-                  f"{result.target:g} {'met' if result.target_met else 'NOT met'})", result.n_edges, n=result.metrics.get("n_val"),
+                  f"{result.target:g} {'met' if result.target_met else 'NOT met'})", result.n_edges, n=result.n_val,
                   split="validation", fmt="d"),
-           figure(f"{result.task} {result.method} circuit: faithfulness (normalised, {result.metrics.get('ablation')} ablation)",
-                  interval=result.faithfulness_interval)]
+           figure(f"{result.task} {result.method} circuit: faithfulness (normalised, {result.ablation} ablation)",
+                  interval=result.intervals.get("faithfulness"))]
     c = result.faithfulness_curve or {}
     row = (c.get("methods") or {}).get(result.method)
     if row:
         curve = ", ".join(f"{n_e}: {f:.2f}" for n_e, f in zip(row["n_edges"], row["faithfulness"]))
         out.append(figure(f"{result.task} {result.method} faithfulness by edges kept ({curve}); best", max(row["faithfulness"]),
-                          n=result.metrics.get("n_val"), split="validation"))
+                          n=result.n_val, split="validation"))
     for name, iv in result.intervals.items():
         if name.startswith("accuracy"):
             out.append(figure(f"{result.task} full-model {name}", interval=iv))
         elif name.startswith("MIB "):  # runs saved before MIB's scores have none
             kind = "higher" if "CPR" in name else "lower"
-            out.append(figure(f"{result.task} {name} ({result.metrics.get('ablation')} ablation; {kind} is better)",
+            out.append(figure(f"{result.task} {name} ({result.ablation} ablation; {kind} is better)",
                               interval=iv))
     return out
 
@@ -285,9 +284,9 @@ def reuse_figures(result: Any) -> list[go.Figure]:
         circuit_graph(result.circuit_edges("colored_objects"), result.edge_scores("colored_objects"), list(g.senders),
                       list(g.receivers), L, H, "Colored Objects circuit"),
         intervention_bars(result.intervention, intervals=result.intervals),
-    ] + [faithfulness_figure(result.circuit(k).curve, result.metrics[k].get("target"),
+    ] + [faithfulness_figure(result.circuit(k).faithfulness_curve, result.circuit(k).target,
                              f"{k}: faithfulness against circuit size (validation prompts)")
-         for k in ("ioi", "colored_objects") if result.circuit(k).curve and "methods" in result.circuit(k).curve]
+         for k in ("ioi", "colored_objects") if result.circuit(k).faithfulness_curve and "methods" in result.circuit(k).faithfulness_curve]
 
 
 def reuse_tables(result: Any) -> list[list[dict[str, Any]]]:
@@ -301,7 +300,7 @@ def reuse_tables(result: Any) -> list[list[dict[str, Any]]]:
     ov = result.overlap
     overlap = [{"shared heads": len(ov.shared), "share of smaller": ov.share_of_smaller,
                 "random circuits (mean)": ov.null_mean, "permutation p": ov.p_value, "jaccard": ov.jaccard,
-                "caveat": result.metrics["overlap"].get("caveat", ""), "heads": " ".join(ov.shared)}]
+                "caveat": result.overlap.caveat, "heads": " ".join(ov.shared)}]
     classes = [{"class": r["class"], "IOI circuit": " ".join(r["ioi"]), "Colored Objects circuit": " ".join(r["colored_objects"])}
                for r in result.class_table]
     iv = result.intervention
@@ -329,7 +328,7 @@ def reuse_headline_figures(result: Any) -> list[dict[str, Any]]:
     iv = result.intervals
     out = [figure(f"Colored Objects accuracy among the prompt's 3 colours, format {result.format} (chance 0.33)",
                   interval=iv.get("intervention: accuracy before"))]
-    co_all = (result.metrics["colored_objects"].get("accuracies") or {}).get("among_all")
+    co_all = (result.colored_objects.accuracies or {}).get("among_all")
     if co_all:
         from workbench.stats import Interval
 
@@ -338,15 +337,15 @@ def reuse_headline_figures(result: Any) -> list[dict[str, Any]]:
     for key, label in (("ioi", "IOI"), ("colored_objects", "Colored Objects")):
         c = result.circuit(key)
         met = "met" if c.target_met else "NOT met"
-        out.append(figure(f"{label} circuit: edges (target {result.metrics[key].get('target')} {met} on validation)",
-                          c.n_edges, n=result.metrics[key].get("n_val"), split="validation", fmt="d"))
+        out.append(figure(f"{label} circuit: edges (target {c.target} {met} on validation)",
+                          c.n_edges, n=c.n_val, split="validation", fmt="d"))
         out.append(figure(f"{label} circuit faithfulness (normalised)", interval=iv.get(f"{key}: faithfulness")))
     ov = result.overlap
-    caveat = " (circuits NOT at target faithfulness)" if result.metrics["overlap"].get("caveat") else ""
+    caveat = " (circuits NOT at target faithfulness)" if ov.caveat else ""
     out.append(figure(f"head overlap, share of the smaller circuit{caveat}", ov.share_of_smaller, fmt=".2f"))
     if ov.null_mean is not None:
         out.append(figure(f"same, random circuits of the same head counts (permutation p = {ov.p_value:.3g})",
-                          ov.null_mean, n=result.metrics["overlap"].get("n_permutations"), fmt=".2f"))
+                          ov.null_mean, n=ov.n_permutations, fmt=".2f"))
     for name, text in (("intervention: accuracy after", f"after adjusting {' '.join(result.intervention.heads)}"),
                        ("intervention: accuracy, random heads", "after adjusting random mid-layer heads"),
                        ("intervention: after - before", "change, after - before"),

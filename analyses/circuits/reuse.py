@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 
 from workbench.cache import Tokens, forward
 from workbench.datasets.colored_objects import token_index
 from workbench.errors import InputError
-from workbench.results import Result, provenance, register_result
+from workbench.results import Result, provenance
 from workbench.spec import option
 from workbench.stats import Interval, bootstrap, bootstrap_diff, permutation_p, wilson
 from workbench.checks import checked_run
 
-from .analysis import (ABLATIONS, SIZES, CircuitConfig, as_float, build_task, check_circuit_size, check_prompt_memory,
+from .analysis import (ABLATIONS, SIZES, CircuitConfig, build_task, check_circuit_size, check_prompt_memory,
                        measure_circuit, parse_sizes, positions, prepare, prompt_set_bytes, run_bytes,
                        say)
 from .formats import TEST_SEED
@@ -70,45 +72,49 @@ class ReuseConfig:
         check_prompt_memory("reuse", "colored-objects", self.intervention_prompts, "--intervention-prompts")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TaskCircuit:
-    """One task's circuit in a reuse study."""
+    """One task's circuit in a reuse study (the circuit analysis's figures of it)."""
 
     n_heads: int
     n_edges: int
     faithfulness: float
+    faithfulness_validation: float | None = None
+    target: float | None = None
+    target_met: bool | None = None
+    chosen_k: int | None = None
+    chosen_by: str | None = None
     circuit_metric: float
+    full_metric: float | None = None
+    ablated_metric: float | None = None
     logit_diff: float
     corrupt_logit_diff: float
     accuracy: float
+    accuracy_kind: str | None = None
+    accuracies: dict[str, dict[str, Any]] | None = None
     heads: list[str]
-    target_met: bool | None = None
-    faithfulness_validation: float | None = None
-    curve: dict[str, Any] | None = None
+    faithfulness_curve: dict[str, Any] | None = None
     convergence: dict[str, Any] | None = None
-
-    @classmethod
-    def from_metrics(cls, m: dict[str, Any]) -> "TaskCircuit":
-        return cls(n_heads=int(m["n_heads"]), n_edges=int(m["n_edges"]), faithfulness=as_float(m["faithfulness"]),
-                   circuit_metric=as_float(m["circuit_metric"]), logit_diff=as_float(m["logit_diff"]),
-                   corrupt_logit_diff=as_float(m["corrupt_logit_diff"]), accuracy=as_float(m["accuracy"]),
-                   heads=list(m["heads"]), target_met=m.get("target_met"),
-                   faithfulness_validation=m.get("faithfulness_validation"), curve=m.get("faithfulness_curve"),
-                   convergence=m.get("convergence"))
+    n_prompts: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class HeadOverlap:
-    """Heads shared by the two circuits."""
+    """Heads shared by the two circuits, against random circuits of the same head counts."""
 
     share_of_smaller: float
     jaccard: float
     shared: list[str]
     null_mean: float | None = None  # share of the smaller expected of two random head sets of the same sizes
+    null_q95: float | None = None
     p_value: float | None = None  # one-sided permutation p-value of the observed share
+    n_permutations: int | None = None
+    caveat: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Intervention:
     """Colored Objects accuracy before and after adjusting ``heads``, and with random heads adjusted."""
 
@@ -116,11 +122,13 @@ class Intervention:
     before: float
     after: float
     random_control: float | None
-    random_draws: list[float]
+    random_draws: list[float] = field(default_factory=list)
+    random_heads: list[list[str]] | None = None
     n_prompts: int
     layers: list[int]
     chance: float = 1 / 3
-    random_heads: list[list[str]] | None = None
+    accuracy: str = "argmax among the three colours in the prompt"
+    split: str = "test"
 
 
 def circuit_heads(graph, edges) -> list[str]:
@@ -221,79 +229,70 @@ def choose_heads(s_inhibition: torch.Tensor, in_circuit: list[str], n: int) -> l
     return (ranked + rest)[:n]
 
 
-@register_result
-@dataclass
+@dataclass(kw_only=True)
 class ReuseResult(Result):
+    """The IOI and Colored Objects circuits, their head overlap, the head classes and the intervention."""
+
     analysis = "reuse"
-    config_cls = ReuseConfig
+
+    config: ReuseConfig
+    format: str | None  # the Colored Objects prompt format the study ran on
+    ioi: TaskCircuit
+    colored_objects: TaskCircuit
+    overlap: HeadOverlap
+    class_table: list[dict[str, Any]]  # per head class, its heads in each circuit: {"class", "ioi", "colored_objects", "all"}
+    intervention: Intervention
+    seconds: float = float("nan")
+    ioi_edge_scores: Float[Tensor, "sender receiver"]
+    ioi_circuit: Bool[Tensor, "sender receiver"]
+    ioi_head_scores: Float[Tensor, "layer head"]  # EAP-IG node score of each head
+    colored_objects_edge_scores: Float[Tensor, "sender receiver"]
+    colored_objects_circuit: Bool[Tensor, "sender receiver"]
+    colored_objects_head_scores: Float[Tensor, "layer head"]
+    class_scores: dict[str, Float[Tensor, "layer head"]] = field(default_factory=dict)  # per head class
+
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, Tensor]) -> tuple[dict, dict]:
+        """Format 1 kept the circuits as uint8 and the class scores as ``class_{name}``."""
+        out = {}
+        for name, tensor in arrays.items():
+            if name.endswith("_circuit"):
+                tensor = tensor.bool()
+            elif name.startswith("class_"):
+                name = "class_scores/" + name[len("class_"):]
+            out[name] = tensor
+        return metrics, out
 
     def circuit(self, task: str) -> TaskCircuit:
         """The circuit of ``task`` ('ioi' or 'colored_objects')."""
-        if task not in TASK_KEYS:
-            raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASK_KEYS)}")
-        return TaskCircuit.from_metrics(self.metrics[task])
+        return self.ioi if _task_key(task) == "ioi" else self.colored_objects
 
-    @property
-    def ioi(self) -> TaskCircuit:
-        return self.circuit("ioi")
-
-    @property
-    def colored_objects(self) -> TaskCircuit:
-        return self.circuit("colored_objects")
-
-    @property
-    def overlap(self) -> HeadOverlap:
-        ov = self.metrics["overlap"]
-        return HeadOverlap(float(ov["share_of_smaller"]), float(ov["jaccard"]), list(ov["shared"]),
-                           ov.get("null_mean"), ov.get("p_value"))
-
-    @property
-    def intervention(self) -> Intervention:
-        iv = self.metrics["intervention"]
-        rc = iv.get("random_control")
-        return Intervention(heads=list(iv["heads"]), before=float(iv["before"]), after=float(iv["after"]),
-                            random_control=None if rc is None else float(rc),
-                            random_draws=[float(x) for x in iv.get("random_draws", [])],
-                            n_prompts=int(iv["n_prompts"]), layers=list(iv["layers"]),
-                            chance=float(iv.get("chance", 1 / 3)), random_heads=iv.get("random_heads"))
-
-    @property
-    def format(self) -> str | None:
-        """The Colored Objects prompt format the study ran on."""
-        return self.metrics.get("format")
-
-    @property
-    def class_table(self) -> list[dict[str, Any]]:
-        """Per head class, its heads in each circuit: ``{"class", "ioi", "colored_objects"}``."""
-        return list(self.metrics["class_table"])
-
-    def head_scores(self, task: str) -> torch.Tensor:
+    def head_scores(self, task: str) -> Tensor:
         """[layer head] EAP-IG node score of each head on ``task``."""
-        return self.arrays[f"{task}_head_scores"]
+        return getattr(self, f"{_task_key(task)}_head_scores")
 
-    def edge_scores(self, task: str) -> torch.Tensor:
+    def edge_scores(self, task: str) -> Tensor:
         """[sender receiver] score of every edge on ``task``."""
-        return self.arrays[f"{task}_edge_scores"]
+        return getattr(self, f"{_task_key(task)}_edge_scores")
 
-    def circuit_edges(self, task: str) -> torch.Tensor:
+    def circuit_edges(self, task: str) -> Tensor:
         """[sender receiver] bool: the edges of ``task``'s circuit."""
-        return self.arrays[f"{task}_circuit"].bool()
-
-    @property
-    def class_scores(self) -> dict[str, torch.Tensor]:
-        """Per head class, its score [layer head]."""
-        return {k.removeprefix("class_"): v for k, v in self.arrays.items() if k.startswith("class_")}
+        return getattr(self, f"{_task_key(task)}_circuit")
 
     def summary(self) -> dict[str, Any]:
-        out = {k: self.metrics.get(k) for k in ("ioi", "colored_objects", "overlap", "intervention", "class_table")}
+        from workbench.result_fields import encode_data, plain_json
+
+        data, _ = encode_data(self)
+        out = {k: data[k] for k in ("ioi", "colored_objects", "overlap", "intervention", "class_table")}
         if self.path is not None:
             out["run"] = str(self.path)
-        return out
+        return plain_json(out)
 
-    def report_sections(self) -> list:
-        from .figures import reuse_sections
 
-        return reuse_sections(self)
+def _task_key(task: str) -> str:
+    if task not in TASK_KEYS:
+        raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASK_KEYS)}")
+    return task
 
 
 def check_model(config: ReuseConfig, model: Any) -> None:
@@ -322,8 +321,8 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
     config = config or ReuseConfig()
     config.validate()
     start = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    arrays: dict[str, torch.Tensor] = {}
+    data: dict[str, Any] = {}  # the Result's JSON fields, as plain values first
+    tensors: dict[str, torch.Tensor] = {}
     intervals: dict[str, Interval] = {}
     circuits = {}
     fmt = config.format
@@ -331,7 +330,7 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
         from workbench.datasets.colored_objects import DEFAULT_FORMAT
 
         fmt = DEFAULT_FORMAT
-    metrics["format"] = fmt
+    data["format"] = fmt
     for key, task in (("ioi", "ioi"), ("colored_objects", "colored-objects")):
         cfg = CircuitConfig(task=task, method=config.method, n_prompts=config.n_prompts, seed=config.seed,
                             n_edges=config.n_edges, ig_steps=config.ig_steps, ablation=config.ablation,
@@ -343,10 +342,10 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
         keep = ("n_heads", "n_edges", "faithfulness", "faithfulness_validation", "target", "target_met", "chosen_k", "chosen_by",
                 "circuit_metric", "full_metric", "ablated_metric", "logit_diff", "corrupt_logit_diff", "accuracy",
                 "accuracy_kind", "accuracies", "heads", "faithfulness_curve", "convergence", "n_prompts", "n_val", "n_test")
-        metrics[key] = {k: m.get(k) for k in keep}
-        arrays[f"{key}_edge_scores"] = arr["edge_scores"]
-        arrays[f"{key}_circuit"] = arr["circuit"]
-        arrays[f"{key}_head_scores"] = arr["head_scores"]
+        data[key] = {k: m.get(k) for k in keep}
+        tensors[f"{key}_edge_scores"] = arr["edge_scores"]
+        tensors[f"{key}_circuit"] = arr["circuit"]
+        tensors[f"{key}_head_scores"] = arr["head_scores"]
         for name, iv in ivs.items():
             intervals[f"{key}: {name}"] = iv
 
@@ -358,11 +357,11 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
     ov["null_q95"] = float(np.quantile(null, 0.95))
     ov["p_value"] = permutation_p(ov["share_of_smaller"], null)
     ov["n_permutations"] = int(config.n_permutations)
-    short = [k for k in ("ioi", "colored_objects") if not metrics[k].get("target_met")]
+    short = [k for k in ("ioi", "colored_objects") if not data[k].get("target_met")]
     ov["caveat"] = (f"the {' and '.join(short)} circuit{'s' if len(short) > 1 else ''} did not reach the target "
                     "faithfulness on validation prompts: this overlap is between circuits that do not carry the "
                     "behaviour") if short and config.n_edges is None else ""
-    metrics["overlap"] = ov
+    data["overlap"] = ov
     say(progress, f"overlap {ov['share_of_smaller']:.3f} of the smaller circuit ({len(ov['shared'])} heads); random "
                   f"circuits {ov['null_mean']:.3f}, p = {ov['p_value']:.3g}")
 
@@ -371,14 +370,14 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
     classes = head_classes(model, ioi_set, n_random=4, seed=config.seed)
     labels = classes.labels()
     for cls in CLASSES:
-        arrays[f"class_{cls}"] = classes.scores[cls]
+        tensors[f"class_{cls}"] = classes.scores[cls]
     table = []
     for cls in CLASSES:
         names = [f"L{l}H{h}" for l, h in labels[cls]]
         table.append({"class": cls, "ioi": [n for n in names if n in circuits["ioi"]],
                       "colored_objects": [n for n in names if n in circuits["colored_objects"]],
                       "all": names})
-    metrics["class_table"] = table
+    data["class_table"] = table
 
     # ---- intervention: mid-layer IOI-circuit heads ranked by S-inhibition score, on the test split
     lo, hi = mid_layers(L)
@@ -412,14 +411,18 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
         rand = np.stack(draws).mean(0)  # per prompt, the share of random draws that got it right
         intervals["intervention: accuracy, random heads"] = bootstrap(rand, split="test", seed=config.seed)
         intervals["intervention: after - random heads"] = bootstrap_diff(after, rand, split="test", seed=config.seed)
-    metrics["intervention"] = {"heads": [f"L{l}H{h}" for l, h in chosen], "before": float(before.mean()),
+    data["intervention"] = {"heads": [f"L{l}H{h}" for l, h in chosen], "before": float(before.mean()),
                                "after": float(after.mean()),
                                "random_control": float(np.mean([d.mean() for d in draws])) if draws else None,
                                "random_draws": [float(d.mean()) for d in draws], "random_heads": draw_heads,
                                "n_prompts": n, "layers": [lo, hi - 1], "chance": 1 / 3,
                                "accuracy": "argmax among the three colours in the prompt", "split": "test"}
-    metrics["seconds"] = time.perf_counter() - start
-    result = ReuseResult(config=config, metrics=metrics, arrays=arrays, meta=provenance(model=model.name, seed=config.seed))
+    class_scores = {k.removeprefix("class_"): tensors.pop(k) for k in list(tensors) if k.startswith("class_")}
+    result = ReuseResult(config=config, meta=provenance(model=model.name, seed=config.seed), format=data["format"],
+                         ioi=TaskCircuit(**data["ioi"]), colored_objects=TaskCircuit(**data["colored_objects"]),
+                         overlap=HeadOverlap(**data["overlap"]), class_table=data["class_table"],
+                         intervention=Intervention(**data["intervention"]), seconds=time.perf_counter() - start,
+                         class_scores=class_scores, **tensors)
     for name, iv in intervals.items():
         result.set_interval(name, iv)
     return result
