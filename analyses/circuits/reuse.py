@@ -6,130 +6,25 @@ distractors, here the two wrong colours), and compare accuracy before and after 
 same intervention on random mid-layer heads."""
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Bool, Float
-from torch import Tensor
 
 from workbench.cache import Tokens, forward
 from workbench.datasets.colored_objects import token_index
-from workbench.errors import InputError
-from workbench.results import Result, provenance
-from workbench.spec import option
+from workbench.results import provenance
 from workbench.stats import Interval, bootstrap, bootstrap_diff, permutation_p, wilson
 from workbench.checks import checked_run
 
-from .analysis import (ABLATIONS, SIZES, CircuitConfig, build_task, check_circuit_size, check_prompt_memory,
-                       measure_circuit, parse_sizes, positions, prepare, prompt_set_bytes, run_bytes,
-                       say)
+from .analysis import (CircuitConfig, build_task, check_circuit_size, measure_circuit, positions, prepare,
+                       prompt_set_bytes, run_bytes, say)
 from .formats import TEST_SEED
-
-BATCH_SIZE = 8  # prompts per forward pass when --batch-size is not given: min(BATCH_SIZE, n_prompts)
-TASK_KEYS = ("ioi", "colored_objects")
-
-
-@dataclass
-class ReuseConfig:
-    n_prompts: int = option(8, flag="--n", help="discovery prompts per task (bounded by the memory they need, "
-                            "checked before the run)", min=1)
-    seed: int = 0
-    method: str = option("eap-ig", help="discovery method: eap | eap-ig")
-    n_edges: int | None = option(None, help="circuit size (top edges by |score|); default: per task, the smallest "
-                                 "size on the curve whose validation faithfulness reaches --target", min=1)
-    ig_steps: int = option(8, flag="--steps", help="EAP-IG integration steps", min=1, max=1000)
-    ablation: str = option("mean", help="what edges outside a circuit carry", choices=ABLATIONS)
-    batch_size: int | None = option(None, help=f"prompts per forward pass (default: min({BATCH_SIZE}, --n))", min=1)
-    target: float = option(0.8, help="faithfulness each circuit must reach on its validation prompts", min=0.0, max=1.0)
-    sizes: str = option(SIZES, help="circuit sizes (edges) of the faithfulness curves, comma-separated")
-    n_val: int = option(16, flag="--val", help="validation prompts per task (curve and size choice)", min=2)
-    n_test: int = option(16, flag="--test", help="test prompts per task (each circuit's faithfulness)", min=2)
-    format: str = option("", help="Colored Objects prompt format (default: the one chosen on the development split)")
-    n_intervene: int = option(4, help="mid-layer heads to adjust", min=1)
-    n_random: int = option(5, help="random-head draws for the control", min=0)
-    intervention_prompts: int = option(64, help="Colored Objects test-split prompts for the intervention", min=1)
-    n_permutations: int = option(10000, help="random circuit pairs of the same head counts for the overlap baseline",
-                                 min=1)
-
-    def __post_init__(self) -> None:
-        if self.batch_size is None:
-            self.batch_size = max(1, min(BATCH_SIZE, self.n_prompts))
-
-    def validate(self) -> None:
-        if self.method not in ("eap", "eap-ig"):
-            raise InputError(f"unknown method '{self.method}' for reuse; choose eap or eap-ig "
-                             "(ACDC and path patching are on the circuit command)")
-        parse_sizes(self.sizes)
-        if self.format:
-            from workbench.datasets.colored_objects import format_of
-
-            format_of(self.format)
-        check_prompt_memory("reuse", "colored-objects", self.n_prompts)
-        check_prompt_memory("reuse", "colored-objects", self.intervention_prompts, "--intervention-prompts")
-
-
-@dataclass(kw_only=True)
-class TaskCircuit:
-    """One task's circuit in a reuse study (the circuit analysis's figures of it)."""
-
-    n_heads: int
-    n_edges: int
-    faithfulness: float
-    faithfulness_validation: float | None = None
-    target: float | None = None
-    target_met: bool | None = None
-    chosen_k: int | None = None
-    chosen_by: str | None = None
-    circuit_metric: float
-    full_metric: float | None = None
-    ablated_metric: float | None = None
-    logit_diff: float
-    corrupt_logit_diff: float
-    accuracy: float
-    accuracy_kind: str | None = None
-    accuracies: dict[str, dict[str, Any]] | None = None
-    heads: list[str]
-    faithfulness_curve: dict[str, Any] | None = None
-    convergence: dict[str, Any] | None = None
-    n_prompts: int | None = None
-    n_val: int | None = None
-    n_test: int | None = None
-
-
-@dataclass(kw_only=True)
-class HeadOverlap:
-    """Heads shared by the two circuits, against random circuits of the same head counts."""
-
-    share_of_smaller: float
-    jaccard: float
-    shared: list[str]
-    null_mean: float | None = None  # share of the smaller expected of two random head sets of the same sizes
-    null_q95: float | None = None
-    p_value: float | None = None  # one-sided permutation p-value of the observed share
-    n_permutations: int | None = None
-    caveat: str = ""
-
-
-@dataclass(kw_only=True)
-class Intervention:
-    """Colored Objects accuracy before and after adjusting ``heads``, and with random heads adjusted."""
-
-    heads: list[str]
-    before: float
-    after: float
-    random_control: float | None
-    random_draws: list[float] = field(default_factory=list)
-    random_heads: list[list[str]] | None = None
-    n_prompts: int
-    layers: list[int]
-    chance: float = 1 / 3
-    accuracy: str = "argmax among the three colours in the prompt"
-    split: str = "test"
-
+from .reuse_result import (BATCH_SIZE, TASK_KEYS, HeadOverlap, Intervention, ReuseConfig,  # noqa: F401
+                           ReuseResult, TaskCircuit)
 
 def circuit_heads(graph, edges) -> list[str]:
     return [n for n in graph.nodes_of(edges) if n.startswith("L")]
@@ -229,72 +124,6 @@ def choose_heads(s_inhibition: torch.Tensor, in_circuit: list[str], n: int) -> l
     return (ranked + rest)[:n]
 
 
-@dataclass(kw_only=True)
-class ReuseResult(Result):
-    """The IOI and Colored Objects circuits, their head overlap, the head classes and the intervention."""
-
-    analysis = "reuse"
-
-    config: ReuseConfig
-    format: str | None  # the Colored Objects prompt format the study ran on
-    ioi: TaskCircuit
-    colored_objects: TaskCircuit
-    overlap: HeadOverlap
-    class_table: list[dict[str, Any]]  # per head class, its heads in each circuit: {"class", "ioi", "colored_objects", "all"}
-    intervention: Intervention
-    seconds: float = float("nan")
-    ioi_edge_scores: Float[Tensor, "sender receiver"]
-    ioi_circuit: Bool[Tensor, "sender receiver"]
-    ioi_head_scores: Float[Tensor, "layer head"]  # EAP-IG node score of each head
-    colored_objects_edge_scores: Float[Tensor, "sender receiver"]
-    colored_objects_circuit: Bool[Tensor, "sender receiver"]
-    colored_objects_head_scores: Float[Tensor, "layer head"]
-    class_scores: dict[str, Float[Tensor, "layer head"]] = field(default_factory=dict)  # per head class
-
-    @classmethod
-    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, Tensor]) -> tuple[dict, dict]:
-        """Format 1 kept the circuits as uint8 and the class scores as ``class_{name}``."""
-        out = {}
-        for name, tensor in arrays.items():
-            if name.endswith("_circuit"):
-                tensor = tensor.bool()
-            elif name.startswith("class_"):
-                name = "class_scores/" + name[len("class_"):]
-            out[name] = tensor
-        return metrics, out
-
-    def circuit(self, task: str) -> TaskCircuit:
-        """The circuit of ``task`` ('ioi' or 'colored_objects')."""
-        return self.ioi if _task_key(task) == "ioi" else self.colored_objects
-
-    def head_scores(self, task: str) -> Tensor:
-        """[layer head] EAP-IG node score of each head on ``task``."""
-        return getattr(self, f"{_task_key(task)}_head_scores")
-
-    def edge_scores(self, task: str) -> Tensor:
-        """[sender receiver] score of every edge on ``task``."""
-        return getattr(self, f"{_task_key(task)}_edge_scores")
-
-    def circuit_edges(self, task: str) -> Tensor:
-        """[sender receiver] bool: the edges of ``task``'s circuit."""
-        return getattr(self, f"{_task_key(task)}_circuit")
-
-    def summary(self) -> dict[str, Any]:
-        from workbench.result_fields import encode_data, plain_json
-
-        data, _ = encode_data(self)
-        out = {k: data[k] for k in ("ioi", "colored_objects", "overlap", "intervention", "class_table")}
-        if self.path is not None:
-            out["run"] = str(self.path)
-        return plain_json(out)
-
-
-def _task_key(task: str) -> str:
-    if task not in TASK_KEYS:
-        raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASK_KEYS)}")
-    return task
-
-
 def check_model(config: ReuseConfig, model: Any) -> None:
     """The spec's check before a run: both circuits fit the model's graph."""
     check_circuit_size(model, config.n_edges)
@@ -314,84 +143,64 @@ def estimate_bytes(config: ReuseConfig, model: Any) -> int:
     return int(max(circuits, intervention))
 
 
-@checked_run  # the Python door makes the command line's checks (workbench.checks)
-def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) -> ReuseResult:
-    from .head_classes import CLASSES, head_classes
+def task_circuit(model: Any, config: ReuseConfig, task: str, fmt: str,
+                 progress: bool) -> tuple[TaskCircuit, dict[str, torch.Tensor], dict[str, Interval]]:
+    """One task's circuit by the circuit analysis (its curve, size choice and test measures)."""
+    cfg = CircuitConfig(task=task, method=config.method, n_prompts=config.n_prompts, seed=config.seed,
+                        n_edges=config.n_edges, ig_steps=config.ig_steps, ablation=config.ablation,
+                        batch_size=config.batch_size, target=config.target, sizes=config.sizes,
+                        curve_methods=config.method, n_val=config.n_val, n_test=config.n_test,
+                        format=fmt if task != "ioi" else "", mib_methods="", beside_ablation="")
+    m, arr, ivs = measure_circuit(model, cfg, progress)
+    circuit = TaskCircuit(**{f.name: m.get(f.name) for f in dataclasses.fields(TaskCircuit)})
+    return circuit, {k: arr[k] for k in ("edge_scores", "circuit", "head_scores")}, ivs
 
-    config = config or ReuseConfig()
-    config.validate()
-    start = time.perf_counter()
-    data: dict[str, Any] = {}  # the Result's JSON fields, as plain values first
-    tensors: dict[str, torch.Tensor] = {}
-    intervals: dict[str, Interval] = {}
-    circuits = {}
-    fmt = config.format
-    if not fmt:
-        from workbench.datasets.colored_objects import DEFAULT_FORMAT
 
-        fmt = DEFAULT_FORMAT
-    data["format"] = fmt
-    for key, task in (("ioi", "ioi"), ("colored_objects", "colored-objects")):
-        cfg = CircuitConfig(task=task, method=config.method, n_prompts=config.n_prompts, seed=config.seed,
-                            n_edges=config.n_edges, ig_steps=config.ig_steps, ablation=config.ablation,
-                            batch_size=config.batch_size, target=config.target, sizes=config.sizes,
-                            curve_methods=config.method, n_val=config.n_val, n_test=config.n_test,
-                            format=fmt if task != "ioi" else "", mib_methods="", beside_ablation="")
-        m, arr, ivs = measure_circuit(model, cfg, progress)
-        circuits[key] = m["heads"]
-        keep = ("n_heads", "n_edges", "faithfulness", "faithfulness_validation", "target", "target_met", "chosen_k", "chosen_by",
-                "circuit_metric", "full_metric", "ablated_metric", "logit_diff", "corrupt_logit_diff", "accuracy",
-                "accuracy_kind", "accuracies", "heads", "faithfulness_curve", "convergence", "n_prompts", "n_val", "n_test")
-        data[key] = {k: m.get(k) for k in keep}
-        tensors[f"{key}_edge_scores"] = arr["edge_scores"]
-        tensors[f"{key}_circuit"] = arr["circuit"]
-        tensors[f"{key}_head_scores"] = arr["head_scores"]
-        for name, iv in ivs.items():
-            intervals[f"{key}: {name}"] = iv
+def head_overlap(ioi: TaskCircuit, co: TaskCircuit, n_heads: int, config: ReuseConfig, progress: bool) -> HeadOverlap:
+    """Heads shared by the two circuits, against random circuits of the same head counts."""
+    ov = overlap(ioi.heads, co.heads)
+    null = overlap_null(len(ioi.heads), len(co.heads), n_heads, config.n_permutations, config.seed)
+    short = [k for k, c in (("ioi", ioi), ("colored_objects", co)) if not c.target_met]
+    caveat = (f"the {' and '.join(short)} circuit{'s' if len(short) > 1 else ''} did not reach the target "
+              "faithfulness on validation prompts: this overlap is between circuits that do not carry the "
+              "behaviour") if short and config.n_edges is None else ""
+    out = HeadOverlap(**ov, null_mean=float(null.mean()), null_q95=float(np.quantile(null, 0.95)),
+                      p_value=permutation_p(ov["share_of_smaller"], null), n_permutations=int(config.n_permutations),
+                      caveat=caveat)
+    say(progress, f"overlap {out.share_of_smaller:.3f} of the smaller circuit ({len(out.shared)} heads); random "
+                  f"circuits {out.null_mean:.3f}, p = {out.p_value:.3g}")
+    return out
 
-    # ---- head overlap against random circuits of the same head counts
-    L, H = model.shape.n_layers, model.shape.n_heads
-    ov = overlap(circuits["ioi"], circuits["colored_objects"])
-    null = overlap_null(len(circuits["ioi"]), len(circuits["colored_objects"]), L * H, config.n_permutations, config.seed)
-    ov["null_mean"] = float(null.mean())
-    ov["null_q95"] = float(np.quantile(null, 0.95))
-    ov["p_value"] = permutation_p(ov["share_of_smaller"], null)
-    ov["n_permutations"] = int(config.n_permutations)
-    short = [k for k in ("ioi", "colored_objects") if not data[k].get("target_met")]
-    ov["caveat"] = (f"the {' and '.join(short)} circuit{'s' if len(short) > 1 else ''} did not reach the target "
-                    "faithfulness on validation prompts: this overlap is between circuits that do not carry the "
-                    "behaviour") if short and config.n_edges is None else ""
-    data["overlap"] = ov
-    say(progress, f"overlap {ov['share_of_smaller']:.3f} of the smaller circuit ({len(ov['shared'])} heads); random "
-                  f"circuits {ov['null_mean']:.3f}, p = {ov['p_value']:.3g}")
 
-    say(progress, "head classes on IOI prompts and repeated random tokens")
-    ioi_set = build_task("ioi", model.tokenizer, max(config.n_prompts, 16), config.seed)
-    classes = head_classes(model, ioi_set, n_random=4, seed=config.seed)
-    labels = classes.labels()
-    for cls in CLASSES:
-        tensors[f"class_{cls}"] = classes.scores[cls]
+def class_table(labels: dict[str, list[tuple[int, int]]], ioi: TaskCircuit, co: TaskCircuit) -> list[dict[str, Any]]:
+    """Per head class, its heads in each circuit and in all."""
+    from .head_classes import CLASSES
+
     table = []
     for cls in CLASSES:
         names = [f"L{l}H{h}" for l, h in labels[cls]]
-        table.append({"class": cls, "ioi": [n for n in names if n in circuits["ioi"]],
-                      "colored_objects": [n for n in names if n in circuits["colored_objects"]],
-                      "all": names})
-    data["class_table"] = table
+        table.append({"class": cls, "ioi": [n for n in names if n in ioi.heads],
+                      "colored_objects": [n for n in names if n in co.heads], "all": names})
+    return table
 
-    # ---- intervention: mid-layer IOI-circuit heads ranked by S-inhibition score, on the test split
+
+def intervene(model: Any, config: ReuseConfig, s_inhibition: torch.Tensor, ioi_heads: list[str], fmt: str,
+              progress: bool) -> tuple[Intervention, dict[str, Interval]]:
+    """Mid-layer IOI-circuit heads ranked by S-inhibition score made to attend to the wrong colours
+    on the Colored Objects test split, against random mid-layer heads."""
+    L, H = model.shape.n_layers, model.shape.n_heads
     lo, hi = mid_layers(L)
-    chosen = choose_heads(classes.scores["s_inhibition"], circuits["ioi"], config.n_intervene)
+    chosen = choose_heads(s_inhibition, ioi_heads, config.n_intervene)
     say(progress, f"intervention on {[f'L{l}H{h}' for l, h in chosen]} and {config.n_random} random draws, "
                   f"{config.intervention_prompts} test prompts")
     co = build_task("colored-objects", model.tokenizer, config.intervention_prompts, TEST_SEED, fmt)
     co_prep = prepare(model, co)
     targets = wrong_color_positions(model, co)
     correct, cands = co_prep.metric.correct, co_prep.query_candidates
-    bs = config.batch_size
+    assert cands is not None  # (Colored Objects prompts name their three colours)
 
     def hits(heads):
-        return intervene_hits(model, co_prep.clean, heads, targets, correct, cands, bs).float().cpu().numpy()
+        return intervene_hits(model, co_prep.clean, heads, targets, correct, cands, config.batch_size).float().cpu().numpy()
 
     before, after = hits([]), hits(chosen)
     say(progress, f"accuracy among the prompt's colours: before {before.mean():.3f}, after {after.mean():.3f} (n={len(before)})")
@@ -404,25 +213,44 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
         draws.append(hits(heads))
         say(progress, f"random heads {draw_heads[-1]}: {draws[-1].mean():.3f}")
     n = len(co)
-    intervals["intervention: accuracy before"] = wilson(int(before.sum()), n, split="test")
-    intervals["intervention: accuracy after"] = wilson(int(after.sum()), n, split="test")
-    intervals["intervention: after - before"] = bootstrap_diff(after, before, split="test", seed=config.seed)
+    intervals = {"intervention: accuracy before": wilson(int(before.sum()), n, split="test"),
+                 "intervention: accuracy after": wilson(int(after.sum()), n, split="test"),
+                 "intervention: after - before": bootstrap_diff(after, before, split="test", seed=config.seed)}
     if draws:
         rand = np.stack(draws).mean(0)  # per prompt, the share of random draws that got it right
         intervals["intervention: accuracy, random heads"] = bootstrap(rand, split="test", seed=config.seed)
         intervals["intervention: after - random heads"] = bootstrap_diff(after, rand, split="test", seed=config.seed)
-    data["intervention"] = {"heads": [f"L{l}H{h}" for l, h in chosen], "before": float(before.mean()),
-                               "after": float(after.mean()),
-                               "random_control": float(np.mean([d.mean() for d in draws])) if draws else None,
-                               "random_draws": [float(d.mean()) for d in draws], "random_heads": draw_heads,
-                               "n_prompts": n, "layers": [lo, hi - 1], "chance": 1 / 3,
-                               "accuracy": "argmax among the three colours in the prompt", "split": "test"}
-    class_scores = {k.removeprefix("class_"): tensors.pop(k) for k in list(tensors) if k.startswith("class_")}
-    result = ReuseResult(config=config, meta=provenance(model=model.name, seed=config.seed), format=data["format"],
-                         ioi=TaskCircuit(**data["ioi"]), colored_objects=TaskCircuit(**data["colored_objects"]),
-                         overlap=HeadOverlap(**data["overlap"]), class_table=data["class_table"],
-                         intervention=Intervention(**data["intervention"]), seconds=time.perf_counter() - start,
-                         class_scores=class_scores, **tensors)
-    for name, iv in intervals.items():
-        result.set_interval(name, iv)
+    return Intervention(heads=[f"L{l}H{h}" for l, h in chosen], before=float(before.mean()), after=float(after.mean()),
+                        random_control=float(np.mean([d.mean() for d in draws])) if draws else None,
+                        random_draws=[float(d.mean()) for d in draws], random_heads=draw_heads, n_prompts=n,
+                        layers=[lo, hi - 1]), intervals
+
+
+@checked_run  # the Python door makes the command line's checks (workbench.checks)
+def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) -> ReuseResult:
+    """Both circuits, their head overlap, the head classes and the intervention."""
+    from workbench.datasets.colored_objects import DEFAULT_FORMAT
+
+    from .head_classes import CLASSES, head_classes
+
+    config = config or ReuseConfig()
+    config.validate()
+    start = time.perf_counter()
+    fmt = config.format or DEFAULT_FORMAT
+    ioi, ioi_tensors, ioi_ivs = task_circuit(model, config, "ioi", fmt, progress)
+    co, co_tensors, co_ivs = task_circuit(model, config, "colored-objects", fmt, progress)
+    intervals = {f"ioi: {k}": v for k, v in ioi_ivs.items()} | {f"colored_objects: {k}": v for k, v in co_ivs.items()}
+    ov = head_overlap(ioi, co, model.shape.n_layers * model.shape.n_heads, config, progress)
+    say(progress, "head classes on IOI prompts and repeated random tokens")
+    classes = head_classes(model, build_task("ioi", model.tokenizer, max(config.n_prompts, 16), config.seed),
+                           n_random=4, seed=config.seed)
+    table = class_table(classes.labels(), ioi, co)
+    iv, iv_intervals = intervene(model, config, classes.scores["s_inhibition"], ioi.heads, fmt, progress)
+    result = ReuseResult(config=config, meta=provenance(model=model.name, seed=config.seed), format=fmt, ioi=ioi,
+                         colored_objects=co, overlap=ov, class_table=table, intervention=iv,
+                         seconds=time.perf_counter() - start, class_scores={c: classes.scores[c] for c in CLASSES},
+                         **{f"ioi_{k}": v for k, v in ioi_tensors.items()},
+                         **{f"colored_objects_{k}": v for k, v in co_tensors.items()})
+    for name, interval in (intervals | iv_intervals).items():
+        result.set_interval(name, interval)
     return result
