@@ -25,6 +25,9 @@ training length (``predictors.optimal_step``), not fitted on any prompts. Every 
 measured on fresh test prompts from their own generator (seed + 10007), never used in training
 (training draws from seed + 1) or in choosing anything; intervals are bootstrap intervals over
 those prompts (split ``test``), and the share of seeds is over seeds (split ``seeds``).
+
+Layout: the settings in ``config.py``, the Result in ``result.py``, the training processes in
+``pool.py``; the run's phases (training, predictors, seed table, intervals) are functions here.
 """
 from __future__ import annotations
 

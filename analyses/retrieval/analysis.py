@@ -29,6 +29,11 @@ against the same number of random heads protected (``--random`` draws).
 One prefill per test serves every decoding configuration (the cache is repeated); tests
 are prefilled ``--batch-size`` at a time and dropped once decoded, so memory does not
 grow with the number of tests.
+
+Layout: the settings in ``config.py``, ROUGE and the scorer in ``scoring.py``, the KV
+bookkeeping in ``kv.py``, the decoding in ``decoding.py``, the run's phases in ``phases.py``
+(ranking, configurations, held-out) and ``summary.py`` (intervals and figures), the Result in
+``result.py``; ``run`` here strings the phases together, and the public names stay importable here.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from workbench.heads import head_name
 from workbench.results import provenance
 from workbench.checks import checked_run
 
-# the phases live one floor down; their public names stay importable from here
+# the rooms the run uses; their public names stay importable from here
 from .config import FIXED_BYTES, RetrievalConfig, check_model, estimate_bytes, validate
 from .kv import kv_compression_patches, kv_protected_groups, kv_share_kept
 from .phases import choose_configurations, decode_heldout, rank_heads
