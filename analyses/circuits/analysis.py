@@ -42,7 +42,7 @@ def check_model(config: CircuitConfig, model: Any) -> None:
 
 def estimate_bytes(config: CircuitConfig, model: Any) -> int:
     """The spec's memory estimate before a run (see ``run_bytes``)."""
-    return run_bytes(model, config.task, config.n_prompts, config.method, config.n_edges, config.batch_size,
+    return run_bytes(model, config.task, config.n_prompts, config.method, config.n_edges, config.rows(),
                      config.seed, curve=True, compare_patching=config.compare_patching, n_val=config.n_val,
                      n_test=config.n_test, format=config.format,
                      acdc_curve="acdc" in parse_methods(config.curve_methods))
@@ -77,12 +77,12 @@ def attribute(model: Any, config: CircuitConfig, disc: Prepared, curve_methods: 
     if "eap-ig" in wanted:
         say(progress, f"EAP-IG, {config.ig_steps} steps on {len(disc.clean)} discovery prompts")
         per_step = edge_attribution_steps(model, disc.clean, disc.corrupt, disc.metric, config.ig_steps,
-                                          config.batch_size, progress)
+                                          config.rows(), progress)
         scores["eap-ig"] = per_step.mean(0)
     if "eap" in wanted:
         say(progress, "EAP")
         scores["eap"] = edge_attribution(model, disc.clean, disc.corrupt, disc.metric, "eap",
-                                         batch_size=config.batch_size, progress=progress)
+                                         batch_size=config.rows(), progress=progress)
     return scores, per_step
 
 
@@ -261,7 +261,7 @@ def measure_circuit(model: Any, config: CircuitConfig, progress: bool = True) ->
     preps = prepare_splits(model, config, fmt)
     graph = Graph.for_model(model)
     say(progress, f"{config.task}: scores on the test prompts")
-    base = task_scores(model, preps["test"], config.batch_size)
+    base = task_scores(model, preps["test"], config.rows())
     scores, per_step = attribute(model, config, preps["discovery"], curve_methods, progress)
     own = own_circuit(model, config, graph, preps["discovery"], scores, curve_methods, progress)
     curve = validation_curve(model, config, graph, preps["validation"], scores, sizes, curve_methods, own, progress)

@@ -149,6 +149,10 @@ class CircuitConfig:
         if self.beside_ablation in ABLATIONS:
             self.beside_ablation = parse_ablation(self.beside_ablation).value
 
+    def rows(self) -> int:
+        """Prompts per forward pass (``batch_size``, which ``__post_init__`` fills in)."""
+        return self.batch_size if self.batch_size is not None else max(1, min(BATCH_SIZE, self.n_prompts))
+
     def validate(self) -> None:
         check_task_and_method(self.task, self.method)
         parse_ablation(self.ablation)

@@ -74,9 +74,10 @@ def intervention_bars(intervention: Any, title: str = "Colored Objects accuracy 
     labels = ["before", f"after ({', '.join(intervention.heads)})", "random heads"]
     vals = [intervention.before, intervention.after, intervention.random_control]
     keys = ["intervention: accuracy before", "intervention: accuracy after", "intervention: accuracy, random heads"]
-    ivs = [(intervals or {}).get(k) for k in keys]
+    found = [(intervals or {}).get(k) for k in keys]
+    ivs = [iv for iv in found if iv is not None]
     err = None
-    if all(iv is not None for iv in ivs):
+    if len(ivs) == len(found):
         err = {"type": "data", "symmetric": False, "array": [iv.high - iv.value for iv in ivs],
                "arrayminus": [iv.value - iv.low for iv in ivs]}
     fig = go.Figure(go.Bar(x=labels, y=vals, error_y=err, text=[f"{v:.2f}" if v is not None else "" for v in vals],

@@ -134,7 +134,7 @@ def estimate_bytes(config: ReuseConfig, model: Any) -> int:
     and the intervention's forwards over its Colored Objects prompts (16 at a time)."""
     s = model.shape
     size = torch.empty((), dtype=model.dtype).element_size()  # cpu: only its element size is read
-    circuits = max(run_bytes(model, task, config.n_prompts, config.method, config.n_edges, config.batch_size,
+    circuits = max(run_bytes(model, task, config.n_prompts, config.method, config.n_edges, config.rows(),
                              config.seed, n_val=config.n_val, n_test=config.n_test,
                              format=config.format if task != "ioi" else "") for task in ("ioi", "colored-objects"))
     n = config.intervention_prompts
@@ -152,7 +152,8 @@ def task_circuit(model: Any, config: ReuseConfig, task: str, fmt: str,
                         curve_methods=config.method, n_val=config.n_val, n_test=config.n_test,
                         format=fmt if task != "ioi" else "", mib_methods="", beside_ablation="")
     m, arr, ivs = measure_circuit(model, cfg, progress)
-    circuit = TaskCircuit(**{f.name: m.get(f.name) for f in dataclasses.fields(TaskCircuit)})
+    fields: dict[str, Any] = {f.name: m[f.name] for f in dataclasses.fields(TaskCircuit)}
+    circuit = TaskCircuit(**fields)
     return circuit, {k: arr[k] for k in ("edge_scores", "circuit", "head_scores")}, ivs
 
 
@@ -165,7 +166,7 @@ def head_overlap(ioi: TaskCircuit, co: TaskCircuit, n_heads: int, config: ReuseC
               "faithfulness on validation prompts: this overlap is between circuits that do not carry the "
               "behaviour") if short and config.n_edges is None else ""
     out = HeadOverlap(**ov, null_mean=float(null.mean()), null_q95=float(np.quantile(null, 0.95)),
-                      p_value=permutation_p(ov["share_of_smaller"], null), n_permutations=int(config.n_permutations),
+                      p_value=permutation_p(ov["share_of_smaller"], null.tolist()), n_permutations=int(config.n_permutations),
                       caveat=caveat)
     say(progress, f"overlap {out.share_of_smaller:.3f} of the smaller circuit ({len(out.shared)} heads); random "
                   f"circuits {out.null_mean:.3f}, p = {out.p_value:.3g}")
@@ -200,7 +201,7 @@ def intervene(model: Any, config: ReuseConfig, s_inhibition: torch.Tensor, ioi_h
     assert cands is not None  # (Colored Objects prompts name their three colours)
 
     def hits(heads):
-        return intervene_hits(model, co_prep.clean, heads, targets, correct, cands, config.batch_size).float().cpu().numpy()
+        return intervene_hits(model, co_prep.clean, heads, targets, correct, cands, config.rows()).float().cpu().numpy()
 
     before, after = hits([]), hits(chosen)
     say(progress, f"accuracy among the prompt's colours: before {before.mean():.3f}, after {after.mean():.3f} (n={len(before)})")
@@ -249,8 +250,9 @@ def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) ->
     result = ReuseResult(config=config, meta=provenance(model=model.name, seed=config.seed), format=fmt, ioi=ioi,
                          colored_objects=co, overlap=ov, class_table=table, intervention=iv,
                          seconds=time.perf_counter() - start, class_scores={c: classes.scores[c] for c in CLASSES},
-                         **{f"ioi_{k}": v for k, v in ioi_tensors.items()},
-                         **{f"colored_objects_{k}": v for k, v in co_tensors.items()})
+                         ioi_edge_scores=ioi_tensors["edge_scores"], ioi_circuit=ioi_tensors["circuit"],
+                         ioi_head_scores=ioi_tensors["head_scores"], colored_objects_edge_scores=co_tensors["edge_scores"],
+                         colored_objects_circuit=co_tensors["circuit"], colored_objects_head_scores=co_tensors["head_scores"])
     for name, interval in (intervals | iv_intervals).items():
         result.set_interval(name, interval)
     return result

@@ -44,6 +44,10 @@ class ReuseConfig:
         if self.batch_size is None:
             self.batch_size = max(1, min(BATCH_SIZE, self.n_prompts))
 
+    def rows(self) -> int:
+        """Prompts per forward pass (``batch_size``, which ``__post_init__`` fills in)."""
+        return self.batch_size if self.batch_size is not None else max(1, min(BATCH_SIZE, self.n_prompts))
+
     def validate(self) -> None:
         if self.method not in ("eap", "eap-ig"):
             raise InputError(f"unknown method '{self.method}' for reuse; choose eap or eap-ig "
