@@ -297,7 +297,7 @@ def test_anisotropic_covariates_give_a_preconditioner(icl_cache):
     r = run(None, ICLConfig(seed=0, covariance="ar1", rho=0.5, baselines=False, n_seeds=0), progress=False)
     assert r.precond_dist_inv_cov < 0.5 * r.precond_dist_identity
     assert r.mse["model"] < 0.8 * r.mse["gd_debiased"]  # plain debiased GD ignores Sigma
-    assert m["dgd_precond_pred_gap"] < 0.05
+    assert r.dgd_precond_pred_gap < 0.05
 
 
 # ---------------------------------------------------------------- the notebook
