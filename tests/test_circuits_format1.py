@@ -6,8 +6,9 @@ tests/data/format1/circuit and circuit_reuse were written at commit 0e744a3 by t
 configs of tests/test_circuits_pipeline.py on tiny-llama (circuit: n=2, steps=2, batch 2,
 val 3, test 3, sizes 5,20,50; reuse: SMALL_REUSE); circuit_expected/ holds what that code
 showed for them (its summary without the run path, and every table of its sections). That
-code wrote the bag under ``format_version`` 2; the bag is format 1's, so the test reads a
-copy marked as format 1 (see the note on format-2 bags in the session report)."""
+code wrote the bag under ``format_version`` 2 (the version moved before these classes were
+typed); ``load_result`` migrates such a bag like a format-1 run, and the test reads the folder
+as saved."""
 from __future__ import annotations
 
 import json
@@ -30,10 +31,6 @@ OLD_NAMES = {"circuit": lambda k: k.replace("scores/", "scores_"), "reuse": lamb
 def _as_format1(analysis: str, tmp_path: Path) -> Path:
     folder = tmp_path / FOLDERS[analysis]
     shutil.copytree(DATA / FOLDERS[analysis], folder)
-    doc = json.loads((folder / "result.json").read_text())
-    doc["format_version"] = 1
-    doc.pop("data", None)
-    (folder / "result.json").write_text(json.dumps(doc))
     return folder
 
 

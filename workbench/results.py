@@ -309,6 +309,12 @@ def _read_arrays(folder: Path, doc: dict[str, Any]) -> dict[str, torch.Tensor]:
     return arrays
 
 
+def _untyped_v2(doc: dict[str, Any], result_cls: type) -> bool:
+    """A format-2 run written while its class was still untyped (its numbers in ``metrics``,
+    ``data`` holding at most the intervals): it migrates like a format-1 run."""
+    return is_typed(result_cls) and bool(doc.get("metrics")) and not set(doc.get("data") or {}) - {"intervals"}
+
+
 def load_result(path: str | os.PathLike, result_cls: type[Result] | None = None) -> Result:
     """Rebuild a saved result from its run folder, as ``result_cls`` or else the class its
     analysis's spec names; a missing or corrupt file is a one-line ``ResultError`` that
@@ -324,7 +330,8 @@ def load_result(path: str | os.PathLike, result_cls: type[Result] | None = None)
     result_cls = result_cls or _spec_result_class(analysis) or Result
     arrays = _read_arrays(folder, doc)
     metrics = doc.get("metrics") or {}
-    if doc["format_version"] == 1:
+    if doc["format_version"] == 1 or _untyped_v2(doc, result_cls):
+        metrics = {"intervals": (doc.get("data") or {}).get("intervals") or {}, **metrics}
         data, tensors = migrate_v1(result_cls, metrics, arrays)
     else:
         data, tensors = doc.get("data") or {}, arrays
