@@ -48,12 +48,6 @@ from .run_folder import is_run_folder  # noqa: F401  (re-exported: callers impor
 FORMAT_VERSION = 2  # 2: typed fields under "data", tensors by field name; 1 (the metrics bag) loads through migrate_v1
 
 
-def register_result(cls: type["Result"]) -> type["Result"]:
-    """No longer needed (the spec is the one registry); kept, doing nothing, until the
-    circuits and vision_heads Results are typed and stop importing it."""
-    return cls
-
-
 @dataclass
 class Result:
     """Base of every analysis result: a dataclass whose fields ARE its data.

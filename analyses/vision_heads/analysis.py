@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.errors import InputError
-from workbench.results import Result, provenance, register_result
+from workbench.results import Result, provenance
 from workbench.spec import check_config, option
 from workbench.stats import Interval, bootstrap
 from workbench.analyses.vision_heads import choice
@@ -364,7 +364,6 @@ class VisionHead:
     vhd: float
 
 
-@register_result
 @dataclass(kw_only=True)
 class VHDResult(Result):
     """VHD map, T-VHD, the validation choice of VHR and CHAIR on the test scenes against controls.
