@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.result_fields import plain_json
+from test_format1_runs import _views  # the views the old code recorded, computed the same way
 from workbench.results import load_result
 from workbench.spec import get_spec
 
@@ -32,15 +32,6 @@ def _as_format1(analysis: str, tmp_path: Path) -> Path:
     folder = tmp_path / FOLDERS[analysis]
     shutil.copytree(DATA / FOLDERS[analysis], folder)
     return folder
-
-
-def _views(result, spec) -> dict:
-    sections = spec.sections(result)
-    return {"headline": plain_json(spec.headline(result)) if spec.headline else None,
-            "tables": [[plain_json(rows) for rows in s.tables] for s in sections],
-            "titles": [s.title for s in sections], "texts": [s.text for s in sections],
-            "columns": {c.name: plain_json(c.values(result)) for c in spec.head_columns},
-            "headlines": [plain_json(h.figures(result)) for h in spec.headlines]}
 
 
 @pytest.mark.parametrize("analysis", list(FOLDERS))
