@@ -146,6 +146,11 @@ SUMMARIES: dict[str, Summary] = {  # by row label
         "attention sinks", "scaling down attention sinks beyond the first token (ACT) on multiple choice",
         main="category: held-out accuracy with ACT", control="category (chance 0.25): held-out accuracy, base",
         control_name="the base model (no ACT)", diff="category: ACT - base"),
+    "QK attribution: the K-composition mechanism of induction": Summary(
+        "QK attribution", "why an induction head attends where it does: its keys are written by a previous-token head",
+        main="share of held-out prompts where a top induction head's top key-side source",
+        control="the same share for random heads", control_name="random heads", diff="induction minus random",
+        picture="Key-side sources"),
     "head atlas": Summary(
         "head atlas", "every head seen by every head-level analysis at once: rank correlations, role clusters",
         main="Spearman"),

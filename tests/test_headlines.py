@@ -285,6 +285,11 @@ def test_spearman_and_permutation_p():
     assert math.isclose(perfect.value, 1.0) and perfect.high <= 1.0
     anti = spearman(range(20), list(range(20))[::-1])
     assert math.isclose(anti.value, -1.0)
+    for iv in (perfect, anti):  # identical rankings: the interval still holds its own estimate
+        assert iv.low <= iv.value <= iv.high
+    same = [0.3, 0.1, 0.7, 0.2, 0.9, 0.4, 0.8, 0.5]  # two columns that are one quantity (as in the atlas)
+    iv = spearman(same, same)
+    assert iv.low <= iv.value <= iv.high <= 1.0
     assert permutation_p(5.0, [1, 2, 3]) == 0.25 and permutation_p(0.0, [1, 2, 3]) == 1.0
     assert permutation_p(0.0, [1, 2, 3], greater=False) == 0.25
 

@@ -110,7 +110,10 @@ def spearman(x: Sequence[float], y: Sequence[float], *, level: float = LEVEL, sp
     r = max(min(rho, 0.999999), -0.999999)
     se = math.sqrt((1 + r * r / 2) / (n - 3))
     z, zc = math.atanh(r), _z(level)
-    return Interval(rho, math.tanh(z - zc * se), math.tanh(z + zc * se), n, "fisher-z", level, split)
+    # atanh is infinite at |rho| = 1 (identical rankings): the interval is taken at the clipped r
+    # and stretched to hold rho itself, so it never sits beside its own estimate
+    low, high = min(math.tanh(z - zc * se), rho), max(math.tanh(z + zc * se), rho)
+    return Interval(rho, low, high, n, "fisher-z", level, split)
 
 
 def permutation_p(observed: float, null: Sequence[float], *, greater: bool = True) -> float:
