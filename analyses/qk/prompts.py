@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from workbench.cache import Tokens, as_tokens
+from workbench import names
 from workbench.errors import InputError
 
 TASKS = ("induction", "ioi")
@@ -25,12 +26,9 @@ class QueryPlan:
 
 def parse_head(text: str, n_layers: int | None = None, n_heads: int | None = None) -> tuple[int, int]:
     """``L18H6`` -> (18, 6), checked against the model's sizes when given."""
-    t = text.strip().upper()
     try:
-        if not t.startswith("L") or "H" not in t:
-            raise ValueError
-        layer, head = (int(x) for x in t[1:].split("H", 1))
-    except ValueError:
+        layer, head = names.parse_head(text.strip().upper())  # the one head-name format
+    except InputError:
         raise InputError(f"--head {text!r} is not a head name; write it as L{{layer}}H{{head}}, e.g. L18H6") from None
     if n_layers is not None and not 0 <= layer < n_layers:
         raise InputError(f"--head {text}: layer {layer} is out of range; the model has layers 0..{n_layers - 1}")
