@@ -134,7 +134,8 @@ SUMMARIES: dict[str, Summary] = {  # by row label
         main="AOPC LRP", diff="AOPC LRP minus random order", control_name="random deletion order"),
     "vision heads (VHD/VHR)": Summary(
         "vision heads", "reinforcing vision-aware heads (VHR) against hallucinated objects in captions",
-        main="CHAIR_i, VHR", control="CHAIR_i, 5 random head draws", control_name="5 random head draws", better=-1),
+        main="CHAIR_i, VHR", control="CHAIR_i, 5 random head draws", control_name="5 random head draws",
+        diff="CHAIR_i, VHR minus random heads", better=-1),
     "induction heads": Summary(
         "induction heads", "heads that attend to the token after a repeated token's first occurrence",
         main="induction score, head ranked #1", control="uniform-attention baseline", control_name="uniform attention"),
