@@ -1,5 +1,5 @@
 """ACDC as a curve (``--curve-methods ...,acdc``): known answers on the hand-built copying model
-(``workbench.patching.planted``: input -> L0H0 -> (L1H0 ->) logits carries the answer).
+(``tests/planted_model.py``: input -> L0H0 -> (L1H0 ->) logits carries the answer).
 
 * a sweep over thresholds gives, at each tau, exactly the kept edges and scores of a separate
   single ``acdc(...)`` run (the sweep reuses forwards of edge masks it has seen; this shows the
@@ -24,7 +24,7 @@ from workbench.patching import acdc as acdc_module
 from workbench.patching.acdc import acdc, acdc_sweep
 from workbench.patching.eap import edge_attribution
 from workbench.patching.graph import Graph, LogitDiff, ablation_values, prune_dangling, sender_outputs, top_edges
-from workbench.patching.planted import planted_model, planted_prompts
+from planted_model import planted_model, planted_prompts
 
 TAUS = [0.0, 0.01, 0.1, 0.5, 2.0, 1e9]
 PLANTED_NODES = {"input", "L0H0", "L1H0", "L0H2"}  # the copying path and the junk head that sets the norms' scale

@@ -22,7 +22,7 @@ import torch
 from workbench.cache import Tokens, run_with_cache
 from workbench.patching.engine import head_masks_all_positions, head_masks_per_position, run_head_patches
 from workbench.patching.metrics import logit_diff
-from workbench.patching.planted import planted_model, planted_prompts
+from planted_model import planted_model, planted_prompts
 
 
 def effects(model, tokens: Tokens, corrupt: Tokens, correct, wrong, masks) -> torch.Tensor:

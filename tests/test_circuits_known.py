@@ -1,5 +1,5 @@
 """Known-answer tests of patching and circuit discovery on a hand-built model whose circuit
-is known by construction (workbench.patching.planted): L0H0 copies the name, L1H0 amplifies it."""
+is known by construction (tests/planted_model.py): L0H0 copies the name, L1H0 amplifies it."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +13,7 @@ from workbench.patching.acdc import acdc
 from workbench.patching.activation import patch_heads, patch_mlps, patch_residual
 from workbench.patching.eap import edge_attribution, head_grid, node_scores
 from workbench.patching.path import path_patch
-from workbench.patching.planted import planted_model, planted_prompts
+from planted_model import planted_model, planted_prompts
 
 
 @pytest.fixture(scope="module")

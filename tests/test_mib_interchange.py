@@ -12,7 +12,7 @@ from workbench.patching import graph as G
 from workbench.patching.eap import edge_attribution
 from workbench.patching.faithfulness import prune, top_n
 from workbench.patching.mib import mib_edge_count, mib_name, read_mib, to_mib, write_mib
-from workbench.patching.planted import planted_model, planted_prompts
+from planted_model import planted_model, planted_prompts
 
 
 def test_gpt2_small_has_mibs_32491_edges_with_mibs_names():

@@ -1,5 +1,5 @@
 """MIB's CPR and CMD on the planted model, whose circuit is known by construction
-(workbench.patching.planted): L0H0 reads the name from the input and writes it to the
+(tests/planted_model.py): L0H0 reads the name from the input and writes it to the
 logits directly and through the amplifier L1H0."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from workbench.errors import InputError
 from workbench.patching import graph as G
 from workbench.patching.faithfulness import (MIB_FRACTIONS, areas, mib_curve, normalised_curve, prune, sizes_at,
                                              smallest_reaching, top_n)
-from workbench.patching.planted import planted_model, planted_prompts
+from planted_model import planted_model, planted_prompts
 
 PATH = [("input", "L0H0"), ("L0H0", "L1H0"), ("L0H0", "logits"), ("L1H0", "logits")]
 

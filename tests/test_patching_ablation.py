@@ -1,5 +1,5 @@
 """The ablation as one named choice: each kind carries the value its docstring says, on the
-planted model where the answer is known (workbench.patching.planted)."""
+planted model where the answer is known (tests/planted_model.py)."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +9,7 @@ from workbench.cache import as_tokens, forward
 from workbench.errors import InputError
 from workbench.patching import graph as G
 from workbench.patching.ablation import CHOICES, Ablation, ablation_values, derangement, parse_ablation
-from workbench.patching.planted import planted_model, planted_prompts
+from planted_model import planted_model, planted_prompts
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from workbench.cache import Tokens, as_tokens
 from workbench.errors import InputError
 from workbench.patching import graph as G
 from workbench.patching.methods import METHODS, DiscoveryConfig, discover, method
-from workbench.patching.planted import planted_model, planted_prompts
+from planted_model import planted_model, planted_prompts
 
 
 @dataclass

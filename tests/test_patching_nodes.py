@@ -12,7 +12,7 @@ from workbench.patching.eap import edge_attribution, head_grid, node_scores
 from workbench.patching.faithfulness import edge_values, normalised_curve
 from workbench.patching.nodes import (compare_heads, exact_head_effects, head_names, jaccard, mean_pairwise_jaccard,
                                       node_circuit, stability)
-from workbench.patching.planted import planted_model, planted_prompts
+from planted_model import planted_model, planted_prompts
 
 
 @pytest.fixture(scope="module")

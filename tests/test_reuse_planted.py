@@ -1,4 +1,4 @@
-"""Known answers for the reuse machinery on hand-built models (``workbench.patching.planted``):
+"""Known answers for the reuse machinery on hand-built models (``tests/planted_model.py``):
 the S-inhibition score finds the planted inhibition heads, the intervention changes accuracy
 by exactly what the construction predicts (and the check fails once the heads are removed),
 the overlap baseline matches its closed form, EAP-IG's per-step scores reproduce EAP-IG, and
@@ -13,7 +13,7 @@ from workbench.analyses.circuits.analysis import Prepared, choose_size, faithful
 from workbench.analyses.circuits.head_classes import attention_rows, attention_to
 from workbench.analyses.circuits.reuse import choose_heads, intervene_hits, overlap_null
 from workbench.cache import as_tokens
-from workbench.patching import planted as P
+import planted_model as P
 from workbench.patching.graph import Graph, LogitDiff
 
 

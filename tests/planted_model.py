@@ -47,8 +47,8 @@ def blank_llama(vocab: int, d_model: int) -> Any:
 
 def planted_model(strength: float = 3.0):
     """The hand-built model as a workbench ``Model`` (no tokenizer: feed token ids)."""
-    from ..hooks import install_hook_points
-    from ..models import Model, shape_of
+    from workbench.hooks import install_hook_points
+    from workbench.models import Model, shape_of
 
     hf = blank_llama(VOCAB, D_MODEL)
     with torch.no_grad():
@@ -139,8 +139,8 @@ SILENT_HEAD = (0, 3)
 def planted_inhibition_model(beta: float = 2.0, strength: float = 3.0, planted: bool = True):
     """The model above as a workbench ``Model`` (no tokenizer: feed token ids). ``planted=False``
     removes the inhibition heads (their queries, keys, values and outputs are zero)."""
-    from ..hooks import install_hook_points
-    from ..models import Model, shape_of
+    from workbench.hooks import install_hook_points
+    from workbench.models import Model, shape_of
 
     hf = blank_llama(INH_VOCAB, INH_D_MODEL)
     a = strength
