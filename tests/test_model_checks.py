@@ -266,11 +266,11 @@ def test_a_cache_from_before_checksums_is_adopted(good_folder, tmp_path):
 def test_load_model_rebuilds_a_truncated_embedded_cache(good_folder, tmp_path, monkeypatch):
     """Through ``load_model``: a truncated weights file in the cache was a SafetensorError
     traceback on every later run; now it is converted again and the model loads."""
-    import workbench.models as models
+    import workbench.model_sources as model_sources
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
     convert = Converter(good_folder)
-    monkeypatch.setattr(models, "_convert_gguf", lambda gguf, target: convert(target))
+    monkeypatch.setattr(model_sources, "_convert_gguf", lambda gguf, target: convert(target))
     load_model("smollm2-135m")  # first use: converted
     cached = tmp_path / "cache" / "models" / "smollm2-135m" / "model.safetensors"
     os.truncate(cached, cached.stat().st_size // 2)

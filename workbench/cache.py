@@ -13,15 +13,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from tqdm.auto import tqdm
 
+from .backends import PatchFn, backend_for
 from .errors import InputError
 from .hooks import check_names
-
-PatchFn = Callable[[torch.Tensor], torch.Tensor]
+from .models import Model
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Tokens:
         return self.attention_mask.long().sum(dim=1) - 1
 
 
-def as_tokens(model: Any, inputs: Any) -> Tokens:
+def as_tokens(model: Model, inputs: Any) -> Tokens:
     """Prompts (str or list), a token tensor, a (ids, mask) pair or ``Tokens`` -> ``Tokens``."""
     if isinstance(inputs, Tokens):
         return inputs
@@ -57,18 +57,8 @@ def as_tokens(model: Any, inputs: Any) -> Tokens:
     return Tokens(ids, mask)
 
 
-def _backend(model: Any):
-    if model.backend == "transformer_lens":
-        from .backends import transformer_lens as mod
-    elif model.backend == "nnsight":
-        from .backends import nnsight as mod
-    else:
-        from .backends import hf as mod
-    return mod
-
-
 def forward(
-    model: Any,
+    model: Model,
     tokens: Tokens,
     names: Iterable[str] = (),
     patches: Mapping[str, PatchFn | torch.Tensor] | None = None,
@@ -79,7 +69,7 @@ def forward(
     patches = dict(patches or {})
     check_names(model.hook_points, names + list(patches))
     fns = {n: (_replacer(v) if isinstance(v, torch.Tensor) else v) for n, v in patches.items()}
-    return _backend(model).forward(model, tokens.input_ids, tokens.attention_mask, names, fns, grad=grad)
+    return backend_for(model.backend).forward(model, tokens.input_ids, tokens.attention_mask, names, fns, grad=grad)
 
 
 def _replacer(value: torch.Tensor) -> PatchFn:
@@ -153,7 +143,7 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def run_with_cache(
-    model: Any,
+    model: Model,
     inputs: Any,
     names: Iterable[str],
     batch_size: int | None = None,
@@ -184,7 +174,9 @@ def run_with_cache(
         else:
             folder = Path(spill_dir)
             folder.mkdir(parents=True, exist_ok=True)
-    logits_parts, mem_parts, shards = [], {k: [] for k in names}, []
+    logits_parts: list[torch.Tensor] = []
+    mem_parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    shards: list[Path] = []
     chunks = range(0, n, step)
     for i, start in enumerate(tqdm(chunks, desc="caching", disable=not progress, leave=False)):
         chunk = tokens.slice(start, start + step)
@@ -209,7 +201,7 @@ def run_with_cache(
 
 
 def run_with_patches(
-    model: Any,
+    model: Model,
     inputs: Any,
     patches: Mapping[str, PatchFn | torch.Tensor],
     names: Iterable[str] = (),
@@ -225,7 +217,7 @@ def run_with_patches(
 
 
 def forward_embeds(
-    model: Any,
+    model: Model,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     names: Iterable[str] = (),
@@ -241,7 +233,7 @@ def forward_embeds(
     cache for decoding. Returns logits [batch pos vocab], the cache of ``names`` and the
     key-value cache (None unless asked for). The ``hf`` backend only (``hook_embed`` does not
     fire: the embeddings are given)."""
-    if model.backend != "hf":
+    if not backend_for(model.backend).takes_embeddings:
         raise InputError(f"input embeddings need the 'hf' backend, not '{model.backend}'; load the model with backend='hf'")
     if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != model.shape.d_model:
         raise InputError(

@@ -29,3 +29,9 @@ class ResultError(WorkbenchError):
 class EnvironmentProblem(WorkbenchError):
     """The machine stops the workbench, not the input: HOME, the cache folder, TMPDIR, a
     full disk or a closed standard output. The message names the variable or folder to fix."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception from deep inside a library as one short line: its type and first line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__

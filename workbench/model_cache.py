@@ -1,6 +1,6 @@
 """The embedded model's converted copy in the workbench cache, verified before each use.
 
-The GGUF is converted once to safetensors (``models._convert_gguf``); the conversion records
+The GGUF is converted once to safetensors (``model_sources._convert_gguf``); the conversion records
 each file's size and sha256 (``CHECKSUMS``) before the folder is renamed into place. Every
 later load compares the files with that record (sizes and modification times first, the
 sha256 only when a file's time changed), and a broken copy (truncated, edited, half

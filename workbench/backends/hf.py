@@ -3,11 +3,11 @@ door, and the reference the other backends are tested against."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
-PatchFn = Callable[[torch.Tensor], torch.Tensor]
+from .base import BackendName, HookedModel, PatchFn
 
 
 def on_device_of(value: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,7 @@ def on_device_of(value: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def hooked(model: Any, cache_names: list[str], patches: dict[str, PatchFn], grad: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+def hooked(model: HookedModel, cache_names: list[str], patches: dict[str, PatchFn], grad: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Install ``patches`` and cache hooks (which see the patched values) on the hook
     points for the duration of the block; yields the dict the cached names fill."""
     store: dict[str, torch.Tensor] = {}
@@ -39,7 +39,7 @@ def hooked(model: Any, cache_names: list[str], patches: dict[str, PatchFn], grad
 
 
 def forward(
-    model: Any,
+    model: HookedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     cache_names: list[str],
@@ -53,7 +53,7 @@ def forward(
 
 
 def forward_embeds(
-    model: Any,
+    model: HookedModel,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor | None,
     cache_names: list[str],
@@ -78,3 +78,21 @@ def forward_embeds(
         out = model.hf(**kwargs)
     past = getattr(out, "cache", None) if hasattr(out, "cache") else getattr(out, "past_key_values", None)
     return out.logits, store, (past if use_cache else None)
+
+
+class HFBackend:
+    """Forward hooks on the workbench hook points of the Hugging Face module itself."""
+
+    name: BackendName = "hf"
+    takes_embeddings = True
+
+    def wrap(self, model: HookedModel) -> None:
+        return None
+
+    def forward(self, model: HookedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                cache_names: list[str], patches: dict[str, PatchFn],
+                grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return forward(model, input_ids, attention_mask, cache_names, patches, grad=grad)
+
+
+BACKEND = HFBackend()

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..errors import HookNameError, InputError, ModelNotAvailable
+from .base import BackendName, HookedModel, PatchFn
 
 NATIVE = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 """The per-layer canonical names a remote trace reaches (in the order a layer runs them)."""
 
 
-def wrap(model: Any) -> Any:
+def wrap(model: HookedModel) -> Any:
     import warnings
 
     from nnsight import LanguageModel
@@ -42,7 +43,7 @@ def _envoy(lm: Any, path: str) -> Any:
     return node
 
 
-def _module_paths(model: Any) -> dict[str, str]:
+def _module_paths(model: HookedModel) -> dict[str, str]:
     cached = getattr(model.hf, "_wb_hook_paths", None)
     if cached is None:
         by_id = {id(m): p for p, m in model.hf.named_modules()}
@@ -52,11 +53,11 @@ def _module_paths(model: Any) -> dict[str, str]:
 
 
 def forward(
-    model: Any,
+    model: HookedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     cache_names: list[str],
-    patches: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    patches: dict[str, PatchFn],
     grad: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     if getattr(model, "remote", False):
@@ -65,11 +66,11 @@ def forward(
 
 
 def hooked_forward(
-    model: Any,
+    model: HookedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     cache_names: list[str],
-    patches: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    patches: dict[str, PatchFn],
     grad: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     from ..hooks import execution_order
@@ -102,7 +103,7 @@ def _native_slot(name: str) -> tuple[int, int]:
     return int(m.group(1)), NATIVE.index(m.group(2))
 
 
-def _native_paths(model: Any, layer: int) -> dict[str, str]:
+def _native_paths(model: HookedModel, layer: int) -> dict[str, str]:
     """Module paths (in the stock model) of one layer's decoder block, attention output projection,
     attention and MLP."""
     cached = getattr(model.hf, "_wb_native_paths", None)
@@ -119,11 +120,11 @@ def _native_paths(model: Any, layer: int) -> dict[str, str]:
 
 
 def native_forward(
-    model: Any,
+    model: HookedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     cache_names: list[str],
-    patches: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    patches: dict[str, PatchFn],
     grad: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One trace on the stock modules, sent through nnsight's remote mechanism (``model.remote``:
@@ -206,3 +207,21 @@ def load_remote(hub_id: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
         raise ModelNotAvailable(f"the config and tokenizer of '{hub_id}' are not reachable ({type(exc).__name__}); "
                                 "--remote needs the hub for them (the weights stay on NDIF)") from None
     return lm, lm._model, lm.tokenizer
+
+
+class NNsightBackend:
+    """An nnsight ``LanguageModel`` over the same module; remote traces go to NDIF."""
+
+    name: BackendName = "nnsight"
+    takes_embeddings = False
+
+    def wrap(self, model: HookedModel) -> Any:
+        return wrap(model)
+
+    def forward(self, model: HookedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                cache_names: list[str], patches: dict[str, PatchFn],
+                grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return forward(model, input_ids, attention_mask, cache_names, patches, grad=grad)
+
+
+BACKEND = NNsightBackend()

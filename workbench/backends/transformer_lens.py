@@ -7,14 +7,15 @@ names are refused there); with a parallel residual (GPT-NeoX), ``hook_resid_mid`
 MLP's input stream (the bridge's ``ln2.hook_in``)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from ..errors import HookNameError
+from .base import BackendName, HookedModel, PatchFn
 
 
-def wrap(model: Any) -> Any:
+def wrap(model: HookedModel) -> Any:
     """Boot a bridge over a copy of the HF module: the bridge rewires the module it is
     given in place, and the other backends must keep the original."""
     import copy
@@ -27,7 +28,7 @@ def wrap(model: Any) -> Any:
     return bridge
 
 
-def bridge_name(model: Any, name: str) -> str:
+def bridge_name(model: HookedModel, name: str) -> str:
     """The bridge's hook name for a canonical name."""
     bridged = model.adapter.tl_name(name)
     if bridged is None or bridged not in model.wrapper.hook_dict:
@@ -37,11 +38,11 @@ def bridge_name(model: Any, name: str) -> str:
 
 
 def forward(
-    model: Any,
+    model: HookedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     cache_names: list[str],
-    patches: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    patches: dict[str, PatchFn],
     grad: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     store: dict[str, torch.Tensor] = {}
@@ -54,3 +55,21 @@ def forward(
     with torch.set_grad_enabled(grad):
         logits = model.wrapper.run_with_hooks(input_ids, fwd_hooks=fwd_hooks, attention_mask=attention_mask)
     return logits, store
+
+
+class TransformerLensBackend:
+    """A TransformerLens ``TransformerBridge`` booted over a copy of the module."""
+
+    name: BackendName = "transformer_lens"
+    takes_embeddings = False
+
+    def wrap(self, model: HookedModel) -> Any:
+        return wrap(model)
+
+    def forward(self, model: HookedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                cache_names: list[str], patches: dict[str, PatchFn],
+                grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return forward(model, input_ids, attention_mask, cache_names, patches, grad=grad)
+
+
+BACKEND = TransformerLensBackend()
