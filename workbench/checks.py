@@ -104,7 +104,9 @@ def _check_sequence(name: str, kind: Any, value: Any) -> None:
         raise InputError(f"{name} must be a tuple of values, not the {type(value).__name__} {value!r}")
     elems = [a for a in typing.get_args(kind) if a is not Ellipsis]
     elem = elems[0] if len(elems) == 1 and elems[0] in WORDS else None
-    for v in value if elem is not None else ():
+    if elem is None:
+        return
+    for v in value:
         if not _fits(elem, v):
             raise InputError(f"{name} must hold {WORDS[elem].split(' ', 1)[1]}s, but holds the "
                              f"{type(v).__name__} {v!r}")

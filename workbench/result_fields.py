@@ -18,7 +18,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,15 @@ class FieldError(TypeError):
     """A value that does not fit its annotation: the message names where and what."""
 
 
+class MigratesV1(Protocol):
+    """What ``migrate_v1`` needs of a Result class (``workbench.results.Result`` has both)."""
+
+    v1_names: ClassVar[dict[str, str]]
+
+    @classmethod
+    def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]: ...
+
+
 def type_name(annotation: Any) -> str:
     if isinstance(annotation, type) and issubclass(annotation, AbstractArray):
         return f"a tensor [{annotation.dim_str}]"
@@ -41,9 +50,15 @@ def type_name(annotation: Any) -> str:
     return annotation.__name__
 
 
-@functools.lru_cache(maxsize=None)
 def hints_of(cls: type) -> dict[str, Any]:
     """The resolved annotations of a dataclass (cached: classes do not change)."""
+    return _cached_hints(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_hints(cls: type) -> dict[str, Any]:
+    # behind hints_of, whose ``type`` parameter takes any class: mypy reads ``type[Result]`` as
+    # unhashable (a dataclass with eq sets its instances' __hash__ to None), not the class itself
     return typing.get_type_hints(cls)
 
 
@@ -153,7 +168,7 @@ def encode(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, dict):
             inner = typing.get_args(annotation)[1] if typing.get_args(annotation) else Any
             return {str(k): encode(v, inner, f"{where}.{k}") for k, v in value.items()}
-    elif dataclasses.is_dataclass(annotation):
+    elif isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             hints = hints_of(annotation)
             return {f.name: encode(getattr(value, f.name), hints.get(f.name, Any), f"{where}.{f.name}")
@@ -215,7 +230,7 @@ def decode(raw: Any, annotation: Any, where: str) -> Any:
             raise FieldError(f"{where} is {json_type(raw)}, not {type_name(annotation)}")
         inner = typing.get_args(annotation)[1] if typing.get_args(annotation) else Any
         return {k: decode(v, inner, f"{where}.{k}") for k, v in raw.items()}
-    elif dataclasses.is_dataclass(annotation):
+    elif isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return decode_record(raw, annotation, where)
     else:
         return raw
@@ -348,7 +363,7 @@ def decode_data(cls: type, data: dict[str, Any], tensors: dict[str, torch.Tensor
     return kwargs
 
 
-def migrate_v1(cls: type, metrics: dict[str, Any], arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+def migrate_v1(cls: type[MigratesV1], metrics: dict[str, Any], arrays: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """(data, tensors) of format 2 from a format-1 run: its ``metrics`` bag and flat ``arrays``.
     A typed class names where a field used to live in ``v1_names`` (field -> old key, looked
     up in the metrics, then the arrays) and may reshape the bag first in ``from_v1``."""

@@ -255,10 +255,10 @@ def _as_tensor(value: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value))  # cpu: read back from JSON, on the CPU like every loaded tensor
 
 
-def config_class(result_cls: type) -> type | None:
+def config_class(result_cls: type[Result]) -> type | None:
     """The Config class of a Result: its ``config`` annotation, else ``config_cls``."""
     hint = hints_of(result_cls).get("config")
-    return hint if dataclasses.is_dataclass(hint) else result_cls.config_cls
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else result_cls.config_cls
 
 
 def decode_config(config_cls: type | None, raw: Any) -> Any:
@@ -329,7 +329,7 @@ def load_result(path: str | os.PathLike, result_cls: type[Result] | None = None)
         data, tensors = migrate_v1(result_cls, metrics, arrays)
     else:
         data, tensors = doc.get("data") or {}, arrays
-    bag = {} if is_typed(result_cls) else {"metrics": metrics, "arrays": arrays}
+    bag: dict[str, Any] = {} if is_typed(result_cls) else {"metrics": metrics, "arrays": arrays}
     try:
         config = decode_config(config_class(result_cls), doc.get("config"))
     except (TypeError, ValueError) as exc:

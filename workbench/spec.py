@@ -11,7 +11,7 @@ spec. Nothing else needs to know an analysis exists.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 # re-exported: Configs and the CLI import these from the spec
 from .config_fields import base_type, check_config, config_fields, flag_of, option  # noqa: F401
@@ -20,6 +20,9 @@ from .sections import interval_sections  # noqa: F401  (re-exported: pages impor
 # re-exported: the registry lives one floor down, so the results store can find a Result
 # class without importing this module (which imports the checks, which read saved runs)
 from .spec_registry import ENTRY_POINT_GROUP, get_spec, result_class, specs  # noqa: F401
+
+if TYPE_CHECKING:
+    from .results import Result
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,12 @@ class AnalysisSpec:
     title: str
     help: str
     config: type
-    result: type
+    result: type[Result]
     run: Callable[..., Any]
     figures: Callable[[Any], list] | None = None
     headline: Callable[[Any], list[tuple[str, Any]]] | None = None
     aliases: tuple[str, ...] = ()
-    extra_results: tuple[type, ...] = ()
+    extra_results: tuple[type[Result], ...] = ()
     needs_model: Callable[[Any], bool] | bool = True
     load_target: Callable[[Any, Any], Any] | None = None
     finish: Callable[[Any, Any, Any], dict[str, Any]] | None = None

@@ -67,23 +67,24 @@ def bootstrap(samples: Sequence[float] | np.ndarray, stat: Callable[[np.ndarray]
     return Interval(value, float(lo), float(hi), n, "bootstrap", level, split)
 
 
-def bootstrap_diff(a: Sequence[float], b: Sequence[float], *, paired: bool = True, n_boot: int = N_BOOT,
-                   level: float = LEVEL, seed: int | None = 0, split: str = "") -> Interval:
+def bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, paired: bool = True,
+                   n_boot: int = N_BOOT, level: float = LEVEL, seed: int | None = 0, split: str = "") -> Interval:
     """Interval for mean(a) - mean(b); ``paired`` resamples the same items for both (the
     usual case: one method against another on the same prompts)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if paired:
-        if len(a) != len(b):
+        if len(xa) != len(xb):
             raise ValueError("paired samples must have the same length")
-        iv = bootstrap(a - b, n_boot=n_boot, level=level, seed=seed, split=split)
+        iv = bootstrap(xa - xb, n_boot=n_boot, level=level, seed=seed, split=split)
         return Interval(iv.value, iv.low, iv.high, iv.n, "paired bootstrap", level, split)
     rng = _rng(seed)
-    ia = rng.integers(0, len(a), size=(n_boot, len(a)))
-    ib = rng.integers(0, len(b), size=(n_boot, len(b)))
-    stats = a[ia].mean(1) - b[ib].mean(1)
+    ia = rng.integers(0, len(xa), size=(n_boot, len(xa)))
+    ib = rng.integers(0, len(xb), size=(n_boot, len(xb)))
+    stats = xa[ia].mean(1) - xb[ib].mean(1)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return Interval(float(a.mean() - b.mean()), float(lo), float(hi), min(len(a), len(b)), "bootstrap", level, split)
+    return Interval(float(xa.mean() - xb.mean()), float(lo), float(hi), min(len(xa), len(xb)), "bootstrap", level,
+                    split)
 
 
 def wilson(successes: int, n: int, *, level: float = LEVEL, split: str = "") -> Interval:
@@ -98,13 +99,14 @@ def wilson(successes: int, n: int, *, level: float = LEVEL, split: str = "") -> 
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, "wilson", level, split)
 
 
-def spearman(x: Sequence[float], y: Sequence[float], *, level: float = LEVEL, split: str = "") -> Interval:
+def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, level: float = LEVEL,
+             split: str = "") -> Interval:
     """Spearman's rho with the Fisher-z interval (Bonett-Wright standard error)."""
     from scipy.stats import spearmanr
 
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    n = len(x)
-    rho = float(spearmanr(x, y).statistic) if n > 1 else float("nan")
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(xs)
+    rho = float(spearmanr(xs, ys).statistic) if n > 1 else float("nan")
     if n < 4 or not math.isfinite(rho):
         return Interval(rho, float("nan"), float("nan"), n, "fisher-z", level, split)
     r = max(min(rho, 0.999999), -0.999999)
@@ -116,11 +118,11 @@ def spearman(x: Sequence[float], y: Sequence[float], *, level: float = LEVEL, sp
     return Interval(rho, low, high, n, "fisher-z", level, split)
 
 
-def permutation_p(observed: float, null: Sequence[float], *, greater: bool = True) -> float:
+def permutation_p(observed: float, null: Sequence[float] | np.ndarray, *, greater: bool = True) -> float:
     """One-sided permutation p-value with the +1 correction (never exactly zero)."""
-    null = np.asarray(null, dtype=float)
-    hits = (null >= observed).sum() if greater else (null <= observed).sum()
-    return float((hits + 1) / (len(null) + 1))
+    draws = np.asarray(null, dtype=float)
+    hits = (draws >= observed).sum() if greater else (draws <= observed).sum()
+    return float((hits + 1) / (len(draws) + 1))
 
 
 def _z(level: float) -> float:
