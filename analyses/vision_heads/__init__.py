@@ -4,7 +4,10 @@ all heads) on a small vision-language model built from real parts, or on a local
 LLaVA (``--llava``) or SmolVLM / Idefics3 (``--vlm``) folder."""
 from workbench.spec import AnalysisSpec, Headline
 
-from .analysis import VHDConfig, VHDResult, caption_one, check_model, estimate_bytes, load_target, needs_model, run
+from .analysis import caption_one, run
+from .config import VHDConfig
+from .result import VHDResult
+from .target import check_model, estimate_bytes, load_target, needs_model
 from .figures import headline, headline_figures, vision_sections
 from .page import page_extra
 

@@ -173,7 +173,7 @@ def sweep_table(result: Any) -> list[dict]:
     of the validation scenes that chose it."""
     rows = []
     ch = result.choice
-    floors = (ch.recall_floor, ch.mentioned_floor) if ch else (None, None)
+    floors: tuple[float, float] | None = (ch.recall_floor, ch.mentioned_floor) if ch else None
     if result.val_before:
         b = result.val_before
         rows.append({"head set": "none", "alpha": 1.0, "CHAIR_i": b["chair_i"], "CHAIR_s": b["chair_s"],
@@ -184,7 +184,7 @@ def sweep_table(result: Any) -> list[dict]:
         v = r.vhr
         row = {"head set": r.head_set, "alpha": r.alpha, "CHAIR_i": v["chair_i"], "CHAIR_s": v["chair_s"],
                "recall": v["recall"], "objects/caption": v.get("mentioned_per_caption"), "recall - CHAIR_i": r.objective}
-        if None not in floors:
+        if floors is not None and None not in floors:  # no floors: no admissibility column
             row["admissible"] = bool(v["recall"] >= floors[0] - 1e-12 and v["mentioned_per_caption"] >= floors[1] - 1e-12)
         if i < len(shares):
             row["chosen in resamples"] = shares[i]

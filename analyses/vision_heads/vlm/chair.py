@@ -38,9 +38,6 @@ class ChairScores:
     n_hallucinated: int
     mean_words: float
 
-    def as_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
-
 
 def chair(captions: Sequence[str], truths: Sequence[Sequence[str]]) -> ChairScores:
     """CHAIR_i, CHAIR_s and recall of ``captions`` against the objects truly in each image."""

@@ -12,8 +12,9 @@ same heads are scaled in both branches so later layers compare like with like.""
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -67,6 +68,122 @@ def _stops(tokenizer: Any, token_id: int) -> bool:
     return token_id == tokenizer.eos_token_id or "." in tokenizer.decode([token_id]) or "\n" in tokenizer.decode([token_id])
 
 
+@dataclass
+class _Decoding:
+    """One greedy decoding: the policy it applies, the ``hook_z`` patches (one per layer) and the
+    per-step records they fill (``vhd`` and ``selected``, ``[n step layer head]``)."""
+
+    vlm: Any
+    policy: HeadPolicy
+    n: int  # captions (image rows)
+    paired: bool  # the image-free rows run beside them
+    vhd: torch.Tensor
+    selected: torch.Tensor
+    generator: torch.Generator  # the random control's draws
+    trace: list | None = None
+    t: int = 0  # the step being decoded
+
+    @classmethod
+    def start(cls, vlm: Any, n: int, max_new_tokens: int, policy: HeadPolicy, paired: bool,
+              trace: list | None) -> _Decoding:
+        s = vlm.lm.shape
+        # cpu: per-step records, filled by slice copies (a slice copy crosses devices)
+        vhd = torch.zeros(n, max_new_tokens, s.n_layers, s.n_heads)
+        # cpu: per-step records, filled by slice copies (a slice copy crosses devices)
+        selected = torch.zeros(n, max_new_tokens, s.n_layers, s.n_heads, dtype=torch.bool)
+        return cls(vlm, policy, n, paired, vhd, selected, torch.Generator().manual_seed(policy.seed), trace)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.vhd.shape[-1])
+
+    def patches(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """The ``hook_z`` patches: none when nothing is measured or scaled (unpaired, ``none``/``vhr``)."""
+        if not (self.paired or self.policy.mode in ("fixed", "all")):
+            return {}
+        return {f"blocks.{l}.attn.hook_z": functools.partial(self.patch, l) for l in range(self.vhd.shape[2])}
+
+    def pick(self, layer: int, div: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """The heads scaled at ``layer`` and this step, bool ``[n head]``."""
+        policy, n = self.policy, self.n
+        if policy.mode == "fixed":
+            assert policy.heads is not None  # HeadPolicy checks it
+            return policy.heads[layer].to(device).expand(n, self.n_heads)
+        if policy.mode == "all":
+            return torch.ones(n, self.n_heads, dtype=torch.bool, device=device)
+        assert div is not None  # generate refuses vhr and random without the image-free rows
+        pick = vhr_select(div)
+        if policy.mode == "random":
+            pick = random_select(pick.sum(-1), self.n_heads, self.generator).to(device)  # drawn by a CPU generator
+        return pick
+
+    def patch(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """``hook_z`` at ``layer``, ``[2n q head d_head]`` (paired) or ``[n q head d_head]``: VHD
+        recorded at the last position, the picked heads scaled there by alpha in both branches."""
+        t, n, policy = self.t, self.n, self.policy
+        div = None
+        if self.paired:
+            div = head_divergence(z[:n, -1], z[n:, -1], policy.distance)  # [n head]
+            self.vhd[:, t, layer] = div
+        if policy.mode == "none" or policy.alpha == 1.0:
+            if self.trace is not None:
+                self.trace.append((t, layer, z.detach().clone(), z.detach().clone(),
+                                   torch.zeros(n, self.n_heads, dtype=torch.bool, device=z.device)))
+            return z
+        pick = self.pick(layer, div, z.device)
+        self.selected[:, t, layer] = pick
+        # cpu: 0-dim constants mix with a mask on any device
+        scale = torch.where(pick, torch.tensor(policy.alpha), torch.tensor(1.0)).to(z.dtype)[..., None]
+        out = z.clone()
+        out[:n, -1] = z[:n, -1] * scale
+        if self.paired:
+            out[n:, -1] = z[n:, -1] * scale
+        if self.trace is not None:
+            self.trace.append((t, layer, z.detach().clone(), out.detach().clone(), pick.clone()))
+        return out
+
+    def run(self, embeds: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, past: Any,
+            progress: bool) -> Generation:
+        """Decode greedily from the prompt rows until every caption stopped or the steps ran out."""
+        lm, n, patches = self.vlm.lm, self.n, self.patches()
+        max_new_tokens = self.vhd.shape[1]
+        token_ids: list[list[int]] = [[] for _ in range(n)]
+        done = torch.zeros(n, dtype=torch.bool)  # cpu: per-row bookkeeping, read with int()
+        valid = torch.zeros(n, max_new_tokens, dtype=torch.bool)  # cpu: per-row bookkeeping, read with int()
+        steps = tqdm(range(max_new_tokens), desc=f"decoding ({self.policy.mode})", disable=not progress, leave=False)
+        for t in steps:
+            self.t = t
+            logits, _, past = forward_embeds(lm, embeds, mask, patches=patches, position_ids=pos,
+                                             past_key_values=past, use_cache=True)
+            valid[:, t] = ~done
+            nxt = logits[:n, -1].argmax(-1)
+            for i in range(n):
+                if not done[i]:
+                    token_ids[i].append(int(nxt[i]))
+                    if _stops(lm.tokenizer, int(nxt[i])):
+                        done[i] = True
+            if bool(done.all()):
+                break
+            embeds = self.vlm.token_embeds(torch.cat([nxt, nxt]) if self.paired else nxt)[:, None]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos[:, -1:] + 1
+        steps.close()
+        return self.generation(token_ids, valid)
+
+    def generation(self, token_ids: list[list[int]], valid: torch.Tensor) -> Generation:
+        """The captions, with the per-step records cut to the steps any caption used."""
+        used = int(valid.any(0).sum())
+        tok = self.vlm.lm.tokenizer
+        return Generation(
+            captions=[tok.decode(ids) for ids in token_ids],
+            token_ids=token_ids,
+            vhd=self.vhd[:, :used],
+            selected=self.selected[:, :used],
+            valid=valid[:, :used],
+            tokens=[[tok.decode([i]) for i in ids] for ids in token_ids],
+        )
+
+
 def generate(vlm: Any, batch: PairedBatch, max_new_tokens: int = 16, policy: HeadPolicy | None = None,
              paired: bool = True, progress: bool = False, trace: list | None = None, prefix: Any = None) -> Generation:
     """Greedy captions for the image rows of ``batch``; ``paired`` also runs the image-free rows
@@ -78,86 +195,13 @@ def generate(vlm: Any, batch: PairedBatch, max_new_tokens: int = 16, policy: Hea
     policy = policy or HeadPolicy()
     if policy.mode in ("vhr", "random") and not paired:
         raise InputError("VHR and its random control need the image-free branch; call generate with paired=True")
-    lm, n = vlm.lm, batch.n
-    s = lm.shape
-    rows = slice(None) if paired else slice(0, n)
+    rows = slice(None) if paired else slice(0, batch.n)
     embeds, mask, pos = batch.embeds[rows], batch.attention_mask[rows], batch.position_ids[rows]
-    gen = torch.Generator().manual_seed(policy.seed)
-    # cpu: per-step records, filled by slice copies (a slice copy crosses devices)
-    vhd = torch.zeros(n, max_new_tokens, s.n_layers, s.n_heads)
-    # cpu: per-step records, filled by slice copies (a slice copy crosses devices)
-    selected = torch.zeros(n, max_new_tokens, s.n_layers, s.n_heads, dtype=torch.bool)
-    step_box = {"t": 0}
-
-    def make_patch(layer: int):
-        def patch(z: torch.Tensor) -> torch.Tensor:  # [2n q head d_head] (paired) or [n q head d_head]
-            t = step_box["t"]
-            div = None
-            if paired:
-                div = head_divergence(z[:n, -1], z[n:, -1], policy.distance)  # [n head]
-                vhd[:, t, layer] = div
-            if policy.mode == "none" or policy.alpha == 1.0:
-                if trace is not None:
-                    trace.append((t, layer, z.detach().clone(), z.detach().clone(),
-                                  torch.zeros(n, s.n_heads, dtype=torch.bool, device=z.device)))
-                return z
-            if policy.mode == "fixed":
-                pick = policy.heads[layer].to(z.device).expand(n, s.n_heads)
-            elif policy.mode == "all":
-                pick = torch.ones(n, s.n_heads, dtype=torch.bool, device=z.device)
-            else:
-                pick = vhr_select(div)
-                if policy.mode == "random":
-                    pick = random_select(pick.sum(-1), s.n_heads, gen).to(z.device)  # drawn by a CPU generator
-            selected[:, t, layer] = pick
-            # cpu: 0-dim constants mix with a mask on any device
-            scale = torch.where(pick, torch.tensor(policy.alpha), torch.tensor(1.0)).to(z.dtype)[..., None]
-            out = z.clone()
-            out[:n, -1] = z[:n, -1] * scale
-            if paired:
-                out[n:, -1] = z[n:, -1] * scale
-            if trace is not None:
-                trace.append((t, layer, z.detach().clone(), out.detach().clone(), pick.clone()))
-            return out
-        return patch
-
-    patched = paired or policy.mode in ("fixed", "all")
-    patches = {f"blocks.{l}.attn.hook_z": make_patch(l) for l in range(s.n_layers)} if patched else {}
-    token_ids: list[list[int]] = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool)  # cpu: per-row bookkeeping, read with int()
-    valid = torch.zeros(n, max_new_tokens, dtype=torch.bool)  # cpu: per-row bookkeeping, read with int()
     past = None
     if prefix is not None:
         embeds, pos, past = embeds[:, -1:], pos[:, -1:], prefix
-    steps = tqdm(range(max_new_tokens), desc=f"decoding ({policy.mode})", disable=not progress, leave=False)
-    for t in steps:
-        step_box["t"] = t
-        logits, _, past = forward_embeds(lm, embeds, mask, patches=patches, position_ids=pos,
-                                         past_key_values=past, use_cache=True)
-        valid[:, t] = ~done
-        nxt = logits[:n, -1].argmax(-1)
-        for i in range(n):
-            if not done[i]:
-                token_ids[i].append(int(nxt[i]))
-                if _stops(lm.tokenizer, int(nxt[i])):
-                    done[i] = True
-        if bool(done.all()):
-            break
-        ids = torch.cat([nxt, nxt]) if paired else nxt
-        embeds = vlm.token_embeds(ids)[:, None]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        pos = pos[:, -1:] + 1
-    steps.close()
-    used = int(valid.any(0).sum())
-    tok = lm.tokenizer
-    return Generation(
-        captions=[tok.decode(ids) for ids in token_ids],
-        token_ids=token_ids,
-        vhd=vhd[:, :used],
-        selected=selected[:, :used],
-        valid=valid[:, :used],
-        tokens=[[tok.decode([i]) for i in ids] for ids in token_ids],
-    )
+    decoding = _Decoding.start(vlm, batch.n, max_new_tokens, policy, paired, trace)
+    return decoding.run(embeds, mask, pos, past, progress)
 
 
 def prefill(vlm: Any, batch: PairedBatch, paired: bool = True) -> Any:
@@ -211,7 +255,8 @@ class Captioner:
         return concat(parts)
 
 
-def generate_chunked(vlm: Any, prompt: str, features: torch.Tensor, chunk: int = 16, **kwargs: Any) -> Generation:
-    """``generate`` over many images in chunks; the per-step arrays are padded to the longest."""
+def generate_chunked(vlm: Any, prompt: str, features: Any, chunk: int = 16, **kwargs: Any) -> Generation:
+    """``generate`` over many images in chunks (``features``: ours encoded, ``[n tokens d_vision]``,
+    or the images an adapter encodes); the per-step arrays are padded to the longest."""
     return concat([generate(vlm, vlm.paired_batch(prompt, features[start:start + chunk]), **kwargs)
                    for start in range(0, len(features), chunk)])

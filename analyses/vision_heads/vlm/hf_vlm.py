@@ -43,7 +43,10 @@ class CausalView(nn.Module):
         self.model, self.lm_head, self.config = decoder, lm_head, decoder.config
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.model.embed_tokens
+        embed = self.model.embed_tokens
+        if not isinstance(embed, nn.Module):
+            raise TypeError(f"the decoder's embed_tokens is a {type(embed).__name__}, not a module")
+        return embed
 
     def forward(self, inputs_embeds=None, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
                 use_cache=False, input_ids=None, **kwargs):
@@ -91,6 +94,22 @@ def _features(out: Any) -> torch.Tensor:
     return feats.reshape(-1, feats.shape[-1])
 
 
+def _model_class(model_type: str) -> Any:
+    """The transformers class of a checkpoint's ``model_type`` (typed Any: transformers types
+    ``from_pretrained`` through a decorator that loses the class it is called on)."""
+    if model_type == "llava":
+        from transformers import LlavaForConditionalGeneration
+
+        return LlavaForConditionalGeneration
+    if model_type == "idefics3":
+        from transformers import Idefics3ForConditionalGeneration
+
+        return Idefics3ForConditionalGeneration
+    from transformers import SmolVLMForConditionalGeneration
+
+    return SmolVLMForConditionalGeneration
+
+
 class HFVisionAdapter:
     """A local Hugging Face VLM (``kind`` ``llava`` or ``smolvlm``) behind the interface the
     vision-head analysis uses."""
@@ -106,13 +125,7 @@ class HFVisionAdapter:
         model_type = check_folder(folder, kind)
         flag, _, what = KINDS[kind]
         try:
-            if model_type == "llava":
-                from transformers import LlavaForConditionalGeneration as cls
-            elif model_type == "idefics3":
-                from transformers import Idefics3ForConditionalGeneration as cls
-            else:
-                from transformers import SmolVLMForConditionalGeneration as cls
-            self.full = cls.from_pretrained(str(folder), dtype=dtype).to(device).eval()
+            self.full = _model_class(model_type).from_pretrained(str(folder), dtype=dtype).to(device).eval()
             self.processor = AutoProcessor.from_pretrained(str(folder))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{flag} '{folder}': cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "

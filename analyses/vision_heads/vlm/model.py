@@ -7,17 +7,20 @@ and prompts with one image placeholder where the projected tokens are spliced in
 Everything the head analyses need is a ``PairedBatch``: the same prompt with the image
 (rows ``:n``) and without it (rows ``n:``, the placeholder simply removed), left-padded to
 one length so the last positions line up, with position ids that ignore the padding.
-A Hugging Face LLaVA model can produce the same object (see ``analyses.vision_heads.vlm.llava``)."""
+A Hugging Face LLaVA or SmolVLM model can produce the same object (see ``analyses.vision_heads.vlm.hf_vlm``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from workbench.errors import InputError
+
+if TYPE_CHECKING:
+    from workbench.vision.efficientnet import EfficientNetLite0
 
 IMAGE_TOKEN = "<image>"
 DEFAULT_PROMPT = f"{IMAGE_TOKEN} A photo of"
@@ -119,7 +122,7 @@ class VisionLanguageModel:
     """Frozen encoder -> feature-map grid -> projector -> frozen language model (``lm``, a
     workbench ``Model`` with its hook points, so head outputs are read through the caching layer)."""
 
-    def __init__(self, lm: Any, encoder: nn.Module, projector: nn.Module, grid: int = 0, image_size: int = 160,
+    def __init__(self, lm: Any, encoder: EfficientNetLite0, projector: nn.Module, grid: int = 0, image_size: int = 160,
                  name: str = "effnet-smollm2") -> None:
         self.lm, self.encoder, self.projector = lm, encoder, projector
         self.grid, self.image_size, self.name = feature_grid(image_size, grid), image_size, name

@@ -124,7 +124,7 @@ def _cell_boxes(n: int, size: int, rng: np.random.Generator) -> list[tuple[int, 
 def _free_boxes(n: int, size: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
     """``n`` non-overlapping squares anywhere on the canvas, 38-50% of its side each."""
     for _ in range(200):
-        boxes = []
+        boxes: list[tuple[int, int, int]] = []
         for _ in range(n):
             side = int(size * rng.uniform(0.38, 0.5))
             top, left = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))

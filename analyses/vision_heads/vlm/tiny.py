@@ -5,6 +5,7 @@ image-token splicing, hook points and VHD/VHR, not captions worth reading."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ def build_tiny_llava(folder: str | Path, layers: int = 2, heads: int = 4, d_mode
     vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                               image_size=image_size, patch_size=patch, projection_dim=16)
     cfg = LlavaConfig(vision_config=vision, text_config=_text_config(len(tok), tok.pad_token_id, layers, heads, d_model),
-                      image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                      image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
                       vision_feature_select_strategy="default", projector_hidden_act="gelu")
     model = LlavaForConditionalGeneration(cfg).eval()
     images = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
@@ -76,10 +77,11 @@ def build_tiny_smolvlm(folder: str | Path, layers: int = 2, heads: int = 4, d_mo
     tok = tiny_tokenizer()
     vision = Idefics3VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   image_size=image_size, patch_size=patch)
+    # pad_token_id: a keyword Idefics3Config's __post_init__ takes, outside the dataclass fields its signature lists
+    pad: dict[str, Any] = {"pad_token_id": tok.pad_token_id}
     cfg = Idefics3Config(vision_config=vision.to_dict(),
                          text_config=_text_config(len(tok), tok.pad_token_id, layers, heads, d_model).to_dict(),
-                         image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale_factor,
-                         pad_token_id=tok.pad_token_id)
+                         image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale_factor, **pad)
     model = Idefics3ForConditionalGeneration(cfg).eval()
     images = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": image_size},
                                     max_image_size={"longest_edge": image_size})
