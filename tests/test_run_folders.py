@@ -235,7 +235,7 @@ def test_a_file_that_appears_during_the_run_stops_the_replace(tmp_path, monkeypa
 
 
 def test_what_is_left_after_removing_a_runs_files_is_kept_in_sight(tmp_path, capsys):
-    from workbench.run_folder import _remove_files
+    from workbench.run_folder_saves import _remove_files
 
     old = tmp_path / ".run.old-1-ab"
     old.mkdir()

@@ -89,6 +89,48 @@ def plan_units(masks: torch.Tensor, n_prompts: int, max_batch: int, method: str,
     return [sum(chunks[i:i + step], []) for i in range(0, len(chunks), step)]
 
 
+@dataclass
+class PatchPlan:
+    """A head-patching sweep cut into units for ``map_units``, and how their results go back
+    together: ``work`` is the workers' factory, ``units`` what each unit gets (its
+    configuration indices ``groups[u]`` and their masks)."""
+
+    groups: list[list[int]]
+    units: list[tuple[list[int], torch.Tensor]]
+    work: PatchWork
+    num_gpus: float  # per worker
+    n_configs: int
+
+    def gather(self, values: list[tuple[torch.Tensor, torch.Tensor, int]]) -> HeadPatchSweep:
+        """The sweep from the units' results, in unit order (deterministic): each unit's metric
+        written back at its configurations, its clean run counted once."""
+        clean = values[0][1]
+        out = clean[None].repeat(self.n_configs, 1)
+        n_forwards = 1
+        for idx, (metric_u, _, nf) in zip(self.groups, values):  # unit order: deterministic
+            out[torch.tensor(idx, device=out.device)] = metric_u.to(out.dtype)
+            n_forwards += nf - 1
+        return HeadPatchSweep(metric=out, clean_metric=clean, n_forwards=n_forwards)
+
+
+def plan_patch_sweep(model: Any, tokens: Tokens, source_z: dict[int, torch.Tensor], masks: torch.Tensor,
+                     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], max_batch: int, method: str,
+                     kernel: str | None, workers: int, ray_address: str, units_per_worker: int = 4) -> PatchPlan:
+    """The units of ``run_head_patches_parallel``'s sweep (about ``workers * units_per_worker``
+    of them, whole engine chunks) and the work that runs them; the sweep's arguments are
+    checked here, before any worker starts."""
+    n, _ = check_sweep(model, tokens, masks, max_batch, method)
+    load_args = worker_model_args(model)
+    groups = plan_units(masks, n, max_batch, method, workers * units_per_worker)
+    units = [(idx, masks[idx]) for idx in groups]
+    work = PatchWork(load_args, tokens.input_ids.cpu(), tokens.attention_mask.cpu(),
+                     {l: v.detach().cpu() for l, v in source_z.items()}, metric, max_batch, method, kernel)
+    gpus = 0.0
+    if torch.device(model.device).type == "cuda":
+        gpus = 1.0 / workers if ray_address in ("auto", "local") else 1.0
+    return PatchPlan(groups, units, work, gpus, masks.shape[0])
+
+
 def run_head_patches_parallel(
     model: Any,
     tokens: Tokens,
@@ -113,25 +155,12 @@ def run_head_patches_parallel(
     if not ray_address:
         return run_head_patches(model, tokens, source_z, masks, metric, max_batch=max_batch, progress=progress,
                                 desc=desc, method=method, kernel=kernel)
-    n, n_pos = check_sweep(model, tokens, masks, max_batch, method)
-    load_args = worker_model_args(model)
-    groups = plan_units(masks, n, max_batch, method, workers * units_per_worker)
-    units = [(idx, masks[idx]) for idx in groups]
-    work = PatchWork(load_args, tokens.input_ids.cpu(), tokens.attention_mask.cpu(),
-                     {l: v.detach().cpu() for l, v in source_z.items()}, metric, max_batch, method, kernel)
-    gpus = 0.0
-    if torch.device(model.device).type == "cuda":
-        gpus = 1.0 / workers if ray_address in ("auto", "local") else 1.0
-    mapped = map_units(work, units, workers=workers, ray_address=ray_address, progress=progress, desc=desc,
-                       num_gpus=gpus)
+    plan = plan_patch_sweep(model, tokens, source_z, masks, metric, max_batch, method, kernel, workers, ray_address,
+                            units_per_worker)
+    mapped = map_units(plan.work, plan.units, workers=workers, ray_address=ray_address, progress=progress, desc=desc,
+                       num_gpus=plan.num_gpus)
     if stats is not None:
         stats.__dict__.update(mapped.stats.__dict__)
     if not mapped.values:  # nothing patched: every configuration keeps the clean metric
         return run_head_patches(model, tokens, source_z, masks, metric, max_batch=max_batch, method=method, kernel=kernel)
-    clean = mapped.values[0][1]
-    out = clean[None].repeat(masks.shape[0], 1)
-    n_forwards = 1
-    for idx, (metric_u, _, nf) in zip(groups, mapped.values):  # unit order: deterministic
-        out[torch.tensor(idx, device=out.device)] = metric_u.to(out.dtype)
-        n_forwards += nf - 1
-    return HeadPatchSweep(metric=out, clean_metric=clean, n_forwards=n_forwards)
+    return plan.gather(mapped.values)

@@ -11,34 +11,27 @@ work function once (loads the model once), with results returned in unit order.
   raises (a model that does not load is not retried).
 - Without Ray (``ray_address=None``) the same units run in this process, in order.
 
-Ray is optional (``pip install "workbench[ray]"``); asking for it without it installed is one
-line naming that command.
+The cluster, the actor and the actors kept between sweeps are ``workbench.parallel.ray_workers``
+(its names are importable from here too). Ray is optional (``pip install "workbench[ray]"``);
+asking for it without it installed is one line naming that command.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from tqdm.auto import tqdm
 
 from ..errors import InputError, WorkbenchError
+from .ray_workers import (INSTALL_RAY, Cluster, SetupFailed, UnitWorker, forget_pooled_actors, pooled_actors,
+                          ray_module)
 
-INSTALL_RAY = 'pip install "workbench[ray]"'
-FAIL_ONCE_ENV = "WORKBENCH_RAY_FAIL_ONCE"
-"""Test hook: ``<unit index>:<marker file>``. The worker that first runs that unit exits the
-process (``os._exit``) before finishing it, once (the marker file records that it happened)."""
+__all__ = ["map_units", "Mapped", "MapStats", "UnitWorker", "SetupFailed", "ray_module", "INSTALL_RAY"]
 
-
-def ray_module() -> Any:
-    """``ray``, or one line naming the install command."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise InputError(f"--ray needs Ray, which is not installed; run: {INSTALL_RAY}") from None
-    return ray
+Done = Callable[[int, Any, str], None]
+"""``done(unit index, value, worker name)``: keep a unit's result (the first that arrives)."""
 
 
 @dataclass
@@ -67,80 +60,6 @@ class Mapped:
     stats: MapStats
 
 
-class _Cluster:
-    """Connect to (or start) a Ray cluster for one sweep; shut down only what was started here."""
-
-    def __init__(self, address: str, workers: int) -> None:
-        self.ray = ray_module()
-        self.started = False
-        if self.ray.is_initialized():
-            return
-        import logging
-
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "logging_level": logging.ERROR, "configure_logging": True}
-        if address in ("auto", "local"):
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            self.ray.init(num_cpus=workers, **kwargs)
-        else:
-            try:
-                self.ray.init(address=address, **kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise InputError(f"--ray {address}: cannot connect to a Ray cluster there ({type(exc).__name__}); "
-                                 "start one with `ray start --head` or use --ray auto") from None
-        self.started = True
-
-    def close(self) -> None:
-        if self.started:
-            self.ray.shutdown()
-
-
-class UnitWorker:
-    """The actor: ``setup`` builds a sweep's work function (once per sweep; a model it loads is
-    kept by the process, ``workbench.parallel.patching.cached_model``), then ``run`` runs units.
-    Actors outlive one sweep on a cluster this process joined, so a second sweep on the same
-    model loads nothing."""
-
-    def __init__(self, threads: int | None) -> None:
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        self.fn: Callable[[Any], Any] | None = None
-        self.error: BaseException | None = None
-        self.fail_once: str | None = None
-
-    def setup(self, fn_factory: Callable[[], Callable[[Any], Any]], fail_once: str | None) -> None:
-        self.fn, self.error, self.fail_once = None, None, fail_once
-        try:
-            self.fn = fn_factory()
-        except BaseException as exc:  # noqa: BLE001 - raised again by run(), in the driver
-            self.error = exc
-
-    def run(self, index: int, unit: Any) -> Any:
-        if self.error is not None:
-            raise SetupFailed(self.error)
-        if self.fail_once:
-            target, marker = self.fail_once.split(":", 1)
-            if int(target) == index and not os.path.exists(marker):
-                with open(marker, "w") as fh:
-                    fh.write(str(os.getpid()))
-                os._exit(1)  # the process dies mid-unit, as a crashed or preempted worker would
-        return self.fn(unit)
-
-
-class SetupFailed(Exception):
-    """A worker's work function could not be built (carries the original error)."""
-
-
-_POOL: dict[str, Any] = {"key": None, "actors": []}
-
-
-def _pool_key(ray: Any, num_gpus: float, threads: int | None) -> tuple:
-    ctx = ray.get_runtime_context()
-    return (ctx.get_job_id(), ctx.get_node_id(), num_gpus, threads)  # the node id is new with every cluster
-
-
 def map_units(
     fn_factory: Callable[[], Callable[[Any], Any]],
     units: Sequence[Any],
@@ -167,8 +86,9 @@ def map_units(
                      completions=[0] * total, worker_of=[""] * total)
     start = time.perf_counter()
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    results: list[Any] = [None] * total
 
-    def done(i: int, value: Any, who: str, results: list[Any]) -> None:
+    def done(i: int, value: Any, who: str) -> None:
         if stats.completions[i]:
             return  # a result for this unit was already kept
         results[i] = value
@@ -178,110 +98,135 @@ def map_units(
         if on_unit is not None:
             on_unit(sum(1 for c in stats.completions if c), total)
 
-    results: list[Any] = [None] * total
     try:
         if not ray_address:
             fn = fn_factory()
             stats.startup_seconds = time.perf_counter() - start
             for i, unit in enumerate(units):
                 stats.attempts[i] += 1
-                done(i, fn(unit), "local", results)
+                done(i, fn(unit), "local")
         else:
-            _map_ray(fn_factory, units, workers, ray_address, stats, done, results, max_attempts, num_gpus, threads, start)
+            _map_ray(fn_factory, units, workers, ray_address, stats, done, max_attempts, num_gpus, threads, start)
     finally:
         bar.close()
     stats.seconds = time.perf_counter() - start
     return Mapped(values=results, stats=stats)
 
 
-def _map_ray(fn_factory, units, workers, address, stats, done, results, max_attempts, num_gpus, threads, start) -> None:
-    cluster = _Cluster(address, workers)
-    ray = cluster.ray
-    from ray.exceptions import RayActorError, RayTaskError
-
+def _map_ray(fn_factory: Callable[[], Callable[[Any], Any]], units: Sequence[Any], workers: int, address: str,
+             stats: MapStats, done: Done, max_attempts: int, num_gpus: float, threads: int | None,
+             start: float) -> None:
+    cluster = Cluster(address, workers)
     try:
-        actor_cls = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=0)(UnitWorker)
-        fail_once = os.environ.get(FAIL_ONCE_ENV) or None
-        factory_ref = ray.put(fn_factory)
-        queue: deque[int] = deque(range(len(units)))
-        inflight: dict[Any, tuple[Any, int]] = {}  # ref -> (actor, unit)
-        names: dict[Any, str] = {}
-        key = _pool_key(ray, num_gpus, threads)
-        if _POOL["key"] != key:
-            _POOL.update(key=key, actors=[])
-        actors: list[Any] = _POOL["actors"]  # kept for the next sweep while this cluster lives
-        budget = workers + max_attempts * max(1, len(units))  # replacements allowed in all
-
-        def add(a: Any) -> Any:
-            a.setup.remote(factory_ref, fail_once)  # runs before any unit sent after it (actor order)
-            names[a] = f"worker{len(names)}"
-            return a
-
-        def new_actor() -> Any:
-            nonlocal budget
-            if budget <= 0:
-                raise WorkbenchError("too many Ray workers died in this sweep; see the Ray logs (/tmp/ray/session_latest/logs)")
-            budget -= 1
-            a = actor_cls.remote(threads)
-            actors.append(a)
-            return add(a)
-
-        while len(actors) > workers:
-            ray.kill(actors.pop())
-        for a in list(actors):
-            add(a)
-        while len(actors) < min(workers, len(units)):
-            new_actor()
-
-        def feed(actor: Any) -> None:
-            if queue:
-                i = queue.popleft()
-                if stats.attempts[i] >= max_attempts:
-                    raise WorkbenchError(f"unit {i} of the sweep was tried {max_attempts} times and its worker died "
-                                         "each time; see the Ray logs (/tmp/ray/session_latest/logs)")
-                stats.attempts[i] += 1
-                inflight[actor.run.remote(i, units[i])] = (actor, i)
-
-        for a in list(actors):
-            feed(a)
-        first = True
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            ref = ready[0]
-            actor, i = inflight.pop(ref)
-            try:
-                value = ray.get(ref)
-            except RayActorError:
-                stats.dead_workers += 1
-                # every unit this actor held goes back to the front of the queue
-                lost = [i] + [u for r, (a, u) in list(inflight.items()) if a is actor]
-                for r in [r for r, (a, _) in inflight.items() if a is actor]:
-                    inflight.pop(r)
-                queue.extendleft(sorted(lost, reverse=True))
-                actors.remove(actor)
-                idle = [a for a in actors if not any(a is b for b, _ in inflight.values())]
-                for a in idle:  # survivors that were waiting take the returned units at once
-                    feed(a)
-                # a replacement loads the model again: worth it only while work is left beyond the survivors
-                if not actors or len(queue) > len(actors):
-                    feed(new_actor())
-                continue
-            except RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, SetupFailed) and cause.args and isinstance(cause.args[0], BaseException):
-                    cause = cause.args[0]
-                if isinstance(cause, WorkbenchError):
-                    raise cause from None
-                raise WorkbenchError(f"unit {i} failed on a Ray worker: {_first_line(exc)}") from None
-            if first:
-                stats.startup_seconds = time.perf_counter() - start
-                first = False
-            done(i, value, names[actor], results)
-            feed(actor)
+        _RaySchedule(cluster.ray, fn_factory, units, stats, done, max_attempts, num_gpus, threads, start).run(workers)
     finally:
         if cluster.started:  # a cluster started for this sweep goes, and its actors with it
-            _POOL.update(key=None, actors=[])
+            forget_pooled_actors()
         cluster.close()
+
+
+class _RaySchedule:
+    """The units of one ``map_units`` call on Ray actors: a queue of unit indices, one unit in
+    flight per actor, the units of a dead actor back at the front of the queue."""
+
+    def __init__(self, ray: Any, fn_factory: Callable[[], Callable[[Any], Any]], units: Sequence[Any],
+                 stats: MapStats, done: Done, max_attempts: int, num_gpus: float, threads: int | None,
+                 start: float) -> None:
+        self.ray, self.units, self.stats, self.done = ray, units, stats, done
+        self.max_attempts, self.threads, self.start = max_attempts, threads, start
+        self.actor_cls = ray.remote(num_cpus=1, num_gpus=num_gpus, max_restarts=0)(UnitWorker)
+        self.factory_ref = ray.put(fn_factory)
+        self.queue: deque[int] = deque(range(len(units)))
+        self.inflight: dict[Any, tuple[Any, int]] = {}  # ref -> (actor, unit)
+        self.names: dict[Any, str] = {}
+        self.actors: list[Any] = pooled_actors(ray, num_gpus, threads)  # kept for the next sweep while this cluster lives
+        self.budget = 0  # replacements allowed in all, set by run
+
+    def run(self, workers: int) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self.budget = workers + self.max_attempts * max(1, len(self.units))
+        self.start_actors(workers)
+        for a in list(self.actors):
+            self.feed(a)
+        first = True
+        while self.inflight:
+            ready, _ = self.ray.wait(list(self.inflight), num_returns=1)
+            ref = ready[0]
+            actor, i = self.inflight.pop(ref)
+            try:
+                value = self.ray.get(ref)
+            except RayActorError:
+                self.actor_died(actor, i)
+                continue
+            except RayTaskError as exc:
+                _raise_unit_error(exc, i)
+            if first:
+                self.stats.startup_seconds = time.perf_counter() - self.start
+                first = False
+            self.done(i, value, self.names[actor])
+            self.feed(actor)
+
+    # ----- actors
+    def start_actors(self, workers: int) -> None:
+        """The kept actors set up for this sweep (the extra ones killed), and new ones up to
+        ``workers`` (no more than there are units)."""
+        while len(self.actors) > workers:
+            self.ray.kill(self.actors.pop())
+        for a in list(self.actors):
+            self.add(a)
+        while len(self.actors) < min(workers, len(self.units)):
+            self.new_actor()
+
+    def add(self, a: Any) -> Any:
+        a.setup.remote(self.factory_ref)  # runs before any unit sent after it (actor order)
+        self.names[a] = f"worker{len(self.names)}"
+        return a
+
+    def new_actor(self) -> Any:
+        if self.budget <= 0:
+            raise WorkbenchError("too many Ray workers died in this sweep; see the Ray logs (/tmp/ray/session_latest/logs)")
+        self.budget -= 1
+        a = self.actor_cls.remote(self.threads)
+        self.actors.append(a)
+        return self.add(a)
+
+    # ----- units
+    def feed(self, actor: Any) -> None:
+        if self.queue:
+            i = self.queue.popleft()
+            if self.stats.attempts[i] >= self.max_attempts:
+                raise WorkbenchError(f"unit {i} of the sweep was tried {self.max_attempts} times and its worker died "
+                                     "each time; see the Ray logs (/tmp/ray/session_latest/logs)")
+            self.stats.attempts[i] += 1
+            self.inflight[actor.run.remote(self.units[i])] = (actor, i)
+
+    def actor_died(self, actor: Any, i: int) -> None:
+        """Unit ``i``'s actor died: every unit it held goes back to the front of the queue, the
+        survivors that were waiting take them, and a replacement starts if work is left for it."""
+        self.stats.dead_workers += 1
+        lost = [i] + [u for r, (a, u) in list(self.inflight.items()) if a is actor]
+        for r in [r for r, (a, _) in self.inflight.items() if a is actor]:
+            self.inflight.pop(r)
+        self.queue.extendleft(sorted(lost, reverse=True))
+        self.actors.remove(actor)
+        idle = [a for a in self.actors if not any(a is b for b, _ in self.inflight.values())]
+        for a in idle:  # survivors that were waiting take the returned units at once
+            self.feed(a)
+        # a replacement loads the model again: worth it only while work is left beyond the survivors
+        if not self.actors or len(self.queue) > len(self.actors):
+            self.feed(self.new_actor())
+
+
+def _raise_unit_error(exc: BaseException, i: int) -> NoReturn:
+    """A unit that raised on its worker (or whose work function could not be built): a
+    ``WorkbenchError`` as it was raised there, anything else one line naming the unit."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SetupFailed) and cause.args and isinstance(cause.args[0], BaseException):
+        cause = cause.args[0]
+    if isinstance(cause, WorkbenchError):
+        raise cause from None
+    raise WorkbenchError(f"unit {i} failed on a Ray worker: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
