@@ -171,4 +171,4 @@ def _silence_stdout() -> None:
 def guard_stdout() -> None:
     """Wrap ``sys.stdout`` once (a closed descriptor 1 leaves it None: nothing to guard)."""
     if sys.stdout is not None and not isinstance(sys.stdout, GuardedStream):
-        sys.stdout = GuardedStream(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = GuardedStream(sys.stdout)

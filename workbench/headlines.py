@@ -95,13 +95,16 @@ def _span(fig: dict[str, Any]) -> tuple[float, float]:
     return (iv["low"], iv["high"]) if iv else (fig["value"], fig["value"])
 
 
-def verdict(main: dict[str, Any], control: dict[str, Any] | None, diff: dict[str, Any] | None, better: int) -> str:
+def verdict(main: dict[str, Any] | None, control: dict[str, Any] | None, diff: dict[str, Any] | None,
+            better: int) -> str:
     """``beats``, ``worse than`` or ``does not beat``: a paired difference's interval against 0
     when there is one, else the two intervals against each other (apart or overlapping)."""
     if diff is not None:
         lo, hi = _span(diff)
         gap_lo, gap_hi = (lo, hi) if better > 0 else (-hi, -lo)
     else:
+        if main is None or control is None:
+            raise KeyError("a verdict without a paired difference needs the main figure and the control")
         (ml, mh), (cl, ch) = _span(main), _span(control)
         gap_lo, gap_hi = (ml - ch, mh - cl) if better > 0 else (cl - mh, ch - ml)
     if gap_lo > 0:
@@ -271,8 +274,8 @@ def _stem(text: str) -> str:
 
 def pair_figures(published: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[tuple[dict | None, dict | None]]:
     """(published, fresh) pairs: by exact text, then by a stem unique on both sides; the rest unpaired."""
-    pairs, left = [], list(published)
-    unmatched = []
+    pairs: list[tuple[dict | None, dict | None]] = []
+    left, unmatched = list(published), []
     for f in fresh:
         p = next((p for p in left if p["text"] == f["text"]), None)
         if p is None:
@@ -296,6 +299,8 @@ def check_figure(published: dict[str, Any] | None, fresh: dict[str, Any] | None)
     """The verdict on one figure: ``inside`` / ``outside`` the published interval, ``same`` /
     ``differs`` (no interval: the printed values), ``new`` (not published), ``missing`` (not re-measured)."""
     if published is None:
+        if fresh is None:
+            raise ValueError("a pair of figures holds at least one of them")
         return {"text": fresh["text"], "fresh": fresh.get("value"), "verdict": NEW}
     if fresh is None:
         return {"text": published["text"], "published": published.get("value"), "verdict": MISSING}

@@ -11,7 +11,7 @@ Two ways to mask a head, both through canonical hook points:
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -36,7 +36,7 @@ def top_heads(scores: torch.Tensor, k: int, min_score: float | None = None) -> l
 
 
 def random_heads(n_layers: int, n_heads: int, k: int, rng: random.Random,
-                 exclude: list[tuple[int, int]] | set[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+                 exclude: Iterable[tuple[int, int]] = ()) -> list[tuple[int, int]]:
     """``k`` distinct random heads, none of them in ``exclude`` (Wu et al. draw random
     heads outside the retrieval-head list)."""
     pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in set(exclude)]
@@ -67,7 +67,7 @@ def mask_patches(configs: torch.Tensor, mode: str = "query", rows_per_config: in
         configs = configs[None]
     n_cfg = configs.shape[0]
     hook = "hook_q" if mode == "query" else "hook_z"
-    patches = {}
+    patches: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     for layer in configs.any(dim=(0, 2)).nonzero().flatten().tolist():
         keep = (~configs[:, layer]).float()  # [C head]
 

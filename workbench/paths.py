@@ -34,7 +34,7 @@ def wheel_file(wheel: str, filename: str, what: str) -> Path:
         raise ModelNotAvailable(f"{what} needs the '{wheel}' wheel, which is not installed; run: {install}") from None
     for f in dist.files or []:
         if f.name == filename:
-            path = Path(dist.locate_file(f))
+            path = Path(str(dist.locate_file(f)))  # typeshed's SimplePath; a pathlib.Path at run time
             if path.is_file():
                 return path
     raise ModelNotAvailable(

@@ -83,12 +83,12 @@ def colored_object_prompts(n: int, tokenizer: Any, seed: int = 0, template: str 
     if chat and not getattr(tokenizer, "chat_template", None):
         raise InputError("this tokenizer has no chat template; use a plain Colored Objects format (chat=False)")
     colors = list(colors or COLORS)
-    for c in colors:
+    for color in colors:
         try:
-            single_token_id(tokenizer, _answer(answer_format, c))
+            single_token_id(tokenizer, _answer(answer_format, color))
         except InputError:
-            pieces = tokenizer.tokenize(_answer(answer_format, c))
-            raise InputError(f"the answer {_answer(answer_format, c)!r} is {len(pieces)} tokens {pieces}; Colored Objects "
+            pieces = tokenizer.tokenize(_answer(answer_format, color))
+            raise InputError(f"the answer {_answer(answer_format, color)!r} is {len(pieces)} tokens {pieces}; Colored Objects "
                              f"needs single-token answers: use answer_format ' {{Color}}' or colours that are one token") from None
     objs = [o for o in (objects or OBJECTS) if len(tokenizer.encode(" " + o, add_special_tokens=False)) == 1]
     if len(objs) < 3 or len(colors) < 3:
@@ -130,10 +130,18 @@ def colored_object_prompts(n: int, tokenizer: Any, seed: int = 0, template: str 
 def _query_spans(text: str, start: int, cols: list[str], objs: list[str], k: int) -> dict[str, Any]:
     """Character starts in the query (after the solved example) of the three colour words,
     the three objects, the asked object, and which of the three is the answer."""
-    color_at = [re.search(rf"\b{c}\b", text[start:]).start() + start for c in cols]
-    obj_at = [re.search(rf"\b{o}\b", text[start:]).start() + start for o in objs]
+    color_at = [_word_at(text, start, c) for c in cols]
+    obj_at = [_word_at(text, start, o) for o in objs]
     asked = text.rindex(" " + objs[k]) + 1
     return {"colors": color_at, "objects": obj_at, "asked": asked, "answer": k}
+
+
+def _word_at(text: str, start: int, word: str) -> int:
+    """Character start of the first whole ``word`` in ``text`` at or after ``start``."""
+    found = re.search(rf"\b{word}\b", text[start:])
+    if found is None:
+        raise ValueError(f"{word!r} is not in the query it was drawn for")
+    return found.start() + start
 
 
 def token_index(tokenizer: Any, text: str, char_index: int) -> int:
