@@ -184,6 +184,10 @@ def _buffered_cache(cache: Any, extra: int) -> Any:
     from transformers.cache_utils import DynamicLayer
 
     class BufferedLayer(DynamicLayer):
+        kbuf: torch.Tensor  # the preallocated keys [B K T+extra D] and values, and how much of them is filled
+        vbuf: torch.Tensor
+        length: int
+
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
             n = key_states.shape[-2]
             if self.length + n > self.kbuf.shape[-2]:  # out of room: grow like a list

@@ -30,14 +30,17 @@ hook points are identity modules, called whether or not anything listens (micros
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .adapters import adapter_for
-from .errors import HookNameError
+from .errors import HookNameError, InputError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 ATTN_IMPL = "workbench"
 
@@ -60,6 +63,13 @@ class HookPoint(nn.Module):
 class AttnHooks(nn.Module):
     """The per-layer attention hook points, attached to the HF attention module as ``wb_hooks``."""
 
+    hook_q: HookPoint
+    hook_k: HookPoint
+    hook_v: HookPoint
+    hook_attn_scores: HookPoint
+    hook_pattern: HookPoint
+    hook_z: HookPoint
+
     def __init__(self, layer: int) -> None:
         super().__init__()
         for short in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
@@ -68,6 +78,12 @@ class AttnHooks(nn.Module):
 
 class BlockHooks(nn.Module):
     """The per-layer residual hook points, attached to the HF decoder layer as ``wb_hooks``."""
+
+    hook_resid_pre: HookPoint
+    hook_attn_out: HookPoint
+    hook_resid_mid: HookPoint
+    hook_mlp_out: HookPoint
+    hook_resid_post: HookPoint
 
     def __init__(self, layer: int) -> None:
         super().__init__()
@@ -97,7 +113,9 @@ def workbench_attention(
     pattern are materialised (eager, numerically transformers' eager attention) only when
     something reads or writes them (``reads_pattern``); otherwise PyTorch's fused
     scaled-dot-product attention runs and the pattern is never built (no hook, no cost)."""
-    hooks: AttnHooks = module.wb_hooks
+    hooks = module.wb_hooks
+    if not isinstance(hooks, AttnHooks):
+        raise TypeError(f"{type(module).__name__}.wb_hooks is not the workbench's AttnHooks")
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     q = hooks.hook_q(query.transpose(1, 2)).transpose(1, 2)
@@ -225,33 +243,52 @@ def install_hook_points(hf_model: nn.Module) -> tuple[str, dict[str, HookPoint]]
     adapter = adapter_for(hf_model)
     _register_attention()
     embed, layers, final_norm = adapter.embed(hf_model), adapter.layers(hf_model), adapter.final_norm(hf_model)
-    hf_model.set_attn_implementation(ATTN_IMPL) if hasattr(hf_model, "set_attn_implementation") else None
-    hf_model.config._attn_implementation = ATTN_IMPL
+    set_attn_implementation = getattr(hf_model, "set_attn_implementation", None)
+    if set_attn_implementation is not None:
+        set_attn_implementation(ATTN_IMPL)
+    _config(hf_model)._attn_implementation = ATTN_IMPL
     points: dict[str, HookPoint] = {}
     if not hasattr(hf_model, "wb_embed_hook"):
-        hf_model.wb_embed_hook = HookPoint("hook_embed")
-        hf_model.wb_final_hook = HookPoint("ln_final.hook_normalized")
-        embed.register_forward_hook(lambda m, i, o: hf_model.wb_embed_hook(o))
-        final_norm.register_forward_hook(lambda m, i, o: hf_model.wb_final_hook(o))
+        embed_hook, final_hook = HookPoint("hook_embed"), HookPoint("ln_final.hook_normalized")
+        hf_model.wb_embed_hook, hf_model.wb_final_hook = embed_hook, final_hook
+        embed.register_forward_hook(lambda m, i, o: embed_hook(o))
+        final_norm.register_forward_hook(lambda m, i, o: final_hook(o))
         for idx, layer in enumerate(layers):
             attn, norm2, mlp = adapter.attn(layer), adapter.mlp_norm(layer), adapter.mlp(layer)
             attn.wb_hooks = AttnHooks(idx)
-            layer.wb_hooks = BlockHooks(idx)
-            bh = layer.wb_hooks
+            bh = BlockHooks(idx)
+            layer.wb_hooks = bh
             layer.register_forward_pre_hook(_resid_pre_hook(bh), with_kwargs=True)
             layer.register_forward_hook(lambda m, i, o, bh=bh: _replace_first(o, bh.hook_resid_post(_first(o))))
             attn.register_forward_hook(lambda m, i, o, bh=bh: _replace_first(o, bh.hook_attn_out(_first(o))))
             norm2.register_forward_pre_hook(lambda m, args, bh=bh: (bh.hook_resid_mid(args[0]), *args[1:]))
             mlp.register_forward_hook(lambda m, i, o, bh=bh: bh.hook_mlp_out(_first(o)))
-    points["hook_embed"] = hf_model.wb_embed_hook
+    points["hook_embed"] = _hook_point(hf_model, "wb_embed_hook")
     for idx, layer in enumerate(layers):
         attn = adapter.attn(layer)
         for short in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
             points[f"blocks.{idx}.{short}"] = getattr(layer.wb_hooks, short)
         for short in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
             points[f"blocks.{idx}.attn.{short}"] = getattr(attn.wb_hooks, short)
-    points["ln_final.hook_normalized"] = hf_model.wb_final_hook
+    points["ln_final.hook_normalized"] = _hook_point(hf_model, "wb_final_hook")
     return adapter.name, points
+
+
+def _hook_point(owner: nn.Module, name: str) -> HookPoint:
+    point = getattr(owner, name)
+    if not isinstance(point, HookPoint):
+        raise TypeError(f"{type(owner).__name__}.{name} is not a workbench HookPoint")
+    return point
+
+
+def _config(hf_model: nn.Module) -> PretrainedConfig:
+    """The model's Hugging Face config."""
+    from transformers import PretrainedConfig
+
+    config = getattr(hf_model, "config", None)
+    if not isinstance(config, PretrainedConfig):
+        raise InputError(f"{type(hf_model).__name__} has no Hugging Face config; hook points go into a causal LM")
+    return config
 
 
 def unhooked_copy(hf_model: nn.Module) -> nn.Module:

@@ -35,6 +35,31 @@ class QKVWeights:
     b_v: torch.Tensor | None  # [K D]
 
 
+def module_attr(owner: nn.Module, name: str) -> nn.Module:
+    """``owner.<name>``, a submodule (``attn.q_proj``): torch types a module's attributes as
+    ``Tensor | Module``, so the family code reads its parts through this check."""
+    value = getattr(owner, name)
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{type(owner).__name__}.{name} is a {type(value).__name__}, not a module")
+    return value
+
+
+def tensor_attr(owner: nn.Module, name: str) -> torch.Tensor:
+    """``owner.<name>``, a tensor (a parameter such as ``weight``), checked like ``module_attr``."""
+    value = getattr(owner, name)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{type(owner).__name__}.{name} is a {type(value).__name__}, not a tensor")
+    return value
+
+
+def optional_tensor_attr(owner: nn.Module, name: str) -> torch.Tensor | None:
+    """``owner.<name>``, a tensor or None (a ``bias`` a layer may lack)."""
+    value = getattr(owner, name)
+    if value is not None and not isinstance(value, torch.Tensor):
+        raise TypeError(f"{type(owner).__name__}.{name} is a {type(value).__name__}, not a tensor")
+    return value
+
+
 def _get(obj: Any, path: str) -> Any:
     for part in path.split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
@@ -130,8 +155,9 @@ class Adapter:
         return _get(self.base(hf), self.final_norm_path)
 
     def unembed(self, hf: nn.Module) -> nn.Module:
-        out = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
-        return out if out is not None else hf.lm_head
+        get_output_embeddings = getattr(hf, "get_output_embeddings", None)
+        out = get_output_embeddings() if get_output_embeddings is not None else None
+        return out if out is not None else module_attr(hf, "lm_head")
 
     def rotary_emb(self, hf: nn.Module) -> nn.Module | None:
         return _get(self.base(hf), self.rotary_path) if self.rotary_path else None
@@ -184,15 +210,14 @@ class Adapter:
     @staticmethod
     def norm_eps(norm: nn.Module) -> float:
         eps = getattr(norm, "variance_epsilon", None)
-        if eps is None:
-            eps = getattr(norm, "eps", 1e-5)
-        return float(eps)
+        return float(eps if eps is not None else getattr(norm, "eps", 1e-5))
 
     def norm_input_grad(self, norm: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Closed-form gradient at the norm's input ``x`` [..., M] from the gradient ``g`` at its
         output (``x`` broadcasts against ``g``): RMSNorm, or LayerNorm when ``centred_norm``."""
         m = x.shape[-1]
-        u = g * norm.weight if getattr(norm, "weight", None) is not None else g
+        weight = getattr(norm, "weight", None)
+        u = g * weight if weight is not None else g
         eps = self.norm_eps(norm)
         if self.centred_norm:
             xc = x - x.mean(-1, keepdim=True)

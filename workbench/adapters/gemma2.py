@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import apply_rotary, causal_mask
+from .base import apply_rotary, causal_mask, module_attr, tensor_attr
 from .llama import ADAPTER as LLAMA, LlamaAdapter
 
 NOT_YET = ("Gemma-2 models cannot run through the workbench's hook points yet: its attention soft-capping is "
@@ -38,7 +38,7 @@ class Gemma2Adapter(LlamaAdapter):
     def norm_input_grad(self, norm: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """RMSNorm's closed-form input gradient with Gemma's ``1 + weight`` scale."""
         m = x.shape[-1]
-        u = g * (1.0 + norm.weight)
+        u = g * (1.0 + tensor_attr(norm, "weight"))
         r = (x.pow(2).mean(-1, keepdim=True) + self.norm_eps(norm)).rsqrt()
         return r * u - x * r.pow(3) * (x * u).sum(-1, keepdim=True) / m
 
@@ -74,14 +74,14 @@ class Gemma2Adapter(LlamaAdapter):
         w_o, b_o = self.out_weights(attn, shape)
         out = z.reshape(*z.shape[:2], -1) @ w_o.reshape(-1, w_o.shape[-1])
         out = out + b_o if b_o is not None else out
-        return layer.post_attention_layernorm(out), z
+        return module_attr(layer, "post_attention_layernorm")(out), z
 
     def finish_layer(self, layer: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """The residual after the MLP: it reads ``pre_feedforward_layernorm`` of the stream and
         writes through ``post_feedforward_layernorm``."""
         mid = x + attn_out
         mlp = self.mlp(layer)(self.norm_to(self.mlp_norm(layer), mid, attn_out.dtype))
-        return mid + layer.post_feedforward_layernorm(mlp)
+        return mid + module_attr(layer, "post_feedforward_layernorm")(mlp)
 
     def final_logits(self, hf: nn.Module, resid: torch.Tensor) -> torch.Tensor:
         """Logits from the last residual: final norm, unembedding, soft-capping."""

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Adapter, QKVWeights
+from .base import Adapter, QKVWeights, module_attr, optional_tensor_attr, tensor_attr
 
 
 class NeoXAdapter(Adapter):
@@ -23,19 +23,21 @@ class NeoXAdapter(Adapter):
 
     def qkv(self, attn: nn.Module, x: torch.Tensor, shape: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lead = x.shape[:-1]
-        qkv = attn.query_key_value(x).view(*lead, shape.n_heads, 3 * shape.d_head)
-        return qkv.chunk(3, dim=-1)  # type: ignore[return-value]
+        qkv = module_attr(attn, "query_key_value")(x).view(*lead, shape.n_heads, 3 * shape.d_head)
+        q, k, v = qkv.chunk(3, dim=-1)
+        return q, k, v
 
     def qkv_weights(self, attn: nn.Module, shape: Any) -> QKVWeights:
         s = shape
-        lin = attn.query_key_value  # nn.Linear: weight [H*3*D, M]
-        w = lin.weight.view(s.n_heads, 3, s.d_head, s.d_model)
-        b = None if lin.bias is None else lin.bias.view(s.n_heads, 3, s.d_head)
+        lin = module_attr(attn, "query_key_value")  # nn.Linear: weight [H*3*D, M]
+        w = tensor_attr(lin, "weight").view(s.n_heads, 3, s.d_head, s.d_model)
+        bias = optional_tensor_attr(lin, "bias")
+        b = None if bias is None else bias.view(s.n_heads, 3, s.d_head)
         return QKVWeights(w[:, 0], w[:, 1], w[:, 2], *((None,) * 3 if b is None else (b[:, 0], b[:, 1], b[:, 2])))
 
     def out_weights(self, attn: nn.Module, shape: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        lin = attn.dense  # nn.Linear: weight [M, H*D]
-        return lin.weight.T.view(shape.n_heads, shape.d_head, -1), lin.bias
+        lin = module_attr(attn, "dense")  # nn.Linear: weight [M, H*D]
+        return tensor_attr(lin, "weight").T.view(shape.n_heads, shape.d_head, -1), optional_tensor_attr(lin, "bias")
 
     def tiny(self, vocab_size: int, n_layers: int, n_heads: int, n_kv_heads: int, d_model: int,
              bos_token_id: int | None = None, eos_token_id: int | None = None) -> nn.Module:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Adapter, QKVWeights
+from .base import Adapter, QKVWeights, module_attr, optional_tensor_attr, tensor_attr
 
 
 def _bias(lin: nn.Module, heads: int, d: int) -> torch.Tensor | None:
@@ -20,22 +20,24 @@ class LlamaAdapter(Adapter):
     def qkv(self, attn: nn.Module, x: torch.Tensor, shape: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d = shape.d_head
         lead = x.shape[:-1]
-        return (attn.q_proj(x).view(*lead, -1, d), attn.k_proj(x).view(*lead, -1, d), attn.v_proj(x).view(*lead, -1, d))
+        q_proj, k_proj, v_proj = (module_attr(attn, name) for name in ("q_proj", "k_proj", "v_proj"))
+        return q_proj(x).view(*lead, -1, d), k_proj(x).view(*lead, -1, d), v_proj(x).view(*lead, -1, d)
 
     def qkv_weights(self, attn: nn.Module, shape: Any) -> QKVWeights:
         s = shape
+        q_proj, k_proj, v_proj = (module_attr(attn, name) for name in ("q_proj", "k_proj", "v_proj"))
         return QKVWeights(
-            w_q=attn.q_proj.weight.view(s.n_heads, s.d_head, s.d_model),
-            w_k=attn.k_proj.weight.view(s.n_kv_heads, s.d_head, s.d_model),
-            w_v=attn.v_proj.weight.view(s.n_kv_heads, s.d_head, s.d_model),
-            b_q=_bias(attn.q_proj, s.n_heads, s.d_head),
-            b_k=_bias(attn.k_proj, s.n_kv_heads, s.d_head),
-            b_v=_bias(attn.v_proj, s.n_kv_heads, s.d_head),
+            w_q=tensor_attr(q_proj, "weight").view(s.n_heads, s.d_head, s.d_model),
+            w_k=tensor_attr(k_proj, "weight").view(s.n_kv_heads, s.d_head, s.d_model),
+            w_v=tensor_attr(v_proj, "weight").view(s.n_kv_heads, s.d_head, s.d_model),
+            b_q=_bias(q_proj, s.n_heads, s.d_head),
+            b_k=_bias(k_proj, s.n_kv_heads, s.d_head),
+            b_v=_bias(v_proj, s.n_kv_heads, s.d_head),
         )
 
     def out_weights(self, attn: nn.Module, shape: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        lin = attn.o_proj  # nn.Linear: weight [M, H*D]
-        return lin.weight.T.view(shape.n_heads, shape.d_head, -1), lin.bias
+        lin = module_attr(attn, "o_proj")  # nn.Linear: weight [M, H*D]
+        return tensor_attr(lin, "weight").T.view(shape.n_heads, shape.d_head, -1), optional_tensor_attr(lin, "bias")
 
     def tiny(self, vocab_size: int, n_layers: int, n_heads: int, n_kv_heads: int, d_model: int,
              bos_token_id: int | None = None, eos_token_id: int | None = None) -> nn.Module:
