@@ -48,13 +48,14 @@ def edge_attribution(model: Any, clean: Tokens, corrupt: Tokens, metric: LogitDi
                 grads, _ = receiver_grads(model, c, m, qkv=qkv)
                 bar.update(1)
             else:
-                grads = None
+                summed: torch.Tensor | None = None
                 for step in range(steps):
                     e = e_corrupt + (step / steps) * (e_clean - e_corrupt)
                     g, _ = receiver_grads(model, c, m, embed=e, qkv=qkv)
-                    grads = g if grads is None else grads + g
+                    summed = g if summed is None else summed + g
                     bar.update(1)
-                grads = grads / steps
+                assert summed is not None  # steps >= 1, checked above
+                grads = summed / steps
             scores += edge_scores_from(graph, deltas, grads).double().cpu() * (stop - start) / n  # [S R] is kept on the CPU
     finally:
         qkv.close()

@@ -70,7 +70,7 @@ def sizes_at(graph: Graph, fractions: Sequence[float] = MIB_FRACTIONS) -> list[i
     return [int(p * graph.n_edges) for p in fractions]
 
 
-def areas(fractions: Sequence[float], faith: Sequence[float]) -> tuple[float, float]:
+def areas(fractions: Sequence[float] | np.ndarray, faith: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """(area under the curve, area between the curve and 1) by the trapezoid rule over the
     raw fractions: MIB's CPR (of a signed-score curve) and CMD (of an absolute-score curve)."""
     if len(fractions) != len(faith) or len(fractions) < 2:

@@ -17,7 +17,7 @@ import torch
 from ..cache import Tokens
 from ..errors import InputError
 from .ablation import Ablation, ablation_values
-from .graph import Graph, MetricFn, prune_dangling, sender_outputs, top_edges
+from .graph import Graph, LogitDiff, prune_dangling, sender_outputs, top_edges
 
 
 class PairedTask(Protocol):
@@ -25,7 +25,7 @@ class PairedTask(Protocol):
 
     clean: Tokens
     corrupt: Tokens
-    metric: MetricFn
+    metric: LogitDiff  # EAP and EAP-IG take it in slices of prompts (``LogitDiff.sub``)
 
 
 @dataclass

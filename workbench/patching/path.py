@@ -50,7 +50,7 @@ def path_patch(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable,
     to_logits = isinstance(receivers, str)
     if to_logits and receivers != "logits":
         raise InputError(f"receivers must be 'logits' or a list of (layer, head), got '{receivers}'")
-    if not to_logits:
+    if not isinstance(receivers, str):
         receivers = list(receivers)
         _check_heads(model, receivers, "receiver")
     z_names = [f"blocks.{l}.attn.hook_z" for l in range(L)]

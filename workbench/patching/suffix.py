@@ -23,7 +23,7 @@ model width.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,8 @@ class SuffixRunner:
         self.shared_mask = bool((clean.mask_add == clean.mask_add[:1]).all())
         # --compile: the per-layer pieces under torch.compile, compiled once for every layer and shape
         self.compiled = bool(getattr(model, "compile", False) if compile is None else compile)
-        self._qkv_step, self._finish_step = compiled_steps() if self.compiled else (qkv_step, finish_step)
+        steps: tuple[QKVStep, FinishStep] = compiled_steps() if self.compiled else (qkv_step, finish_step)
+        self._qkv_step, self._finish_step = steps
 
     # ------------------------------------------------------------------ one layer's pieces
     def qkv(self, l: int, x: torch.Tensor, p0: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -243,6 +244,7 @@ class SuffixRunner:
             joining = sum(1 for f in first_layers[active:] if f == l)
             parts = []
             if active:
+                assert x is not None  # set when the first prompts joined
                 parts.append(self._attention(l, x, active, p0))
             if joining:
                 zc = clean.z[l][:, p0:]
@@ -260,7 +262,10 @@ class SuffixRunner:
                 attn_out = z.reshape(active, n, S, -1) @ w_o.reshape(-1, w_o.shape[-1])
                 if b_o is not None:
                     attn_out = attn_out + b_o
+            assert x is not None  # the first layer of the loop is a first patched layer: its prompts joined
             x = self.finish_layer(l, x, attn_out.reshape(active * n, S, -1))
+        if x is None:
+            raise InputError(f"first patched layers {first_layers} lie outside the model's {L} layers")
         c = active
         last = clean.last_positions
         inside = last >= p0
@@ -282,7 +287,7 @@ def qkv_step(adapter: Adapter, layer: Any, attn: Any, x: torch.Tensor, cos: torc
     """One layer's norm, q/k/v projections and rotary: x [B S M] -> q [B H S D], k and v [B K S D]."""
     h = adapter.norm_to(adapter.attn_norm(layer), x, dtype)
     q, k, v = (t.transpose(1, 2) for t in adapter.qkv(attn, h, shape))
-    if cos is not None:
+    if cos is not None and sin is not None:
         q, k = adapter.apply_rotary(q, cos, sin), adapter.apply_rotary(k, cos, sin)
     return q, k, v
 
@@ -292,10 +297,13 @@ def finish_step(adapter: Adapter, layer: Any, x: torch.Tensor, attn_out: torch.T
     return adapter.finish_layer(layer, x, attn_out)
 
 
-_COMPILED: list[tuple[Any, Any]] = []
+QKVStep = Callable[[Adapter, Any, Any, torch.Tensor, torch.Tensor | None, torch.Tensor | None, Any, torch.dtype],
+                   tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+FinishStep = Callable[[Adapter, Any, torch.Tensor, torch.Tensor], torch.Tensor]
+_COMPILED: list[tuple[QKVStep, FinishStep]] = []
 
 
-def compiled_steps() -> tuple[Any, Any]:
+def compiled_steps() -> tuple[QKVStep, FinishStep]:
     """``qkv_step`` and ``finish_step`` under ``torch.compile``, made once per process. The layer's
     modules are arguments (their weights are graph inputs, not constants) and the batch and
     position sizes are dynamic, so one compiled graph serves every layer and every chunk; the
