@@ -163,7 +163,7 @@ def test_smollm2_has_sinks_and_is_above_chance_on_both_tasks(smollm2):
     classes = r.sink_token_classes
     assert classes.get("punctuation", 0) + classes.get("newline", 0) > 0  # sinks sit on punctuation and newlines
     for row in r.calibration:  # the tasks are chosen so that the model is clearly above chance
-        assert r.interval(row["task"], "base").low > row["chance"], row
+        assert r.interval(row.task, "base").low > row.chance, row
 
 
 @pytest.mark.slow

@@ -125,7 +125,7 @@ def _planted_scorer(calls: list):
     head A (L3H0) helps, B (L2H1) hurts, C (L5H2) ties in accuracy but raises log p, the set
     {A, C} helps most at beta 0.2; on the held-out split beta 0.6 would look best, so a
     search that peeked at it would choose differently."""
-    from workbench.analyses.sinks import analysis
+    from workbench.analyses.sinks import search
 
     A, B, C = (3, 0), (2, 1), (5, 2)
     calib = {(): (5, -1.0), (A,): (7, -1.0), (B,): (4, -1.0), (C,): (5, -0.9)}
@@ -151,7 +151,7 @@ def _planted_scorer(calls: list):
             correct[:k] = True
             return correct, torch.full((self.n,), lp)
 
-    return analysis, Scorer, (A, B, C)
+    return search, Scorer, (A, B, C)
 
 
 def test_search_chooses_on_the_calibration_split_and_reports_the_held_out_one(monkeypatch):
@@ -161,8 +161,8 @@ def test_search_chooses_on_the_calibration_split_and_reports_the_held_out_one(mo
     from workbench.stats import wilson
 
     calls: list = []
-    analysis, Scorer, (A, B, C) = _planted_scorer(calls)
-    monkeypatch.setattr(analysis, "_Scorer", Scorer)
+    search, Scorer, (A, B, C) = _planted_scorer(calls)
+    monkeypatch.setattr(search, "Scorer", Scorer)
     calib = [MCQuestion("p", 0, ["positive", "negative"], "positive", "sentiment", f"c{i}") for i in range(10)]
     held = [MCQuestion("p", 0, ["positive", "negative"], "positive", "sentiment", f"h{i}") for i in range(20)]
     strength = torch.zeros(8, 4)
@@ -172,14 +172,14 @@ def test_search_chooses_on_the_calibration_split_and_reports_the_held_out_one(mo
         found["head_tokens"][(l, h)] = Counter({".": 1})
     cfg = SinksConfig(tasks=("sentiment",), max_search=3, min_layer=2, max_heads=4, beta=0.4, threshold=0.1,
                       betas=(0.2, 0.4, 0.6), thresholds=(0.1,), n_calib=10, n_heldout=20)
-    row, search, grid, extra = analysis._search_task(None, "sentiment", calib, held, found, cfg, progress=False)
+    row, steps, grid, extra = search.search_task(None, "sentiment", calib, held, found, cfg, progress=False)
 
-    assert row["candidates"] == ["L3H0", "L2H1", "L5H2"]  # strongest first; L1H0 is below min_layer, L6H0 past the cap
-    assert row["heads"] == ["L3H0", "L5H2"] and row["beta"] == 0.2 and row["threshold"] == 0.1
-    assert [s["name"] for s in search if s["chosen"]] == ["L3H0", "L5H2"]
-    assert {(g["beta"], g["accuracy"]) for g in grid} == {(0.4, 0.8), (0.2, 0.9), (0.6, 0.6)}
-    assert row["calib_before"] == 0.5 and row["calib_after"] == pytest.approx(0.9)
-    assert row["before"] == 0.5 and row["after"] == pytest.approx(0.6) and row["changed"] == 2
+    assert row.candidates == ["L3H0", "L2H1", "L5H2"]  # strongest first; L1H0 is below min_layer, L6H0 past the cap
+    assert row.heads == ["L3H0", "L5H2"] and row.beta == 0.2 and row.threshold == 0.1
+    assert [s.name for s in steps if s.chosen] == ["L3H0", "L5H2"]
+    assert {(g.beta, g.accuracy) for g in grid} == {(0.4, 0.8), (0.2, 0.9), (0.6, 0.6)}
+    assert row.calib_before == 0.5 and row.calib_after == pytest.approx(0.9)
+    assert row.before == 0.5 and row.after == pytest.approx(0.6) and row.changed == 2
     iv = extra["intervals"]
     assert iv["base"] == wilson(10, 20, split="test") and iv["act"] == wilson(12, 20, split="test")
     assert iv["difference"].value == pytest.approx(0.1) and iv["difference"].split == "test"
@@ -195,15 +195,15 @@ def test_search_with_no_helpful_head_leaves_the_model_alone(monkeypatch):
     from workbench.datasets.multiple_choice import MCQuestion
 
     calls: list = []
-    analysis, Scorer, (A, B, C) = _planted_scorer(calls)
-    monkeypatch.setattr(analysis, "_Scorer", Scorer)
+    search, Scorer, (A, B, C) = _planted_scorer(calls)
+    monkeypatch.setattr(search, "Scorer", Scorer)
     calib = [MCQuestion("p", 0, ["a", "b"], "a", "sentiment", f"c{i}") for i in range(10)]
     held = [MCQuestion("p", 0, ["a", "b"], "a", "sentiment", f"h{i}") for i in range(20)]
     found = {"strength": torch.zeros(8, 4), "head_tokens": {B: Counter({".": 1})}}
     found["strength"][B] = 0.5
     cfg = SinksConfig(tasks=("sentiment",), max_search=3, thresholds=(0.1,), n_calib=10, n_heldout=20)
-    row, search, grid, extra = analysis._search_task(None, "sentiment", calib, held, found, cfg, progress=False)
-    assert row["heads"] == [] and grid == [] and row["after"] == row["before"] == 0.5
+    row, steps, grid, extra = search.search_task(None, "sentiment", calib, held, found, cfg, progress=False)
+    assert row.heads == [] and grid == [] and row.after == row.before == 0.5
     assert extra["intervals"]["difference"].value == 0.0
     assert [c for c in calls if c[0] == "held"] == [("held", (), 1.0, 1.0)]
 
@@ -212,17 +212,17 @@ def test_group_bootstrap_moves_a_group_as_one():
     """Two adjectives of ten questions: all ten answers of one improve, none of the other. Over
     questions the gain looks sure; resampling the two groups gives 0, 0.5 or 1 (a quarter of the
     draws each end), so the 95% interval is exactly [0, 1]."""
-    from workbench.analyses.sinks.analysis import _group_difference
+    from workbench.analyses.sinks.search import group_difference
     from workbench.stats import bootstrap_diff
 
     before = torch.zeros(20, dtype=torch.bool)
     after = torch.zeros(20, dtype=torch.bool)
     after[:10] = True
     groups = ["good"] * 10 + ["bad"] * 10
-    iv = _group_difference(after, before, groups, seed=0)
+    iv = group_difference(after, before, groups, seed=0)
     assert (iv.value, iv.low, iv.high, iv.n) == (0.5, 0.0, 1.0, 20)
     assert iv.method == "paired bootstrap over 2 groups" and iv.split == "test"
     per_question = bootstrap_diff(after.float().numpy(), before.float().numpy())
     assert per_question.low > 0.2  # what ignoring the groups would claim
-    singletons = _group_difference(after, before, [str(i) for i in range(20)], seed=0)
+    singletons = group_difference(after, before, [str(i) for i in range(20)], seed=0)
     assert (singletons.low, singletons.high) == (per_question.low, per_question.high)  # one question per group: the same

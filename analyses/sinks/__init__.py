@@ -3,10 +3,11 @@ massive activations at those tokens, and ACT's attention calibration chosen on a
 split and measured on a held-out split of two multiple-choice tasks (docs/sinks.md)."""
 from workbench.spec import AnalysisSpec, Headline
 
-from .analysis import SinksConfig, SinksResult, run
+from .analysis import run
+from .columns import HEAD_COLUMNS  # the head atlas's columns
+from .config import SinksConfig
 from .figures import headline, headline_figures, sinks_sections
-
-from .columns import HEAD_COLUMNS  # noqa: E402  (the head atlas's columns)
+from .result import SinksResult
 
 SPEC = AnalysisSpec(
     head_columns=HEAD_COLUMNS,

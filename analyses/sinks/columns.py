@@ -1,15 +1,15 @@
 """The per-head quantities the attention-sinks analysis contributes to the head atlas."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from workbench.names import parse_head
 from workbench.spec import HeadColumn
 
+from .result import SinksResult
 
-def _calibrated(result: Any) -> torch.Tensor:
+
+def _calibrated(result: SinksResult) -> torch.Tensor:
     """1 for the heads ACT's calibration search chose, 0 elsewhere."""
     grid = torch.zeros_like(result.sink_strength, dtype=torch.float32)
     for name in result.calibrated_heads:

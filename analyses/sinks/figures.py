@@ -8,24 +8,23 @@ from typing import Any
 import plotly.graph_objects as go
 
 from workbench.figures.common import head_grid, head_label
+from workbench.sections import Section
+
+from .records import table
+from .result import SinksResult
 
 
-def sink_strength_grid(result: Any) -> go.Figure:
+def sink_strength_grid(result: SinksResult) -> go.Figure:
     return head_grid(result.sink_strength, "Strength of sinks beyond the first token (mean over prompts of the "
                      "largest non-first column mean)", colorbar="column mean", diverging=False)
 
 
-def sink_share_grid(result: Any) -> go.Figure:
-    return head_grid(result.sink_share, "Share of prompts where the head has a sink beyond the first token",
-                     colorbar="share", diverging=False)
-
-
-def sink_map(result: Any, n_heads: int = 12) -> go.Figure:
+def sink_map(result: SinksResult, n_heads: int = 12) -> go.Figure:
     """Column means of the strongest sink heads over the example prompt's tokens; sinks
     beyond the first token are outlined."""
     cm = result.example_column_means.float()  # [L H pos]
     sinks = result.example_sinks.bool()
-    heads = [(s["layer"], s["head"]) for s in result.sinks[:n_heads]]
+    heads = [(s.layer, s.head) for s in result.sinks[:n_heads]]
     if not heads:
         heads = [(0, 0)]
     z = [cm[l, h].tolist() for l, h in heads]
@@ -46,7 +45,7 @@ def sink_map(result: Any, n_heads: int = 12) -> go.Figure:
     return fig
 
 
-def sink_tokens_bar(result: Any) -> go.Figure:
+def sink_tokens_bar(result: SinksResult) -> go.Figure:
     counts = result.sink_tokens
     fig = go.Figure(go.Bar(x=[repr(t) for t in counts], y=list(counts.values())))
     fig.update_layout(title="Tokens at sinks beyond the first token (head x prompt occurrences)", xaxis_title="token",
@@ -54,7 +53,7 @@ def sink_tokens_bar(result: Any) -> go.Figure:
     return fig
 
 
-def calibration_bar(result: Any) -> go.Figure:
+def calibration_bar(result: SinksResult) -> go.Figure:
     """Accuracy before and after ACT per task, on the calibration split (which chose the heads,
     beta and threshold) and on the held-out split (which chose nothing), with 95% Wilson
     intervals; the dotted line is chance."""
@@ -63,7 +62,7 @@ def calibration_bar(result: Any) -> go.Figure:
     for what, label, color in (("base", "before", "#7f7f7f"), ("act", "after (ACT)", "#1f77b4")):
         xs, ys, hi, lo, text = [], [], [], [], []
         for row in rows:
-            t = row["task"]
+            t = row.task
             for split, key in (("calibration", f"calibration {what}"), ("held-out", what)):
                 iv = result.interval(t, key)
                 xs.append(f"{t}<br>{split} (n={iv.n})")
@@ -74,16 +73,16 @@ def calibration_bar(result: Any) -> go.Figure:
         fig.add_trace(go.Bar(name=label, x=xs, y=ys, marker_color=color, hovertext=text,
                              error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
     for i, row in enumerate(rows):
-        fig.add_shape(type="line", xref="x", yref="y", x0=2 * i - 0.5, x1=2 * i + 1.5, y0=row["chance"],
-                      y1=row["chance"], line={"dash": "dot", "color": "black"})
-    heads = "; ".join(f"{r['task']}: {', '.join(r['heads']) or 'none'} (beta {r['beta']}, threshold {r['threshold']})"
+        fig.add_shape(type="line", xref="x", yref="y", x0=2 * i - 0.5, x1=2 * i + 1.5, y0=row.chance,
+                      y1=row.chance, line={"dash": "dot", "color": "black"})
+    heads = "; ".join(f"{r.task}: {', '.join(r.heads) or 'none'} (beta {r.beta}, threshold {r.threshold})"
                       for r in rows)
     fig.update_layout(barmode="group", title=f"Multiple-choice accuracy before and after ACT<br><sup>{heads}</sup>",
                       yaxis_title="accuracy (95% Wilson interval)", yaxis_range=[0, 1.05])
     return fig
 
 
-def difference_plot(result: Any) -> go.Figure:
+def difference_plot(result: SinksResult) -> go.Figure:
     """The paired held-out differences ACT - base per task (accuracy and log p of the right
     option) with their 95% bootstrap intervals."""
     fig = go.Figure()
@@ -103,12 +102,12 @@ def difference_plot(result: Any) -> go.Figure:
     return fig
 
 
-def headline(result: Any) -> list[tuple[str, Any]]:
+def headline(result: SinksResult) -> list[tuple[str, Any]]:
     """The tiles on the sinks page."""
-    tiles = [("sinks beyond the first token", result.n_sinks_beyond_first),
-             ("heads with such sinks", result.n_heads_with_sinks)]
+    tiles: list[tuple[str, Any]] = [("sinks beyond the first token", result.n_sinks_beyond_first),
+                                    ("heads with such sinks", result.n_heads_with_sinks)]
     for row in result.calibration:
-        tiles.append((f"{row['task']}: held-out before -> ACT", f"{row['before']:.3f} -> {row['after']:.3f}"))
+        tiles.append((f"{row.task}: held-out before -> ACT", f"{row.before:.3f} -> {row.after:.3f}"))
     return tiles
 
 
@@ -116,33 +115,31 @@ def _groups(task: str) -> str:
     return {"category": "words", "sentiment": "adjectives"}.get(task, "questions")
 
 
-def headline_figures(result: Any) -> list[dict[str, Any]]:
+def headline_figures(result: SinksResult) -> list[dict[str, Any]]:
     """The README row: held-out accuracy before and after ACT per task, and their paired difference."""
     from workbench.spec import figure
 
     out = [figure("heads with sinks beyond the first token", result.n_heads_with_sinks, n=result.n_sink_prompts,
                   split="calibration", fmt="d")]
     for row in result.calibration:
-        t = row["task"]
-        out += [figure(f"{t} (chance {row['chance']:.2f}): held-out accuracy, base", interval=result.interval(t, "base")),
-                figure(f"{t}: held-out accuracy with ACT ({len(row['heads'])} heads, beta {row['beta']}, "
-                       f"threshold {row['threshold']})", interval=result.interval(t, "act")),
+        t = row.task
+        out += [figure(f"{t} (chance {row.chance:.2f}): held-out accuracy, base", interval=result.interval(t, "base")),
+                figure(f"{t}: held-out accuracy with ACT ({len(row.heads)} heads, beta {row.beta}, "
+                       f"threshold {row.threshold})", interval=result.interval(t, "act")),
                 figure(f"{t}: ACT - base (paired; bootstrap over {_groups(t)})",
                        interval=result.interval(t, "difference by group"), fmt="+.3f")]
     return out
 
 
-def sinks_sections(result: Any) -> list:
-    from workbench.report import Section
-
+def sinks_sections(result: SinksResult) -> list[Section]:
     classes = ", ".join(f"{k}: {v}" for k, v in result.sink_token_classes.items())
     text = (f"{result.n_sinks_beyond_first} sinks beyond the first token (head x prompt x position) in "
             f"{result.n_heads_with_sinks} heads over {result.n_sink_prompts} calibration prompts; token classes: "
             f"{classes}. Example prompt: {result.example_prompt!r}")
     calib = " ".join(
-        f"{r['task']} (chance {r['chance']:.2f}): held-out {r['before']:.3f} -> {r['after']:.3f} "
-        f"(n={r['n_heldout']}, {r['changed']} answers changed), heads {', '.join(r['heads']) or 'none'}, "
-        f"beta {r['beta']}, threshold {r['threshold']}, chosen on {r['n_calib']} calibration questions."
+        f"{r.task} (chance {r.chance:.2f}): held-out {r.before:.3f} -> {r.after:.3f} "
+        f"(n={r.n_heldout}, {r.changed} answers changed), heads {', '.join(r.heads) or 'none'}, "
+        f"beta {r.beta}, threshold {r.threshold}, chosen on {r.n_calib} calibration questions."
         for r in result.calibration)
     cfg = result.config
     params = (f"Search: the {cfg.max_search} heads (layer >= {cfg.min_layer}) with the strongest non-first sinks on "
@@ -150,13 +147,12 @@ def sinks_sections(result: Any) -> list:
               f"(a sink must be seen by >= {cfg.min_queries} queries); kept when calibration accuracy rises (or ties "
               f"and log p rises), at most {cfg.max_heads}; then beta in {list(cfg.betas)} x threshold in "
               f"{list(cfg.thresholds)} for the kept set.")
-    search = result.search
     return [
         Section("Attention sinks beyond the first token", text=text,
                 figures=[sink_strength_grid(result), sink_map(result), sink_tokens_bar(result)]),
         Section("Massive activations at sink tokens (and at the first token)",
-                tables=[t for t in (result.massive_activations, result.first_token_massive_activations) if t]),
+                tables=[table(t) for t in (result.massive_activations, result.first_token_massive_activations) if t]),
         Section("ACT attention calibration", text=calib + " " + params,
                 figures=[calibration_bar(result), difference_plot(result)],
-                tables=[t for t in (result.calibration, search, result.grid) if t]),
+                tables=[table(t) for t in (result.calibration, result.search, result.grid) if t]),
     ]
