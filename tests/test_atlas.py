@@ -108,18 +108,18 @@ def test_planted_heads_top_their_own_column_and_not_the_other():
                                        n_permutations=50), progress=False)
     ind, ret = atlas.column("induction_score"), atlas.column("retrieval_score")
     assert abs(float(ind[INDUCTION_HEAD]) - 1.0) < 1e-5 and abs(float(ret[COPY_HEAD]) - 1.0) < 1e-5
-    top = atlas.top_heads
+    top = atlas.atlas().top_heads
     name = lambda lh: f"L{lh[0]}H{lh[1]}"  # noqa: E731
-    assert top["induction_score"][0]["head"] == name(INDUCTION_HEAD)
-    assert top["retrieval_score"][0]["head"] == name(COPY_HEAD)
+    assert top["induction_score"][0].head == name(INDUCTION_HEAD)
+    assert top["retrieval_score"][0].head == name(COPY_HEAD)
     # each is not at the top of the other's column
-    assert top["induction_score"][0]["ranks"]["retrieval_score"] > 1
-    assert top["retrieval_score"][0]["ranks"]["induction_score"] > 1
+    assert top["induction_score"][0].ranks["retrieval_score"] > 1
+    assert top["retrieval_score"][0].ranks["induction_score"] > 1
     assert float(ind[COPY_HEAD]) < 0.5 < float(ind[INDUCTION_HEAD])
     # the columns name the runs they came from; the atlas's own columns are there too
-    runs = {c["name"]: c["run"] for c in atlas.columns}
+    runs = {c.name: c.run for c in atlas.atlas().columns}
     assert runs["induction_score"] == str(induction.path) and runs["retrieval_score"] == str(retrieval.path)
-    assert {"attn_entropy", "attn_distance"} <= set(atlas.column_names)
+    assert {"attn_entropy", "attn_distance"} <= set(atlas.atlas().column_names())
     # the planted heads attend to one key: zero entropy on every query
     assert float(atlas.column("attn_entropy")[INDUCTION_HEAD]) < 1e-4
 
@@ -143,7 +143,7 @@ def test_columns_come_from_the_specs_alone(tiny_llama, saved_induction, monkeypa
 
     assert [c.name for c in INDUCTION.head_columns] == ["induction_score", "prev_token_score"]
     atlas = run(None, AtlasConfig(models=("tiny-llama",), n_permutations=20), progress=False)
-    assert atlas.column_names == ["induction_score", "prev_token_score"]  # no model: only saved runs
+    assert atlas.atlas().column_names() == ["induction_score", "prev_token_score"]  # no model: only saved runs
     assert torch.equal(atlas.column("induction_score"), saved_induction.induction_score.float())
 
     @dataclasses.dataclass
@@ -168,9 +168,9 @@ def test_columns_come_from_the_specs_alone(tiny_llama, saved_induction, monkeypa
     monkeypatch.setattr(spec_registry, "_SPECS", {**spec_registry.specs(), new.key: new})
     NewResult(NewConfig(), {}, {"grid": layer_index}, {"model": "tiny-llama"}).save()
     atlas = run(None, AtlasConfig(models=("tiny-llama",), n_permutations=20), progress=False)
-    assert "layer_index" in atlas.column_names
+    assert "layer_index" in atlas.atlas().column_names()
     assert torch.equal(atlas.column("layer_index"), layer_index)
-    assert {c["name"]: c["analysis"] for c in atlas.columns}["layer_index"] == "layer_index_probe"
+    assert {c.name: c.analysis for c in atlas.atlas().columns}["layer_index"] == "layer_index_probe"
 
 
 def test_no_runs_and_bad_options_are_one_line_errors():
@@ -235,17 +235,17 @@ def test_saved_like_any_result_plus_csv_and_parquet(tiny_llama, saved_induction,
     result = run(tiny_llama, AtlasConfig(models=("tiny-llama",), n_prompts=2, n_permutations=20), progress=False)
     path = result.save(tmp_path / "atlas", extra_files=result.files())
     back = load_result(path)
-    assert isinstance(back, AtlasResult) and back.column_names == result.column_names
-    assert torch.equal(back.table, result.table)
+    assert isinstance(back, AtlasResult) and back.atlas().column_names() == result.atlas().column_names()
+    assert torch.equal(back.table(), result.table())
     frame = pd.read_parquet(path / "atlas.parquet")
     csv = pd.read_csv(path / "atlas.csv")
     assert len(frame) == len(csv) == 8 and list(frame.columns[:5]) == ["model", "layer", "head", "name", "cluster"]
     assert np.allclose(frame["induction_score"], saved_induction.induction_score.flatten().numpy())
     sources = pd.read_csv(path / "atlas_columns.csv")
     assert sources.set_index("name").loc["induction_score", "run"] == str(saved_induction.path)
-    card = back.card
-    assert card is not None and len(card["top_tokens"]) == 2 and len(card["top_tokens"][0][0]) == 5
-    assert back.card_pattern.shape[:2] == (2, 4)
+    card = back.atlas().card
+    assert card is not None and len(card.top_tokens) == 2 and len(card.top_tokens[0][0]) == 5
+    assert back.card_pattern().shape[:2] == (2, 4)
 
 
 @pytest.mark.slow  # four CLI processes, each loading a model
@@ -265,8 +265,8 @@ def test_cli_two_models_lined_up(tmp_path):
     doc = json.loads(proc.stdout)
     assert doc["models"] == ["tiny-llama", "tiny-gpt2"] and "roles_in_both" in doc
     result = load_result(doc["run"])
-    assert result.comparison["models"] == ["tiny-llama", "tiny-gpt2"]
-    assert {r["column"] for r in result.comparison["roles"]} >= {"induction_score", "prev_token_score", "attn_entropy"}
+    assert result.comparison.models == ["tiny-llama", "tiny-gpt2"]
+    assert {r.column for r in result.comparison.roles} >= {"induction_score", "prev_token_score", "attn_entropy"}
     assert (result.path / "atlas.parquet").is_file() and (result.path / "atlas.csv").is_file()
     bad = subprocess.run([*cli, "atlas", "--model", "a", "--model", "b", "--model", "c"], env=env,
                          capture_output=True, text=True, timeout=600)
@@ -321,9 +321,9 @@ def test_smollm2_against_a_tiny_random_model(smollm2, tiny_llama):
         run_induction(model, InductionConfig(n_prompts=4, seq_len=12), progress=False).save()
     result = run([smollm2, tiny_llama], AtlasConfig(models=("smollm2-135m", "tiny-llama"), analyses=("induction",),
                                                      n_prompts=4, n_permutations=100), progress=False)
-    rows = {r["column"]: r for r in result.comparison["roles"]}
+    rows = {r.column: r for r in result.comparison.roles}
     ind = rows["induction_score"]
     print(ind)
-    assert ind["present_a"] and not ind["present_b"] and "induction_score" not in result.comparison["roles_in_both"]
-    assert 0.4 < ind["depth_a"] < 0.9  # SmolLM2's induction heads sit past its first layers
-    assert result.atlas(0)["n_layers"] == 30 and result.atlas(1)["n_layers"] == 2
+    assert ind.present_a and not ind.present_b and "induction_score" not in result.comparison.roles_in_both
+    assert 0.4 < ind.depth_a < 0.9  # SmolLM2's induction heads sit past its first layers
+    assert result.atlas(0).n_layers == 30 and result.atlas(1).n_layers == 2

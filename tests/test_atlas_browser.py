@@ -64,8 +64,8 @@ def test_atlas_page_click_a_head_in_real_chromium(saved_atlas, tmp_path):
     shown = {}
     for row in rows:
         cells = [c.strip() for c in row.split("\t") if c.strip()]
-        quantity = next(c for c in cells if c in saved_atlas.column_names)
+        quantity = next(c for c in cells if c in saved_atlas.atlas().column_names())
         shown[quantity] = cells[cells.index(quantity) + 1]
-    assert set(shown) == set(saved_atlas.column_names)
+    assert set(shown) == set(saved_atlas.atlas().column_names())
     for quantity, value in shown.items():
         assert value == f"{float(frame.loc[name, quantity]):.4g}", quantity

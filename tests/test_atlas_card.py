@@ -29,7 +29,7 @@ def atlas_with_qk(tiny_llama):
 
 def test_reads_from_lists_match_the_qk_run(atlas_with_qk):
     atlas, qk = atlas_with_qk
-    assert {"k_composition", "q_composition"} <= set(atlas.column_names)
+    assert {"k_composition", "q_composition"} <= set(atlas.atlas().column_names())
     back = qk_run(atlas)
     lists = reads_from(back, *READER)
     assert list(lists) == list(READS_FROM)

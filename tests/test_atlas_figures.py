@@ -4,6 +4,8 @@ other put each head where its values are; and the atlas notebook builds the atla
 embedded model from saved runs, executed like every other notebook."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -32,7 +34,7 @@ def _points(fig) -> dict[tuple[int, int], str]:
 
 def test_cluster_grid_has_one_colour_and_legend_entry_per_cluster(atlas):
     fig = figs.cluster_grid(atlas)
-    labels = atlas.cluster_labels.numpy()
+    labels = atlas.cluster_labels().numpy()
     assert len(fig.data) == len(np.unique(labels)) >= 2
     assert all(t.marker.colorbar.title.text is None and isinstance(t.marker.color, str) for t in fig.data)
     assert len({t.marker.color for t in fig.data}) == len(fig.data)  # one colour per cluster
@@ -44,14 +46,15 @@ def test_cluster_grid_has_one_colour_and_legend_entry_per_cluster(atlas):
 
 def test_flag_column_is_drawn_in_two_colours_and_amounts_on_a_colour_bar(atlas):
     atlas.tables["0"][0] = torch_flags(atlas.tables["0"][0])
-    atlas.atlas()["columns"][0]["unit"] = "flag"
-    name = atlas.column_names[0]
+    columns = atlas.atlas().columns
+    columns[0] = dataclasses.replace(columns[0], unit="flag")
+    name = atlas.atlas().column_names()[0]
     fig = figs.atlas_grid(atlas, name)
     assert [t.name for t in fig.data] == ["no value", "no", "yes"]
     assert fig.data[0].marker.color == figs.UNSET_COLOUR and fig.data[1].marker.color != fig.data[2].marker.color
     drawn = _points(fig)
     assert drawn[(0, 0)] == "no value" and drawn[(0, 1)] == "yes" and drawn[(1, 3)] == "no"
-    amount = figs.atlas_grid(atlas, atlas.column_names[1])
+    amount = figs.atlas_grid(atlas, atlas.atlas().column_names()[1])
     assert len(amount.data) == 1 and amount.data[0].marker.colorbar.title.text  # a continuous column keeps its bar
 
 
@@ -80,7 +83,7 @@ def test_column_scatter_puts_each_head_at_its_two_values(atlas):
 
 def test_sections_draw_the_strongest_pair(atlas):
     a, b = figs.strongest_pair(atlas)
-    rho = {frozenset((c["a"], c["b"])): abs(c["rho"]) for c in atlas.correlations if c["rho"] is not None}
+    rho = {frozenset((c.a, c.b)): abs(c.rho) for c in atlas.atlas().correlations if c.rho is not None}
     assert rho[frozenset((a, b))] == max(rho.values())
     section = next(s for s in figs.atlas_sections(atlas) if s.title.endswith("rank correlations"))
     assert [f.layout.title.text.split("<br>")[0] for f in section.figures] == [f"tiny-llama: {a} against {b}"]

@@ -89,39 +89,44 @@ def rank_normalise(table: np.ndarray, directions: list[int]) -> np.ndarray:
     return np.stack(out)
 
 
-def role_clusters(table: np.ndarray, names: list[str], directions: list[int], n_clusters: int,
-                  n_heads: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Heads grouped by their profile across the usable columns (Ward agglomerative clustering
-    of rank-normalised columns; ``n_clusters`` 0 picks k in 2..8 by silhouette). Each cluster
-    is described by the columns where its mean rank departs most from the middle."""
+METHOD = "ward on rank-normalised columns"
+
+
+def _fit_clusters(x: np.ndarray, n_clusters: int) -> tuple[np.ndarray, int, float | None]:
+    """Ward clustering of the [head column] profiles: (labels, k, silhouette), with ``n_clusters``
+    clusters, or (0) the k in 2..8 with the best silhouette (the smallest such k on a tie)."""
     from sklearn.cluster import AgglomerativeClustering
     from sklearn.metrics import silhouette_score
 
-    n = table.shape[1]
-    keep = [j for j in range(len(names)) if np.isfinite(table[j]).all() and _usable(table[j])]
-    empty = {"k": 0, "method": "ward on rank-normalised columns", "silhouette": None, "columns": [], "clusters": []}
-    if len(keep) < 2 or n < 4:
-        return np.full(n, -1), empty
-    x = rank_normalise(table[keep], [directions[j] for j in keep]).T  # [head column]
-    used = [names[j] for j in keep]
+    n = x.shape[0]
     if n_clusters:
         k = min(n_clusters, n - 1)
         labels = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(x)
-        sil = float(silhouette_score(x, labels)) if 1 < k < n else None
-    else:
-        best = None
-        for k in range(2, min(MAX_AUTO_CLUSTERS, n - 1) + 1):
-            lab = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(x)
-            s = float(silhouette_score(x, lab))
-            if best is None or s > best[0] + 1e-12:
-                best = (s, k, lab)
-        sil, k, labels = best
-    # number clusters by size, largest first
+        return labels, k, float(silhouette_score(x, labels)) if 1 < k < n else None
+    best: tuple[float, int, np.ndarray] | None = None
+    for k in range(2, min(MAX_AUTO_CLUSTERS, n - 1) + 1):
+        lab = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(x)
+        s = float(silhouette_score(x, lab))
+        if best is None or s > best[0] + 1e-12:
+            best = (s, k, lab)
+    if best is None:
+        raise ValueError(f"role clusters need at least 3 heads, got {n}")
+    sil, k, labels = best
+    return labels, k, sil
+
+
+def _by_size(labels: np.ndarray, k: int) -> np.ndarray:
+    """The labels renumbered by cluster size, largest first (ties keep their order)."""
     sizes = np.bincount(labels, minlength=k)
     order = np.argsort(-sizes, kind="stable")
     relabel = np.empty(k, dtype=int)
     relabel[order] = np.arange(k)
-    labels = relabel[labels]
+    return relabel[labels]
+
+
+def _describe(x: np.ndarray, labels: np.ndarray, k: int, used: list[str], n_heads: int) -> list[dict[str, Any]]:
+    """Each cluster's members, mean rank in every column, and the three columns where it departs
+    most from the middle."""
     clusters = []
     for c in range(k):
         members = np.flatnonzero(labels == c)
@@ -134,8 +139,25 @@ def role_clusters(table: np.ndarray, names: list[str], directions: list[int], n_
                          "profile": {used[j]: round(float(profile[j]), 4) for j in range(len(used))},
                          "strongest": described,
                          "description": ", ".join(f"{d['side']} {d['column']} ({d['mean_rank']:.2f})" for d in described)})
-    return labels, {"k": int(k), "method": "ward on rank-normalised columns", "silhouette": sil, "columns": used,
-                    "clusters": clusters}
+    return clusters
+
+
+def role_clusters(table: np.ndarray, names: list[str], directions: list[int], n_clusters: int,
+                  n_heads: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Heads grouped by their profile across the usable columns (Ward agglomerative clustering
+    of rank-normalised columns; ``n_clusters`` 0 picks k in 2..8 by silhouette). Each cluster
+    is described by the columns where its mean rank departs most from the middle."""
+    n = table.shape[1]
+    keep = [j for j in range(len(names)) if np.isfinite(table[j]).all() and _usable(table[j])]
+    empty = {"k": 0, "method": METHOD, "silhouette": None, "columns": [], "clusters": []}
+    if len(keep) < 2 or n < 4:
+        return np.full(n, -1), empty
+    x = rank_normalise(table[keep], [directions[j] for j in keep]).T  # [head column]
+    used = [names[j] for j in keep]
+    labels, k, sil = _fit_clusters(x, n_clusters)
+    labels = _by_size(labels, k)
+    return labels, {"k": int(k), "method": METHOD, "silhouette": sil, "columns": used,
+                    "clusters": _describe(x, labels, k, used, n_heads)}
 
 
 def role_heads(x: np.ndarray, direction: int, threshold: float | None) -> np.ndarray:

@@ -4,11 +4,18 @@ percentile and rank, its attention pattern on a chosen prompt, its top tokens th
 and the unembedding, and the saved runs behind each number."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .figures import READS_FROM, atlas_grid, qk_run, reads_from
+from .plots import atlas_grid
+from .reads_from import READS_FROM, qk_run, reads_from
+from .result import AtlasResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from workbench.models import Model
 
 
 def fmt(v: float) -> str:
@@ -16,29 +23,29 @@ def fmt(v: float) -> str:
     return "nan" if not np.isfinite(v) else f"{v:.4g}"
 
 
-def card_rows(result: Any, layer: int, head: int, i: int = 0) -> list[dict[str, str]]:
+def card_rows(result: AtlasResult, layer: int, head: int, i: int = 0) -> list[dict[str, str]]:
     """Every quantity of one head: value, percentile among the model's heads (share of heads
     with a value at or below it), rank (1 = strongest, direction-aware), unit, source run."""
     a = result.atlas(i)
-    table = result.table_of(i).reshape(len(a["columns"]), -1).cpu().numpy()
-    idx = layer * int(a["n_heads"]) + head
+    table = result.table(i).reshape(len(a.columns), -1).cpu().numpy()
+    idx = layer * a.n_heads + head
     rows = []
-    for j, c in enumerate(a["columns"]):
+    for j, c in enumerate(a.columns):
         x = table[j]
         v = float(x[idx])
         ok = np.isfinite(x)
         pct = 100.0 * float((x[ok] <= v).sum()) / max(1, int(ok.sum()))
-        rank = 1 + int((c["direction"] * x[ok] > c["direction"] * v).sum())
-        rows.append({"quantity": c["name"], "value": fmt(v), "percentile": f"{pct:.0f}", "rank": f"{rank} of {int(ok.sum())}",
-                     "unit": c["unit"], "from": c["run"] or "this run"})
+        rank = 1 + int((c.direction * x[ok] > c.direction * v).sum())
+        rows.append({"quantity": c.name, "value": fmt(v), "percentile": f"{pct:.0f}", "rank": f"{rank} of {int(ok.sum())}",
+                     "unit": c.unit, "from": c.run or "this run"})
     return rows
 
 
-def _cached_model(name: str) -> Any:
+def _cached_model(name: str) -> Model:
     import streamlit as st
 
     @st.cache_resource(show_spinner=f"loading {name} ...")
-    def load(model_name: str) -> Any:
+    def load(model_name: str) -> Model:
         from workbench.models import load_model
 
         return load_model(model_name)
@@ -57,56 +64,73 @@ def _selected_head(event: Any) -> tuple[int, int] | None:
     return int(round(float(p["y"]))), int(round(float(p["x"])))  # the grid's y is the layer, x the head
 
 
-def atlas_explorer(result: Any) -> None:
+def _pick_head(result: AtlasResult, i: int) -> tuple[int, int]:
+    """The column that colours model ``i``'s grid, and the head: clicked in the grid or picked
+    in the select box. Returns (layer, head)."""
+    import streamlit as st
+
+    a = result.atlas(i)
+    names = a.column_names()
+    column = st.selectbox("colour the grid by", names, key="atlas-column") or names[0]
+    event = st.plotly_chart(atlas_grid(result, column, i), on_select="rerun", selection_mode="points",
+                            key=f"atlas-grid-{i}-{column}")
+    clicked = _selected_head(event)
+    heads = [(l, h) for l in range(a.n_layers) for h in range(a.n_heads)]
+    if clicked is not None and st.session_state.get("atlas-last-click") != clicked:
+        st.session_state["atlas-last-click"] = clicked  # a new click picks the head; the select box may change it later
+        st.session_state["atlas-head"] = clicked[0] * a.n_heads + clicked[1]
+    pick = st.selectbox("head (or click one in the grid)", range(len(heads)),
+                        format_func=lambda k: f"L{heads[k][0]}H{heads[k][1]}", key="atlas-head")
+    return heads[pick if pick is not None else 0]
+
+
+def _card_view(result: AtlasResult, i: int, prompt: str,
+               layer: int, head: int) -> tuple[list[str], torch.Tensor, list[str], list[float]] | None:
+    """The head's tokens, attention pattern, top tokens and their logits on ``prompt``: the saved
+    card's when it is that prompt, else a fresh one from the model (None without a prompt)."""
     import streamlit as st
 
     from workbench.errors import WorkbenchError
+
+    card, pattern = result.atlas(i).card, result.card_pattern(i)
+    if card is not None and prompt == card.prompt and pattern is not None:
+        return card.tokens, pattern[layer, head], card.top_tokens[layer][head], card.top_logits[layer][head]
+    if not prompt.strip():
+        return None
+    try:
+        from .own_columns import head_card
+
+        fresh, patterns = head_card(_cached_model(result.atlas(i).model), prompt)
+    except WorkbenchError as exc:
+        st.error(str(exc))
+        return None
+    return fresh.tokens, patterns[layer, head], fresh.top_tokens[layer][head], fresh.top_logits[layer][head]
+
+
+def atlas_explorer(result: AtlasResult) -> None:
+    import streamlit as st
+
     from workbench.figures import token_heatmap
 
     st.divider()
     i = 0
-    if result.n_models > 1:
-        i = st.radio("model", range(result.n_models), format_func=lambda k: result.model_names[k], horizontal=True,
-                     key="atlas-which-model")
+    if len(result.models) > 1:
+        i = st.radio("model", range(len(result.models)), format_func=lambda k: result.models[k], horizontal=True,
+                     key="atlas-which-model") or 0
     a = result.atlas(i)
-    names = [c["name"] for c in a["columns"]]
-    column = st.selectbox("colour the grid by", names, key="atlas-column")
-    event = st.plotly_chart(atlas_grid(result, column, i), on_select="rerun", selection_mode="points",
-                            key=f"atlas-grid-{i}-{column}")
-    clicked = _selected_head(event)
-    n_layers, n_heads = int(a["n_layers"]), int(a["n_heads"])
-    heads = [(l, h) for l in range(n_layers) for h in range(n_heads)]
-    if clicked is not None and st.session_state.get("atlas-last-click") != clicked:
-        st.session_state["atlas-last-click"] = clicked  # a new click picks the head; the select box may change it later
-        st.session_state["atlas-head"] = clicked[0] * n_heads + clicked[1]
-    pick = st.selectbox("head (or click one in the grid)", range(len(heads)),
-                        format_func=lambda k: f"L{heads[k][0]}H{heads[k][1]}", key="atlas-head")
-    layer, head = heads[pick]
+    layer, head = _pick_head(result, i)
     st.subheader(f"Head card: L{layer}H{head}")
     st.table(card_rows(result, layer, head, i))
-    reads_from_panel(result, i, layer, head, n_heads)
-    runs = sorted({(c["analysis"], c["run"]) for c in a["columns"] if c["run"]})
+    reads_from_panel(result, i, layer, head, a.n_heads)
+    runs = sorted({(c.analysis, c.run) for c in a.columns if c.run})
     if runs:
         st.markdown("Saved runs behind these numbers: " + "; ".join(
             f"[{key}](./{key}) `{run}`" for key, run in runs))
-    card, pattern = a.get("card"), result.card_patterns.get(str(i))
-    default = card["prompt"] if card else ""
+    default = a.card.prompt if a.card else ""
     prompt = st.text_input("prompt for the attention pattern and top tokens", default, key="atlas-card-prompt")
-    tokens, top, logits = None, None, None
-    if card is not None and prompt == card["prompt"] and pattern is not None:
-        tokens, pat = card["tokens"], pattern[layer, head]
-        top, logits = card["top_tokens"][layer][head], card["top_logits"][layer][head]
-    elif prompt.strip():
-        try:
-            from .analysis import head_card
-
-            model = _cached_model(a["model"])
-            fresh, patterns = head_card(model, prompt)
-            tokens, pat = fresh["tokens"], patterns[layer, head]
-            top, logits = fresh["top_tokens"][layer][head], fresh["top_logits"][layer][head]
-        except WorkbenchError as exc:
-            st.error(str(exc))
-    if tokens is not None:
+    view = _card_view(result, i, prompt, layer, head)
+    if view is not None:
+        tokens, pat, top, logits = view
         st.plotly_chart(token_heatmap(pat, tokens, f"L{layer}H{head} attention on the prompt"), key="atlas-pattern")
         st.markdown(f"**Top tokens of L{layer}H{head}'s output at the last position** (z @ W_O, the final norm's "
                     "weight, the unembedding): " + ", ".join(f"`{t!r}` ({v:.2f})" for t, v in zip(top, logits)))
@@ -121,7 +145,7 @@ def _open_head(index: int) -> None:
     st.session_state["atlas-head"] = index
 
 
-def reads_from_panel(result: Any, i: int, layer: int, head: int, n_heads: int) -> None:
+def reads_from_panel(result: AtlasResult, i: int, layer: int, head: int, n_heads: int) -> None:
     """Where the head reads from: measured and from the weights, each source head a button
     that opens its card."""
     import streamlit as st
@@ -129,7 +153,7 @@ def reads_from_panel(result: Any, i: int, layer: int, head: int, n_heads: int) -
     st.markdown(f"**Where L{layer}H{head} reads from**")
     qk = qk_run(result, i)
     if qk is None:
-        st.caption(f"No QK-attribution run behind this atlas; run `workbench qk --model {result.atlas(i)['model']}` "
+        st.caption(f"No QK-attribution run behind this atlas; run `workbench qk --model {result.atlas(i).model}` "
                    "and rebuild the atlas to see the sources.")
         return
     lists = reads_from(qk, layer, head)
