@@ -45,7 +45,8 @@ def _field_input(spec: AnalysisSpec, f: dataclasses.Field, annotation: Any) -> A
             text = st.text_area(label, "\n".join(default or ()), key=key, help=f"{help_text or ''} (one per line)")
             return tuple(x.strip() for x in text.splitlines() if x.strip())
         text = st.text_input(label, ",".join(map(str, default or ())), key=key, help=f"{help_text or ''} (comma-separated)")
-        return tuple(shape.elem(x.strip()) for x in text.split(",") if x.strip())
+        elem = shape.elem or float  # a number list (texts were handled above)
+        return tuple(elem(x.strip()) for x in text.split(",") if x.strip())
     text = st.text_input(label, "" if default is None else str(default), key=key, help=help_text)
     return None if (shape.optional and not text) else text
 

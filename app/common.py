@@ -24,7 +24,8 @@ def model_picker(key: str = "model") -> str:
     from workbench.models import MODELS
 
     names = [n for n, s in MODELS.items() if s.kind in ("embedded", "tiny")]
-    return st.sidebar.selectbox("model", names, index=0, key=key)
+    choice = st.sidebar.selectbox("model", names, index=0, key=key)
+    return names[0] if choice is None else choice
 
 
 def run_picker(spec: Any, label: str = "saved run"):
@@ -40,6 +41,8 @@ def run_picker(spec: Any, label: str = "saved run"):
         return None
     labels = [f"{r['created']} · {r['model']} · {Path(r['path']).name}" for r in runs]
     choice = st.selectbox(label, range(len(runs)), format_func=lambda i: labels[i], key=f"run-{key}")
+    if choice is None:
+        return None
     try:
         return load_result(runs[choice]["path"])
     except WorkbenchError as exc:

@@ -26,7 +26,7 @@ def home_page() -> None:
         st.dataframe([{k: r.get(k) for k in ("created", "analysis", "model", "path", "reason")} for r in runs],
                      width="stretch")
         labels = [f"{r['analysis']} · {r['model']} · {Path(r['path']).name}" for r in runs]
-        pick = st.selectbox("open a run", range(len(runs)), format_func=lambda i: labels[i])
+        pick = st.selectbox("open a run", range(len(runs)), format_func=lambda i: labels[i]) or 0
         try:
             result = load_result(runs[pick]["path"])
             st.subheader(f"{result.analysis} on {result.meta.get('model')}")

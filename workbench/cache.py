@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Union, overload
 
 import torch
 from tqdm.auto import tqdm
@@ -42,7 +42,12 @@ class Tokens:
         return self.attention_mask.long().sum(dim=1) - 1
 
 
-def as_tokens(model: Model, inputs: Any) -> Tokens:
+Inputs = Union[str, list[str], torch.Tensor, tuple[torch.Tensor, torch.Tensor], Tokens]
+"""What the two doors take: prompts (one or a list), token ids [batch pos] or [pos], an
+(ids, attention mask) pair, or ``Tokens``."""
+
+
+def as_tokens(model: Model, inputs: Inputs) -> Tokens:
     """Prompts (str or list), a token tensor, a (ids, mask) pair or ``Tokens`` -> ``Tokens``."""
     if isinstance(inputs, Tokens):
         return inputs
@@ -144,7 +149,7 @@ def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def run_with_cache(
     model: Model,
-    inputs: Any,
+    inputs: Inputs,
     names: Iterable[str],
     batch_size: int | None = None,
     progress: bool = False,
@@ -200,9 +205,20 @@ def run_with_cache(
     return logits_all, ActivationCache({k: _cat(v) for k, v in mem_parts.items()}, names=names)
 
 
+@overload
+def run_with_patches(  # type: ignore[overload-overlap]  # no names: logits alone (an empty tuple is also Iterable)
+        model: Model, inputs: Inputs, patches: Mapping[str, PatchFn | torch.Tensor],
+        names: tuple[()] = (), grad: bool = False) -> torch.Tensor: ...
+
+
+@overload
+def run_with_patches(model: Model, inputs: Inputs, patches: Mapping[str, PatchFn | torch.Tensor],
+                     names: Iterable[str], grad: bool = False) -> tuple[torch.Tensor, ActivationCache]: ...
+
+
 def run_with_patches(
     model: Model,
-    inputs: Any,
+    inputs: Inputs,
     patches: Mapping[str, PatchFn | torch.Tensor],
     names: Iterable[str] = (),
     grad: bool = False,

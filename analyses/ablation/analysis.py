@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
@@ -29,6 +29,9 @@ from workbench.records import HeadEffect
 from workbench.results import Result, provenance
 from workbench.spec import option
 from workbench.checks import checked_run
+
+if TYPE_CHECKING:
+    from workbench.models import Model
 
 Task = Literal["ioi"]
 """The task whose logit difference is measured.
@@ -62,7 +65,7 @@ class AblationConfig:
                              f"prompts; use --batch-size {self.n_prompts} or more, or a smaller --n")
 
 
-def estimate_bytes(config: AblationConfig, model: Any) -> int:
+def estimate_bytes(config: AblationConfig, model: Model) -> int:
     """The spec's memory estimate before a run: the mean over the corrupt prompts is one forward
     over all ``--n`` of them, whose logits (prompts x positions x vocab) dominate; the patch
     sweep keeps the last position's logits of ``--batch-size`` rows.
@@ -83,13 +86,13 @@ def estimate_bytes(config: AblationConfig, model: Any) -> int:
 PROMPT_BYTES = 400  # an IOI prompt's strings (clean, corrupt, answers), measured with tracemalloc
 
 
-def build_prompts(model: Any, config: AblationConfig) -> PromptSet:
+def build_prompts(model: Model, config: AblationConfig) -> PromptSet:
     if config.task not in TASKS:
         raise InputError(f"unknown task '{config.task}'; choose one of {', '.join(TASKS)}")
     return ioi_prompts(config.n_prompts, model.tokenizer, seed=config.seed)
 
 
-def mean_head_outputs(model: Any, prompts: list[str]) -> dict[int, torch.Tensor]:
+def mean_head_outputs(model: Model, prompts: list[str]) -> dict[int, torch.Tensor]:
     """Per layer, the mean z over prompts and real tokens: [head d_head]."""
     names = [act_name("z", l) for l in range(model.shape.n_layers)]
     tokens = model.to_tokens(prompts)
@@ -123,7 +126,7 @@ class AblationResult(Result):
         return out
 
 
-def traced_head_sweep(model: Any, tokens: Tokens, source: dict[int, torch.Tensor], masks: torch.Tensor,
+def traced_head_sweep(model: Model, tokens: Tokens, source: dict[int, torch.Tensor], masks: torch.Tensor,
                       metric: Any, max_batch: int, progress: bool) -> HeadPatchSweep:
     """The head sweep as plain traces through ``run_with_patches`` (one patched forward per chunk
     of configurations): the path for the nnsight backend's remote mode, where every forward is an
@@ -161,7 +164,7 @@ def traced_head_sweep(model: Any, tokens: Tokens, source: dict[int, torch.Tensor
 
 @supports_ray
 @checked_run  # the Python door makes the command line's checks (workbench.checks)
-def run(model: Any, config: AblationConfig | None = None, progress: bool = True) -> AblationResult:
+def run(model: Model, config: AblationConfig | None = None, progress: bool = True) -> AblationResult:
     """Ablate every head (one configuration per head, batched) and rank them by effect.
 
     With ``--ray`` (``workbench.parallel.use``) the head sweep's chunks run on Ray workers,
@@ -176,6 +179,8 @@ def run(model: Any, config: AblationConfig | None = None, progress: bool = True)
     tokens = ps.tokens(model)
     s = model.shape
     if config.ablation == "mean":
+        if ps.corrupt is None:  # every built-in task has its corruption; a hand-made set may not
+            raise InputError(f"mean ablation averages over corrupt prompts, and {ps.name} has none; use --ablation zero")
         source = mean_head_outputs(model, ps.corrupt)
     else:
         source = {l: torch.zeros(s.n_heads, s.d_head, dtype=model.dtype, device=model.device) for l in range(s.n_layers)}
@@ -188,7 +193,7 @@ def run(model: Any, config: AblationConfig | None = None, progress: bool = True)
     stats = MapStats()
     if getattr(model, "remote", False):
         sweep = traced_head_sweep(model, tokens, source, masks, metric, config.batch_size, progress)
-        how = {"sweep": "nnsight traces", "remote": model.remote}
+        how: dict[str, Any] = {"sweep": "nnsight traces", "remote": model.remote}
     else:
         method = "full" if getattr(model, "device_map", None) else "suffix"
         sweep = run_head_patches_parallel(model, tokens, source, masks, metric, max_batch=config.batch_size,

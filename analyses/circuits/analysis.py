@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
@@ -34,13 +34,16 @@ from .measuring import (CHANCE, ROWS_PER_PASS, Prepared, acdc_circuits, behaviou
                         topk_jaccard)
 from .result import CircuitResult, top_edge_list
 
+if TYPE_CHECKING:
+    from workbench.models import Model
 
-def check_model(config: CircuitConfig, model: Any) -> None:
+
+def check_model(config: CircuitConfig, model: Model) -> None:
     """The spec's check before a run: the circuit fits the model's graph."""
     check_circuit_size(model, config.n_edges, config.threshold)
 
 
-def estimate_bytes(config: CircuitConfig, model: Any) -> int:
+def estimate_bytes(config: CircuitConfig, model: Model) -> int:
     """The spec's memory estimate before a run (see ``run_bytes``)."""
     return run_bytes(model, config.task, config.n_prompts, config.method, config.n_edges, config.rows(),
                      config.seed, curve=True, compare_patching=config.compare_patching, n_val=config.n_val,
@@ -58,14 +61,14 @@ def prompt_format(config: CircuitConfig) -> str:
     return config.format
 
 
-def prepare_splits(model: Any, config: CircuitConfig, fmt: str) -> dict[str, Prepared]:
+def prepare_splits(model: Model, config: CircuitConfig, fmt: str) -> dict[str, Prepared]:
     """The discovery, validation and test prompts, each drawn with its own seed."""
     splits = (("discovery", config.n_prompts, config.seed), ("validation", config.n_val, config.seed + VAL_OFFSET),
               ("test", config.n_test, config.seed + TEST_OFFSET))
     return {split: prepare(model, build_task(config.task, model.tokenizer, n, seed, fmt)) for split, n, seed in splits}
 
 
-def attribute(model: Any, config: CircuitConfig, disc: Prepared, curve_methods: list[str],
+def attribute(model: Model, config: CircuitConfig, disc: Prepared, curve_methods: list[str],
               progress: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Attribution on the discovery prompts: ({method: edge scores}, EAP-IG's per-step scores)."""
     from workbench.patching.eap import edge_attribution, edge_attribution_steps
@@ -96,7 +99,7 @@ class OwnCircuit:
     n_try: int = 0  # the top EAP-IG edges each ACDC run tried
 
 
-def own_circuit(model: Any, config: CircuitConfig, graph: Graph, disc: Prepared, scores: dict[str, torch.Tensor],
+def own_circuit(model: Model, config: CircuitConfig, graph: Graph, disc: Prepared, scores: dict[str, torch.Tensor],
                 curve_methods: list[str], progress: bool) -> OwnCircuit:
     """One exact ACDC run per threshold (and at --acdc-tau for --method acdc); path patching's circuit."""
     own = OwnCircuit()
@@ -117,7 +120,7 @@ def own_circuit(model: Any, config: CircuitConfig, graph: Graph, disc: Prepared,
     return own
 
 
-def validation_curve(model: Any, config: CircuitConfig, graph: Graph, val: Prepared, scores: dict[str, torch.Tensor],
+def validation_curve(model: Model, config: CircuitConfig, graph: Graph, val: Prepared, scores: dict[str, torch.Tensor],
                      sizes: list[int], curve_methods: list[str], own: OwnCircuit, progress: bool) -> dict[str, Any]:
     """The faithfulness curve on the validation prompts: every top-k method at every size, ACDC's
     thresholds and the method's own circuit."""
@@ -149,7 +152,7 @@ class Chosen:
     val_faith: float | None
 
 
-def choose_circuit(model: Any, config: CircuitConfig, graph: Graph, preps: dict[str, Prepared],
+def choose_circuit(model: Model, config: CircuitConfig, graph: Graph, preps: dict[str, Prepared],
                    scores: dict[str, torch.Tensor], sizes: list[int], curve: dict[str, Any], own: OwnCircuit,
                    progress: bool) -> Chosen:
     """The method's own circuit, the size --n-edges gives, or the smallest size on the curve
@@ -178,7 +181,7 @@ def choose_circuit(model: Any, config: CircuitConfig, graph: Graph, preps: dict[
     return Chosen(circuit_of(graph, edge_scores, chosen_k), edge_scores, chosen_k, chosen_by, target_met, val_faith)
 
 
-def ig_convergence(model: Any, config: CircuitConfig, graph: Graph, val: Prepared, per_step: torch.Tensor | None,
+def ig_convergence(model: Model, config: CircuitConfig, graph: Graph, val: Prepared, per_step: torch.Tensor | None,
                    curve: dict[str, Any], chosen_k: int | None, progress: bool) -> dict[str, Any] | None:
     """EAP-IG against its own highest step count: rank agreement, top-k Jaccard and the top-k
     circuit's validation faithfulness at every power of two of steps (None without EAP-IG)."""
@@ -211,7 +214,7 @@ def ig_convergence(model: Any, config: CircuitConfig, graph: Graph, val: Prepare
 Measured = tuple[dict[str, Any], dict[str, Any], dict[str, Interval]]  # (JSON fields, tensor fields, intervals)
 
 
-def measure_on_test(model: Any, config: CircuitConfig, graph: Graph, preps: dict[str, Prepared],
+def measure_on_test(model: Model, config: CircuitConfig, graph: Graph, preps: dict[str, Prepared],
                     scores: dict[str, torch.Tensor], sizes: list[int], chosen: Chosen, base: dict[str, Any],
                     progress: bool) -> Measured:
     """The chosen circuit on the test prompts (``base``: the full model's scores there) and the
@@ -250,7 +253,7 @@ def measure_on_test(model: Any, config: CircuitConfig, graph: Graph, preps: dict
     return fields, tensors, intervals
 
 
-def measure_circuit(model: Any, config: CircuitConfig, progress: bool = True) -> Measured:
+def measure_circuit(model: Model, config: CircuitConfig, progress: bool = True) -> Measured:
     """Discover on the discovery prompts, draw the faithfulness curve on the validation prompts,
     choose the size there, and measure the chosen circuit on the test prompts: (the Result's
     JSON fields, its tensor fields, its intervals)."""
@@ -275,7 +278,7 @@ def measure_circuit(model: Any, config: CircuitConfig, progress: bool = True) ->
 
 
 @checked_run  # the Python door makes the command line's checks (workbench.checks)
-def run(model: Any, config: CircuitConfig | None = None, progress: bool = True) -> CircuitResult:
+def run(model: Model, config: CircuitConfig | None = None, progress: bool = True) -> CircuitResult:
     """Discover the circuit of ``config.task`` with ``config.method``, draw its faithfulness
     curve on held-out prompts, choose its size and measure it on the test prompts."""
     config = config or CircuitConfig()

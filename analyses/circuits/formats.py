@@ -74,7 +74,7 @@ def search_formats(model: Any, formats: tuple[str, ...] | None = None, n: int = 
                    batch_size: int = 8, progress: Any = None) -> list[dict[str, Any]]:
     """One row per format on the ``seed`` split (the development split by default), best first
     by accuracy among the prompt's colours (ties: higher logit difference)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     names = list(formats or FORMATS)
     for i, fmt in enumerate(names):
         acc = format_accuracy(model, fmt, n, seed, batch_size)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from .analysis import (CircuitConfig, build_task, check_circuit_size, measure_ci
 from .formats import TEST_SEED
 from .reuse_result import (BATCH_SIZE, TASK_KEYS, HeadOverlap, Intervention, ReuseConfig,  # noqa: F401
                            ReuseResult, TaskCircuit)
+
+if TYPE_CHECKING:
+    from workbench.models import Model
 
 def circuit_heads(graph, edges) -> list[str]:
     return [n for n in graph.nodes_of(edges) if n.startswith("L")]
@@ -55,7 +58,7 @@ def overlap_null(n_a: int, n_b: int, n_heads: int, draws: int = 10000, seed: int
     return out
 
 
-def wrong_color_positions(model: Any, ps) -> list[list[int]]:
+def wrong_color_positions(model: Model, ps) -> list[list[int]]:
     """Token positions of the two non-answer colours in each query."""
     out = []
     for text, sp in zip(ps.prompts, ps.meta["spans"]):
@@ -63,7 +66,7 @@ def wrong_color_positions(model: Any, ps) -> list[list[int]]:
     return out
 
 
-def intervened_logits(model: Any, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
+def intervened_logits(model: Model, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
                       batch_size: int = 16) -> torch.Tensor:
     """Last-token logits [N vocab] with each head in ``heads`` attending from the final token
     only to ``targets`` (split evenly), as S-inhibition heads attend to the distractor in IOI."""
@@ -93,7 +96,7 @@ def intervened_logits(model: Any, tokens: Tokens, heads: list[tuple[int, int]], 
     return torch.cat(outs)
 
 
-def intervene_hits(model: Any, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
+def intervene_hits(model: Model, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
                    correct: torch.Tensor, candidates: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """[N] bool: the correct answer is the argmax among ``candidates`` [N k] after the intervention."""
     last = intervened_logits(model, tokens, heads, targets, batch_size)
@@ -101,7 +104,7 @@ def intervene_hits(model: Any, tokens: Tokens, heads: list[tuple[int, int]], tar
     return (pick == correct).cpu()
 
 
-def intervene_accuracy(model: Any, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
+def intervene_accuracy(model: Model, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
                        correct: torch.Tensor, candidates: torch.Tensor) -> float:
     """Accuracy among ``candidates`` after the intervention (see ``intervened_logits``)."""
     return float(intervene_hits(model, tokens, heads, targets, correct, candidates).float().mean())
@@ -124,12 +127,12 @@ def choose_heads(s_inhibition: torch.Tensor, in_circuit: list[str], n: int) -> l
     return (ranked + rest)[:n]
 
 
-def check_model(config: ReuseConfig, model: Any) -> None:
+def check_model(config: ReuseConfig, model: Model) -> None:
     """The spec's check before a run: both circuits fit the model's graph."""
     check_circuit_size(model, config.n_edges)
 
 
-def estimate_bytes(config: ReuseConfig, model: Any) -> int:
+def estimate_bytes(config: ReuseConfig, model: Model) -> int:
     """The spec's memory estimate before a run: the larger of the two circuits (``run_bytes``)
     and the intervention's forwards over its Colored Objects prompts (16 at a time)."""
     s = model.shape
@@ -143,7 +146,7 @@ def estimate_bytes(config: ReuseConfig, model: Any) -> int:
     return int(max(circuits, intervention))
 
 
-def task_circuit(model: Any, config: ReuseConfig, task: str, fmt: str,
+def task_circuit(model: Model, config: ReuseConfig, task: str, fmt: str,
                  progress: bool) -> tuple[TaskCircuit, dict[str, torch.Tensor], dict[str, Interval]]:
     """One task's circuit by the circuit analysis (its curve, size choice and test measures)."""
     cfg = CircuitConfig(task=task, method=config.method, n_prompts=config.n_prompts, seed=config.seed,
@@ -185,7 +188,7 @@ def class_table(labels: dict[str, list[tuple[int, int]]], ioi: TaskCircuit, co: 
     return table
 
 
-def intervene(model: Any, config: ReuseConfig, s_inhibition: torch.Tensor, ioi_heads: list[str], fmt: str,
+def intervene(model: Model, config: ReuseConfig, s_inhibition: torch.Tensor, ioi_heads: list[str], fmt: str,
               progress: bool) -> tuple[Intervention, dict[str, Interval]]:
     """Mid-layer IOI-circuit heads ranked by S-inhibition score made to attend to the wrong colours
     on the Colored Objects test split, against random mid-layer heads."""
@@ -228,7 +231,7 @@ def intervene(model: Any, config: ReuseConfig, s_inhibition: torch.Tensor, ioi_h
 
 
 @checked_run  # the Python door makes the command line's checks (workbench.checks)
-def run(model: Any, config: ReuseConfig | None = None, progress: bool = True) -> ReuseResult:
+def run(model: Model, config: ReuseConfig | None = None, progress: bool = True) -> ReuseResult:
     """Both circuits, their head overlap, the head classes and the intervention."""
     from workbench.datasets.colored_objects import DEFAULT_FORMAT
 

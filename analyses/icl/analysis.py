@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import torch
 
@@ -52,6 +52,9 @@ from .config import (MAX_CONTEXT_FACTOR, PREDICTORS, TEST_SPLIT, ZERO_SUM_THRESH
                      seed_specs, train_spec, validate)
 from .pool import train_all
 from .result import ICLResult
+
+if TYPE_CHECKING:
+    from workbench.models import Model
 
 __all__ = ["MAX_CONTEXT_FACTOR", "PREDICTORS", "TEST_SPLIT", "ZERO_SUM_THRESHOLD", "ICLConfig", "ICLResult",
            "estimate_bytes", "run", "validate"]
@@ -206,7 +209,7 @@ CURVES = ("kq_offdiag_share", "kq_diag_cv", "kq_y_share", "ov_offlast_share", "m
 
 
 @checked_run  # the Python door makes the command line's checks (workbench.checks)
-def run(model: Any = None, config: ICLConfig | None = None, progress: bool = True) -> ICLResult:
+def run(model: Model | None = None, config: ICLConfig | None = None, progress: bool = True) -> ICLResult:
     """Train (or load cached) models for ``config``, read their patterns, compare predictors,
     and the seed table: the share of seeds per head count that reach the zero-sum pattern."""
     config = validate(config or ICLConfig())

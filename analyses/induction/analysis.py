@@ -17,7 +17,7 @@ induction circuit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
@@ -31,6 +31,9 @@ from workbench.stats import split_half_top
 from workbench.results import Result, provenance
 from workbench.spec import option
 from workbench.checks import checked_run
+
+if TYPE_CHECKING:
+    from workbench.models import Model
 
 
 @dataclass
@@ -47,17 +50,17 @@ class InductionConfig:
     seed: int = 0
 
 
-def uses_bos(model: Any, config: InductionConfig) -> bool:
+def uses_bos(model: Model, config: InductionConfig) -> bool:
     """Whether the sequences start with a BOS token (asked for and the tokenizer has one)."""
     return bool(config.prepend_bos) and getattr(model.tokenizer, "bos_token_id", None) is not None
 
 
-def sequence_length(model: Any, config: InductionConfig) -> int:
+def sequence_length(model: Model, config: InductionConfig) -> int:
     """Positions per row: [BOS] + seq + seq."""
     return int(uses_bos(model, config)) + 2 * config.seq_len
 
 
-def candidate_tokens(model: Any) -> torch.Tensor:
+def candidate_tokens(model: Model) -> torch.Tensor:
     """Token ids the random sequences draw from: the vocabulary less special and added tokens."""
     tok = model.tokenizer
     special = set(getattr(tok, "all_special_ids", []) or [])
@@ -71,7 +74,7 @@ def candidate_tokens(model: Any) -> torch.Tensor:
     return keep.nonzero().flatten()
 
 
-def check_model(config: InductionConfig, model: Any) -> None:
+def check_model(config: InductionConfig, model: Model) -> None:
     """The repeated sequence must fit the model's context and its vocabulary must have
     ``seq_len`` distinct ordinary tokens; one-line errors naming the option otherwise."""
     total = sequence_length(model, config)
@@ -84,14 +87,14 @@ def check_model(config: InductionConfig, model: Any) -> None:
                          "lower --seq-len")
 
 
-def estimate_bytes(config: InductionConfig, model: Any) -> int:
+def estimate_bytes(config: InductionConfig, model: Model) -> int:
     """Peak memory of one forward pass: the logits and every layer's attention pattern (float32)."""
     s, n = model.shape, min(config.batch_size, config.n_prompts)
     t = sequence_length(model, config)
     return 2 * 4 * n * t * (s.d_vocab + s.n_layers * s.n_heads * t)
 
 
-def repeated_tokens(model: Any, config: InductionConfig) -> torch.Tensor:
+def repeated_tokens(model: Model, config: InductionConfig) -> torch.Tensor:
     """[n_prompts pos] token ids: [BOS] + seq + seq, ``seq`` distinct random tokens per row,
     the same for the same seed."""
     cand = candidate_tokens(model)
@@ -158,7 +161,7 @@ class InductionResult(Result):
 
 
 @checked_run  # the Python door makes the command line's checks (workbench.checks)
-def run(model: Any, config: InductionConfig | None = None, progress: bool = True) -> InductionResult:
+def run(model: Model, config: InductionConfig | None = None, progress: bool = True) -> InductionResult:
     """Score every head on ``n_prompts`` repeated random sequences, ``batch_size`` at a time."""
     config = config or InductionConfig()
     if config.n_prompts < 1:

@@ -23,7 +23,7 @@ run needs them, so importing this module never loads lxt or zennit. The settings
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from workbench.results import Result
 from workbench.checks import checked_run
@@ -37,6 +37,9 @@ from .images import blur_baseline, run_images
 from .prompts import run_prompts
 from .result import LrpImageResult, LrpResult, curve_aopc
 
+if TYPE_CHECKING:
+    from workbench.models import Model
+
 __all__ = ["CONSERVATION_TOLERANCE", "DEFAULT_MAX_DELETE", "DEFAULT_N", "DEFAULT_N_RANDOM", "DEFAULT_TASKS",
            "IMAGE_BASELINES", "IMAGE_BYTES_PER_PIXEL", "IMAGE_FIXED_BYTES", "IMAGE_METHODS", "METHODS", "SPLIT",
            "ImageBaseline", "LrpConfig", "LrpImageConfig", "LrpImageResult", "LrpOptions", "LrpResult", "blur_baseline",
@@ -44,7 +47,7 @@ __all__ = ["CONSERVATION_TOLERANCE", "DEFAULT_MAX_DELETE", "DEFAULT_N", "DEFAULT
 
 
 @checked_run  # the Python door makes the command line's checks (workbench.checks)
-def run(model: Any, config: LrpConfig | LrpImageConfig | LrpOptions | None = None, progress: bool = True) -> Result:
+def run(model: Model, config: LrpConfig | LrpImageConfig | LrpOptions | None = None, progress: bool = True) -> Result:
     """Prompt mode with an ``LrpConfig`` (needs ``model``), image mode with an ``LrpImageConfig``
     (``model`` is ignored: the CNN is built here); ``LrpOptions`` pick one of the two."""
     config = config or LrpConfig()

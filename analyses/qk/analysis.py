@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from jaxtyping import Float
 from torch import Tensor
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from .mechanism import k_source_check
 from .mechanism import set_intervals as set_mechanism_intervals
 from .sources import per_prompt_sources, top_sources
 
+if TYPE_CHECKING:
+    from workbench.models import Model
+
 
 @dataclass
 class QKConfig:
@@ -49,13 +52,13 @@ class QKConfig:
     seed: int = 0
 
 
-def check_model(config: QKConfig, model: Any) -> None:
+def check_model(config: QKConfig, model: Model) -> None:
     """The head must exist in the model (one line naming --head otherwise)."""
     if config.head:
         parse_head(config.head, model.shape.n_layers, model.shape.n_heads)
 
 
-def estimate_bytes(config: QKConfig, model: Any) -> int:
+def estimate_bytes(config: QKConfig, model: Model) -> int:
     """The component stack of one batch (float64): components x batch x positions x width."""
     s = model.shape
     layer = parse_head(config.head, s.n_layers, s.n_heads)[0] if config.head else s.n_layers - 1
@@ -134,7 +137,7 @@ class QKResult(Result):
     composition: dict[str, Float[Tensor, "writer_layer writer_head layer head"]]  # Q, K, V; NaN unless earlier
 
 
-def _items(model: Any, qplan: QueryPlan, layer: int, head: int, batch_size: int,
+def _items(model: Model, qplan: QueryPlan, layer: int, head: int, batch_size: int,
            progress: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float], float]:
     """Per prompt: the mean pair contributions to the attended score [C C] and to attended -
     runner-up [C C]; per query whether the attended key is the target; the identity's error."""
@@ -180,7 +183,7 @@ def summarise(per_prompt: torch.Tensor, names: list[str], k: int, seed: int) -> 
 
 
 @checked_run  # the Python door makes the command line's checks (workbench.checks)
-def run(model: Any, config: QKConfig | None = None, progress: bool = True,
+def run(model: Model, config: QKConfig | None = None, progress: bool = True,
         tokens: torch.Tensor | None = None) -> QKResult:
     """Attribute the head's scores on the config's prompts; score composition from the weights.
     ``tokens`` [n 2*seq_len]: repeated sequences given directly (tests' hand-built models)."""

@@ -88,5 +88,5 @@ def plan(model: Any, config: Any, tokens: torch.Tensor | None = None) -> QueryPl
     from workbench.datasets import ioi_prompts
 
     toks = as_tokens(model, ioi_prompts(config.n_prompts, model.tokenizer, seed=config.seed).prompts)
-    last = [int(x) for x in toks.last_positions]
-    return QueryPlan(toks, [[x] for x in last], [[-1] for _ in last])
+    lasts = [int(x) for x in toks.last_positions]
+    return QueryPlan(toks, [[x] for x in lasts], [[-1] for _ in lasts])

@@ -38,7 +38,7 @@ bookkeeping in ``kv.py``, the decoding in ``decoding.py``, the run's phases in `
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -58,6 +58,9 @@ from .scoring import RetrievalScorer, rouge1_recall, score_heads
 from .summary import (FIGURE_SPLITS, add_kv_intervals, kv_check, masking_curves, masking_intervals, needle_grid,
                       replication, split_info)
 
+if TYPE_CHECKING:
+    from workbench.models import Model
+
 __all__ = ["FIXED_BYTES", "KVCheck", "MaskingCurves", "RetrievalConfig", "RetrievalResult", "RetrievalScorer",
            "SplitInfo", "check_model", "estimate_bytes", "kv_compression_patches", "kv_protected_groups",
            "kv_share_kept", "rouge1_recall", "run", "score_heads", "validate"]
@@ -65,7 +68,7 @@ __all__ = ["FIXED_BYTES", "KVCheck", "MaskingCurves", "RetrievalConfig", "Retrie
 
 # ---------------------------------------------------------------------------- run
 @checked_run  # the Python door makes the command line's checks (workbench.checks)
-def run(model: Any, config: RetrievalConfig | None = None, progress: bool = True) -> RetrievalResult:
+def run(model: Model, config: RetrievalConfig | None = None, progress: bool = True) -> RetrievalResult:
     """Score every head on the ranking split; then, on the held-out split, the unmasked
     accuracy and scores, the masking curves and the KV check."""
     cfg = config or RetrievalConfig()

@@ -28,7 +28,7 @@ def hooked(model: HookedModel, cache_names: list[str], patches: dict[str, PatchF
         for name, fn in patches.items():
             handles.append(model.hook_points[name].register_forward_hook(lambda m, i, o, fn=fn: on_device_of(fn(o), o)))
         for name in cache_names:
-            def keep(m, i, o, name=name):
+            def keep(m: torch.nn.Module, i: Any, o: torch.Tensor, name: str = name) -> None:
                 store[name] = o if grad else o.detach()
             handles.append(model.hook_points[name].register_forward_hook(keep))
         with torch.set_grad_enabled(grad):

@@ -7,7 +7,7 @@ names are refused there); with a parallel residual (GPT-NeoX), ``hook_resid_mid`
 MLP's input stream (the bridge's ``ln2.hook_in``)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -46,9 +46,9 @@ def forward(
     grad: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     store: dict[str, torch.Tensor] = {}
-    fwd_hooks = [(bridge_name(model, n), (lambda act, hook, fn=fn: fn(act))) for n, fn in patches.items()]
+    fwd_hooks: list[tuple[str, Callable[..., Any]]] = [(bridge_name(model, n), (lambda act, hook, fn=fn: fn(act))) for n, fn in patches.items()]
     for name in cache_names:
-        def keep(act, hook, name=name):
+        def keep(act: torch.Tensor, hook: Any, name: str = name) -> torch.Tensor:
             store[name] = act if grad else act.detach()
             return act
         fwd_hooks.append((bridge_name(model, name), keep))

@@ -83,7 +83,7 @@ def _cli_parameter(f: dataclasses.Field, annotation: Any) -> tuple[inspect.Param
         shown = ",".join(str(x) for x in default) if default else None
         opt = typer.Option(shown, *flags, help=f"{help_text} (comma-separated)".strip())
         # "" is refused by number_list: an empty list given is not the default
-        return _param(f.name, Optional[str], opt), lambda v: number_list(v, flags[0], shape.elem) if v is not None else tuple(default or ())
+        return _param(f.name, Optional[str], opt), lambda v: number_list(v, flags[0], shape.elem or float) if v is not None else tuple(default or ())
     if shape.kind is bool:
         name = flags[0].removeprefix("--")
         opt = typer.Option(default, f"--{name}/--no-{name}", help=help_text)
@@ -102,7 +102,7 @@ def build_config(spec: AnalysisSpec, values: dict[str, Any]) -> Any:
     return check_run_inputs(spec, spec.config(**values))
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str) -> Device:
     """``auto`` picks CUDA when present; asking for CUDA without it is a one-line error."""
     import torch
 
@@ -112,7 +112,7 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but this machine has no CUDA device; use --device cpu or auto")
-    return device
+    return "cuda" if device == "cuda" else "cpu"
 
 
 def check_common(spec: AnalysisSpec, common: Common) -> None:
@@ -121,7 +121,7 @@ def check_common(spec: AnalysisSpec, common: Common) -> None:
     auto = common.device == "auto"
     common.device = resolve_device(common.device)
     if auto and common.device not in spec.devices:  # auto picks among the devices the analysis runs on
-        common.device = spec.devices[0]
+        common.device = resolve_device(spec.devices[0])
     if common.device not in spec.devices:
         raise InputError(f"{spec.key} runs on {', '.join(spec.devices)} only; use --device {spec.devices[0]}")
     from ..results import check_run_target

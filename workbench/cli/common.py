@@ -13,7 +13,7 @@ import typer
 JSON_OPT = typer.Option(False, "--json", help="print the summary as JSON on stdout")
 
 
-_stopped_by = [signal.SIGINT]  # the signal that interrupted this process
+_stopped_by: list[int] = [signal.SIGINT]  # the signal that interrupted this process
 
 
 def stop_on_sigterm() -> None:

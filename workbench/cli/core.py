@@ -62,6 +62,11 @@ def register(app: typer.Typer) -> None:
         """Start the Streamlit dashboard on 127.0.0.1."""
         check_server(port, address)  # before the exec: streamlit would answer with a traceback
         app_spec = importlib.util.find_spec("workbench.app")  # located, not imported: the core never imports the app
+        if app_spec is None or app_spec.origin is None:
+            from ..errors import EnvironmentProblem
+
+            raise EnvironmentProblem("the dashboard package workbench.app is not installed; reinstall the workbench "
+                                     "(pip install -e . from the checkout)")
         home = Path(app_spec.origin).resolve().parent / "Home.py"
         print(f"dashboard: http://{_url_host(address)}:{port}", flush=True)
         cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(port),
@@ -85,7 +90,7 @@ def check_server(port: int, address: str) -> None:
         raise InputError(f"--address '{address}' is not an address or a host name this machine can resolve; "
                          "use 127.0.0.1 (this machine only)") from None
     _check_bind(infos[0], port, address)
-    if not all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos):
+    if not all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos):
         from ..paths import runs_dir
 
         print(f"warning: --address {address} serves the dashboard beyond this machine: every saved run in "
