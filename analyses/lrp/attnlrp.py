@@ -32,7 +32,7 @@ from __future__ import annotations
 import types
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -43,10 +43,15 @@ from workbench.names import act_name
 
 from workbench.analyses.lrp.imports import import_lxt
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from workbench.models import Model
+
 ATTNLRP_IMPL = "workbench_attnlrp"
 TargetFn = Callable[[torch.Tensor], torch.Tensor]  # [vocab] logits at the last position -> scalar
 
-_COPIES: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, PreTrainedModel]" = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------- the LRP copy
@@ -78,6 +83,11 @@ def _gpt2_mlp_forward(self, hidden_states):
     return self.c_proj(h)
 
 
+def _bind_forward(module: torch.nn.Module, forward: Callable[..., Any]) -> None:
+    """Replace ``module``'s forward by ``forward`` bound to it: this instance only, not its class."""
+    module.forward = types.MethodType(forward, module)
+
+
 def _apply_rules(hf: torch.nn.Module) -> int:
     """Bind lxt's rule forwards to the norm and MLP instances of ``hf``; returns how many."""
     _, patches = import_lxt()
@@ -85,13 +95,13 @@ def _apply_rules(hf: torch.nn.Module) -> int:
     for module in hf.modules():
         cls = type(module).__name__
         if cls.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
-            module.forward = types.MethodType(patches.rms_norm_forward, module)
+            _bind_forward(module, patches.rms_norm_forward)
         elif isinstance(module, torch.nn.LayerNorm):
-            module.forward = types.MethodType(patches.layer_norm_forward, module)
+            _bind_forward(module, patches.layer_norm_forward)
         elif all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-            module.forward = types.MethodType(patches.gated_mlp_forward, module)
+            _bind_forward(module, patches.gated_mlp_forward)
         elif cls == "GPT2MLP":
-            module.forward = types.MethodType(_gpt2_mlp_forward, module)
+            _bind_forward(module, _gpt2_mlp_forward)
         elif isinstance(module, torch.nn.Dropout):
             module.p = 0.0
         else:
@@ -100,15 +110,20 @@ def _apply_rules(hf: torch.nn.Module) -> int:
     return n
 
 
-def attnlrp_model(model: Any) -> torch.nn.Module:
+def attnlrp_model(model: Model) -> PreTrainedModel:
     """The private AttnLRP copy of ``model.hf`` (built once per model, ~1 s and one more copy of
     the weights in memory). Llama-family and GPT-2 models are supported."""
     if model.adapter.name not in ("llama", "qwen2", "gpt2"):  # the LRP rules cover these families' modules
         raise InputError(f"AttnLRP supports Llama-family and GPT-2 models; '{model.name}' is {model.adapter.name}")
     lrp = _COPIES.get(model.hf)
     if lrp is None:
+        from transformers import PreTrainedModel
+
         _register_impl()
-        lrp = unhooked_copy(model.hf)
+        copied = unhooked_copy(model.hf)
+        # a deep copy of a Hugging Face model (the Llama, Qwen2 and GPT-2 families checked above) is one
+        assert isinstance(copied, PreTrainedModel), f"model.hf is a {type(copied).__name__}"
+        lrp = copied
         lrp.config._attn_implementation = ATTNLRP_IMPL
         if hasattr(lrp, "set_attn_implementation"):
             lrp.set_attn_implementation(ATTNLRP_IMPL)
@@ -141,7 +156,7 @@ class Explanation:
     token_conservation_error: float = 0.0
 
 
-def attnlrp(model: Any, ids: torch.Tensor, target: TargetFn) -> Explanation:
+def attnlrp(model: Model, ids: torch.Tensor, target: TargetFn) -> Explanation:
     """AttnLRP relevance of every token of ``ids`` ([pos], one prompt, no padding) for
     ``target(logits at the last position)``, and of every head (relevance at hook_z)."""
     lrp = attnlrp_model(model)
@@ -177,13 +192,20 @@ def attnlrp(model: Any, ids: torch.Tensor, target: TargetFn) -> Explanation:
     return Explanation(relevance, heads, v, _conservation(total + absorbed, v), absorbed, _conservation(total, v))
 
 
+def _grad(act: torch.Tensor) -> torch.Tensor:
+    """The gradient a hooked activation retained (``retain_grad`` in ``attnlrp``'s forward hook)."""
+    grad = act.grad
+    assert grad is not None, "an activation kept for relevance retains its gradient, and the backward pass reaches it"
+    return grad
+
+
 def _relevance(act: torch.Tensor) -> torch.Tensor:
-    return (act * act.grad).detach()
+    return (act * _grad(act)).detach()
 
 
 def _safe_relevance(scores: torch.Tensor) -> torch.Tensor:
     """Gradient x input at the masked scores: masked entries (very negative, zero gradient) give 0."""
-    grad = scores.grad
+    grad = _grad(scores)
     return torch.where(grad == 0, torch.zeros_like(grad), scores * grad).detach()
 
 
@@ -191,7 +213,7 @@ def _conservation(total: float, value: float) -> float:
     return abs(total - value) / max(abs(value), 1e-6)
 
 
-def gradient_x_input(model: Any, ids: torch.Tensor, target: TargetFn) -> Explanation:
+def gradient_x_input(model: Model, ids: torch.Tensor, target: TargetFn) -> Explanation:
     """Plain gradient times input at the token embeddings (``hook_embed``), through the caching
     layer on the shared model; head relevance is gradient x input at ``hook_z``."""
     ids = ids.reshape(1, -1).to(model.device)
@@ -218,7 +240,7 @@ def gradient_x_input(model: Any, ids: torch.Tensor, target: TargetFn) -> Explana
     return Explanation(relevance, heads, v, c, 0.0, c)
 
 
-def attention_rollout(model: Any, ids: torch.Tensor, residual_weight: float = 0.5) -> torch.Tensor:
+def attention_rollout(model: Model, ids: torch.Tensor, residual_weight: float = 0.5) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema 2020) from the last position: per layer the head-mean
     pattern mixed with the identity for the residual stream, rows renormalised, multiplied
     through the layers. Returns [pos], non-negative, summing to 1 (no target: rollout is
@@ -244,20 +266,22 @@ def deletion_orders(relevance: torch.Tensor) -> list[int]:
     return torch.argsort(relevance[:-1], descending=True, stable=True).tolist()
 
 
-def deletion_curves(model: Any, ids: torch.Tensor, orders: dict[str, list[int]], target: TargetFn,
+def deletion_curves(model: Model | None, ids: torch.Tensor, orders: dict[str, list[int]], target: TargetFn,
                     max_steps: int, batch: int = 64,
                     scorer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """For each named order, the explained value after deleting the first k positions from the
     prompt (tokens removed, the rest shifted together), k = 0..max_steps: ``{name: [steps+1]}``.
     Identical variants (k = 0 of every order, shared prefixes) run once; all run as right-padded
     batches through the caching layer. ``scorer(tokens [B T], mask [B T]) -> [B vocab]`` logits at
-    each row's last real position replaces the model (a planted function in the tests)."""
+    each row's last real position replaces the model (a planted function in the tests; ``model``
+    may then be None)."""
     ids = ids.reshape(-1).cpu()
     pad = 0
     if model is not None and model.tokenizer.pad_token_id is not None:
         pad = model.tokenizer.pad_token_id
     if scorer is None:
         def scorer(tok: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            assert model is not None, "deletion_curves needs a model where no scorer is given"
             with torch.no_grad():
                 logits, _ = forward(model, Tokens(tok.to(model.device), mask.to(model.device)))
             return logits[torch.arange(len(tok), device=logits.device), mask.sum(1).to(logits.device) - 1]

@@ -35,15 +35,35 @@ RULES = {
 
 
 # ---------------------------------------------------------------------------- canonical model
+def _pair(size: tuple[int, ...]) -> tuple[int, int]:
+    """A 2-d conv's ``kernel_size`` / ``stride`` / ``padding`` (torch types them ``tuple[int, ...]``;
+    a Conv2d's have two entries)."""
+    first, second = size
+    return first, second
+
+
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A conv with bias computing ``bn(conv(x))`` in eval mode (exact up to float error)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                       padding=conv.padding, groups=conv.groups, bias=True)
+    running_mean, running_var = bn.running_mean, bn.running_var
+    # folding uses the running statistics, which every BN of the pretrained network tracks
+    assert running_mean is not None and running_var is not None, "batch norm without running statistics"
+    scale = bn.weight / torch.sqrt(running_var + bn.eps)
+    padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, _pair(conv.kernel_size), stride=_pair(conv.stride),
+                       padding=padding, groups=conv.groups, bias=True)
     folded.weight.data = conv.weight.data * scale.reshape(-1, 1, 1, 1)
-    bias = conv.bias.data if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    folded.bias.data = (bias - bn.running_mean) * scale + bn.bias
+    bias = conv.bias.data if conv.bias is not None else torch.zeros_like(running_mean)
+    assert folded.bias is not None  # made with bias=True
+    folded.bias.data = (bias - running_mean) * scale + bn.bias
     return folded.to(conv.weight.dtype)
+
+
+def _mbconv(block: nn.Module) -> MBConv:
+    """One of EfficientNet-Lite0's ``_blocks`` (an ``nn.ModuleList``, whose items torch types as
+    ``Module``), checked to be the MBConv it holds."""
+    if not isinstance(block, MBConv):
+        raise TypeError(f"an EfficientNet block is a {type(block).__name__}, not an MBConv")
+    return block
 
 
 class CanonicalMBConv(nn.Module):
@@ -83,7 +103,7 @@ class CanonicalEfficientNet(nn.Module):
         self.stem_pad = net._stem_pad
         self.stem_conv = fold_batchnorm(net._conv_stem, net._bn0)
         self.stem_act = nn.ReLU6()
-        self.blocks = nn.Sequential(*[CanonicalMBConv(b) for b in net._blocks])
+        self.blocks = nn.Sequential(*[CanonicalMBConv(_mbconv(b)) for b in net._blocks])
         self.head_conv = fold_batchnorm(net._conv_head, net._bn1)
         self.head_act = nn.ReLU6()
         self.pool = nn.AdaptiveAvgPool2d(1)

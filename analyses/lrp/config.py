@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from workbench.errors import InputError
 from workbench.spec import option
 
 from .cnn import COMPOSITES
 from .tasks import TASKS, successor_questions
+
+if TYPE_CHECKING:
+    from workbench.models import Model
 
 METHODS = ("attnlrp", "gradient_x_input", "rollout")
 IMAGE_METHODS = ("lrp", "sr", "gradient")
@@ -142,7 +145,7 @@ class LrpOptions:
                          n_prompts=self.n_prompts, seed=self.seed, max_delete=self.max_delete, n_random=self.n_random)
 
 
-def check_model(config: LrpOptions, model: Any) -> None:
+def check_model(config: LrpOptions, model: Model | None) -> None:
     """The spec's check before a run: every ``--prompt`` fits the language model's context."""
     if model is None or not getattr(config, "prompts", ()):
         return
@@ -164,7 +167,7 @@ IMAGE_BYTES_PER_PIXEL = 6_500
 IMAGE_FIXED_BYTES = 330 * 2**20
 
 
-def estimate_bytes(config: Any, model: Any) -> int:
+def estimate_bytes(config: Any, model: Model | None) -> int:
     """The spec's memory estimate before a run: image runs scale with --size squared (and the
     deletion steps); prompt runs hold one prompt at a time (its length is checked by ``check_model``)."""
     if not getattr(config, "images", ()):

@@ -27,10 +27,16 @@ from pathlib import Path
 from workbench.errors import ModelNotAvailable
 
 
-def _stub(name: str, **attrs) -> types.ModuleType:
-    mod = types.ModuleType(name)
+class _StubModule(types.ModuleType):
+    """A placeholder module registered only while zennit or lxt imports, marked so that a check
+    can tell it from the real one."""
+
+    __workbench_stub__ = True
+
+
+def _stub(name: str, **attrs: object) -> types.ModuleType:
+    mod = _StubModule(name)
     mod.__dict__.update(attrs)
-    mod.__workbench_stub__ = True
     return mod
 
 
@@ -47,7 +53,7 @@ def import_zennit() -> types.ModuleType:
     except Exception:  # a broken torchvision build raises anything at import
         torchvision_ok = False
     installed: list[str] = []
-    saved = {k: sys.modules[k] for k in ("torchvision", "torchvision.models", "torchvision.models.resnet") if k in sys.modules}
+    saved: dict[str, types.ModuleType] = {k: sys.modules[k] for k in ("torchvision", "torchvision.models", "torchvision.models.resnet") if k in sys.modules}
     if not torchvision_ok:
         class Bottleneck:  # placeholders: zennit only subclasses-checks against them
             pass

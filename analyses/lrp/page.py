@@ -30,6 +30,7 @@ def mode_explorer(result: Any) -> None:
 
     st.divider()
     mode = st.radio("explain", list(MODES), horizontal=True, key="mode")
+    assert mode is not None  # a radio with its default index (the first option) always has a choice
     shown = result if getattr(result, "analysis", None) == MODES[mode] else _newest(MODES[mode])
     if shown is None:
         flag = "--prompt 'some text'" if mode == "prompt" else "--image chelsea"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -19,8 +19,11 @@ from .config import CONSERVATION_TOLERANCE, METHODS, SPLIT, LrpConfig
 from .result import LrpResult, curve_aopc
 from .tasks import TASKS, task_prompts
 
+if TYPE_CHECKING:
+    from workbench.models import Model
 
-def _prompt_targets(model: Any, config: LrpConfig) -> tuple[list[str], list[int], list[int | None], list[str], dict]:
+
+def _prompt_targets(model: Model, config: LrpConfig) -> tuple[list[str], list[int], list[int | None], list[str], dict]:
     """(prompts, target ids, contrast ids or None, the task of each prompt, extra info such as IO ids)."""
     tok = model.tokenizer
     if config.prompts:
@@ -36,11 +39,12 @@ def _prompt_targets(model: Any, config: LrpConfig) -> tuple[list[str], list[int]
                 with torch.no_grad():
                     logits, _ = forward(model, as_tokens(model, p))
                 targets.append(int(logits[0, -1].argmax()))
-        contrast = [model.token_id(config.contrast)] * len(prompts) if config.contrast else [None] * len(prompts)
+        contrast: list[int | None] = [model.token_id(config.contrast)] * len(prompts) if config.contrast else [None] * len(prompts)
         return prompts, targets, contrast, ["prompts"] * len(prompts), {"io_ids": None}
     if not config.tasks:
         raise InputError("no task and no prompt given; pass --task ioi (or successor) or --prompt text")
-    prompts, targets, contrasts, labels = [], [], [], []
+    prompts, targets, labels = [], [], []
+    contrasts: list[int | None] = []
     io_ids: list[int | None] = []
     for task in config.tasks:
         tp = task_prompts(task, config.n_prompts, tok, seed=config.seed)
@@ -77,7 +81,7 @@ class Explained:
     curves: dict[str, Tensor]  # per method (and ``random``, the mean over the random orders) [step]
 
 
-def check_prompt_config(model: Any, config: LrpConfig) -> None:
+def check_prompt_config(model: Model | None, config: LrpConfig) -> None:
     if model is None:
         raise InputError("the prompt mode of lrp needs a language model; pass one (e.g. smollm2-135m)")
     if config.max_delete < 1:
@@ -89,7 +93,7 @@ def check_prompt_config(model: Any, config: LrpConfig) -> None:
             raise InputError(f"unknown task '{task}'; choose one of {', '.join(TASKS)}")
 
 
-def explain_prompt(model: Any, ids: Tensor, target: Callable[[Tensor], Tensor], config: LrpConfig,
+def explain_prompt(model: Model, ids: Tensor, target: Callable[[Tensor], Tensor], config: LrpConfig,
                    rng: random.Random) -> Explained:
     """The three methods on one prompt's tokens ``ids``, then every method's deletion curve and
     the mean curve of ``n_random`` random deletion orders (drawn from ``rng``)."""
@@ -136,7 +140,7 @@ def top_heads_of(head_lrp: Tensor, n_heads: int) -> list[dict[str, Any]]:
 
 
 # cpu: result arrays
-def run_prompts(model: Any, config: LrpConfig, progress: bool = True) -> LrpResult:
+def run_prompts(model: Model, config: LrpConfig, progress: bool = True) -> LrpResult:
     """AttnLRP, gradient x input and rollout on every prompt, then the deletion test, with
     per-task bootstrap intervals over prompts."""
     check_prompt_config(model, config)
