@@ -142,3 +142,17 @@ def test_backends_reproduce_hf_logits_on_embedded_model(smollm2, backend):
     diff = (logits[real] - ref[real]).abs().max().item()
     print(f"{backend}: max |logit diff| vs HF = {diff:.2e}")
     assert diff < 1e-4
+
+
+def test_cleanup_removes_the_spill_folder_the_cache_made_and_only_that(tiny_llama, tmp_path):
+    """``spill_dir=True`` makes a temporary folder that ``cleanup`` deletes; a folder the user
+    named is theirs and stays, shards and all."""
+    prompts = ["When Mary and John went to the store, John gave a drink to"] * 4
+    names = ["blocks.0.attn.hook_z"]
+    _, own = run_with_cache(tiny_llama, prompts, names, batch_size=2, spill_dir=True)
+    assert own.folder is not None and own.folder.is_dir() and any(own.folder.glob("*.safetensors"))
+    own.cleanup()
+    assert not own.folder.exists()
+    _, theirs = run_with_cache(tiny_llama, prompts, names, batch_size=2, spill_dir=tmp_path / "mine")
+    theirs.cleanup()
+    assert len(list((tmp_path / "mine").glob("*.safetensors"))) == 2

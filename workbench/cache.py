@@ -120,9 +120,6 @@ class ActivationCache(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self._names)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._data.values())
-
     def cleanup(self) -> None:
         """Delete the spill folder when the cache made it itself."""
         if self._owns and self.folder is not None:

@@ -41,9 +41,6 @@ class Interval:
         """``0.62 [0.51, 0.73] (n=64)``: how the README and reports print it."""
         return f"{self.value:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}] (n={self.n})"
 
-    def contains(self, x: float) -> bool:
-        return self.low <= x <= self.high
-
 
 def _rng(seed: int | None) -> np.random.Generator:
     return np.random.default_rng(0 if seed is None else seed)

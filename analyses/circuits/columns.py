@@ -10,14 +10,15 @@ import torch
 from workbench.spec import HeadColumn
 
 from .head_classes import CLASSES, THRESHOLDS
+from workbench.names import parse_head
 
 
 def membership(heads: list[str], like: torch.Tensor) -> torch.Tensor:
     """[layer head] 1.0 for the heads named ``L{l}H{h}`` in ``heads``."""
     grid = torch.zeros(like.shape, dtype=torch.float32)  # cpu: a [layer head] result column
     for name in heads:
-        layer, head = name[1:].split("H")
-        grid[int(layer), int(head)] = 1.0
+        layer, head = parse_head(name)
+        grid[layer, head] = 1.0
     return grid
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench.figures.common import bar_top_heads, head_grid
+from workbench.names import parse_head
 
 
 def _node_xy(name: str, n_heads: int, n_layers: int) -> tuple[float, float]:
@@ -18,7 +19,7 @@ def _node_xy(name: str, n_heads: int, n_layers: int) -> tuple[float, float]:
         return (n_heads - 1) / 2, float(n_layers)
     if name.startswith("M"):
         return float(n_heads) + 0.5, int(name[1:]) + 0.5
-    l, h = name[1:].split("H")
+    l, h = parse_head(name)
     return float(h), float(l)
 
 
@@ -59,10 +60,10 @@ def overlap_grid(ioi_heads: list[str], co_heads: list[str], n_layers: int, n_hea
     """A [layer head] grid: 1 only IOI, 2 only Colored Objects, 3 both."""
     z = np.zeros((n_layers, n_heads))
     for n in ioi_heads:
-        l, h = map(int, n[1:].split("H"))
+        l, h = parse_head(n)
         z[l, h] += 1
     for n in co_heads:
-        l, h = map(int, n[1:].split("H"))
+        l, h = parse_head(n)
         z[l, h] += 2
     return head_grid(z, title, colorbar="1 IOI · 2 CO · 3 both", diverging=False)
 

@@ -203,10 +203,6 @@ class HeadClasses:
             out[cls] = sorted(((int(l), int(h)) for l, h in heads), key=lambda lh: -float(s[lh[0], lh[1]]))
         return out
 
-    def class_of(self, layer: int, head: int, thresholds: dict[str, float] | None = None) -> list[str]:
-        lab = self.labels(thresholds)
-        return [c for c in CLASSES if (layer, head) in lab[c]]
-
 
 def head_classes(model: Any, ioi: PromptSet, n_random: int = 8, seed: int = 0) -> HeadClasses:
     """All class scores for ``model`` from IOI prompts and repeated random tokens."""

@@ -207,10 +207,6 @@ def choose_size(sizes: list[int], faith: list[float], target: float) -> tuple[in
     return sizes[best], False
 
 
-def curve_sizes(n_edges: int, total: int) -> list[int]:
-    return sorted({min(total, k) for k in (n_edges // 2, n_edges, 2 * n_edges, 5 * n_edges, 20 * n_edges, total) if k >= 1})
-
-
 def step_counts(steps: int) -> list[int]:
     """1, 2, 4, ... up to ``steps`` (the divisors of ``steps`` among the powers of two), and ``steps``."""
     out, s = [], 1

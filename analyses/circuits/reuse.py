@@ -25,18 +25,16 @@ from .analysis import (CircuitConfig, build_task, check_circuit_size, measure_ci
 from .formats import TEST_SEED
 from .reuse_result import (BATCH_SIZE, TASK_KEYS, HeadOverlap, Intervention, ReuseConfig,  # noqa: F401
                            ReuseResult, TaskCircuit)
+from workbench.names import parse_head
 
 if TYPE_CHECKING:
     from workbench.models import Model
-
-def circuit_heads(graph, edges) -> list[str]:
-    return [n for n in graph.nodes_of(edges) if n.startswith("L")]
 
 
 def overlap(a: list[str], b: list[str]) -> dict[str, Any]:
     """Shared heads as a share of the smaller circuit, and the Jaccard index."""
     sa, sb = set(a), set(b)
-    shared = sorted(sa & sb, key=lambda n: (int(n[1:].split("H")[0]), int(n.split("H")[1])))
+    shared = sorted(sa & sb, key=parse_head)
     smaller = min(len(sa), len(sb))
     union = len(sa | sb)
     return {"share_of_smaller": len(shared) / smaller if smaller else 0.0,
@@ -102,12 +100,6 @@ def intervene_hits(model: Model, tokens: Tokens, heads: list[tuple[int, int]], t
     last = intervened_logits(model, tokens, heads, targets, batch_size)
     pick = candidates.gather(1, last.gather(1, candidates).argmax(1, keepdim=True))[:, 0]
     return (pick == correct).cpu()
-
-
-def intervene_accuracy(model: Model, tokens: Tokens, heads: list[tuple[int, int]], targets: list[list[int]],
-                       correct: torch.Tensor, candidates: torch.Tensor) -> float:
-    """Accuracy among ``candidates`` after the intervention (see ``intervened_logits``)."""
-    return float(intervene_hits(model, tokens, heads, targets, correct, candidates).float().mean())
 
 
 def mid_layers(n_layers: int) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import torch
 
 from ..cache import Tokens
 from ..errors import InputError
+from ..names import parse_head
 
 MetricFn = Callable[[torch.Tensor], torch.Tensor]
 """last-token logits [..., N vocab] -> metric per prompt [..., N] (N the prompts, in order)."""
@@ -116,7 +117,7 @@ def _rank(name: str, n_layers: int, parallel: bool = False) -> int:
         return 2 * n_layers + 1
     if name.startswith("M"):
         return 2 * int(name[1:]) + (1 if parallel else 2)
-    return 2 * int(name[1:].split("H")[0]) + 1
+    return 2 * parse_head(name)[0] + 1
 
 
 def prune_dangling(graph: Graph, edges: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InputError
 from .graph import Graph
+from ..names import parse_head
 
 QKV = "qkv"
 
@@ -32,7 +33,7 @@ def mib_name(node: str) -> str:
         return node
     if node.startswith("M"):
         return f"m{node[1:]}"
-    layer, head = node[1:].split("H")
+    layer, head = parse_head(node)
     return f"a{layer}.h{head}"
 
 
