@@ -14,7 +14,9 @@ from typing import Any, TYPE_CHECKING
 import numpy as np
 import torch
 
+from workbench.backends import PatchFn
 from workbench.cache import Tokens, forward
+from workbench.datasets.base import PromptSet
 from workbench.datasets.colored_objects import token_index
 from workbench.results import provenance
 from workbench.stats import Interval, bootstrap, bootstrap_diff, permutation_p, wilson
@@ -56,7 +58,7 @@ def overlap_null(n_a: int, n_b: int, n_heads: int, draws: int = 10000, seed: int
     return out
 
 
-def wrong_color_positions(model: Model, ps) -> list[list[int]]:
+def wrong_color_positions(model: Model, ps: PromptSet) -> list[list[int]]:
     """Token positions of the two non-answer colours in each query."""
     out = []
     for text, sp in zip(ps.prompts, ps.meta["spans"]):
@@ -80,8 +82,8 @@ def intervened_logits(model: Model, tokens: Tokens, heads: list[tuple[int, int]]
         tk = tokens.slice(start, stop)
         end = tk.last_positions
 
-        def setter(hs, start=start, end=end):
-            def fn(p):
+        def setter(hs: list[int], start: int = start, end: torch.Tensor = end) -> PatchFn:
+            def fn(p: torch.Tensor) -> torch.Tensor:
                 p = p.clone()
                 for b in range(p.shape[0]):
                     p[b, hs, end[b]] = target[start + b].to(p.dtype)
@@ -195,7 +197,7 @@ def intervene(model: Model, config: ReuseConfig, s_inhibition: torch.Tensor, ioi
     correct, cands = co_prep.metric.correct, co_prep.query_candidates
     assert cands is not None  # (Colored Objects prompts name their three colours)
 
-    def hits(heads):
+    def hits(heads: list[tuple[int, int]]) -> np.ndarray:
         return intervene_hits(model, co_prep.clean, heads, targets, correct, cands, config.rows()).float().cpu().numpy()
 
     before, after = hits([]), hits(chosen)

@@ -7,6 +7,7 @@ Backends see a model through ``HookedModel``, the part of ``workbench.models.Mod
 the core imports the backends, never the other way round."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol
 
 import torch
@@ -63,3 +64,26 @@ class Backend(Protocol):
         """[batch pos vocab] logits with ``patches`` applied, and ``cache_names`` as stored
         after patching (detached unless ``grad``)."""
         ...
+
+
+Forward = Callable[[HookedModel, torch.Tensor, "torch.Tensor | None", list[str], dict[str, PatchFn], bool],
+                   tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""``forward(model, input_ids, attention_mask, cache_names, patches, grad)``, as ``Backend.forward``."""
+
+
+@dataclass(frozen=True)
+class ModuleBackend:
+    """A backend made of its module's two functions (each backend module builds one ``BACKEND``)."""
+
+    name: BackendName
+    takes_embeddings: bool
+    wrap_fn: Callable[[HookedModel], Any]
+    forward_fn: Forward
+
+    def wrap(self, model: HookedModel) -> Any:
+        return self.wrap_fn(model)
+
+    def forward(self, model: HookedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                cache_names: list[str], patches: dict[str, PatchFn],
+                grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.forward_fn(model, input_ids, attention_mask, cache_names, patches, grad)

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .base import BackendName, HookedModel, PatchFn
+from .base import HookedModel, ModuleBackend, PatchFn
 
 
 def on_device_of(value: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -80,19 +80,4 @@ def forward_embeds(
     return out.logits, store, (past if use_cache else None)
 
 
-class HFBackend:
-    """Forward hooks on the workbench hook points of the Hugging Face module itself."""
-
-    name: BackendName = "hf"
-    takes_embeddings = True
-
-    def wrap(self, model: HookedModel) -> None:
-        return None
-
-    def forward(self, model: HookedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                cache_names: list[str], patches: dict[str, PatchFn],
-                grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return forward(model, input_ids, attention_mask, cache_names, patches, grad=grad)
-
-
-BACKEND = HFBackend()
+BACKEND = ModuleBackend("hf", takes_embeddings=True, wrap_fn=lambda model: None, forward_fn=forward)

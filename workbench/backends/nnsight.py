@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import HookNameError, InputError, ModelNotAvailable
-from .base import BackendName, HookedModel, PatchFn
+from .base import HookedModel, ModuleBackend, PatchFn
 
 NATIVE = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 """The per-layer canonical names a remote trace reaches (in the order a layer runs them)."""
@@ -209,19 +209,4 @@ def load_remote(hub_id: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
     return lm, lm._model, lm.tokenizer
 
 
-class NNsightBackend:
-    """An nnsight ``LanguageModel`` over the same module; remote traces go to NDIF."""
-
-    name: BackendName = "nnsight"
-    takes_embeddings = False
-
-    def wrap(self, model: HookedModel) -> Any:
-        return wrap(model)
-
-    def forward(self, model: HookedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                cache_names: list[str], patches: dict[str, PatchFn],
-                grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return forward(model, input_ids, attention_mask, cache_names, patches, grad=grad)
-
-
-BACKEND = NNsightBackend()
+BACKEND = ModuleBackend("nnsight", takes_embeddings=False, wrap_fn=wrap, forward_fn=forward)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import HookNameError
-from .base import BackendName, HookedModel, PatchFn
+from .base import HookedModel, ModuleBackend, PatchFn
 
 
 def wrap(model: HookedModel) -> Any:
@@ -57,19 +57,4 @@ def forward(
     return logits, store
 
 
-class TransformerLensBackend:
-    """A TransformerLens ``TransformerBridge`` booted over a copy of the module."""
-
-    name: BackendName = "transformer_lens"
-    takes_embeddings = False
-
-    def wrap(self, model: HookedModel) -> Any:
-        return wrap(model)
-
-    def forward(self, model: HookedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                cache_names: list[str], patches: dict[str, PatchFn],
-                grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return forward(model, input_ids, attention_mask, cache_names, patches, grad=grad)
-
-
-BACKEND = TransformerLensBackend()
+BACKEND = ModuleBackend("transformer_lens", takes_embeddings=False, wrap_fn=wrap, forward_fn=forward)
