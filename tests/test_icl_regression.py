@@ -239,6 +239,11 @@ def test_round_trip_and_cache(small_result, tmp_path):
     again = run(None, ICLConfig(**SMALL), progress=False)  # every model now comes from the cache
     assert again.cached is True
     assert again.mse == small_result.mse
+    # the run names the trained models it measured by checksum; the cached ones are the same builds
+    arts = small_result.meta["artifacts"]
+    assert [a["key"] for a in arts][0] == f"icl/{small_result.meta['train_spec_key']}"
+    assert all(len(a["sha256"]) == 64 for a in arts) and len(arts) == 3  # main, single head, linear
+    assert again.meta["artifacts"] == arts and back.meta["artifacts"] == arts
 
 
 def test_figures_and_report(small_result):

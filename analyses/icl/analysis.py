@@ -37,6 +37,7 @@ from typing import Any, TYPE_CHECKING
 
 import torch
 
+from workbench.artifacts import provenance_entry
 from workbench.results import provenance
 from workbench.stats import bootstrap, bootstrap_diff, wilson
 
@@ -253,6 +254,8 @@ def run(model: Model | None = None, config: ICLConfig | None = None, progress: b
                          if trained.single is not None and trained.linear is not None else {}))
     meta = provenance(model=f"icl-attn-H{config.heads}-d{config.d}-n{config.n}", seed=config.seed)
     meta["train_spec_key"] = train_spec(config, config.heads).key()
+    meta["artifacts"] = [provenance_entry(r.artifact_key(), r.sha256)  # the trained models this run measured
+                         for r in (main, trained.single, trained.linear) if r is not None and r.sha256]
     result.meta = meta
     set_intervals(result, config, ev.sq_at_n, seed_rows)
     return result
