@@ -193,7 +193,7 @@ def image_maps(result: Any, i: int = 0) -> go.Figure:
     sr = to_numpy(result.saliency("sr", i))
     grad = to_numpy(result.saliency("gradient", i))
     top = result.top_classes[name][0]
-    fig = make_subplots(rows=1, cols=4, subplot_titles=(f"{name}: {top['name']} ({top['prob']:.0%})", "LRP", "SR map", "gradient"))
+    fig = make_subplots(rows=1, cols=4, subplot_titles=(f"{name}: {top.name} ({top.prob:.0%})", "LRP", "SR map", "gradient"))
     _overlay(fig, image, None, 1, 1, False)
     _overlay(fig, image, lrp, 1, 2, True)
     _overlay(fig, image, sr, 1, 3, False)
@@ -208,7 +208,7 @@ def image_maps(result: Any, i: int = 0) -> go.Figure:
 def top_classes_figure(result: Any, i: int = 0) -> go.Figure:
     name = result.names[i]
     top = result.top_classes[name]
-    fig = go.Figure(go.Bar(x=[t["prob"] for t in top][::-1], y=[t["name"] for t in top][::-1], orientation="h"))
+    fig = go.Figure(go.Bar(x=[t.prob for t in top][::-1], y=[t.name for t in top][::-1], orientation="h"))
     fig.update_layout(title=f"top classes: {name}", xaxis_title="probability", height=60 + 40 * len(top))
     return fig
 
@@ -217,7 +217,7 @@ def image_sections(result: Any) -> list:
     from workbench.report import Section
 
     top_classes = result.top_classes
-    rows = [{"image": n, "top-1": t, "p": top_classes[n][0]["prob"]} for n, t in result.top1.items()]
+    rows = [{"image": n, "top-1": t, "p": top_classes[n][0].prob} for n, t in result.top1.items()]
     aopc_rows = [{"method": METHOD_LABELS.get(k, k), "AOPC": v} for k, v in result.aopc.items()]
     text = (f"EfficientNet-Lite0 (ImageNet). LRP rules: {result.rules}. Deletion: regions of "
             f"{result.config.region}px, {result.config.step} per step, up to {result.removed_fraction_max:.0%} of the "

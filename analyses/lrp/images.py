@@ -2,7 +2,6 @@
 EfficientNet-Lite0, each scored by deleting its most salient regions."""
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from workbench.results import provenance
 
 from .cnn import COMPOSITES
 from .config import IMAGE_METHODS, LrpImageConfig
+from .records import TopClass
 from .result import LrpImageResult
 
 
@@ -55,7 +55,7 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
     torch.manual_seed(config.seed)
     names: list[str] = []
     crops: list[torch.Tensor] = []
-    tops: dict[str, list[dict[str, Any]]] = {}
+    tops: dict[str, list[TopClass]] = {}
     maps: dict[str, list[torch.Tensor]] = {m: [] for m in IMAGE_METHODS}
     curves: dict[str, list[torch.Tensor]] = {m: [] for m in (*IMAGE_METHODS, "random")}
     rel_sums: list[float] = []
@@ -69,7 +69,7 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
         with torch.no_grad():
             logits = net(x)[0]
         cls = int(logits.argmax()) if config.class_index is None else config.class_index
-        tops[name] = top_classes(logits, config.top_k)
+        tops[name] = [TopClass(**t) for t in top_classes(logits, config.top_k)]
         relevance, _ = C.lrp_relevance(canonical, x, cls, config.composite)
         lrp_map = relevance.sum(1)[0]
         sr_map = torch.from_numpy(C.salient_relevance(lrp_map.cpu().numpy(), grid=config.sr_grid))
@@ -87,8 +87,8 @@ def run_images(config: LrpImageConfig, progress: bool = True) -> LrpImageResult:
     deletion = {m: torch.stack(v) for m, v in curves.items()}
     per_image = {m: [float((c[0] - c).mean()) for c in deletion[m]] for m in curves}
     return LrpImageResult(
-        config=config, names=names, top_classes=tops, top1={n: t[0]["name"] for n, t in tops.items()},
-        explained_class={n: int(t[0]["index"]) if config.class_index is None else config.class_index
+        config=config, names=names, top_classes=tops, top1={n: t[0].name for n, t in tops.items()},
+        explained_class={n: int(t[0].index) if config.class_index is None else config.class_index
                          for n, t in tops.items()},
         aopc={m: float(np.mean(v)) for m, v in per_image.items()}, aopc_per_image=per_image,
         relevance_fraction=[r / l if abs(l) > 1e-6 else float("nan") for r, l in zip(rel_sums, logits_expl)],

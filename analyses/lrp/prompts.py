@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from workbench.results import provenance
 from workbench.stats import bootstrap, bootstrap_diff, wilson
 
 from .config import CONSERVATION_TOLERANCE, METHODS, SPLIT, LrpConfig
+from .records import HeadRelevance
 from .result import LrpResult, curve_aopc
 from .tasks import TASKS, task_prompts
 
@@ -131,11 +132,11 @@ def padded(rows: list[Tensor], width: int, fill: float, dtype: torch.dtype) -> T
 
 
 # cpu: result arrays
-def top_heads_of(head_lrp: Tensor, n_heads: int) -> list[dict[str, Any]]:
+def top_heads_of(head_lrp: Tensor, n_heads: int) -> list[HeadRelevance]:
     """The ten heads of largest mean |AttnLRP relevance| (signed mean), best first."""
     mean_heads = head_lrp.mean(0)
     order = torch.argsort(mean_heads.flatten().abs(), descending=True)[:10]
-    return [{"layer": int(k // n_heads), "head": int(k % n_heads), "relevance": float(mean_heads.flatten()[k])}
+    return [HeadRelevance(layer=int(k // n_heads), head=int(k % n_heads), relevance=float(mean_heads.flatten()[k]))
             for k in order]
 
 

@@ -14,6 +14,7 @@ from workbench.results import Result
 from workbench.stats import Interval
 
 from .config import SPLIT, LrpConfig, LrpImageConfig
+from .records import HeadRelevance, TopClass
 
 
 def _rename_v1(arrays: dict[str, torch.Tensor], prefixes: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -57,7 +58,7 @@ class LrpResult(Result):
     aopc: dict[str, float]  # area over the deletion curve per method (and ``random``), mean over every prompt
     max_delete: int
     n_random: int
-    top_heads: list[dict[str, Any]]  # layer, head, relevance
+    top_heads: list[HeadRelevance]  # the ten heads of largest mean |AttnLRP relevance|, best first
     split: str = SPLIT
     aopc_by_task: dict[str, dict[str, float]] = field(default_factory=dict)
     accuracy_by_task: dict[str, float] = field(default_factory=dict)  # share of prompts with a positive value
@@ -135,7 +136,7 @@ class LrpImageResult(Result):
 
     config: LrpImageConfig
     names: list[str]
-    top_classes: dict[str, list[dict[str, Any]]]  # per image, its top classes {index, name, prob}, most probable first
+    top_classes: dict[str, list[TopClass]]  # per image, its top classes, most probable first
     top1: dict[str, str]
     explained_class: dict[str, int]
     aopc: dict[str, float]  # area over the region-deletion curve per method (and ``random``), mean over images
