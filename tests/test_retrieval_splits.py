@@ -152,7 +152,7 @@ def test_planted_head_ranks_first_and_decides_the_heldout_figures(planted_retrie
     r = run(model, cfg, progress=False)
     # ranking split: the planted head is the retrieval head, the only one over the threshold
     assert r.needle_accuracy == 1.0
-    assert r.retrieval_heads[0]["name"] == "L1H2" and r.retrieval_heads[0]["score"] >= 0.9
+    assert r.retrieval_heads[0].name == "L1H2" and r.retrieval_heads[0].score >= 0.9
     assert r.n_retrieval_heads == 1
     # held-out split (other needles, other text): the model answers every test unmasked ...
     mk = r.masking
@@ -171,6 +171,6 @@ def test_planted_head_ranks_first_and_decides_the_heldout_figures(planted_retrie
     assert kv.random_protected_accuracy == pytest.approx(sum(shares) / len(shares))
     assert 0.0 in shares  # at least one draw compresses the planted head's KV (the seed's draws)
     # the held-out scores replicate the ranking: the same head on top
-    assert r.replication["heldout_top_heads"][0] == "L1H2"
+    assert r.replication is not None and r.replication.heldout_top_heads[0] == "L1H2"
     top = r.intervals["top-1 retrieval heads masked"]
     assert (top.value, top.n, top.split) == (0.0, 6, "heldout") and top.high < 0.5

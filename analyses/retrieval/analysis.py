@@ -53,7 +53,7 @@ from workbench.checks import checked_run
 from .config import FIXED_BYTES, RetrievalConfig, check_model, estimate_bytes, validate
 from .kv import kv_compression_patches, kv_protected_groups, kv_share_kept
 from .phases import choose_configurations, decode_heldout, rank_heads
-from .result import KVCheck, MaskingCurves, RetrievalResult, SplitInfo
+from .result import KVCheck, MaskingCurves, Replication, RetrievalHead, RetrievalResult, SplitInfo
 from .scoring import RetrievalScorer, rouge1_recall, score_heads
 from .summary import (FIGURE_SPLITS, add_kv_intervals, kv_check, masking_curves, masking_intervals, needle_grid,
                       replication, split_info)
@@ -61,9 +61,9 @@ from .summary import (FIGURE_SPLITS, add_kv_intervals, kv_check, masking_curves,
 if TYPE_CHECKING:
     from workbench.models import Model
 
-__all__ = ["FIXED_BYTES", "KVCheck", "MaskingCurves", "RetrievalConfig", "RetrievalResult", "RetrievalScorer",
-           "SplitInfo", "check_model", "estimate_bytes", "kv_compression_patches", "kv_protected_groups",
-           "kv_share_kept", "rouge1_recall", "run", "score_heads", "validate"]
+__all__ = ["FIXED_BYTES", "KVCheck", "MaskingCurves", "Replication", "RetrievalConfig", "RetrievalHead",
+           "RetrievalResult", "RetrievalScorer", "SplitInfo", "check_model", "estimate_bytes", "kv_compression_patches",
+           "kv_protected_groups", "kv_share_kept", "rouge1_recall", "run", "score_heads", "validate"]
 
 
 # ---------------------------------------------------------------------------- run
@@ -88,7 +88,7 @@ def run(model: Model, config: RetrievalConfig | None = None, progress: bool = Tr
     rank_accuracy = float(ranking.success.float().mean())
     result = RetrievalResult(
         config=cfg, scores=ranking.scores,
-        retrieval_heads=[{"name": head_name(l, h), "layer": l, "head": h, "score": round(float(ranking.scores[l, h]), 6)}
+        retrieval_heads=[RetrievalHead(name=head_name(l, h), layer=l, head=h, score=round(float(ranking.scores[l, h]), 6))
                          for l, h in ranking.retrieval],
         masking=masking, share_over_threshold=len(ranking.retrieval) / n_heads_total,
         n_retrieval_heads=len(ranking.retrieval), n_tests=len(rank_set.tests), n_counted=int(ranking.success.sum()),

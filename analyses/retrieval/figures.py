@@ -34,8 +34,8 @@ def replication_scatter(result: Any) -> go.Figure:
     rep = result.replication
     title = "Retrieval scores: ranking split vs held-out split"
     if rep:
-        rho = f"{rep['spearman']:.2f}" if rep.get("spearman") is not None else "undefined (constant scores)"
-        title += f" (Spearman {rho}; top {rep['top_n']} heads shared: {rep['top_overlap']}/{rep['top_n']})"
+        rho = f"{rep.spearman:.2f}" if rep.spearman is not None else "undefined (constant scores)"
+        title += f" (Spearman {rho}; top {rep.top_n} heads shared: {rep.top_overlap}/{rep.top_n})"
     fig = go.Figure(go.Scatter(x=x, y=y, mode="markers", text=names,
                                hovertemplate="%{text}: ranking %{x:.3f}, held-out %{y:.3f}<extra></extra>"))
     top = max(x + y + [0.01])
@@ -125,7 +125,7 @@ def headline_figures(result: Any) -> list[dict[str, Any]]:
     ivs = result.intervals
     mk, kv = result.masking, result.kv_compression
     p = len(kv.protected_heads)
-    heads = ", ".join(f"{h['name']} {h['score']:.2f}" for h in result.retrieval_heads[:3])
+    heads = ", ".join(f"{h.name} {h.score:.2f}" for h in result.retrieval_heads[:3])
     heads = f" (best: {heads})" if heads else ""
     out = [figure(f"heads with retrieval score over {result.config.threshold}{heads}", result.n_retrieval_heads,
                   n=result.n_tests, split="ranking", fmt="d"),
@@ -146,7 +146,7 @@ def headline_figures(result: Any) -> list[dict[str, Any]]:
 def retrieval_sections(result: Any) -> list:
     from workbench.report import Section
 
-    heads = ", ".join(f"{h['name']} ({h['score']:.2f})" for h in result.retrieval_heads[:12]) or "none"
+    heads = ", ".join(f"{h.name} ({h.score:.2f})" for h in result.retrieval_heads[:12]) or "none"
     text = (f"Wu et al.'s retrieval score over {result.n_tests} ranking needle tests ({result.n_counted} recalled); "
             f"{result.n_retrieval_heads} heads ({result.share_over_threshold:.1%}) score over "
             f"{result.config.threshold}: {heads}.")

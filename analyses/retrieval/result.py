@@ -69,6 +69,30 @@ class SplitInfo:
     used_for: str
 
 
+@dataclass(frozen=True)
+class RetrievalHead:
+    """A head whose retrieval score on the ranking split is over the threshold."""
+
+    name: str
+    layer: int
+    head: int
+    score: float  # rounded to 6 decimals
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How the ranking split's scores replicate on the held-out split: Spearman over heads (None
+    where undefined: constant scores) and the overlap of the top ``top_n`` heads."""
+
+    spearman: float | None
+    spearman_low: float | None
+    spearman_high: float | None
+    top_n: int
+    top_overlap: int
+    heldout_top_heads: list[str]  # the held-out split's top ``top_n`` heads, best first
+    n_heldout_counted: int  # held-out tests whose answer recalled the needle
+
+
 @dataclass(kw_only=True)
 class RetrievalResult(Result):
     """Every head's retrieval score on the ranking split, and on the held-out split the
@@ -78,7 +102,7 @@ class RetrievalResult(Result):
 
     config: RetrievalConfig
     scores: Float[Tensor, "layer head"]  # retrieval scores on the ranking split (the heads are chosen by these)
-    retrieval_heads: list[dict[str, Any]]  # over the threshold on the ranking split, best first: name, layer, head, score
+    retrieval_heads: list[RetrievalHead]  # over the threshold on the ranking split, best first
     masking: MaskingCurves
     share_over_threshold: float  # share of all heads whose retrieval score (ranking split) is over the threshold
     n_retrieval_heads: int
@@ -96,7 +120,7 @@ class RetrievalResult(Result):
     splits: dict[str, SplitInfo] = field(default_factory=dict)  # ranking and held-out (empty before the splits)
     figure_splits: dict[str, str] = field(default_factory=dict)  # which split each reported figure comes from
     # how the ranking scores replicate on the held-out split: Spearman over heads, overlap of the top heads
-    replication: dict[str, Any] = field(default_factory=dict)
+    replication: Replication | None = None  # None in runs saved before the splits
     heldout_scores: Float[Tensor, "layer head"]  # the scores measured again on the held-out split
     per_test_scores: Float[Tensor, "test layer head"]
     recall: Float[Tensor, " test"]
@@ -112,6 +136,8 @@ class RetrievalResult(Result):
     def from_v1(cls, metrics: dict[str, Any], arrays: dict[str, Tensor]) -> tuple[dict, dict]:
         """Runs saved before the splits had no held-out scores or accuracy."""
         metrics.setdefault("heldout_accuracy", metrics.get("needle_accuracy"))
+        if not metrics.get("replication"):  # none before the splits
+            metrics.pop("replication", None)
         if "scores" in arrays:
             arrays.setdefault("heldout_scores", torch.zeros_like(arrays["scores"]))
         return metrics, arrays

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from .config import RetrievalConfig
 from .decoding import mean_over_draws
 from .kv import kv_share_kept
 from .phases import Configurations, Heldout, Ranking
-from .result import KVCheck, MaskingCurves, SplitInfo
+from .result import KVCheck, MaskingCurves, Replication, SplitInfo
 
 
 @dataclass
@@ -80,7 +79,7 @@ def add_kv_intervals(iv: Intervals, held: Heldout, configs: Configurations, cfg:
             kv_top.float().tolist(), kv_rand.tolist(), seed=cfg.seed, split="heldout")
 
 
-def replication(ranking: Ranking, held: Heldout, n_heads_total: int) -> tuple[Interval, dict[str, Any]]:
+def replication(ranking: Ranking, held: Heldout, n_heads_total: int) -> tuple[Interval, Replication]:
     """How the ranking scores replicate on the held-out split: Spearman over heads, and the
     overlap of the top heads."""
     with warnings.catch_warnings():  # constant scores (no head ever copies) give an undefined rho: NaN, said so
@@ -90,10 +89,10 @@ def replication(ranking: Ranking, held: Heldout, n_heads_total: int) -> tuple[In
     top_n = max(1, min(len(ranking.retrieval), 10)) if ranking.retrieval else 10
     held_ranked = top_heads(held.scores, n_heads_total)
     overlap = len(set(ranking.ranked[:top_n]) & set(held_ranked[:top_n]))
-    return rho, {"spearman": _finite(rho.value), "spearman_low": _finite(rho.low), "spearman_high": _finite(rho.high),
-                 "top_n": top_n, "top_overlap": overlap,
-                 "heldout_top_heads": [head_name(l, h) for l, h in held_ranked[:top_n]],
-                 "n_heldout_counted": int(held.success.sum())}
+    return rho, Replication(spearman=_finite(rho.value), spearman_low=_finite(rho.low), spearman_high=_finite(rho.high),
+                            top_n=top_n, top_overlap=overlap,
+                            heldout_top_heads=[head_name(l, h) for l, h in held_ranked[:top_n]],
+                            n_heldout_counted=int(held.success.sum()))
 
 
 def masking_curves(iv: Intervals, ranking: Ranking, configs: Configurations, cfg: RetrievalConfig,
