@@ -74,16 +74,16 @@ def test_seed_table_of_a_small_run(private_cache):
                     seed_heads=(2, 3), baselines=False, workers=2)
     r = run(None, cfg, progress=False)
     rows = r.seed_table
-    assert [(row["heads"], row["seed"]) for row in rows] == [(2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2)]
+    assert [(row.heads, row.seed) for row in rows] == [(2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2)]
     for h in (2, 3):
-        sel = [row for row in rows if row["heads"] == h]
-        assert all(row["reached"] == (row["zero_sum_ratio"] < ZERO_SUM_THRESHOLD) for row in sel)
+        sel = [row for row in rows if row.heads == h]
+        assert all(row.reached == (row.zero_sum_ratio < ZERO_SUM_THRESHOLD) for row in sel)
         iv = r.reached_share(h)
-        ref = wilson(sum(row["reached"] for row in sel), 3)
+        ref = wilson(sum(row.reached for row in sel), 3)
         assert (iv.value, iv.low, iv.high, iv.n, iv.split) == pytest.approx((ref.value, ref.low, ref.high, 3, "seeds"))
-    main = next(row for row in rows if row["heads"] == 2 and row["seed"] == 0)
-    assert main["zero_sum_ratio"] == pytest.approx(r.zero_sum_ratio)  # the main model is the table's H=2 seed 0
-    assert main["mse"] == pytest.approx(r.mse["model"])
+    main = next(row for row in rows if row.heads == 2 and row.seed == 0)
+    assert main.zero_sum_ratio == pytest.approx(r.zero_sum_ratio)  # the main model is the table's H=2 seed 0
+    assert main.mse == pytest.approx(r.mse["model"])
     assert r.steps_closed_form["gd_debiased"] == pytest.approx(pred.optimal_step(12, torch.eye(3), 0.1, debiased=True))
     # a model trained in a worker process is exactly the model trained here
     spec = TrainSpec(d=3, n=12, heads=3, steps=150, checkpoint_every=50, seed=2)

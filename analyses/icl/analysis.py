@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -52,6 +52,7 @@ from workbench.checks import checked_run
 from .config import (MAX_CONTEXT_FACTOR, PREDICTORS, TEST_SPLIT, ZERO_SUM_THRESHOLD, ICLConfig, estimate_bytes,
                      seed_specs, train_spec, validate)
 from .pool import train_all
+from .records import SeedRow
 from .result import ICLResult
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def evaluate(config: ICLConfig, trained: Trained, cov: torch.Tensor, inv_cov: to
 
 
 # ---------------------------------------------------------------------------- the seed table
-def seed_table(config: ICLConfig, seconds: dict[TrainSpec, float], p_n: Prompts, mse_gd_debiased: float) -> list[dict[str, Any]]:
+def seed_table(config: ICLConfig, seconds: dict[TrainSpec, float], p_n: Prompts, mse_gd_debiased: float) -> list[SeedRow]:
     """Each seed's trained model (from the cache): its zero-sum ratio, whether it reached the
     opposite-sign pattern, its OV weights on y and its test error at the training length."""
     rows = []
@@ -179,16 +180,16 @@ def seed_table(config: ICLConfig, seconds: dict[TrainSpec, float], p_n: Prompts,
         mu_s = pat.mu(rec.ov[-1])
         ratio = float(pat.zero_sum_ratio(mu_s))
         err = (_predict(rec.model, p_n) - p_n.yq) ** 2
-        rows.append({"heads": spec.heads, "seed": spec.seed, "zero_sum_ratio": ratio,
-                     "reached": bool(ratio < ZERO_SUM_THRESHOLD), "mu": [float(v) for v in mu_s],
-                     "mse": float(err.mean()), "mse_gd_debiased": mse_gd_debiased,
-                     "train_seconds": round(seconds.get(spec, 0.0), 1)})
+        rows.append(SeedRow(heads=spec.heads, seed=spec.seed, zero_sum_ratio=ratio,
+                            reached=bool(ratio < ZERO_SUM_THRESHOLD), mu=[float(v) for v in mu_s],
+                            mse=float(err.mean()), mse_gd_debiased=mse_gd_debiased,
+                            train_seconds=round(seconds.get(spec, 0.0), 1)))
     return rows
 
 
 # ---------------------------------------------------------------------------- intervals
 def set_intervals(result: ICLResult, config: ICLConfig, sq_at_n: dict[str, torch.Tensor],
-                  seed_rows: list[dict[str, Any]]) -> None:
+                  seed_rows: list[SeedRow]) -> None:
     """Intervals over test prompts (errors) and over seeds (the share reaching the pattern)."""
     for name, sq in sq_at_n.items():
         result.set_interval(f"MSE {name} at n", bootstrap(sq.cpu().numpy(), split=TEST_SPLIT))
@@ -197,11 +198,11 @@ def set_intervals(result: ICLResult, config: ICLConfig, sq_at_n: dict[str, torch
             result.set_interval(f"MSE model - {other} at n",
                                 bootstrap_diff(sq_at_n["model"].tolist(), sq_at_n[other].tolist(), split=TEST_SPLIT))
     for h in config.seed_heads:
-        rows = [r for r in seed_rows if r["heads"] == h]
+        rows = [r for r in seed_rows if r.heads == h]
         if rows:
             result.set_interval(f"H={h}: share of seeds reaching the zero-sum pattern",
-                                wilson(sum(r["reached"] for r in rows), len(rows), split="seeds"))
-            result.set_interval(f"H={h}: test MSE over seeds", bootstrap([r["mse"] for r in rows], split="seeds"))
+                                wilson(sum(r.reached for r in rows), len(rows), split="seeds"))
+            result.set_interval(f"H={h}: test MSE over seeds", bootstrap([r.mse for r in rows], split="seeds"))
 
 
 # ---------------------------------------------------------------------------- run

@@ -116,13 +116,13 @@ def seed_table_figure(result) -> go.Figure:
     criterion's threshold: below it, the seed reached the opposite-sign pattern."""
     rows = result.seed_table
     fig = go.Figure()
-    for h in dict.fromkeys(r["heads"] for r in rows):
-        sel = [r for r in rows if r["heads"] == h]
+    for h in dict.fromkeys(r.heads for r in rows):
+        sel = [r for r in rows if r.heads == h]
         iv = result.reached_share(h)
         share = f"{iv.value:.0%} [{iv.low:.0%}, {iv.high:.0%}]" if iv is not None else ""
-        fig.add_trace(go.Scatter(x=[f"H={h}"] * len(sel), y=[r["zero_sum_ratio"] for r in sel], mode="markers+text",
-                                 text=[f"seed {r['seed']}" for r in sel], textposition="middle right",
-                                 name=f"H={h}: {sum(r['reached'] for r in sel)}/{len(sel)} reached {share}",
+        fig.add_trace(go.Scatter(x=[f"H={h}"] * len(sel), y=[r.zero_sum_ratio for r in sel], mode="markers+text",
+                                 text=[f"seed {r.seed}" for r in sel], textposition="middle right",
+                                 name=f"H={h}: {sum(r.reached for r in sel)}/{len(sel)} reached {share}",
                                  marker={"size": 10}))
     fig.add_hline(y=result.zero_sum_threshold, line_dash="dot", line_color="grey",
                   annotation_text=f"criterion: ratio < {result.zero_sum_threshold}")
@@ -132,10 +132,10 @@ def seed_table_figure(result) -> go.Figure:
 
 
 def seed_rows(result) -> list[dict]:
-    return [{"heads": r["heads"], "seed": r["seed"], "zero-sum ratio": round(r["zero_sum_ratio"], 4),
-             "reached": r["reached"], "mu": ", ".join(f"{v:+.3f}" for v in r["mu"]),
-             "test MSE at n": round(r["mse"], 4), "debiased GD MSE": round(r["mse_gd_debiased"], 4),
-             "train seconds": r["train_seconds"]} for r in result.seed_table]
+    return [{"heads": r.heads, "seed": r.seed, "zero-sum ratio": round(r.zero_sum_ratio, 4),
+             "reached": r.reached, "mu": ", ".join(f"{v:+.3f}" for v in r.mu),
+             "test MSE at n": round(r.mse, 4), "debiased GD MSE": round(r.mse_gd_debiased, 4),
+             "train seconds": r.train_seconds} for r in result.seed_table]
 
 
 def headline_figures(result) -> list[dict]:
@@ -144,7 +144,7 @@ def headline_figures(result) -> list[dict]:
     model's test MSE against single-head attention and closed-form debiased GD (bootstrap over
     test prompts)."""
     out = []
-    for h in dict.fromkeys(r["heads"] for r in result.seed_table):
+    for h in dict.fromkeys(r.heads for r in result.seed_table):
         iv = result.reached_share(h)
         if iv is not None:
             out.append(figure(f"H={h}: share of seeds reaching the zero-sum pattern (|sum mu|/sum|mu| < "
@@ -195,7 +195,7 @@ def icl_sections(result) -> list:
                         figures=[mse_by_length(result), loss_curves(result)])]
     if result.seed_table:
         counts = "; ".join(f"H={h}: {iv.value:.0%} of {iv.n} seeds [{iv.low:.0%}, {iv.high:.0%}]"
-                           for h in dict.fromkeys(r["heads"] for r in result.seed_table)
+                           for h in dict.fromkeys(r.heads for r in result.seed_table)
                            for iv in [result.reached_share(h)] if iv is not None)
         sections.append(Section(
             title="ICL regression: seed table", tables=[seed_rows(result)], figures=[seed_table_figure(result)],

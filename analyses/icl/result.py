@@ -11,6 +11,7 @@ from torch import Tensor
 from workbench.results import Result
 
 from .config import ZERO_SUM_THRESHOLD, ICLConfig
+from .records import SeedRow
 
 
 @dataclass(kw_only=True)
@@ -56,7 +57,7 @@ class ICLResult(Result):
     precond_dist_inv_cov: float
     train_seconds: float
     cached: bool
-    seed_table: list[dict[str, Any]] = field(default_factory=list)  # heads, seed, zero_sum_ratio, reached, mu, mse
+    seed_table: list[SeedRow] = field(default_factory=list)  # one row per seed, head count by head count
     zero_sum_threshold: float = ZERO_SUM_THRESHOLD
     zero_sum_criterion: str = ""
     test_prompts: int = 0
@@ -110,11 +111,12 @@ class ICLResult(Result):
         m = super().summary()
         out: dict[str, Any] = {k: m[k] for k in self.SUMMARY_KEYS}
         out["mse"] = {k: m["mse"].get(k) for k in ("model", "single_head", "gd_debiased", "ridge")}
-        if m.get("seed_table"):
-            out["seed_table"] = {f"H={h}": {"seeds": [r["seed"] for r in m["seed_table"] if r["heads"] == h],
-                                            "zero_sum_ratio": [round(r["zero_sum_ratio"], 4) for r in m["seed_table"] if r["heads"] == h],
-                                            "reached": sum(r["reached"] for r in m["seed_table"] if r["heads"] == h)}
-                                 for h in dict.fromkeys(r["heads"] for r in m["seed_table"])}
+        if self.seed_table:
+            rows = self.seed_table
+            out["seed_table"] = {f"H={h}": {"seeds": [r.seed for r in rows if r.heads == h],
+                                            "zero_sum_ratio": [round(r.zero_sum_ratio, 4) for r in rows if r.heads == h],
+                                            "reached": sum(r.reached for r in rows if r.heads == h)}
+                                 for h in dict.fromkeys(r.heads for r in rows)}
         if self.path is not None:
             out["run"] = str(self.path)
         return out
