@@ -15,15 +15,20 @@ copy leaves its siblings clean).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..cache import Tokens, forward
+from ..backends import PatchFn
 from ..errors import InputError
+from ..names import act_name
 from .activation import PatchGrid, baseline_metrics, check_pair, last_logits
 from .graph import attn_scale, masked_positions, per_head_attention
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 
 def _check_heads(model: Any, heads: Sequence[tuple[int, int]], what: str) -> None:
@@ -53,7 +58,7 @@ def path_patch(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable,
     if not isinstance(receivers, str):
         receivers = list(receivers)
         _check_heads(model, receivers, "receiver")
-    z_names = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    z_names = [act_name("z", l) for l in range(L)]
     clean_metric, corrupt_metric, corrupt_cache = baseline_metrics(model, clean, corrupt, metric, z_names)
     with torch.no_grad():
         _, clean_cache = forward(model, clean, z_names)
@@ -69,75 +74,83 @@ def path_patch(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable,
     return PatchGrid(vals, clean_metric, corrupt_metric)
 
 
-def _chunk(model, clean, chunk, clean_cache, corrupt_cache, metric, receivers, receiver_inputs, to_logits):
-    s = model.shape
-    L, H = s.n_layers, s.n_heads
-    rep = H // s.n_kv_heads
+def _chunk(model: Model, clean: Tokens, chunk: list[tuple[int, int]], clean_cache: Mapping[str, torch.Tensor],
+           corrupt_cache: Mapping[str, torch.Tensor], metric: Callable, receivers: str | list[tuple[int, int]],
+           receiver_inputs: str, to_logits: bool) -> torch.Tensor:
+    """Steps 2 and 3 for one chunk of senders: [len(chunk)] metric, mean over prompts."""
     n, c = len(clean), len(chunk)
     big = Tokens(clean.input_ids.repeat(c, 1), clean.attention_mask.repeat(c, 1))
-
-    # step 2: freeze every head to clean, the sender to corrupt
-    def freeze(l):
-        def fn(z):
-            zc = clean_cache[f"blocks.{l}.attn.hook_z"].to(z.dtype).repeat(c, 1, 1, 1).view(c, n, *z.shape[1:])
-            for i, (sl, sh) in enumerate(chunk):
-                if sl == l:
-                    zc[i, :, :, sh] = corrupt_cache[f"blocks.{l}.attn.hook_z"][:, :, sh].to(z.dtype)
-            return zc.view_as(z)
-        return fn
-
-    patches = {f"blocks.{l}.attn.hook_z": freeze(l) for l in range(L)}
-    rec_layers = sorted({l for l, _ in receivers}) if not to_logits else []
-    names = [f"blocks.{l}.attn.hook_{t}" for l in rec_layers for t in "qkv"]
+    rec_layers = sorted({l for l, _ in receivers}) if not isinstance(receivers, str) else []
+    # step 2: freeze every head to clean, the sender to corrupt; record the receivers' inputs
+    names = [act_name(t, l) for l in rec_layers for t in "qkv"]
     with torch.no_grad():
-        logits, rec = forward(model, big, names, patches)
-    if to_logits:
+        logits, rec = forward(model, big, names, _frozen(model, chunk, clean_cache, corrupt_cache, n))
+    if to_logits or isinstance(receivers, str):
         return metric(last_logits(logits, big).view(c, n, -1)).mean(1)
-
     # step 3: clean run with only the receivers' q/k/v replaced
-    state: dict[str, torch.Tensor] = {}
-    hooks = {}
+    hooks: dict[str, PatchFn] = {}
     for l in rec_layers:
-        heads = [h for rl, h in receivers if rl == l]
-
-        def keep(t, l=l):
-            def fn(x):
-                state[t] = x
-                return x
-            return fn
-
-        def on_scores(sc, l=l, heads=heads):
-            q = state["q"].clone()
-            k = state["k"].repeat_interleave(rep, dim=2)
-            v = state["v"].repeat_interleave(rep, dim=2)
-            rq = rec[f"blocks.{l}.attn.hook_q"]
-            rk = rec[f"blocks.{l}.attn.hook_k"].repeat_interleave(rep, dim=2)
-            rv = rec[f"blocks.{l}.attn.hook_v"].repeat_interleave(rep, dim=2)
-            for h in heads:
-                if "q" in receiver_inputs:
-                    q[:, :, h] = rq[:, :, h]
-                if "k" in receiver_inputs:
-                    k[:, :, h] = rk[:, :, h]
-                if "v" in receiver_inputs:
-                    v[:, :, h] = rv[:, :, h]
-            new_scores, z = per_head_attention(q, k, v, masked_positions(sc), attn_scale(model, l), sc)
-            state["z"] = z
-            out = sc.clone()
-            out[:, heads] = new_scores[:, heads]
-            return out
-
-        def on_z(z, heads=heads):
-            z = z.clone()
-            z[:, :, heads] = state.pop("z")[:, :, heads].to(z.dtype)
-            return z
-
-        for t in "qkv":
-            hooks[f"blocks.{l}.attn.hook_{t}"] = keep(t)
-        hooks[f"blocks.{l}.attn.hook_attn_scores"] = on_scores
-        hooks[f"blocks.{l}.attn.hook_z"] = on_z
+        hooks |= _receiver_hooks(model, l, [h for rl, h in receivers if rl == l], rec, receiver_inputs)
     with torch.no_grad():
         logits, _ = forward(model, big, [], hooks)
     return metric(last_logits(logits, big).view(c, n, -1)).mean(1)
+
+
+def _frozen(model: Model, chunk: list[tuple[int, int]], clean_cache: Mapping[str, torch.Tensor],
+            corrupt_cache: Mapping[str, torch.Tensor], n: int) -> dict[str, PatchFn]:
+    """Patches for step 2: every head's z from the clean run, config i's sender from the corrupt run."""
+    c = len(chunk)
+
+    def freeze(l: int) -> PatchFn:
+        def fn(z: torch.Tensor) -> torch.Tensor:
+            zc = clean_cache[act_name("z", l)].to(z.dtype).repeat(c, 1, 1, 1).view(c, n, *z.shape[1:])
+            for i, (sl, sh) in enumerate(chunk):
+                if sl == l:
+                    zc[i, :, :, sh] = corrupt_cache[act_name("z", l)][:, :, sh].to(z.dtype)
+            return zc.view_as(z)
+        return fn
+
+    return {act_name("z", l): freeze(l) for l in range(model.shape.n_layers)}
+
+
+def _receiver_hooks(model: Model, l: int, heads: list[int], rec: Mapping[str, torch.Tensor],
+                    receiver_inputs: str) -> dict[str, PatchFn]:
+    """Hooks for step 3 on layer ``l``: the receivers' q/k/v (as ``receiver_inputs`` says) from
+    step 2's record, their scores and z recomputed from them; every other head clean."""
+    rep = model.shape.n_heads // model.shape.n_kv_heads
+    state: dict[str, torch.Tensor] = {}
+
+    def keep(t: str) -> PatchFn:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            state[t] = x
+            return x
+        return fn
+
+    def on_scores(sc: torch.Tensor) -> torch.Tensor:
+        q = state["q"].clone()
+        k = state["k"].repeat_interleave(rep, dim=2)
+        v = state["v"].repeat_interleave(rep, dim=2)
+        recorded = {"q": rec[act_name("q", l)], "k": rec[act_name("k", l)].repeat_interleave(rep, dim=2),
+                    "v": rec[act_name("v", l)].repeat_interleave(rep, dim=2)}
+        live = {"q": q, "k": k, "v": v}
+        for h in heads:
+            for t in receiver_inputs:
+                live[t][:, :, h] = recorded[t][:, :, h]
+        new_scores, z = per_head_attention(q, k, v, masked_positions(sc), attn_scale(model, l), sc)
+        state["z"] = z
+        out = sc.clone()
+        out[:, heads] = new_scores[:, heads]
+        return out
+
+    def on_z(z: torch.Tensor) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, heads] = state.pop("z")[:, :, heads].to(z.dtype)
+        return z
+
+    hooks = {act_name(t, l): keep(t) for t in "qkv"}
+    hooks[act_name("attn_scores", l)] = on_scores
+    hooks[act_name("z", l)] = on_z
+    return hooks
 
 
 def path_patching_circuit(model: Any, graph: Any, clean: Tokens, corrupt: Tokens, metric: Callable, top: int = 6,
