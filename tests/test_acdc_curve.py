@@ -74,15 +74,15 @@ def test_curve_rows_are_the_single_runs_circuits_and_faithfulness(planted):
     runs = acdc_circuits(model, graph, disc, ranked, TAUS, 30, "mean")
     curve = faithfulness_curve(model, graph, val, {"eap-ig": ranked}, [5, 30], "mean",
                                thresholded={"acdc": [(t, c) for t, (c, _) in zip(TAUS, runs)]})
-    row = curve["methods"]["acdc"]
-    assert row["tau"] == TAUS and len(curve["methods"]["eap-ig"]["n_edges"]) == 2
-    for t, n, f in zip(TAUS, row["n_edges"], row["faithfulness"]):
+    row = curve.methods["acdc"]
+    assert row.tau == TAUS and len(curve.methods["eap-ig"].n_edges) == 2
+    for t, n, f in zip(TAUS, row.n_edges, row.faithfulness):
         keep, _ = acdc(model, graph, disc.clean, ablate, disc.metric, tau=t, candidates=top_edges(graph, ranked, 30))
         circuit = prune_dangling(graph, keep)
         assert n == int(circuit.sum()), t
         assert f == pytest.approx(faithfulness(model, graph, val, circuit, "mean")[1], abs=1e-5), t
-    assert row["n_edges"] == sorted(row["n_edges"], reverse=True)
-    assert row["n_edges"][-1] == 0 and row["faithfulness"][-1] == 0.0  # a huge tau: the all-ablated model
+    assert row.n_edges == sorted(row.n_edges, reverse=True)
+    assert row.n_edges[-1] == 0 and row.faithfulness[-1] == 0.0  # a huge tau: the all-ablated model
 
 
 def test_extremes_every_edge_at_tau_zero_the_planted_path_in_the_middle_nothing_at_a_huge_tau(planted):
@@ -97,7 +97,7 @@ def test_extremes_every_edge_at_tau_zero_the_planted_path_in_the_middle_nothing_
     assert {s for s, _ in kept} <= PLANTED_NODES and {r for _, r in kept} <= PLANTED_NODES | {"logits"}, kept
     curve = faithfulness_curve(model, graph, val, {}, [1], "mean",
                                thresholded={"acdc": [(0.0, all_kept), (0.5, middle), (1e9, none)]})
-    f_all, f_mid, f_none = curve["methods"]["acdc"]["faithfulness"]
+    f_all, f_mid, f_none = curve.methods["acdc"].faithfulness
     assert f_all == pytest.approx(1.0, abs=1e-6) and f_none == 0.0
     assert f_mid > 0.8  # the planted path carries the answer on held-out prompts
 
@@ -126,14 +126,14 @@ def test_three_method_curve_end_to_end(tiny_llama, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ACDC tau=0.05 (2/3)" in err and "acdc validation faithfulness" in err  # progress, per threshold
     curve = r.faithfulness_curve
-    assert list(curve["methods"]) == ["eap", "eap-ig", "acdc"]
-    row = curve["methods"]["acdc"]
-    assert row["tau"] == [0.0, 0.05, 1e9] and row["candidates"] == 12
-    assert row["n_edges"] == sorted(row["n_edges"], reverse=True) and row["n_edges"][-1] == 0
-    assert row["n_edges"][0] <= 12
+    assert list(curve.methods) == ["eap", "eap-ig", "acdc"]
+    row = curve.methods["acdc"]
+    assert row.tau == [0.0, 0.05, 1e9] and row.candidates == 12
+    assert row.n_edges == sorted(row.n_edges, reverse=True) and row.n_edges[-1] == 0
+    assert row.n_edges[0] <= 12
     # the returned ACDC circuit (--acdc-tau 0.05) is the curve's run at that tau
-    assert curve["extra"]["acdc"]["n_edges"] == row["n_edges"][1] == r.n_edges
-    assert curve["extra"]["acdc"]["faithfulness"] == pytest.approx(row["faithfulness"][1], abs=1e-6, nan_ok=True)
+    assert curve.extra["acdc"].n_edges == row.n_edges[1] == r.n_edges
+    assert curve.extra["acdc"].faithfulness == pytest.approx(row.faithfulness[1], abs=1e-6, nan_ok=True)
     table = r.curve_rows()
     assert {t["method"] for t in table} == {"eap", "eap-ig", "acdc", "acdc (returned circuit)"}
     assert [t["ACDC tau"] for t in table if t["method"] == "acdc"] == [0.0, 0.05, 1e9]

@@ -80,10 +80,10 @@ def test_default_circuit_is_the_smallest_reaching_the_target(tiny_llama):
 
     r = run_circuit(tiny_llama, cfg, progress=False)
     curve = r.faithfulness_curve
-    faith = curve["methods"]["eap"]["faithfulness"]
-    reached = [k for k, f in zip(curve["sizes"], faith) if f >= 0.5]
+    faith = curve.methods["eap"].faithfulness
+    reached = [k for k, f in zip(curve.sizes, faith) if f >= 0.5]
     if not behaviour_defined(curve):  # a random model: full - all ablated within noise
-        assert r.target_met is False and r.chosen_k == curve["sizes"][-1]
+        assert r.target_met is False and r.chosen_k == curve.sizes[-1]
         assert "undefined" in r.target_text() and "NOT met" in r.target_text()
     elif reached:
         assert r.chosen_k == reached[0] and r.target_met and "smallest" in r.target_text()

@@ -101,10 +101,10 @@ def test_normalised_faithfulness_of_the_planted_circuit(copy_model):
     no_copy[h0] = False
     curve = faithfulness_curve(copy_model, g, prep, {}, [1], "mean",
                                extra={"path": path, "scale": scale, "no_copy": no_copy})
-    assert curve["full"] > 1.0
-    assert curve["extra"]["scale"]["faithfulness"] == pytest.approx(1.0, abs=1e-5)
-    assert curve["extra"]["path"]["faithfulness"] == pytest.approx(1.0, abs=0.01)
-    assert abs(curve["extra"]["no_copy"]["faithfulness"]) < 0.05
+    assert curve.full > 1.0
+    assert curve.extra["scale"].faithfulness == pytest.approx(1.0, abs=1e-5)
+    assert curve.extra["path"].faithfulness == pytest.approx(1.0, abs=0.01)
+    assert abs(curve.extra["no_copy"].faithfulness) < 0.05
 
 
 def test_eap_ig_steps_reproduce_eap_ig(copy_model):
@@ -127,5 +127,5 @@ def test_faithfulness_is_undefined_without_a_behaviour(copy_model):
     clean, corrupt, correct, _ = P.planted_prompts(8, seed=4)
     prep = Prepared(None, as_tokens(copy_model, clean), as_tokens(copy_model, corrupt), LogitDiff(correct, correct), None)
     curve = faithfulness_curve(copy_model, g, prep, {}, [1], "mean", extra={"all": g.valid})
-    assert curve["full"] == 0.0 and curve["all_ablated"] == 0.0 and not behaviour_defined(curve)
+    assert curve.full == 0.0 and curve.all_ablated == 0.0 and not behaviour_defined(curve)
     assert behaviour_defined(faithfulness_curve(copy_model, g, _prep(copy_model), {}, [1], "mean"))

@@ -11,6 +11,7 @@ its checks live in ``config``, the measuring in ``measuring``, the Result in ``r
 the figures and headlines in ``figures``; their public names are importable from here too."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, TYPE_CHECKING
@@ -32,6 +33,7 @@ from .measuring import (CHANCE, ROWS_PER_PASS, Prepared, acdc_circuits, behaviou
                         edge_metrics, faithfulness, faithfulness_curve, faithfulness_interval, last_logits_batched,
                         normalised, positions, prepare, run_bytes, say, spearman, step_counts, task_scores,
                         topk_jaccard)
+from .records import Convergence, FaithfulnessCurve, KindAccuracy, ThresholdCurve
 from .result import CircuitResult, top_edge_list
 
 if TYPE_CHECKING:
@@ -121,7 +123,7 @@ def own_circuit(model: Model, config: CircuitConfig, graph: Graph, disc: Prepare
 
 
 def validation_curve(model: Model, config: CircuitConfig, graph: Graph, val: Prepared, scores: dict[str, torch.Tensor],
-                     sizes: list[int], curve_methods: list[str], own: OwnCircuit, progress: bool) -> dict[str, Any]:
+                     sizes: list[int], curve_methods: list[str], own: OwnCircuit, progress: bool) -> FaithfulnessCurve:
     """The faithfulness curve on the validation prompts: every top-k method at every size, ACDC's
     thresholds and the method's own circuit."""
     top_k = [m for m in curve_methods if m != "acdc"]
@@ -132,11 +134,14 @@ def validation_curve(model: Model, config: CircuitConfig, graph: Graph, val: Pre
                                extra={config.method: own.edges} if own.edges is not None else None, progress=progress,
                                thresholded={"acdc": acdc_curve} if acdc_curve else None)
     if acdc_curve:
-        curve["methods"]["acdc"]["candidates"] = own.n_try
-    for m, row in curve["methods"].items():
-        labels = [f"tau {t:g}, {n}" for t, n in zip(row["tau"], row["n_edges"])] if "tau" in row else row["n_edges"]
+        acdc_row = curve.methods["acdc"]
+        assert isinstance(acdc_row, ThresholdCurve)
+        curve.methods["acdc"] = dataclasses.replace(acdc_row, candidates=own.n_try)
+    for m, row in curve.methods.items():
+        labels = ([f"tau {t:g}, {n}" for t, n in zip(row.tau, row.n_edges)] if isinstance(row, ThresholdCurve)
+                  else row.n_edges)
         say(progress, f"{config.task} {m} validation faithfulness (edges: value): " + ", ".join(
-            f"{n}: {f:.3f}" for n, f in zip(labels, row["faithfulness"])))
+            f"{n}: {f:.3f}" for n, f in zip(labels, row.faithfulness)))
     return curve
 
 
@@ -153,36 +158,36 @@ class Chosen:
 
 
 def choose_circuit(model: Model, config: CircuitConfig, graph: Graph, preps: dict[str, Prepared],
-                   scores: dict[str, torch.Tensor], sizes: list[int], curve: dict[str, Any], own: OwnCircuit,
+                   scores: dict[str, torch.Tensor], sizes: list[int], curve: FaithfulnessCurve, own: OwnCircuit,
                    progress: bool) -> Chosen:
     """The method's own circuit, the size --n-edges gives, or the smallest size on the curve
     reaching --target on the validation prompts."""
     if own.edges is not None:
         assert own.scores is not None
-        val_faith = curve["extra"][config.method]["faithfulness"]
+        val_faith = curve.extra[config.method].faithfulness
         return Chosen(own.edges, own.scores, int(own.edges.sum()), config.method,
                       val_faith == val_faith and val_faith >= config.target, val_faith)
     edge_scores = scores[config.method]
     if config.n_edges is not None or config.threshold is not None:
         _, _, edges = discover(model, config, preps["discovery"], progress, ranked=edge_scores)
         return Chosen(edges, edge_scores, config.n_edges, "--n-edges", None, None)
-    if config.method not in curve["methods"]:  # (its own curve, when not among --curve-methods)
+    if config.method not in curve.methods:  # (its own curve, when not among --curve-methods)
         extra = faithfulness_curve(model, graph, preps["validation"], {config.method: edge_scores}, sizes, config.ablation)
-        curve["methods"].update(extra["methods"])
-    row = curve["methods"][config.method]
+        curve.methods.update(extra.methods)
+    row = curve.methods[config.method]
     if behaviour_defined(curve):
-        chosen_k, target_met = choose_size(curve["sizes"], row["faithfulness"], config.target)
+        chosen_k, target_met = choose_size(curve.sizes, row.faithfulness, config.target)
         chosen_by = "target"
     else:  # the normalisation divides by noise: no size is claimed to reach the target
-        chosen_k, target_met, chosen_by = curve["sizes"][-1], False, "undefined"
+        chosen_k, target_met, chosen_by = curve.sizes[-1], False, "undefined"
         say(progress, f"{config.task}: the full model does not beat the all-ablated model on the validation "
-                      f"prompts ({curve['full']:.3f} vs {curve['all_ablated']:.3f}); faithfulness is undefined")
-    val_faith = row["faithfulness"][curve["sizes"].index(chosen_k)]
+                      f"prompts ({curve.full:.3f} vs {curve.all_ablated:.3f}); faithfulness is undefined")
+    val_faith = row.faithfulness[curve.sizes.index(chosen_k)]
     return Chosen(circuit_of(graph, edge_scores, chosen_k), edge_scores, chosen_k, chosen_by, target_met, val_faith)
 
 
 def ig_convergence(model: Model, config: CircuitConfig, graph: Graph, val: Prepared, per_step: torch.Tensor | None,
-                   curve: dict[str, Any], chosen_k: int | None, progress: bool) -> dict[str, Any] | None:
+                   curve: FaithfulnessCurve, chosen_k: int | None, progress: bool) -> Convergence | None:
     """EAP-IG against its own highest step count: rank agreement, top-k Jaccard and the top-k
     circuit's validation faithfulness at every power of two of steps (None without EAP-IG)."""
     from workbench.patching.eap import ig_subsample
@@ -194,20 +199,20 @@ def ig_convergence(model: Model, config: CircuitConfig, graph: Graph, val: Prepa
     subs = {s_: ig_subsample(per_step, s_) for s_ in counts}
     full_ig = subs[config.ig_steps]
     flat = graph.valid
-    convergence: dict[str, Any] = {"steps": counts, "k": int(k),
-                                   "spearman_vs_max": [spearman(subs[c][flat], full_ig[flat]) for c in counts],
-                                   "topk_jaccard_vs_max": [topk_jaccard(subs[c], full_ig, graph, k) for c in counts]}
+    convergence = Convergence(steps=counts, k=int(k),
+                              spearman_vs_max=[spearman(subs[c][flat], full_ig[flat]) for c in counts],
+                              topk_jaccard_vs_max=[topk_jaccard(subs[c], full_ig, graph, k) for c in counts])
     lower = [c for c in counts if c != config.ig_steps]
     if lower:
         say(progress, f"convergence: the top-{k} EAP-IG circuit with {lower} steps on the validation prompts")
         conv = faithfulness_curve(model, graph, val, {f"steps{c}": subs[c] for c in lower}, [k], config.ablation)
-        f_by = {int(name[5:]): row["faithfulness"][0] for name, row in conv["methods"].items()}
-        if "eap-ig" in curve["methods"] and k in curve["sizes"]:
-            f_by[config.ig_steps] = curve["methods"]["eap-ig"]["faithfulness"][curve["sizes"].index(k)]
+        f_by = {int(name[5:]): row.faithfulness[0] for name, row in conv.methods.items()}
+        if "eap-ig" in curve.methods and k in curve.sizes:
+            f_by[config.ig_steps] = curve.methods["eap-ig"].faithfulness[curve.sizes.index(k)]
         else:
             f_by[config.ig_steps] = faithfulness_curve(model, graph, val, {"m": full_ig}, [k],
-                                                       config.ablation)["methods"]["m"]["faithfulness"][0]
-        convergence["faithfulness"] = [f_by[c] for c in counts]
+                                                       config.ablation).methods["m"].faithfulness[0]
+        convergence = dataclasses.replace(convergence, faithfulness=[f_by[c] for c in counts])
     return convergence
 
 
@@ -240,7 +245,7 @@ def measure_on_test(model: Model, config: CircuitConfig, graph: Graph, preps: di
     hits = base.pop("hits")
     acc_iv = {k: wilson(int(sum(v)), len(v), split="test") for k, v in hits.items()}
     fields = {
-        **base, "accuracies": {k: {**iv_.to_dict(), "chance": CHANCE[k]} for k, iv_ in acc_iv.items()},
+        **base, "accuracies": {k: KindAccuracy.of(iv_, CHANCE[k]) for k, iv_ in acc_iv.items()},
         "n_edges_total": graph.n_edges, "n_edges": int(edges.sum()), "n_heads": len(heads), "heads": heads,
         "faithfulness": iv.value, "faithfulness_validation": chosen.val_faith, "target": config.target,
         "target_met": chosen.target_met, "chosen_by": chosen.chosen_by, "chosen_k": chosen.chosen_k,

@@ -3,13 +3,19 @@ as a graph (layers top to bottom, heads left to right, MLPs at the right edge), 
 overlap of two circuits, the head-class table and the intervention bars."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 
 from workbench.figures.common import bar_top_heads, head_grid
 from workbench.names import parse_head
+
+from .records import ThresholdCurve
+
+if TYPE_CHECKING:
+    from .records import Convergence, FaithfulnessCurve
 
 
 def _node_xy(name: str, n_heads: int, n_layers: int) -> tuple[float, float]:
@@ -89,22 +95,22 @@ def intervention_bars(intervention: Any, title: str = "Colored Objects accuracy 
     return fig
 
 
-def faithfulness_figure(curve: dict[str, Any], target: float | None = None, title: str = "") -> go.Figure:
+def faithfulness_figure(curve: FaithfulnessCurve, target: float | None = None, title: str = "") -> go.Figure:
     """Normalised faithfulness against the edges kept (log axis), one line per method (EAP and
     EAP-IG over their top-k sizes, ACDC over its thresholds, each point labelled with its tau),
     the circuit a single-circuit method returned as a point, the target as a dashed line."""
     fig = go.Figure()
-    for m, row in (curve.get("methods") or {}).items():
-        if "tau" in row:  # ACDC: one circuit per threshold, drawn in order of size (an empty circuit at 1)
-            pts = sorted(zip(row["n_edges"], row["faithfulness"], row["tau"]))
+    for m, row in curve.methods.items():
+        if isinstance(row, ThresholdCurve):  # ACDC: one circuit per threshold, drawn in order of size (an empty circuit at 1)
+            pts = sorted(zip(row.n_edges, row.faithfulness, row.tau))
             fig.add_trace(go.Scatter(x=[max(1, n) for n, _, _ in pts], y=[f for _, f, _ in pts], mode="lines+markers+text",
                                      name=f"{m} (by threshold)", text=[f"τ={t:g}" for _, _, t in pts],
                                      textposition="top center", line={"dash": "dot"},
                                      hovertext=[f"τ={t:g}: {n} edges, {f:.3f}" for n, f, t in pts], hoverinfo="text"))
             continue
-        fig.add_trace(go.Scatter(x=row["n_edges"], y=row["faithfulness"], mode="lines+markers", name=m))
-    for m, row in (curve.get("extra") or {}).items():
-        fig.add_trace(go.Scatter(x=[max(1, row["n_edges"])], y=[row["faithfulness"]], mode="markers",
+        fig.add_trace(go.Scatter(x=row.n_edges, y=row.faithfulness, mode="lines+markers", name=m))
+    for m, point in curve.extra.items():
+        fig.add_trace(go.Scatter(x=[max(1, point.n_edges)], y=[point.faithfulness], mode="markers",
                                  name=f"{m} (returned circuit)", marker={"size": 12, "symbol": "diamond"}))
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target:g}")
@@ -114,15 +120,15 @@ def faithfulness_figure(curve: dict[str, Any], target: float | None = None, titl
     return fig
 
 
-def convergence_figure(conv: dict[str, Any]) -> go.Figure:
+def convergence_figure(conv: Convergence) -> go.Figure:
     """EAP-IG with 1, 2, 4, ... steps against its highest step count."""
     from workbench.figures.common import line_curves
 
-    curves = {"Spearman vs max steps (all edges)": conv["spearman_vs_max"],
-              f"top-{conv['k']} Jaccard vs max steps": conv["topk_jaccard_vs_max"]}
-    if conv.get("faithfulness"):
-        curves[f"faithfulness of the top-{conv['k']} circuit"] = conv["faithfulness"]
-    fig = line_curves(conv["steps"], curves, "EAP-IG convergence in integration steps", "integration steps", "value")
+    curves: dict[str, Sequence[float]] = {"Spearman vs max steps (all edges)": conv.spearman_vs_max,
+              f"top-{conv.k} Jaccard vs max steps": conv.topk_jaccard_vs_max}
+    if conv.faithfulness:
+        curves[f"faithfulness of the top-{conv.k} circuit"] = conv.faithfulness
+    fig = line_curves(conv.steps, curves, "EAP-IG convergence in integration steps", "integration steps", "value")
     fig.update_layout(xaxis_type="log")
     return fig
 
@@ -140,7 +146,7 @@ def circuit_figures(result: Any) -> list[go.Figure]:
     if result.head_patching is not None:
         figs.append(head_grid(result.head_patching, "exact activation patching of heads", "Δ metric"))
     curve = result.faithfulness_curve
-    if curve and "methods" in curve:
+    if curve is not None:
         figs.append(faithfulness_figure(curve, result.target, f"{result.task}: faithfulness against circuit size "
                                                                 "(validation prompts)"))
     if result.convergence:
@@ -156,14 +162,14 @@ def circuit_headline(result: Any) -> list[tuple[str, Any]]:
             ("target met", {True: "yes", False: "NO", None: "—"}[result.target_met])]
 
 
-def convergence_rows(conv: dict[str, Any] | None) -> list[dict[str, Any]]:
+def convergence_rows(conv: Convergence | None) -> list[dict[str, Any]]:
     if not conv:
         return []
     rows = []
-    for i, s in enumerate(conv["steps"]):
-        row = {"steps": s, "Spearman vs max": conv["spearman_vs_max"][i], f"top-{conv['k']} Jaccard": conv["topk_jaccard_vs_max"][i]}
-        if conv.get("faithfulness"):
-            row[f"faithfulness top-{conv['k']} (validation)"] = conv["faithfulness"][i]
+    for i, s in enumerate(conv.steps):
+        row = {"steps": s, "Spearman vs max": conv.spearman_vs_max[i], f"top-{conv.k} Jaccard": conv.topk_jaccard_vs_max[i]}
+        if conv.faithfulness:
+            row[f"faithfulness top-{conv.k} (validation)"] = conv.faithfulness[i]
         rows.append(row)
     return rows
 
@@ -192,39 +198,43 @@ def mib_rows(result: Any) -> list[dict[str, Any]]:
     (absolute scores, lower is better), with their bootstrap intervals, and the curve."""
     rows = []
     for method, c in (result.mib or {}).items():
-        rows.append({"method": method, "ablation": c["ablation"], "prompts": c["n_prompts"],
-                     "CPR": _iv(c["cpr"]), "CMD": _iv(c["cmd"]),
+        rows.append({"method": method, "ablation": c.ablation, "prompts": c.n_prompts,
+                     "CPR": _iv(c.cpr), "CMD": _iv(c.cmd),
                      "faithfulness at MIB's edge fractions (absolute scores)": ", ".join(
-                         f"{p * 100:g}%: {f:.2f}" for p, f in zip(c["fractions"], c["faithfulness_absolute"]))})
+                         f"{p * 100:g}%: {f:.2f}" for p, f in zip(c.fractions, c.faithfulness_absolute))})
     return rows
 
 
 def beside_rows(result: Any) -> list[dict[str, Any]]:
     """The validation curve under the second ablation, one row per (method, size)."""
-    c = result.faithfulness_curve_beside or {}
+    c = result.faithfulness_curve_beside
+    if c is None:
+        return []
     return [{"method": meth, "ablation (beside)": result.beside_ablation or "second", "edges kept": n,
              "faithfulness (validation)": f}
-            for meth, row in (c.get("methods") or {}).items() for n, f in zip(row["n_edges"], row["faithfulness"])]
+            for meth, row in c.methods.items() for n, f in zip(row.n_edges, row.faithfulness)]
 
 
 def node_rows(result: Any) -> list[dict[str, Any]]:
     """Node circuits (top-k heads, every MLP kept) by the exact reference and by each method."""
-    ref = result.node_reference or {}
+    ref = result.node_reference
+    if ref is None:
+        return []
     rows = []
-    for name, faith in (ref.get("faithfulness") or {}).items():
-        agree = (ref.get("agreement") or {}).get(name, {})
-        rows.append({"head ranking": name, **{f"{k} heads": f for k, f in zip(ref["heads"], faith)},
+    for name, faith in ref.faithfulness.items():
+        agree = ref.agreement.get(name, {})
+        rows.append({"head ranking": name, **{f"{k} heads": f for k, f in zip(ref.heads, faith)},
                      "Spearman vs exact": agree.get("spearman"), "top-10 overlap": agree.get("top10_overlap")})
     return rows
 
 
 def stability_rows(result: Any) -> list[dict[str, Any]]:
     st = result.stability
-    return [st] if st else []
+    return [dataclasses.asdict(st)] if st else []
 
 
-def _iv(d: dict[str, Any]) -> str:
-    return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+def _iv(iv: Any) -> str:
+    return f"{iv.value:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
 
 
 def _ablation_text(name: str) -> str:
@@ -237,11 +247,12 @@ def _ablation_text(name: str) -> str:
 
 
 def _acdc_text(result: Any) -> str:
-    row = ((result.faithfulness_curve or {}).get("methods") or {}).get("acdc")
-    if not row:
+    curve = result.faithfulness_curve
+    row = curve.methods.get("acdc") if curve is not None else None
+    if not isinstance(row, ThresholdCurve):
         return ""
-    cands = row.get("candidates")
-    return (f" ACDC's curve: one exact ACDC run per threshold (τ {', '.join(f'{t:g}' for t in row['tau'])}) on the "
+    cands = row.candidates
+    return (f" ACDC's curve: one exact ACDC run per threshold (τ {', '.join(f'{t:g}' for t in row.tau)}) on the "
             f"discovery prompts, each trying the top {cands} EAP-IG edges, its circuit measured on the validation prompts.")
 
 
@@ -255,11 +266,11 @@ def circuit_headline_figures(result: Any) -> list[dict[str, Any]]:
                   split="validation", fmt="d"),
            figure(f"{result.task} {result.method} circuit: faithfulness (normalised, {result.ablation} ablation)",
                   interval=result.intervals.get("faithfulness"))]
-    c = result.faithfulness_curve or {}
-    row = (c.get("methods") or {}).get(result.method)
+    c = result.faithfulness_curve
+    row = c.methods.get(result.method) if c is not None else None
     if row:
-        curve = ", ".join(f"{n_e}: {f:.2f}" for n_e, f in zip(row["n_edges"], row["faithfulness"]))
-        out.append(figure(f"{result.task} {result.method} faithfulness by edges kept ({curve}); best", max(row["faithfulness"]),
+        curve = ", ".join(f"{n_e}: {f:.2f}" for n_e, f in zip(row.n_edges, row.faithfulness))
+        out.append(figure(f"{result.task} {result.method} faithfulness by edges kept ({curve}); best", max(row.faithfulness),
                           n=result.n_val, split="validation"))
     for name, iv in result.intervals.items():
         if name.startswith("accuracy"):
@@ -288,7 +299,7 @@ def reuse_figures(result: Any) -> list[go.Figure]:
         intervention_bars(result.intervention, intervals=result.intervals),
     ] + [faithfulness_figure(result.circuit(k).faithfulness_curve, result.circuit(k).target,
                              f"{k}: faithfulness against circuit size (validation prompts)")
-         for k in ("ioi", "colored_objects") if result.circuit(k).faithfulness_curve and "methods" in result.circuit(k).faithfulness_curve]
+         for k in ("ioi", "colored_objects") if result.circuit(k).faithfulness_curve is not None]
 
 
 def reuse_tables(result: Any) -> list[list[dict[str, Any]]]:
@@ -332,10 +343,8 @@ def reuse_headline_figures(result: Any) -> list[dict[str, Any]]:
                   interval=iv.get("intervention: accuracy before"))]
     co_all = (result.colored_objects.accuracies or {}).get("among_all")
     if co_all:
-        from workbench.stats import Interval
-
         out.append(figure("Colored Objects accuracy, argmax over all 8 colours (chance 0.125)",
-                          interval=Interval.from_dict(co_all)))
+                          interval=co_all.interval()))
     for key, label in (("ioi", "IOI"), ("colored_objects", "Colored Objects")):
         c = result.circuit(key)
         met = "met" if c.target_met else "NOT met"

@@ -11,6 +11,8 @@ import torch
 from workbench.errors import InputError
 from workbench.patching.graph import Graph
 
+from .records import MibScores, NodeReference, Stability
+
 
 def parse_names(text: str, known: tuple[str, ...], option: str) -> list[str]:
     """'eap,eap-ig' -> ['eap', 'eap-ig'] ('' -> []); a one-line error for an unknown name."""
@@ -33,7 +35,7 @@ def parse_counts(text: str, option: str) -> list[int]:
 
 
 def mib_scores(model: Any, graph: Graph, test: Any, scores: dict[str, torch.Tensor], methods: list[str],
-               ablation: str, seed: int, progress: bool) -> dict[str, Any]:
+               ablation: str, seed: int, progress: bool) -> dict[str, MibScores]:
     """MIB's faithfulness curve, CPR and CMD of each method's scores on the test prompts."""
     from workbench.patching.faithfulness import mib_curve
 
@@ -42,7 +44,7 @@ def mib_scores(model: Any, graph: Graph, test: Any, scores: dict[str, torch.Tens
 
 
 def node_reference(model: Any, graph: Graph, disc: Any, val: Any, scores: dict[str, torch.Tensor],
-                   head_counts: list[int], ablation: str) -> tuple[dict[str, Any], torch.Tensor]:
+                   head_counts: list[int], ablation: str) -> tuple[NodeReference, torch.Tensor]:
     """The exact node reference (every head patched from the corrupt run) against each method's
     node scores: rank agreement, and validation faithfulness of the top-k heads by each (every
     MLP kept) at equal k. Returns (the table, the exact effects [layer head])."""
@@ -60,17 +62,16 @@ def node_reference(model: Any, graph: Graph, disc: Any, val: Any, scores: dict[s
             keys.append((name, k))
     vals = edge_values(model, graph, val.clean, val.corrupt, val.metric, torch.stack(masks), ablation)
     faith = normalised_curve(vals.double().cpu().numpy())
-    out: dict[str, Any] = {"heads": counts, "ablation": ablation, "faithfulness": {}, "agreement": {}}
+    by_ranking: dict[str, list[float]] = {}
     for (name, _k), f in zip(keys, faith):
-        out["faithfulness"].setdefault(name, []).append(float(f))
-    for m in scores:
-        out["agreement"][m] = compare_heads(exact, grids[m], min(10, exact.numel()))
-    out["top_heads_exact"] = head_names(graph, exact, min(10, exact.numel()))
-    return out, exact
+        by_ranking.setdefault(name, []).append(float(f))
+    agreement = {m: compare_heads(exact, grids[m], min(10, exact.numel())) for m in scores}
+    return NodeReference(heads=counts, ablation=ablation, faithfulness=by_ranking, agreement=agreement,
+                         top_heads_exact=head_names(graph, exact, min(10, exact.numel()))), exact
 
 
 def discovery_stability(model: Any, disc: Any, method: str, config: Any, k_edges: int, k_heads: int,
-                        n_boot: int) -> dict[str, Any]:
+                        n_boot: int) -> Stability:
     """Mean pairwise Jaccard of the top edges and heads over bootstrap resamples of the
     discovery prompts (the method rerun on each)."""
     from workbench.patching.eap import edge_attribution
@@ -83,8 +84,8 @@ def discovery_stability(model: Any, disc: Any, method: str, config: Any, k_edges
         return edge_attribution(model, clean, corrupt, metric, method, steps=config.ig_steps,
                                 batch_size=config.batch_size)
 
-    return {"method": method, **stability(model, disc.clean, disc.corrupt, disc.metric, rediscover, k_edges, k_heads,
-                                          n_boot, config.seed)}
+    return Stability(method=method, **stability(model, disc.clean, disc.corrupt, disc.metric, rediscover, k_edges,
+                                                k_heads, n_boot, config.seed))
 
 
 def comparable_measures(model: Any, config: Any, graph: Graph, preps: dict[str, Any], scores: dict[str, torch.Tensor],
@@ -101,7 +102,7 @@ def comparable_measures(model: Any, config: Any, graph: Graph, preps: dict[str, 
     if methods:
         say(f"MIB's CPR and CMD ({', '.join(methods)}) on {len(test.clean)} test prompts, {config.ablation} ablation")
         curves = mib_scores(model, graph, test, scores, methods, config.ablation, config.seed, False)
-        metrics["mib"] = {m: c.to_dict() for m, c in curves.items()}
+        metrics["mib"] = curves
         for m, c in curves.items():
             intervals[f"MIB CPR ({m})"], intervals[f"MIB CMD ({m})"] = c.cpr, c.cmd
             say(f"{m}: MIB CPR {c.cpr.text('.3f')}, CMD {c.cmd.text('.3f')}; faithfulness at MIB's fractions "

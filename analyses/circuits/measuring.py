@@ -16,6 +16,7 @@ from workbench.patching.graph import (Graph, LogitDiff, ablation_values, prune_d
 from workbench.patching.methods import DiscoveryConfig, PairedTask
 from workbench.stats import Interval, bootstrap, bootstrap_diff
 
+from .records import CircuitPoint, FaithfulnessCurve, MethodCurve, ThresholdCurve
 from .config import (SLACK, TASKS, TEST_OFFSET, VAL_OFFSET, CircuitConfig, check_circuit_size, check_task_and_method,
                      prompt_set_bytes)
 
@@ -148,13 +149,13 @@ def circuit_of(graph: Graph, scores: torch.Tensor, k: int) -> torch.Tensor:
 def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: dict[str, torch.Tensor] | torch.Tensor,
                        sizes: list[int], ablation: str = "counterfactual", extra: dict[str, torch.Tensor] | None = None,
                        progress: bool = False,
-                       thresholded: dict[str, list[tuple[float, torch.Tensor]]] | None = None) -> dict[str, Any]:
+                       thresholded: dict[str, list[tuple[float, torch.Tensor]]] | None = None) -> FaithfulnessCurve:
     """Normalised faithfulness of the top-k circuits of each method's scores, for each k in
-    ``sizes``, on ``prep``'s prompts: ``{"sizes", "full", "all_ablated", "methods": {method:
-    {"n_edges": [edges kept after pruning], "faithfulness": [...]}}, "extra": {name: value}}``.
+    ``sizes``, on ``prep``'s prompts (a ``FaithfulnessCurve``: each method's row holds the edges
+    kept after pruning and the faithfulness at each size; ``extra``: by name).
     ``extra`` are other circuits ([S R] bool) measured in the same batch. ``thresholded``:
     methods whose circuits come one per threshold (ACDC: ``[(tau, circuit [S R] bool), ...]``);
-    each is a row of ``methods`` with its own ``n_edges`` and a ``tau`` list instead of ``sizes``."""
+    each is a ``ThresholdCurve`` row of ``methods``, with a ``tau`` list instead of ``sizes``."""
     if isinstance(scores, torch.Tensor):
         scores = {"scores": scores}
     sizes = sorted({min(k, graph.n_edges) for k in sizes})
@@ -175,27 +176,31 @@ def faithfulness_curve(model: Any, graph: Graph, prep: Prepared, scores: dict[st
     mean = vals.mean(1)
     full, empty = float(mean[0]), float(mean[1])
     effect = bootstrap_diff(vals[0].double().cpu().numpy().tolist(), vals[1].double().cpu().numpy().tolist(), split="validation")
-    out: dict[str, Any] = {"sizes": sizes, "full": full, "all_ablated": empty, "methods": {}, "extra": {},
-                           "effect": effect.to_dict(), "defined": bool(effect.low > 0)}
+    rows: dict[str, dict[str, list[Any]]] = {}
+    extras: dict[str, CircuitPoint] = {}
     for (name, k), m, v in zip(keys, masks[2:], mean[2:]):
         if name == "extra":
-            out["extra"][k] = {"n_edges": int(m.sum()), "faithfulness": normalised(v, full, empty)}
+            extras[k] = CircuitPoint(n_edges=int(m.sum()), faithfulness=normalised(v, full, empty))
             continue
         if isinstance(name, tuple):  # a thresholded method (ACDC): one circuit per tau
-            row = out["methods"].setdefault(name[1], {"tau": [], "n_edges": [], "faithfulness": []})
+            row = rows.setdefault(name[1], {"tau": [], "n_edges": [], "faithfulness": []})
             row["tau"].append(k)
         else:
-            row = out["methods"].setdefault(name, {"n_edges": [], "faithfulness": []})
+            row = rows.setdefault(name, {"n_edges": [], "faithfulness": []})
         row["n_edges"].append(int(m.sum()))
         row["faithfulness"].append(normalised(v, full, empty))
-    return out
+    methods: dict[str, MethodCurve | ThresholdCurve] = {
+        name: (ThresholdCurve(tau=row["tau"], n_edges=row["n_edges"], faithfulness=row["faithfulness"]) if "tau" in row
+               else MethodCurve(n_edges=row["n_edges"], faithfulness=row["faithfulness"])) for name, row in rows.items()}
+    return FaithfulnessCurve(sizes=sizes, full=full, all_ablated=empty, methods=methods, extra=extras, effect=effect,
+                             defined=bool(effect.low > 0))
 
 
-def behaviour_defined(curve: dict[str, Any]) -> bool:
+def behaviour_defined(curve: FaithfulnessCurve) -> bool:
     """Whether the full model beats the all-ablated model on the curve's prompts (the paired
     bootstrap interval of full - all ablated is above 0): without that the normalised
     faithfulness divides by noise and no size can be said to reach a target."""
-    return bool(curve.get("defined", True))
+    return bool(curve.defined)
 
 
 def choose_size(sizes: list[int], faith: list[float], target: float) -> tuple[int, bool]:

@@ -12,6 +12,7 @@ from torch import Tensor
 from workbench.results import Result
 
 from .config import CircuitConfig
+from .records import Convergence, FaithfulnessCurve, KindAccuracy, MibScores, NodeReference, Stability, ThresholdCurve
 
 OLD_SUMMARY = ("task", "method", "format", "n_prompts", "n_val", "n_test", "logit_diff", "accuracy", "accuracies",
                "n_edges", "n_heads", "faithfulness", "faithfulness_validation", "target", "target_met", "chosen_by",
@@ -39,7 +40,7 @@ class CircuitResult(Result):
     accuracy: float
     accuracy_kind: str
     logit_diffs: list[float]  # per test prompt
-    accuracies: dict[str, dict[str, Any]]  # per kind: the Wilson interval and the chance level
+    accuracies: dict[str, KindAccuracy]  # per kind (its name): the Wilson interval and the chance level
     n_edges_total: int  # edges in the model's graph
     n_edges: int  # edges in the circuit
     n_heads: int
@@ -56,14 +57,14 @@ class CircuitResult(Result):
     ablation: str = "mean"  # what edges outside the circuit carry (runs from before the option: mean)
     spearman_vs_patching: float | None  # head scores against exact head patching (with compare_patching)
     top_edges: list[tuple[str, str, float]]  # the strongest in-circuit edges: (sender, receiver, score)
-    faithfulness_curve: dict[str, Any]  # {"sizes", "full", "all_ablated", "methods": {m: {"n_edges", "faithfulness"}}, "extra"}
-    convergence: dict[str, Any] | None  # EAP-IG against its own highest step count (None without EAP-IG)
+    faithfulness_curve: FaithfulnessCurve  # on the validation prompts
+    convergence: Convergence | None  # EAP-IG against its own highest step count (None without EAP-IG)
     n_edges_total_mib: int
-    mib: dict[str, Any] | None = None
-    faithfulness_curve_beside: dict[str, Any] | None = None
+    mib: dict[str, MibScores] | None = None  # by method
+    faithfulness_curve_beside: FaithfulnessCurve | None = None
     beside_ablation: str | None = None
-    node_reference: dict[str, Any] | None = None
-    stability: dict[str, Any] | None = None
+    node_reference: NodeReference | None = None
+    stability: Stability | None = None
     seconds: float = float("nan")
     edge_scores: Float[Tensor, "sender receiver"]  # the method's score of every edge
     circuit: Bool[Tensor, "sender receiver"]  # the circuit's edges
@@ -86,9 +87,9 @@ class CircuitResult(Result):
     def target_text(self) -> str:
         """One plain sentence on the chosen size and the target."""
         if self.chosen_by == "undefined":
-            c = self.faithfulness_curve or {}
+            c = self.faithfulness_curve
             return (f"the full model does not beat the all-ablated model on the validation prompts (logit difference "
-                    f"{c.get('full', float('nan')):.3f} vs {c.get('all_ablated', float('nan')):.3f}), so normalised "
+                    f"{c.full:.3f} vs {c.all_ablated:.3f}), so normalised "
                     f"faithfulness is undefined and the target is NOT met; the circuit returned is the largest on the "
                     f"curve ({self.chosen_k} edges), not a faithful one")
         if self.chosen_by == "target":
@@ -104,19 +105,19 @@ class CircuitResult(Result):
 
     def curve_rows(self) -> list[dict[str, Any]]:
         """The faithfulness-against-edges table: one row per (method, size)."""
-        c = self.faithfulness_curve or {}
-        rows = []
-        for m, row in (c.get("methods") or {}).items():
-            if "tau" in row:  # ACDC: one circuit per threshold
-                for t, n, f in zip(row["tau"], row["n_edges"], row["faithfulness"]):
+        c = self.faithfulness_curve
+        rows: list[dict[str, Any]] = []
+        for m, row in c.methods.items():
+            if isinstance(row, ThresholdCurve):  # ACDC: one circuit per threshold
+                for t, n, f in zip(row.tau, row.n_edges, row.faithfulness):
                     rows.append({"method": m, "top k": None, "ACDC tau": t, "edges kept": n,
                                  "faithfulness (validation)": f})
                 continue
-            for k, n, f in zip(c["sizes"], row["n_edges"], row["faithfulness"]):
+            for k, n, f in zip(c.sizes, row.n_edges, row.faithfulness):
                 rows.append({"method": m, "top k": k, "ACDC tau": None, "edges kept": n, "faithfulness (validation)": f})
-        for m, row in (c.get("extra") or {}).items():
-            rows.append({"method": f"{m} (returned circuit)", "top k": None, "ACDC tau": None, "edges kept": row["n_edges"],
-                         "faithfulness (validation)": row["faithfulness"]})
+        for m, point in c.extra.items():
+            rows.append({"method": f"{m} (returned circuit)", "top k": None, "ACDC tau": None, "edges kept": point.n_edges,
+                         "faithfulness (validation)": point.faithfulness})
         return rows
 
     def summary(self) -> dict[str, Any]:

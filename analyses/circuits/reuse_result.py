@@ -13,6 +13,7 @@ from workbench.results import Result
 from workbench.spec import option
 
 from .config import ABLATIONS, SIZES, check_prompt_memory, parse_sizes
+from .records import Convergence, FaithfulnessCurve, KindAccuracy
 
 BATCH_SIZE = 8  # prompts per forward pass when --batch-size is not given: min(BATCH_SIZE, n_prompts)
 TASK_KEYS = ("ioi", "colored_objects")
@@ -80,10 +81,10 @@ class TaskCircuit:
     corrupt_logit_diff: float
     accuracy: float
     accuracy_kind: str | None = None
-    accuracies: dict[str, dict[str, Any]] | None = None
+    accuracies: dict[str, KindAccuracy] | None = None
     heads: list[str]
-    faithfulness_curve: dict[str, Any] | None = None
-    convergence: dict[str, Any] | None = None
+    faithfulness_curve: FaithfulnessCurve | None = None
+    convergence: Convergence | None = None
     n_prompts: int | None = None
     n_val: int | None = None
     n_test: int | None = None
