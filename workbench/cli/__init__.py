@@ -12,7 +12,7 @@ from ..environment import ClosedOutput, check_tmpdir, guard_stdout
 from ..errors import WorkbenchError
 from . import core
 from .analysis import register_analysis
-from .common import interrupted_exit_code, stop_on_sigterm
+from .common import interrupted_exit_code, keep_interrupts, stop_on_sigterm
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Mechanistic interpretability of attention heads: analyses, reports and a dashboard.")
@@ -67,6 +67,7 @@ def main() -> None:
     """Entry point: run the app; user-fixable errors (the environment's too: TMPDIR, a closed
     or full standard output) are one line on stderr."""
     stop_on_sigterm()
+    keep_interrupts()
     try:
         guard_stdout()
         check_tmpdir()

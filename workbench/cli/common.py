@@ -3,6 +3,7 @@ line, ``--json`` printing, saving a result into ``--out``, SIGTERM handled as Ct
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +26,28 @@ def stop_on_sigterm() -> None:
             signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread (an embedding program): leave its signals alone
         pass
+
+
+def keep_interrupts() -> None:
+    """Python drops a KeyboardInterrupt that lands while a finalizer (``__del__``) runs: it prints
+    "Exception ignored in ..." and the run goes on as if Ctrl-C had never been pressed (seen with
+    the tokenizer's regex objects). Such an interrupt is delivered again, as the same signal, so it
+    lands in the run itself; any other ignored exception is reported as before."""
+    previous = sys.unraisablehook
+
+    def redeliver(unraisable: Any) -> None:
+        if unraisable.exc_type is KeyboardInterrupt:
+            # from another thread, a moment later: a signal sent from inside this hook would be
+            # handled inside it too, and dropped again
+            import threading
+
+            resend = threading.Timer(0.05, os.kill, (os.getpid(), _stopped_by[0]))
+            resend.daemon = True
+            resend.start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = redeliver
 
 
 def _interrupt(signum: int, frame: Any) -> None:
