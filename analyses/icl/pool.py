@@ -70,9 +70,17 @@ def _stop_resource_tracker() -> None:
 
 
 def _leave_ctrl_c_to_the_parent() -> None:
+    """Worker set-up: Ctrl-C is the parent's to handle. And tqdm gets a thread lock: by default
+    its first bar makes a multiprocessing lock (a named semaphore), and a worker terminated
+    mid-training cannot release it, so the resource tracker reported it as leaked after the
+    parent's "interrupted"."""
     import signal
+    import threading
+
+    from tqdm import tqdm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
 
 
 def _train_spec_pair(spec: TrainSpec) -> tuple[TrainSpec, float]:
