@@ -74,7 +74,7 @@ def forward(
     patches = dict(patches or {})
     check_names(model.hook_points, names + list(patches))
     fns = {n: (_replacer(v) if isinstance(v, torch.Tensor) else v) for n, v in patches.items()}
-    return backend_for(model.backend).forward(model, tokens.input_ids, tokens.attention_mask, names, fns, grad=grad)
+    return backend_for(model.backend).forward(model, tokens.input_ids, tokens.attention_mask, names, fns, grad)
 
 
 def _replacer(value: torch.Tensor) -> PatchFn:

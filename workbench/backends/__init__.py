@@ -1,4 +1,4 @@
-"""The backends behind one protocol (``base.Backend``), by name. Each module is imported when
+"""The backends, one ``base.Backend`` each, by name. Each module is imported when
 its backend is first asked for, so TransformerLens and nnsight load only when used."""
 from __future__ import annotations
 

@@ -41,49 +41,18 @@ class HookedModel(Protocol):
     def shape(self) -> Any: ...
 
 
-class Backend(Protocol):
-    """One backend: how it wraps a model once, and one forward pass with patches and a cache."""
-
-    name: BackendName
-    takes_embeddings: bool
-    """Whether ``forward_embeds`` (a forward from input embeddings, for vision-language models) works."""
-
-    def wrap(self, model: HookedModel) -> Any:
-        """The backend's own object over ``model.hf`` (None when it hooks the module directly)."""
-        ...
-
-    def forward(
-        self,
-        model: HookedModel,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        cache_names: list[str],
-        patches: dict[str, PatchFn],
-        grad: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """[batch pos vocab] logits with ``patches`` applied, and ``cache_names`` as stored
-        after patching (detached unless ``grad``)."""
-        ...
-
-
 Forward = Callable[[HookedModel, torch.Tensor, "torch.Tensor | None", list[str], dict[str, PatchFn], bool],
                    tuple[torch.Tensor, dict[str, torch.Tensor]]]
-"""``forward(model, input_ids, attention_mask, cache_names, patches, grad)``, as ``Backend.forward``."""
+"""``forward(model, input_ids, attention_mask, cache_names, patches, grad)``: [batch pos vocab]
+logits with ``patches`` applied, and ``cache_names`` as stored after patching (detached unless ``grad``)."""
 
 
 @dataclass(frozen=True)
-class ModuleBackend:
-    """A backend made of its module's two functions (each backend module builds one ``BACKEND``)."""
+class Backend:
+    """One backend: its name, how it wraps a model once, and one forward pass with patches and a
+    cache. Each backend module builds one (``BACKEND``) from its own two functions."""
 
     name: BackendName
-    takes_embeddings: bool
-    wrap_fn: Callable[[HookedModel], Any]
-    forward_fn: Forward
-
-    def wrap(self, model: HookedModel) -> Any:
-        return self.wrap_fn(model)
-
-    def forward(self, model: HookedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                cache_names: list[str], patches: dict[str, PatchFn],
-                grad: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.forward_fn(model, input_ids, attention_mask, cache_names, patches, grad)
+    takes_embeddings: bool  # whether ``forward_embeds`` (from input embeddings, for vision-language models) works
+    wrap: Callable[[HookedModel], Any]  # the backend's own object over ``model.hf`` (None: it hooks the module itself)
+    forward: Forward

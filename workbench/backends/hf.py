@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .base import HookedModel, ModuleBackend, PatchFn
+from .base import HookedModel, Backend, PatchFn
 
 
 def on_device_of(value: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -80,4 +80,4 @@ def forward_embeds(
     return out.logits, store, (past if use_cache else None)
 
 
-BACKEND = ModuleBackend("hf", takes_embeddings=True, wrap_fn=lambda model: None, forward_fn=forward)
+BACKEND = Backend("hf", takes_embeddings=True, wrap=lambda model: None, forward=forward)

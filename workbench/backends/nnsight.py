@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import HookNameError, InputError, ModelNotAvailable
-from .base import HookedModel, ModuleBackend, PatchFn
+from .base import HookedModel, Backend, PatchFn
 
 NATIVE = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 """The per-layer canonical names a remote trace reaches (in the order a layer runs them)."""
@@ -209,4 +209,4 @@ def load_remote(hub_id: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
     return lm, lm._model, lm.tokenizer
 
 
-BACKEND = ModuleBackend("nnsight", takes_embeddings=False, wrap_fn=wrap, forward_fn=forward)
+BACKEND = Backend("nnsight", takes_embeddings=False, wrap=wrap, forward=forward)

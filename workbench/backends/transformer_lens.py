@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import HookNameError
-from .base import HookedModel, ModuleBackend, PatchFn
+from .base import HookedModel, Backend, PatchFn
 
 
 def wrap(model: HookedModel) -> Any:
@@ -57,4 +57,4 @@ def forward(
     return logits, store
 
 
-BACKEND = ModuleBackend("transformer_lens", takes_embeddings=False, wrap_fn=wrap, forward_fn=forward)
+BACKEND = Backend("transformer_lens", takes_embeddings=False, wrap=wrap, forward=forward)
