@@ -4,6 +4,7 @@
     python benchmarks/headlines.py                   # everything (make headlines)
     python benchmarks/headlines.py --only retrieval  # one analysis's rows and picture (make headlines ONLY=retrieval)
     python benchmarks/headlines.py --list            # what would run
+    python benchmarks/headlines.py --row '4,096'     # only the rows whose label contains this text
     python benchmarks/headlines.py --readme          # regenerate the README table and docs/headlines.md only
     python benchmarks/headlines.py --check --only vhd  # re-measure, compare with the published intervals, write nothing
 
@@ -141,6 +142,10 @@ SUMMARIES: dict[str, Summary] = {  # by row label
         main="induction score, head ranked #1", control="uniform-attention baseline", control_name="uniform attention"),
     "retrieval heads (Wu et al.): held-out masking and KV compression (RazorAttention-style)": Summary(
         "retrieval heads", "masking the heads that copy the needle breaks needle-in-a-haystack recall",
+        main="top-5 retrieval heads masked", control="5 random heads masked", control_name="5 random heads masked",
+        better=-1, picture="Needle accuracy with heads masked"),
+    "retrieval heads at 4,096 tokens: held-out masking and KV compression": Summary(
+        "retrieval heads, 4,096 tokens", "the same masking test at 4,096 tokens of haystack (n=16 held-out tests)",
         main="top-5 retrieval heads masked", control="5 random heads masked", control_name="5 random heads masked",
         better=-1, picture="Needle accuracy with heads masked"),
     "attention sinks (ACT)": Summary(
@@ -387,6 +392,8 @@ def _bad(message: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", default=[], help="a spec or benchmark key (repeatable)")
+    ap.add_argument("--row", action="append", default=[],
+                    help="only the rows whose label contains this text (repeatable), e.g. --row '4,096 tokens'")
     ap.add_argument("--list", action="store_true", help="list the headlines and exit")
     ap.add_argument("--readme", action="store_true",
                     help="only regenerate the README table and docs/headlines.md from docs/headlines.json")
@@ -408,6 +415,10 @@ def main() -> None:
     unknown = [k for k in args.only if k not in known_keys]
     if unknown:
         _bad(f"unknown key {', '.join(unknown)}; known: {', '.join(sorted(known_keys))}")
+    if args.row:
+        todo = [t for t in todo if any(r in t[1] for r in args.row)]
+        if not todo:
+            _bad(f"no row's label contains {' or '.join(map(repr, args.row))}; see --list")
     if args.check:
         raise SystemExit(check(todo, args.only, args.report))
     new_rows = []
