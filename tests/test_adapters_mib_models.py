@@ -3,7 +3,8 @@ transformers config (no hub): Qwen2 (the Llama layout with q/k/v biases) and Gem
 norms, soft-capping, alternating sliding window). One layer through the adapter equals the
 Hugging Face layer (transformers' own eager attention); for Qwen2 the whole workbench path
 (caching, head and edge patching in tests/test_patching_engine.py and test_patching_edges.py,
-EAP-IG here) runs too. Tolerance 1e-5 (float32)."""
+EAP-IG here) runs too, for Gemma-2 in tests/test_gemma2_model.py (whole model, caching, head
+patching) and tests/test_gemma2_graph.py (edge graph, EAP, EAP-IG). Tolerance 1e-5 (float32)."""
 from __future__ import annotations
 
 import sys
@@ -89,10 +90,11 @@ def test_qwen2_has_biases_and_gemma2_norm_gradient_is_autograd():
     assert (a.norm_input_grad(norm, x.detach(), g) - x.grad).abs().max() < 1e-5
 
 
-def test_adapter_for_picks_qwen2_and_refuses_gemma2_in_one_line():
+def test_adapter_for_picks_qwen2_and_gemma2():
     assert adapter_for(_pristine("qwen2")).name == "qwen2"
-    with pytest.raises(InputError, match="soft-capping") as e:
-        adapter_for(_pristine("gemma2"))
+    assert adapter_for(_pristine("gemma2")).name == "gemma2"
+    with pytest.raises(InputError, match="unsupported model architecture") as e:
+        adapter_for(torch.nn.Linear(2, 2))
     assert "\n" not in str(e.value)
 
 

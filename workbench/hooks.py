@@ -10,11 +10,16 @@ Canonical names (``l`` a zero-based layer)::
     blocks.{l}.attn.hook_k          keys (after rotary)           [batch pos kv_head d_head]
     blocks.{l}.attn.hook_v          values                        [batch pos kv_head d_head]
     blocks.{l}.attn.hook_attn_scores  pre-softmax scores, masked  [batch head query key]
+                                    (soft-capped first where the family caps them: Gemma-2)
     blocks.{l}.attn.hook_pattern    attention probabilities       [batch head query key]
     blocks.{l}.attn.hook_z          per-head output before W_O    [batch pos head d_head]
     blocks.{l}.hook_attn_out        attention output after W_O    [batch pos d_model]
     blocks.{l}.hook_resid_mid       residual after attention      [batch pos d_model]
     blocks.{l}.hook_mlp_out         MLP output                    [batch pos d_model]
+
+``hook_attn_out`` and ``hook_mlp_out`` are what joins the residual: with Gemma-2's norms after
+the attention and the MLP, their outputs (as in TransformerLens), so that resid_mid =
+resid_pre + attn_out and resid_post = resid_mid + mlp_out hold for every family.
     blocks.{l}.hook_resid_post      residual out of layer l       [batch pos d_model]
     ln_final.hook_normalized        final norm output             [batch pos d_model]
 
@@ -24,8 +29,10 @@ quantity downstream of them (scores, pattern, z) is per query head.
 No hook, no cost: a layer builds its scores and pattern (eager attention) only while something
 reads or writes ``hook_attn_scores`` or ``hook_pattern`` of that layer (a PyTorch hook, a global
 module hook, an nnsight trace waiting there, or ``output_attentions``); otherwise it runs
-PyTorch's fused scaled-dot-product attention, and the two hook points never fire. The other
-hook points are identity modules, called whether or not anything listens (microseconds).
+PyTorch's fused scaled-dot-product attention, and the two hook points never fire. A layer
+with soft-capped scores (Gemma-2's ``attn_logit_softcapping``) always runs the eager path: the
+fused kernel cannot cap. The other hook points are identity modules, called whether or not
+anything listens (microseconds).
 """
 from __future__ import annotations
 
@@ -111,8 +118,11 @@ def workbench_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention with hook points at q, k, v, scores, pattern and z. The scores and the
     pattern are materialised (eager, numerically transformers' eager attention) only when
-    something reads or writes them (``reads_pattern``); otherwise PyTorch's fused
-    scaled-dot-product attention runs and the pattern is never built (no hook, no cost)."""
+    something reads or writes them (``reads_pattern``) or the scores are soft-capped
+    (``softcap``, Gemma-2: PyTorch's fused scaled-dot-product attention cannot cap them);
+    otherwise the fused attention runs and the pattern is never built (no hook, no cost).
+    A sliding window comes in ``attention_mask`` as transformers builds it per layer; a
+    skipped (None) mask with more keys than the window gets the window here."""
     hooks = module.wb_hooks
     if not isinstance(hooks, AttnHooks):
         raise TypeError(f"{type(module).__name__}.wb_hooks is not the workbench's AttnHooks")
@@ -124,8 +134,12 @@ def workbench_attention(
     n_rep = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
     causal = getattr(module, "is_causal", True)
-    if reads_pattern(hooks) or kwargs.get("output_attentions"):
-        z, pattern = _eager(hooks, q, k, v, attention_mask, scaling, causal)
+    softcap = kwargs.get("softcap") or getattr(module, "attn_logit_softcapping", None)
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    if attention_mask is None and window and causal and k.shape[2] > window:
+        attention_mask = _causal_allowed(q.shape[2], k.shape[2], q.device, window)
+    if softcap or reads_pattern(hooks) or kwargs.get("output_attentions"):
+        z, pattern = _eager(hooks, q, k, v, attention_mask, scaling, causal, softcap)
     else:
         z, pattern = _sdpa(q, k, v, attention_mask, scaling, causal), None
     z = hooks.hook_z(z.transpose(1, 2).contiguous())
@@ -133,10 +147,13 @@ def workbench_attention(
 
 
 def _eager(hooks: AttnHooks, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None,
-           scaling: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+           scaling: float, causal: bool, softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B H S D], k and v [B H T D] -> z [B H S D] and the pattern [B H S T], through the
-    scores and pattern hook points; softmax in float32."""
+    scores and pattern hook points; softmax in float32. ``softcap`` c: the scores become
+    c * tanh(scores / c) before the mask (as transformers' eager Gemma-2 attention)."""
     scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is None and causal and q.shape[2] > 1:
         attention_mask = _causal_allowed(q.shape[2], k.shape[2], q.device)
     if attention_mask is not None:
@@ -164,9 +181,14 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: tor
     return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scaling)
 
 
-def _causal_allowed(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
-    """[1 1 S T] boolean causal mask for queries at the last ``n_query`` of ``n_key`` positions."""
-    return torch.ones(n_query, n_key, dtype=torch.bool, device=device).tril(n_key - n_query)[None, None]
+def _causal_allowed(n_query: int, n_key: int, device: torch.device, window: int | None = None) -> torch.Tensor:
+    """[1 1 S T] boolean causal mask for queries at the last ``n_query`` of ``n_key`` positions
+    (with ``window``: each sees only its last ``window`` keys, itself included)."""
+    ones = torch.ones(n_query, n_key, dtype=torch.bool, device=device)
+    allowed = ones.tril(n_key - n_query)
+    if window is not None:
+        allowed = allowed & ~ones.tril(n_key - n_query - window)
+    return allowed[None, None]
 
 
 def reads_pattern(hooks: AttnHooks) -> bool:
@@ -254,13 +276,14 @@ def install_hook_points(hf_model: nn.Module) -> tuple[str, dict[str, HookPoint]]
         embed.register_forward_hook(lambda m, i, o: embed_hook(o))
         final_norm.register_forward_hook(lambda m, i, o: final_hook(o))
         for idx, layer in enumerate(layers):
-            attn, norm2, mlp = adapter.attn(layer), adapter.mlp_norm(layer), adapter.mlp(layer)
+            attn, norm2, mlp = adapter.attn(layer), adapter.mlp_norm(layer), adapter.mlp_out_module(layer)
             attn.wb_hooks = AttnHooks(idx)
             bh = BlockHooks(idx)
             layer.wb_hooks = bh
             layer.register_forward_pre_hook(_resid_pre_hook(bh), with_kwargs=True)
             layer.register_forward_hook(lambda m, i, o, bh=bh: _replace_first(o, bh.hook_resid_post(_first(o))))
-            attn.register_forward_hook(lambda m, i, o, bh=bh: _replace_first(o, bh.hook_attn_out(_first(o))))
+            adapter.attn_out_module(layer).register_forward_hook(
+                lambda m, i, o, bh=bh: _replace_first(o, bh.hook_attn_out(_first(o))))
             norm2.register_forward_pre_hook(lambda m, args, bh=bh: (bh.hook_resid_mid(args[0]), *args[1:]))
             mlp.register_forward_hook(lambda m, i, o, bh=bh: bh.hook_mlp_out(_first(o)))
     points["hook_embed"] = _hook_point(hf_model, "wb_embed_hook")

@@ -238,6 +238,7 @@ MODELS: dict[str, ModelSpec] = {
     "tiny-gpt2": ModelSpec(_tiny_loader("gpt2", n_layers=2, n_heads=4, n_kv_heads=4, d_model=64), "random 2-layer GPT-2, for tests", "tiny"),
     "tiny-neox": ModelSpec(_tiny_loader("neox", n_layers=2, n_heads=4, n_kv_heads=4, d_model=64), "random 2-layer GPT-NeoX in Pythia's shape family (parallel residual, partial rotary), for tests", "tiny"),
     "tiny-qwen2": ModelSpec(_tiny_loader("qwen2", n_layers=2, n_heads=4, n_kv_heads=2, d_model=64), "random 2-layer Qwen2 (q/k/v biases, grouped-query attention), for tests", "tiny"),
+    "tiny-gemma2": ModelSpec(_tiny_loader("gemma2", n_layers=2, n_heads=4, n_kv_heads=2, d_model=64), "random 2-layer Gemma-2 (four norms, soft-capping 2.0, sliding window 3 on layer 0), for tests", "tiny"),
     "gpt2": ModelSpec(_hub_loader("openai-community/gpt2"), "GPT-2 small from the hub", "hub", "openai-community/gpt2"),
     "gpt2-medium": ModelSpec(_hub_loader("openai-community/gpt2-medium"), "GPT-2 medium from the hub", "hub", "openai-community/gpt2-medium"),
     "pythia-70m": ModelSpec(_hub_loader("EleutherAI/pythia-70m"), "Pythia 70M from the hub", "hub", "EleutherAI/pythia-70m"),
@@ -245,6 +246,7 @@ MODELS: dict[str, ModelSpec] = {
     "smollm2-135m-hub": ModelSpec(_hub_loader("HuggingFaceTB/SmolLM2-135M-Instruct"), "SmolLM2-135M-Instruct from the hub", "hub", "HuggingFaceTB/SmolLM2-135M-Instruct"),
     "llama-3.2-1b": ModelSpec(_hub_loader("meta-llama/Llama-3.2-1B"), "Llama 3.2 1B from the hub", "hub", "meta-llama/Llama-3.2-1B"),
     "qwen2.5-0.5b": ModelSpec(_hub_loader("Qwen/Qwen2.5-0.5B"), "Qwen2.5 0.5B from the hub (MIB's Qwen2.5)", "hub", "Qwen/Qwen2.5-0.5B"),
+    "gemma-2-2b": ModelSpec(_hub_loader("google/gemma-2-2b"), "Gemma-2 2B from the hub (MIB's Gemma-2; gated: accept its licence on the hub)", "hub", "google/gemma-2-2b"),
 }
 DEFAULT_MODEL = "smollm2-135m"
 

@@ -123,6 +123,8 @@ class Adapter:
     parallel: bool = False  # attention and MLP both read the layer's input (GPT-NeoX / Pythia)
     tl_names: tuple[tuple[str, str | None], ...] = ()  # per-layer canonical -> TransformerLens bridge name (None: none)
     description: str = ""
+    attn_out_path: str | None = None  # module on a layer whose output joins the residual (None: the attention's)
+    mlp_out_path: str | None = None  # likewise for the MLP (None: the MLP's own output)
 
     # ------------------------------------------------------------------ where the parts are
     @property
@@ -177,6 +179,15 @@ class Adapter:
     def out_proj(self, attn: nn.Module) -> nn.Module:
         return _get(attn, self.out_proj_path)
 
+    def attn_out_module(self, layer: nn.Module) -> nn.Module:
+        """The module whose output is the attention's write into the residual (``hook_attn_out``):
+        the attention itself, or the norm after it (Gemma-2's ``post_attention_layernorm``)."""
+        return _get(layer, self.attn_out_path) if self.attn_out_path else self.attn(layer)
+
+    def mlp_out_module(self, layer: nn.Module) -> nn.Module:
+        """The module whose output is the MLP's write into the residual (``hook_mlp_out``)."""
+        return _get(layer, self.mlp_out_path) if self.mlp_out_path else self.mlp(layer)
+
     # ------------------------------------------------------------------ family code (subclasses)
     def for_config(self, config: Any) -> "Adapter":
         """This adapter, specialised to one config where a family has variants (NeoX's
@@ -206,6 +217,32 @@ class Adapter:
         """The factor on q.k (1/sqrt(D) unless the module says otherwise)."""
         s = getattr(attn, "scaling", None)
         return float(s) if s is not None else float(shape.d_head) ** -0.5
+
+    def attn_softcap(self, attn: nn.Module) -> float | None:
+        """The cap c of soft-capped attention scores, c * tanh(s / c) (None: not capped)."""
+        return None
+
+    def sliding_window(self, attn: nn.Module) -> int | None:
+        """The keys a query of this layer sees (None: all earlier keys)."""
+        return None
+
+    def cap_logits(self, hf: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+        """The final logits from the unembedding's output (soft-capped where the family does)."""
+        return logits
+
+    def attn_write(self, layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        """What joins the residual from the attention's output after W_O (the same, unless a
+        norm follows the attention: Gemma-2)."""
+        return out
+
+    def head_write_scale(self, layer: nn.Module, z: torch.Tensor, shape: Any) -> torch.Tensor | None:
+        """Per position [..., 1] the factor on every head's output z [..., H, D] of this layer in its
+        residual write (``(z_h * scale) @ write_weights[h]``): None where the writes simply add."""
+        return None
+
+    def write_weights(self, layer: nn.Module, shape: Any) -> torch.Tensor:
+        """[H D M]: head h writes ``(z_h * head_write_scale) @ W[h]`` into the residual (W_O here)."""
+        return self.out_weights(self.attn(layer), shape)[0]
 
     @staticmethod
     def norm_eps(norm: nn.Module) -> float:

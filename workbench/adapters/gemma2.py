@@ -9,11 +9,11 @@ alternating sliding window.
 * layers of type ``sliding_attention`` (every other one) see only the last
   ``sliding_window`` keys.
 
-A head's write into the residual is not additive here (the post-attention norm divides
-the sum of the heads by its RMS), so the edge graph of ``workbench.patching.graph`` does
-not decompose a Gemma-2 layer; and the workbench attention (``workbench.hooks``) does not
-soft-cap yet. Until both are in, ``adapter_for`` refuses a Gemma-2 model with one line;
-the adapter itself runs Gemma-2 layers exactly (``run_layer``), which the tests check.
+Whole models run through the workbench: its attention (``workbench.hooks``) soft-caps the
+scores (eagerly: PyTorch's fused attention cannot cap) and takes the window from the mask
+transformers builds per layer; ``hook_attn_out`` and ``hook_mlp_out`` sit after the
+post-attention and post-feedforward norms (``attn_out_path``, ``mlp_out_path``), as in
+TransformerLens; the suffix engine caps, windows and post-normalises the same way.
 """
 from __future__ import annotations
 
@@ -22,19 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError
 from .base import apply_rotary, causal_mask, module_attr, tensor_attr
 from .llama import ADAPTER as LLAMA, LlamaAdapter
 
-NOT_YET = ("Gemma-2 models cannot run through the workbench's hook points yet: its attention soft-capping is "
-           "not in the workbench attention (workbench/hooks.py) and its post-attention norm makes head writes "
-           "non-additive for the edge graph; the Gemma-2 adapter runs single layers only")
-
-
 class Gemma2Adapter(LlamaAdapter):
-    def for_config(self, config: Any) -> "Gemma2Adapter":
-        raise InputError(NOT_YET)
-
     def norm_input_grad(self, norm: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """RMSNorm's closed-form input gradient with Gemma's ``1 + weight`` scale."""
         m = x.shape[-1]
@@ -42,10 +33,34 @@ class Gemma2Adapter(LlamaAdapter):
         r = (x.pow(2).mean(-1, keepdim=True) + self.norm_eps(norm)).rsqrt()
         return r * u - x * r.pow(3) * (x * u).sum(-1, keepdim=True) / m
 
-    @staticmethod
-    def sliding_window(attn: nn.Module) -> int | None:
+    def sliding_window(self, attn: nn.Module) -> int | None:
         """The keys a query of this layer sees (None: all earlier keys)."""
         return getattr(attn, "sliding_window", None)
+
+    def attn_softcap(self, attn: nn.Module) -> float | None:
+        cap = getattr(attn, "attn_logit_softcapping", None)
+        return float(cap) if cap else None
+
+    def cap_logits(self, hf: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+        cap = getattr(hf.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def attn_write(self, layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
+        return module_attr(layer, "post_attention_layernorm")(out)
+
+    def head_write_scale(self, layer: nn.Module, z: torch.Tensor, shape: Any) -> torch.Tensor | None:
+        """1 / rms of the layer's whole attention output in this forward (``post_attention_layernorm``
+        divides the sum of the heads by it): [..., 1] for z [..., H, D]."""
+        w_o, b_o = self.out_weights(self.attn(layer), shape)
+        raw = z.reshape(*z.shape[:-2], -1) @ w_o.reshape(-1, w_o.shape[-1])
+        raw = (raw + b_o if b_o is not None else raw).float()
+        norm = module_attr(layer, "post_attention_layernorm")
+        return (raw.pow(2).mean(-1, keepdim=True) + self.norm_eps(norm)).rsqrt().to(z.dtype)
+
+    def write_weights(self, layer: nn.Module, shape: Any) -> torch.Tensor:
+        """W_O [H D M] times the post-attention norm's ``1 + weight``."""
+        w_o = self.out_weights(self.attn(layer), shape)[0]
+        return w_o * (1.0 + tensor_attr(module_attr(layer, "post_attention_layernorm"), "weight")).to(w_o.dtype)
 
     def attention_out(self, layer: nn.Module, x: torch.Tensor, mask_add: torch.Tensor | None, shape: Any,
                       rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +74,7 @@ class Gemma2Adapter(LlamaAdapter):
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         scores = (q @ k.transpose(2, 3)) * self.scaling(attn, shape)
-        cap = getattr(attn, "attn_logit_softcapping", None)
+        cap = self.attn_softcap(attn)
         if cap:
             scores = torch.tanh(scores / cap) * cap
         t = x.shape[1]
@@ -74,7 +89,7 @@ class Gemma2Adapter(LlamaAdapter):
         w_o, b_o = self.out_weights(attn, shape)
         out = z.reshape(*z.shape[:2], -1) @ w_o.reshape(-1, w_o.shape[-1])
         out = out + b_o if b_o is not None else out
-        return module_attr(layer, "post_attention_layernorm")(out), z
+        return self.attn_write(layer, out), z
 
     def finish_layer(self, layer: nn.Module, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """The residual after the MLP: it reads ``pre_feedforward_layernorm`` of the stream and
@@ -85,9 +100,7 @@ class Gemma2Adapter(LlamaAdapter):
 
     def final_logits(self, hf: nn.Module, resid: torch.Tensor) -> torch.Tensor:
         """Logits from the last residual: final norm, unembedding, soft-capping."""
-        logits = self.unembed(hf)(self.final_norm(hf)(resid))
-        cap = getattr(hf.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return self.cap_logits(hf, self.unembed(hf)(self.final_norm(hf)(resid)))
 
     def tiny(self, vocab_size: int, n_layers: int, n_heads: int, n_kv_heads: int, d_model: int,
              bos_token_id: int | None = None, eos_token_id: int | None = None) -> nn.Module:
@@ -106,5 +119,6 @@ class Gemma2Adapter(LlamaAdapter):
 
 
 ADAPTER = Gemma2Adapter(**{**LLAMA.__dict__, "name": "gemma2", "model_types": ("gemma2",),
-                           "mlp_norm_path": "pre_feedforward_layernorm", "tl_names": (),
-                           "description": "Gemma-2 (four norms, soft-capping, sliding window; single layers only)"})
+                           "mlp_norm_path": "pre_feedforward_layernorm",
+                           "attn_out_path": "post_attention_layernorm", "mlp_out_path": "post_feedforward_layernorm",
+                           "description": "Gemma-2 (four norms, soft-capping, sliding window)"})

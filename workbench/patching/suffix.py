@@ -16,7 +16,9 @@ reference elsewhere).
 
 Works on every architecture with an adapter (``workbench.adapters``: the Llama family
 with RMSNorm, rotary and grouped-query attention; GPT-2; GPT-NeoX with partial rotary and
-the parallel residual), with right padding (``attention_mask``). Shapes: N prompts, T
+the parallel residual; Gemma-2, whose soft-capped layers attend eagerly, whose sliding
+layers get the window in their mask and whose attention output goes through its
+post-attention norm, ``Adapter.attn_write``), with right padding (``attention_mask``). Shapes: N prompts, T
 positions, S = T - p0 suffix positions, H query heads, K key-value heads, D head size, M
 model width.
 """
@@ -109,12 +111,13 @@ def unembed_float32(model: Any) -> Any:
     """The unembedding as a function giving float32 logits. In a low-precision model it runs in
     float32: the metrics are differences of logits of size 10-20, which bfloat16 rounds to
     about 0.06, as large as a small head's effect."""
-    lin = model.adapter.unembed(model.hf)
+    adapter, hf = model.adapter, model.hf
+    lin = adapter.unembed(hf)
     weight = getattr(lin, "weight", None)
     if model.dtype == torch.float32 or weight is None:
-        return lambda x: lin(x).float()
+        return lambda x: adapter.cap_logits(hf, lin(x).float())
     w, b = weight.float(), (None if getattr(lin, "bias", None) is None else lin.bias.float())
-    return lambda x: F.linear(x.float(), w, b)
+    return lambda x: adapter.cap_logits(hf, F.linear(x.float(), w, b))
 
 
 def output_projection(model: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -149,6 +152,9 @@ class SuffixRunner:
         self.resid_dtype = torch.float32 if model.dtype in (torch.bfloat16, torch.float16) else model.dtype
         # no padding: every prompt has the same (causal) mask, which then broadcasts over the batch
         self.shared_mask = bool((clean.mask_add == clean.mask_add[:1]).all())
+        # per layer: the mask with the layer's sliding window (None: the clean mask), the score cap
+        self.windowed = [window_mask(clean.mask_add, adapter.sliding_window(attn)) for attn in self.attns]
+        self.softcap = [adapter.attn_softcap(attn) for attn in self.attns]
         # --compile: the per-layer pieces under torch.compile, compiled once for every layer and shape
         self.compiled = bool(getattr(model, "compile", False) if compile is None else compile)
         steps: tuple[QKVStep, FinishStep] = compiled_steps() if self.compiled else (qkv_step, finish_step)
@@ -187,12 +193,13 @@ class SuffixRunner:
         s = self.model.shape
         n = self.clean.mask_add.shape[0]
         S, T = q.shape[2], k.shape[2]
-        mask = self.clean.mask_add[:, :, p0:, :T]  # [N 1 S T]
-        if self.shared_mask and S == T:  # plain causal: the fused kernel's fastest case
+        windowed, cap = self.windowed[l], self.softcap[l]
+        mask = (self.clean.mask_add if windowed is None else windowed)[:, :, p0:, :T]  # [N 1 S T]
+        if self.shared_mask and S == T and windowed is None and cap is None:  # plain causal: the fastest kernel
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling[l])
         else:
             mask = mask[:1] if self.shared_mask else mask.expand(c, *mask.shape).reshape(c * n, 1, S, T)
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling[l])
+            z = capped_attention(q, k, v, mask, self.scaling[l], cap)
         z = z.transpose(1, 2)  # [B S H D]
         return z.reshape(c, n, S, s.n_heads, s.d_head)
 
@@ -293,8 +300,9 @@ def qkv_step(adapter: Adapter, layer: Any, attn: Any, x: torch.Tensor, cos: torc
 
 
 def finish_step(adapter: Adapter, layer: Any, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-    """One layer's residual sums, MLP norm and MLP (``Adapter.finish_layer``)."""
-    return adapter.finish_layer(layer, x, attn_out)
+    """One layer's residual sums, MLP norm and MLP (``Adapter.finish_layer``) from the attention's
+    output after W_O (through the norm after the attention where there is one, ``Adapter.attn_write``)."""
+    return adapter.finish_layer(layer, x, adapter.attn_write(layer, attn_out))
 
 
 QKVStep = Callable[[Adapter, Any, Any, torch.Tensor, torch.Tensor | None, torch.Tensor | None, Any, torch.dtype],
@@ -343,3 +351,23 @@ def suffix_work(masks: torch.Tensor, n_layers: int, n_pos: int) -> float:
     has, first_layer, first_pos = first_patched(masks)
     frac = (n_layers - first_layer).float() / n_layers * (n_pos - first_pos).float() / n_pos
     return float((frac * has.float()).sum())
+
+
+def window_mask(mask_add: torch.Tensor, window: int | None) -> torch.Tensor | None:
+    """The additive mask [N 1 T T] of a layer that sees only the last ``window`` keys (None
+    without a window)."""
+    if window is None:
+        return None
+    t = mask_add.shape[-1]
+    pos = torch.arange(t, device=mask_add.device)
+    return mask_add.masked_fill(pos[None, :] <= pos[:, None] - window, torch.finfo(mask_add.dtype).min)
+
+
+def capped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+                     cap: float | None) -> torch.Tensor:
+    """z [B H S D] from q [B H S D], k and v [B H T D] under an additive mask: the fused kernel,
+    or with ``cap`` the eager scores soft-capped, c * tanh(s / c), before the mask (Gemma-2)."""
+    if cap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    scores = torch.tanh((q @ k.transpose(2, 3)) * scale / cap) * cap + mask
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
