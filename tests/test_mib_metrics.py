@@ -93,3 +93,29 @@ def test_signed_scores_rank_negative_edges_last(planted):
     c = mib_curve(m, g, clean, corrupt, metric, s, "counterfactual")
     assert c.cmd.value == pytest.approx(0.074, abs=1e-3)
     assert c.cpr.value < 0.8
+
+
+def test_node_level_curve_of_the_exact_reference_keeps_the_planted_heads(planted):
+    """MIB's node level (fractions of the 8 heads, MLPs unscored so always kept): the exact
+    reference ranks L0H0 and L1H0 first, so from 2 heads on the circuit is the full model's
+    behaviour (f = 1) and with no head it is none (f = 0); a ranking that puts the planted
+    heads last scores worse on both areas."""
+    from workbench.patching.faithfulness import mib_node_curve
+    from workbench.patching.nodes import exact_head_effects
+
+    m, g, clean, corrupt, metric = planted
+    exact = exact_head_effects(m, clean, corrupt, metric)
+    assert set(exact.abs().flatten().topk(2).indices.tolist()) == {0, 4}  # L0H0 and L1H0
+    c = mib_node_curve(m, g, clean, corrupt, metric, exact, "counterfactual", split="test")
+    assert c.level == "node" and c.n_edges == [int(p * 8) for p in MIB_FRACTIONS]
+    for k, f in zip(c.n_edges, c.faithfulness_absolute):
+        if k == 0:
+            assert f == pytest.approx(0.0, abs=1e-4)
+        elif k >= 2:
+            assert f == pytest.approx(1.0, abs=1e-4)
+    assert c.faithfulness_signed == pytest.approx(c.faithfulness_absolute)  # every planted effect is negative
+    last = torch.arange(8.0).view(2, 4) + 1.0  # |score| largest for L1H3, smallest for the planted heads
+    last[0, 0], last[1, 0] = 0.0, 0.0
+    worse = mib_node_curve(m, g, clean, corrupt, metric, -last, "counterfactual")
+    assert worse.cmd.value > c.cmd.value + 0.05 and worse.cpr.value < c.cpr.value - 0.05
+    assert worse.faithfulness_absolute[MIB_FRACTIONS.index(0.5)] == pytest.approx(0.0, abs=1e-4)  # 4 heads, none planted

@@ -197,10 +197,12 @@ def mib_rows(result: Any) -> list[dict[str, Any]]:
     """MIB's scores per method (test prompts): CPR (signed scores, higher is better) and CMD
     (absolute scores, lower is better), with their bootstrap intervals, and the curve."""
     rows = []
-    for method, c in (result.mib or {}).items():
-        rows.append({"method": method, "ablation": c.ablation, "prompts": c.n_prompts,
+    by_level = [("edges", m, c) for m, c in (result.mib or {}).items()]
+    by_level += [("heads (node level)", m, c) for m, c in (getattr(result, "mib_nodes", None) or {}).items()]
+    for level, method, c in by_level:
+        rows.append({"method": method, "level": level, "ablation": c.ablation, "prompts": c.n_prompts,
                      "CPR": _iv(c.cpr), "CMD": _iv(c.cmd),
-                     "faithfulness at MIB's edge fractions (absolute scores)": ", ".join(
+                     "faithfulness at MIB's fractions (absolute scores)": ", ".join(
                          f"{p * 100:g}%: {f:.2f}" for p, f in zip(c.fractions, c.faithfulness_absolute))})
     return rows
 
@@ -272,6 +274,17 @@ def circuit_headline_figures(result: Any) -> list[dict[str, Any]]:
         curve = ", ".join(f"{n_e}: {f:.2f}" for n_e, f in zip(row.n_edges, row.faithfulness))
         out.append(figure(f"{result.task} {result.method} faithfulness by edges kept ({curve}); best", max(row.faithfulness),
                           n=result.n_val, split="validation"))
+    beside = result.faithfulness_curve_beside
+    brow = beside.methods.get(result.method) if beside is not None else None
+    if brow:
+        curve = ", ".join(f"{n_e}: {f:.2f}" for n_e, f in zip(brow.n_edges, brow.faithfulness))
+        out.append(figure(f"{result.task} {result.method} faithfulness by edges kept, {result.beside_ablation} ablation "
+                          f"beside ({curve}); best", max(brow.faithfulness), n=result.n_val, split="validation"))
+    st = result.stability
+    if st is not None:
+        out.append(figure(f"{result.task} {st.method} stability over {st.n_boot} bootstrap resamples of the discovery "
+                          f"prompts: mean pairwise Jaccard of the top {st.k_edges} edges (top {st.k_heads} heads: "
+                          f"{st.head_jaccard:.2f})", st.edge_jaccard, n=result.n_prompts, split="discovery"))
     for name, iv in result.intervals.items():
         if name.startswith("accuracy"):
             out.append(figure(f"{result.task} full-model {name}", interval=iv))

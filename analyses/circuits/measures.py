@@ -43,6 +43,18 @@ def mib_scores(model: Any, graph: Graph, test: Any, scores: dict[str, torch.Tens
                          split="test", progress=progress) for m in methods if m in scores}
 
 
+def mib_node_scores(model: Any, graph: Graph, test: Any, exact: torch.Tensor, scores: dict[str, torch.Tensor],
+                    ablation: str, seed: int) -> dict[str, MibScores]:
+    """MIB's node-level curve, CPR and CMD on the test prompts for the exact node reference
+    (``exact``: each head patched, [layer head]) and each method's node scores."""
+    from workbench.patching.eap import head_grid, node_scores
+    from workbench.patching.faithfulness import mib_node_curve
+
+    grids = {"exact": exact, **{m: head_grid(graph, node_scores(graph, s)) for m, s in scores.items()}}
+    return {m: mib_node_curve(model, graph, test.clean, test.corrupt, test.metric, g, ablation, seed=seed, split="test")
+            for m, g in grids.items()}
+
+
 def node_reference(model: Any, graph: Graph, disc: Any, val: Any, scores: dict[str, torch.Tensor],
                    head_counts: list[int], ablation: str) -> tuple[NodeReference, torch.Tensor]:
     """The exact node reference (every head patched from the corrupt run) against each method's
@@ -117,6 +129,12 @@ def comparable_measures(model: Any, config: Any, graph: Graph, preps: dict[str, 
         say("the exact node reference: every head patched from the corrupt run")
         metrics["node_reference"], arrays["head_patching"] = node_reference(
             model, graph, disc, val, scores, parse_counts(config.node_heads, "--node-heads"), config.ablation)
+        say(f"MIB's node-level CPR and CMD (exact, {', '.join(scores)}) on {len(test.clean)} test prompts")
+        metrics["mib_nodes"] = mib_node_scores(model, graph, test, arrays["head_patching"], scores, config.ablation,
+                                               config.seed)
+        for m, c in metrics["mib_nodes"].items():
+            intervals[f"MIB node CPR ({m})"], intervals[f"MIB node CMD ({m})"] = c.cpr, c.cmd
+            say(f"{m} (heads): MIB CPR {c.cpr.text('.3f')}, CMD {c.cmd.text('.3f')}")
     if config.stability_boots > 1 and config.method in scores:
         say(f"stability: {config.method} on {config.stability_boots} bootstrap resamples of the discovery prompts")
         metrics["stability"] = discovery_stability(model, disc, config.method, config, chosen_k, max(1, n_heads),

@@ -61,6 +61,7 @@ class CircuitResult(Result):
     convergence: Convergence | None  # EAP-IG against its own highest step count (None without EAP-IG)
     n_edges_total_mib: int
     mib: dict[str, MibScores] | None = None  # by method
+    mib_nodes: dict[str, MibScores] | None = None  # node level (heads), by ranking: "exact" and each method
     faithfulness_curve_beside: FaithfulnessCurve | None = None
     beside_ablation: str | None = None
     node_reference: NodeReference | None = None

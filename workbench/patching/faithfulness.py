@@ -12,7 +12,13 @@ the metric as (circuit - empty) / (full - empty), each a mean over prompts. Then
   *absolute* score;
 
 both by the trapezoid rule over the raw fractions (x from 0.001 to 1, no rescaling), as
-MIB's ``evaluate_area_under_curve`` does. A perfect circuit at every size gives CPR 0.999
+MIB's ``evaluate_area_under_curve`` does (its default ``log_scale=False``).
+
+At the node level (MIB's ``level='node'``, ``mib_node_curve``) the fractions are of the scored
+nodes, here the heads: the top ``int(p * n_heads)`` heads by node score are kept with every
+unscored node (MIB keeps a node without a score: the input, the logits and every MLP here),
+every edge between kept nodes is in, and the graph is pruned as above. That is how an exact
+node reference (each head patched exactly) gets a CPR and CMD beside the edge methods. A perfect circuit at every size gives CPR 0.999
 and CMD 0. Here the areas carry bootstrap intervals over prompts: each resample
 recomputes the whole normalised curve, then its areas.
 """
@@ -29,6 +35,7 @@ from ..errors import InputError
 from ..stats import Interval, bootstrap
 from .ablation import Ablation, ablation_values, parse_ablation
 from .graph import Graph, MetricFn, run_edge_masks, sender_outputs
+from .nodes import node_circuit
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 """The edge fractions at which MIB measures faithfulness."""
@@ -109,6 +116,7 @@ class FaithfulnessCurve:
     n_prompts: int
     full: float  # mean metric of the full model
     empty: float  # mean metric with every edge ablated
+    level: str = "edge"  # "node": n_edges holds the heads asked for; kept_* the edges left after pruning
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -131,12 +139,44 @@ def mib_curve(model: Any, graph: Graph, clean: Tokens, corrupt: Tokens, metric: 
               seed: int = 0, split: str = "", progress: bool = False) -> FaithfulnessCurve:
     """The faithfulness curve of edge ``scores`` [S R] at ``fractions`` on these prompts, with
     CPR (signed) and CMD (absolute) and their bootstrap intervals over prompts."""
-    how = parse_ablation(ablation)
     sizes = sizes_at(graph, fractions)
     # the workbench's scores are the metric's change when an edge is patched: negative for an edge
     # that carries the behaviour; MIB attributes with the loss (-metric), so its signed score is ours negated
     signed = [prune(graph, top_n(graph, -scores, k, absolute=False)) for k in sizes]
     absolute = [prune(graph, top_n(graph, scores, k, absolute=True)) for k in sizes]
+    return _scored_curve(model, graph, (clean, corrupt, metric), signed, absolute, sizes, fractions, ablation, seed,
+                         split, progress, "edge")
+
+
+def top_heads_circuit(graph: Graph, head_scores: torch.Tensor, n: int, absolute: bool) -> torch.Tensor:
+    """MIB's node-level top-n: the ``n`` heads of largest node score (``absolute``: |score|) with
+    every unscored node (input, logits, MLPs), every edge between kept nodes, pruned [S R]."""
+    s = head_scores.detach().float().cpu().flatten()
+    order = (s.abs() if absolute else s).argsort(descending=True)[:n].tolist()
+    heads = [f"L{i // graph.n_heads}H{i % graph.n_heads}" for i in order]
+    return prune(graph, node_circuit(graph, heads))
+
+
+def mib_node_curve(model: Any, graph: Graph, clean: Tokens, corrupt: Tokens, metric: MetricFn,
+                   head_scores: torch.Tensor, ablation: "str | Ablation" = Ablation.COUNTERFACTUAL,
+                   fractions: Sequence[float] = MIB_FRACTIONS, seed: int = 0, split: str = "",
+                   progress: bool = False) -> FaithfulnessCurve:
+    """MIB's curve at the node level: head scores [layer head] (the workbench's sign: the metric's
+    change when the head is patched), the top ``int(p * n_heads)`` heads at each fraction; CPR
+    from signed scores, CMD from absolute ones, with bootstrap intervals over prompts."""
+    sizes = [int(p * head_scores.numel()) for p in fractions]
+    signed = [top_heads_circuit(graph, -head_scores, k, absolute=False) for k in sizes]
+    absolute = [top_heads_circuit(graph, head_scores, k, absolute=True) for k in sizes]
+    return _scored_curve(model, graph, (clean, corrupt, metric), signed, absolute, sizes, fractions, ablation, seed,
+                         split, progress, "node")
+
+
+def _scored_curve(model: Any, graph: Graph, prompts: tuple[Tokens, Tokens, MetricFn], signed: list[torch.Tensor],
+                  absolute: list[torch.Tensor], sizes: list[int], fractions: Sequence[float],
+                  ablation: "str | Ablation", seed: int, split: str, progress: bool, level: str) -> FaithfulnessCurve:
+    """Run the full, empty, signed and absolute circuits on the prompts; normalise; the areas."""
+    how = parse_ablation(ablation)
+    clean, corrupt, metric = prompts
     masks = torch.stack([graph.valid, torch.zeros_like(graph.valid)] + signed + absolute)
     vals = edge_values(model, graph, clean, corrupt, metric, masks, how, seed, progress=progress)
     x = vals.double().cpu().numpy()
@@ -156,7 +196,7 @@ def mib_curve(model: Any, graph: Graph, clean: Tokens, corrupt: Tokens, metric: 
         faithfulness_signed=[float(v) for v in normalised_curve(rows_signed)],
         faithfulness_absolute=[float(v) for v in normalised_curve(rows_abs)],
         cpr=bootstrap(rows_signed.T, cpr, seed=seed, split=split), cmd=bootstrap(rows_abs.T, cmd, seed=seed, split=split),
-        ablation=how.value, n_prompts=len(clean), full=float(x[0].mean()), empty=float(x[1].mean()))
+        ablation=how.value, n_prompts=len(clean), full=float(x[0].mean()), empty=float(x[1].mean()), level=level)
 
 
 def smallest_reaching(sizes: Sequence[int], faith: Sequence[float], target: float) -> tuple[int, bool]:
