@@ -6,7 +6,16 @@ The C configurations of a chunk run side by side as one batch of C*n prompts. As
 goes, each sender's change (its output minus its ablation value) is kept; a receiver's
 input is the residual minus the changes of the senders whose edge to it is dropped. A head
 reads its own copy (its q, k and v rebuilt by ``head_qkv.QKV``), an MLP and the logits
-read the residual with the dropped changes taken out."""
+read the residual with the dropped changes taken out.
+
+A head's output is its write into the residual (``head_qkv.head_writes``): where a norm
+follows the attention (Gemma-2), each head's write is divided by the rms of the layer's whole
+attention output in this same forward, so the heads of a layer still sum to what the layer
+writes. With every edge kept the forward is the model's own; with edges dropped it is the
+edge circuit under that per-forward scale: a head that changes rescales the writes of the
+other heads of its layer (the coupling the norm makes), and no edge carries that. This is
+the exact split of the norm's output at the scale the forward actually has, not a claim
+about how other libraries split heads before a norm."""
 from __future__ import annotations
 
 from functools import partial
@@ -17,7 +26,7 @@ import torch
 from ..cache import Tokens, forward
 from ..errors import InputError
 from .edge_graph import Graph, MetricFn, last_logits
-from .head_qkv import QKV, attn_scale, masked_positions, out_weights, per_head_attention
+from .head_qkv import QKV, attn_scale, attn_softcap, head_writes, masked_positions, per_head_attention, write_weights
 
 Hook = Callable[[torch.Tensor], torch.Tensor]
 
@@ -75,7 +84,7 @@ class _EdgeMaskedRun:
         self.deltas: list[tuple[int, torch.Tensor]] = []  # (first sender index, [C n pos S_block d_model])
         self.x_heads: torch.Tensor | None = None  # this layer's per-head inputs, None when no edge into it is dropped
         self.pending: dict[str, torch.Tensor] = {}  # "z": the heads' output recomputed from their own inputs
-        self.w_o = [out_weights(model, l) for l in range(model.shape.n_layers)]
+        self.w_o = [write_weights(model, l) for l in range(model.shape.n_layers)]
 
     def hooks(self) -> dict[str, Hook]:
         L, H = self.model.shape.n_layers, self.model.shape.n_heads
@@ -130,14 +139,15 @@ class _EdgeMaskedRun:
         if xh is None:
             return sc
         q, k, v = self.qkv(layer, xh)
-        new_scores, z = per_head_attention(q, k, v, masked_positions(sc), attn_scale(self.model, layer), sc)
+        new_scores, z = per_head_attention(q, k, v, masked_positions(sc), attn_scale(self.model, layer), sc,
+                                           attn_softcap(self.model, layer))
         self.pending["z"] = z
         return new_scores
 
     def on_z(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         if self.x_heads is not None:
             z = self.pending.pop("z").to(z.dtype)
-        zd = self.change(z, f"z{layer}")
+        zd = self.change(head_writes(self.model, layer, z), f"z{layer}")
         self.deltas.append((self.graph.head_slice(layer).start, torch.einsum("cnphd,hdm->cnphm", zd, self.w_o[layer])))
         return z
 

@@ -2,7 +2,13 @@
 activations of a no-grad run, and one backward pass that returns d metric / d (input of
 each receiver) [receiver batch pos d_model], splitting the shared residual into per-head
 inputs exactly (grouped-query keys and values included). An edge's score is then the
-sender's change (``sender_deltas``) dotted with the receiver's gradient (``edge_scores_from``)."""
+sender's change (``sender_deltas``) dotted with the receiver's gradient (``edge_scores_from``).
+
+A head's change is the change of its write into the residual (``head_qkv.head_writes``): under
+Gemma-2's post-attention norm, z_h / rms(the layer's output in that run) @ W_O[h] (1 + w), so
+the changes of a layer's heads sum to the change of the layer's write. The gradients come
+from autograd at the hook points (through the post-attention norm, whose scale depends on
+every head of the layer, and the soft cap of the scores, chained in closed form)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +17,7 @@ import torch
 
 from ..cache import Tokens, forward
 from .edge_graph import Graph, MetricFn, last_logits
-from .head_qkv import QKV, attn_modules, attn_scale, out_weights
+from .head_qkv import QKV, attn_modules, attn_scale, attn_softcap, head_writes, write_weights
 
 
 def _names(n_layers: int) -> list[str]:
@@ -26,8 +32,9 @@ def _names(n_layers: int) -> list[str]:
 
 def sender_outputs(model: Any, tokens: Tokens, embed: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Last-token logits and the senders' activations of one no-grad run: 'input' [b pos d_model]
-    (and 'embed', the token embeddings),
-    'z{l}' [b pos head d_head], 'mlp{l}' [b pos d_model]."""
+    (and 'embed', the token embeddings), 'z{l}' [b pos head d_head] (the head outputs as the
+    residual receives them, ``head_writes``: hook_z, scaled by a post-attention norm where
+    there is one), 'mlp{l}' [b pos d_model] (``hook_mlp_out``)."""
     L = model.shape.n_layers
     names = ["hook_embed", "blocks.0.hook_resid_pre"] + [f"blocks.{l}.attn.hook_z" for l in range(L)] + \
             [f"blocks.{l}.hook_mlp_out" for l in range(L)]
@@ -36,7 +43,7 @@ def sender_outputs(model: Any, tokens: Tokens, embed: torch.Tensor | None = None
         logits, store = forward(model, tokens, names, patches)
     acts = {"input": store["blocks.0.hook_resid_pre"], "embed": store["hook_embed"]}
     for l in range(L):
-        acts[f"z{l}"] = store[f"blocks.{l}.attn.hook_z"]
+        acts[f"z{l}"] = head_writes(model, l, store[f"blocks.{l}.attn.hook_z"])
         acts[f"mlp{l}"] = store[f"blocks.{l}.hook_mlp_out"]
     return last_logits(logits, tokens), acts
 
@@ -89,12 +96,17 @@ def receiver_grads(model: Any, tokens: Tokens, metric: MetricFn, embed: torch.Te
 def _qkv_grads(model: Any, st: dict[str, torch.Tensor], layer: int, g_scores: torch.Tensor,
                g_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-query-head gradients at q, k, v [b pos head d_head] of ``layer`` from those at its
-    attention scores and z (each head's own copy of a shared key and value)."""
+    attention scores and z (each head's own copy of a shared key and value). Soft-capped
+    scores (c * tanh(s / c)) pass the gradient times 1 - tanh(s / c)^2 back to s = q.k * scale."""
     q = st[f"blocks.{layer}.attn.hook_q"]
     k = st[f"blocks.{layer}.attn.hook_k"]
     pattern = st[f"blocks.{layer}.attn.hook_pattern"]
     scale = attn_scale(model, layer)
     kq = k.detach().repeat_interleave(model.shape.n_heads // model.shape.n_kv_heads, dim=2)  # [b pos H d]
+    cap = attn_softcap(model, layer)
+    if cap:
+        raw = torch.einsum("bqhd,bkhd->bhqk", q.detach(), kq) * scale
+        g_scores = g_scores * (1.0 - torch.tanh(raw / cap).pow(2))
     g_q = torch.einsum("bhqk,bkhd->bqhd", g_scores, kq) * scale
     g_k = torch.einsum("bhqk,bqhd->bkhd", g_scores, q.detach()) * scale
     g_v = torch.einsum("bhqk,bqhd->bkhd", pattern.detach(), g_z)
@@ -129,7 +141,7 @@ def sender_deltas(model: Any, graph: Graph, a: dict[str, torch.Tensor], b: dict[
     out = [(b["input"] - a["input"])[:, :, None]]
     for l in range(L):
         dz = b[f"z{l}"] - a[f"z{l}"]
-        out.append(torch.einsum("bphd,hdm->bphm", dz, out_weights(model, l)))
+        out.append(torch.einsum("bphd,hdm->bphm", dz, write_weights(model, l)))
         out.append((b[f"mlp{l}"] - a[f"mlp{l}"])[:, :, None])
     return out
 

@@ -1,7 +1,15 @@
 """Per-head attention rebuilt from the model's own weights, for the edge graph
 (``workbench.patching.graph``): each head reads its own copy of the residual, so its
 query, key and value are recomputed from that per-head input with the norm, projections
-and rotary of the model's architecture adapter (``workbench.adapters``)."""
+and rotary of the model's architecture adapter (``workbench.adapters``).
+
+A head's write into the residual is ``z_h @ W_O[h]`` where the heads' outputs simply add. Where
+a norm follows the attention (Gemma-2's ``post_attention_layernorm``, RMSNorm scaling by
+``1 + w``), RMSNorm(sum_h r_h) = sum_h (1 + w) * r_h / rms(sum_h r_h) splits it exactly with
+the scale taken from the layer's whole output in the same forward: head h writes
+``(z_h / rms) @ (W_O[h] * (1 + w))`` (``head_writes`` and ``write_weights``). The edge graph
+works with these writes: the sum over a layer's heads is the layer's real write, and a
+forward in which some heads change rescales every head of the layer by its new total."""
 from __future__ import annotations
 
 from typing import Any
@@ -25,6 +33,27 @@ def out_weights(model: Any, layer: int) -> torch.Tensor:
 def attn_scale(model: Any, layer: int) -> float:
     _, attn, _ = attn_modules(model, layer)
     return model.adapter.scaling(attn, model.shape)
+
+
+def attn_softcap(model: Any, layer: int) -> float | None:
+    """The cap c of the layer's soft-capped scores, c * tanh(s / c) (None: not capped)."""
+    _, attn, _ = attn_modules(model, layer)
+    return model.adapter.attn_softcap(attn)
+
+
+def write_weights(model: Any, layer: int) -> torch.Tensor:
+    """[head d_head d_model]: head h of ``layer`` writes ``head_writes(z)_h @ W[h]`` into the
+    residual (W_O itself, or W_O times Gemma-2's post-attention norm weight ``1 + w``)."""
+    block, _, _ = attn_modules(model, layer)
+    return model.adapter.write_weights(block, model.shape)
+
+
+def head_writes(model: Any, layer: int, z: torch.Tensor) -> torch.Tensor:
+    """The head outputs z [..., head d_head] (``hook_z``) as the residual receives them: z itself,
+    or z / rms(the layer's whole attention output in this forward) under a post-attention norm."""
+    block, _, _ = attn_modules(model, layer)
+    scale = model.adapter.head_write_scale(block, z, model.shape)
+    return z if scale is None else z * scale[..., None]
 
 
 class QKV:
@@ -70,10 +99,13 @@ class QKV:
 
 
 def per_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor, scale: float,
-                       scores_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                       scores_in: torch.Tensor, softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores [b head q k] and z [b pos head d] from per-query-head q, k, v [b pos head d];
-    ``masked`` [b head q k] marks the positions the model masks (their score kept as given)."""
+    ``masked`` [b head q k] marks the positions the model masks (their score kept as given);
+    ``softcap`` c caps the scores, c * tanh(s / c), as the layer does (``attn_softcap``)."""
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
     scores = torch.where(masked, scores_in, scores)
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
