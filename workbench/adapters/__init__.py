@@ -7,7 +7,7 @@ this package tests an architecture's name.
 
     llama     Llama, SmolLM2, Mistral: RMSNorm, rotary, grouped-query attention
     qwen2     Qwen2 / Qwen2.5: the Llama layout with q/k/v biases
-    gemma2    Gemma-2: four norms, soft-capping, sliding window (single layers; models refused for now)
+    gemma2    Gemma-2: four norms, soft-capping, sliding window (whole models; head writes split at the post-attention norm)
     gpt2      GPT-2: LayerNorm, learned positions, fused Conv1D q/k/v
     neox      GPT-NeoX / Pythia: LayerNorm, partial rotary, fused q/k/v, parallel residual
 """

@@ -13,7 +13,12 @@ Whole models run through the workbench: its attention (``workbench.hooks``) soft
 scores (eagerly: PyTorch's fused attention cannot cap) and takes the window from the mask
 transformers builds per layer; ``hook_attn_out`` and ``hook_mlp_out`` sit after the
 post-attention and post-feedforward norms (``attn_out_path``, ``mlp_out_path``), as in
-TransformerLens; the suffix engine caps, windows and post-normalises the same way.
+TransformerLens; the suffix engine caps, windows and post-normalises the same way. A head's
+write is not additive (the post-attention norm divides the sum of the heads by its rms), so
+the edge graph splits it exactly at the scale of the same forward (``head_write_scale``,
+``write_weights``): head h writes (z_h / rms(layer's output)) @ W_O[h] * (1 + w). Exact edge
+patching (``workbench.patching.edges``) and path patching (``workbench.patching.path``) do not
+use that split yet.
 """
 from __future__ import annotations
 
