@@ -18,7 +18,7 @@ from workbench.patching.head_qkv import attn_softcap, head_writes, write_weights
 CLEAN = ["When Mary and John went to the store, John gave a drink to", "The cat sat on the mat and then"]
 CORRUPT = ["When Alice and Bob went to the shop, Tom gave a drink to", "A dog sat on the rug and then"]
 EDGES = [("L0H1", "L1H2"), ("input", "L0H3"), ("L0H2", "M0"), ("M0", "logits"), ("L1H0", "logits"),
-         ("L0H0", "M1"), ("input", "L1H1")]
+         ("L0H0", "M1"), ("input", "L1H1"), ("L1H3", "L2H0"), ("M1", "L2H2")]
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,9 @@ def last_metric(model, tokens, metric, patches=None):
 
 def test_head_writes_sum_to_the_attention_output(task):
     model, clean, _, _ = task
-    names = [f"blocks.{l}.{n}" for l in range(2) for n in ("attn.hook_z", "hook_attn_out")]
+    names = [f"blocks.{l}.{n}" for l in range(3) for n in ("attn.hook_z", "hook_attn_out")]
     _, st = forward(model, clean, names)
-    for l in range(2):
+    for l in range(3):
         z = st[f"blocks.{l}.attn.hook_z"]
         writes = torch.einsum("bphd,hdm->bphm", head_writes(model, l, z), write_weights(model, l))
         assert (writes.sum(2) - st[f"blocks.{l}.hook_attn_out"]).abs().max() <= 1e-5

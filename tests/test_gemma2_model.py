@@ -1,5 +1,5 @@
-"""A whole Gemma-2 through the workbench, on ``tiny-gemma2`` (2 layers, 4 query heads over 2
-key-value heads; layer 0 slides over 3 keys, scores capped at 2.0, logits at 5.0) with its
+"""A whole Gemma-2 through the workbench, on ``tiny-gemma2`` (3 layers, 4 query heads over 2
+key-value heads; layers 0 and 2 slide over 3 keys, scores capped at 2.0, logits at 5.0) with its
 weights shaken so that the caps and the window change the answer. Known answers: a pristine
 Hugging Face ``Gemma2ForCausalLM`` with the same weights and transformers' own eager attention
 (its logits, its ``output_attentions``, the input of its ``o_proj`` and the outputs of its
@@ -80,7 +80,7 @@ def test_hook_points_carry_what_hugging_face_computes(gemma):
     ref = pristine(gemma)
     tokens = as_tokens(gemma, CLEAN)
     keep = tokens.attention_mask.bool()
-    names = [f"blocks.{l}.{n}" for l in range(2) for n in (
+    names = [f"blocks.{l}.{n}" for l in range(3) for n in (
         "attn.hook_q", "attn.hook_k", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_resid_pre",
         "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")]
     _, cache = run_with_cache(gemma, tokens, names)
@@ -95,7 +95,7 @@ def test_hook_points_carry_what_hugging_face_computes(gemma):
     for h in handles:
         h.remove()
     scale = gemma.hf.config.query_pre_attn_scalar ** -0.5
-    for l in range(2):
+    for l in range(3):
         pattern = cache[f"blocks.{l}.attn.hook_pattern"]
         assert (pattern - out.attentions[l]).abs().max() <= 1e-5
         z = cache[f"blocks.{l}.attn.hook_z"]
@@ -106,7 +106,7 @@ def test_hook_points_carry_what_hugging_face_computes(gemma):
         scores = cache[f"blocks.{l}.attn.hook_attn_scores"]
         t = scores.shape[-1]
         i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
-        seen_keys = (j <= i) & ((j > i - 3) if l == 0 else True) & keep[:, None, None, :]
+        seen_keys = (j <= i) & ((j > i - 3) if l != 1 else True) & keep[:, None, None, :]
         assert (scores - capped)[seen_keys.expand_as(scores)].abs().max() <= 1e-5
         assert (scores[~seen_keys.expand_as(scores)] < -1e30).all() and capped.abs().max() > 1.9
         assert (cache[f"blocks.{l}.hook_attn_out"] - seen[("post_attention_layernorm", l)]).abs().max() <= 1e-5
@@ -152,11 +152,11 @@ def test_head_patching_equals_a_pre_hook_on_o_proj(gemma):
     ref = pristine(gemma)
     tokens, corrupt = as_tokens(gemma, CLEAN), as_tokens(gemma, CORRUPT)
     assert tokens.input_ids.shape == corrupt.input_ids.shape
-    _, cache = run_with_cache(gemma, corrupt, ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"])
-    source = {l: cache[f"blocks.{l}.attn.hook_z"] for l in range(2)}
+    _, cache = run_with_cache(gemma, corrupt, [f"blocks.{l}.attn.hook_z" for l in range(3)])
+    source = {l: cache[f"blocks.{l}.attn.hook_z"] for l in range(3)}
     n_pos = tokens.input_ids.shape[1]
     # one head at every position, through the caching layer
-    one = torch.zeros(1, 2, 4, n_pos, dtype=torch.bool)
+    one = torch.zeros(1, 3, 4, n_pos, dtype=torch.bool)
     one[0, 1, 2] = True
     logits = run_with_patches(gemma, tokens, {"blocks.1.attn.hook_z": lambda z: torch.where(
         one[0, 1].T[None, :, :, None], source[1], z)})
@@ -166,8 +166,8 @@ def test_head_patching_equals_a_pre_hook_on_o_proj(gemma):
     assert (got[:, 100] - got[:, 200] - want).abs().max() <= 1e-5
     # the batched engine (suffix and full) against the naive loop
     g = torch.Generator().manual_seed(1)
-    masks = torch.cat([torch.rand(10, 2, 4, n_pos, generator=g) < 0.1,
-                       head_masks_per_position(2, 4, n_pos)[::7]])
+    masks = torch.cat([torch.rand(10, 3, 4, n_pos, generator=g) < 0.1,
+                       head_masks_per_position(3, 4, n_pos)[::7]])
     masks[0] = False
 
     def metric(last, idx):
@@ -202,7 +202,7 @@ def test_three_backends_cache_the_same_values(gemma):
     """The TransformerLens bridge and nnsight read the same places (the bridge's post-rotary
     q and k, its hook_attn_out after the post-attention norm) as the plain hooks."""
     tokens = as_tokens(gemma, CLEAN[:2])
-    names = [f"blocks.{l}.{n}" for l in range(2) for n in ("attn.hook_q", "attn.hook_k", "attn.hook_attn_scores",
+    names = [f"blocks.{l}.{n}" for l in range(3) for n in ("attn.hook_q", "attn.hook_k", "attn.hook_attn_scores",
                                                           "attn.hook_pattern", "attn.hook_z", "hook_attn_out",
                                                           "hook_mlp_out", "hook_resid_post")]
     logits, cache = run_with_cache(gemma, tokens, names)
@@ -212,3 +212,14 @@ def test_three_backends_cache_the_same_values(gemma):
         assert (logits2 - logits).abs().max() <= 1e-5, backend
         for name in names:
             assert (cache2[name] - cache[name]).abs().max() <= 1e-5, (backend, name)
+
+
+def test_a_skipped_mask_gets_the_window():
+    """Where transformers passes no mask (a plain causal one would do), a sliding layer's keys
+    are cut to the window: query i of the last 2 (of 6 keys) sees keys i-2..i."""
+    from workbench.hooks import _causal_allowed
+
+    allowed = _causal_allowed(2, 6, torch.device("cpu"), window=3)[0, 0]
+    assert allowed.tolist() == [[False, False, True, True, True, False], [False, False, False, True, True, True]]
+    assert _causal_allowed(3, 3, torch.device("cpu"))[0, 0].tolist() == [[True, False, False], [True, True, False],
+                                                                          [True, True, True]]

@@ -238,7 +238,7 @@ MODELS: dict[str, ModelSpec] = {
     "tiny-gpt2": ModelSpec(_tiny_loader("gpt2", n_layers=2, n_heads=4, n_kv_heads=4, d_model=64), "random 2-layer GPT-2, for tests", "tiny"),
     "tiny-neox": ModelSpec(_tiny_loader("neox", n_layers=2, n_heads=4, n_kv_heads=4, d_model=64), "random 2-layer GPT-NeoX in Pythia's shape family (parallel residual, partial rotary), for tests", "tiny"),
     "tiny-qwen2": ModelSpec(_tiny_loader("qwen2", n_layers=2, n_heads=4, n_kv_heads=2, d_model=64), "random 2-layer Qwen2 (q/k/v biases, grouped-query attention), for tests", "tiny"),
-    "tiny-gemma2": ModelSpec(_tiny_loader("gemma2", n_layers=2, n_heads=4, n_kv_heads=2, d_model=64), "random 2-layer Gemma-2 (four norms, soft-capping 2.0, sliding window 3 on layer 0), for tests", "tiny"),
+    "tiny-gemma2": ModelSpec(_tiny_loader("gemma2", n_layers=3, n_heads=4, n_kv_heads=2, d_model=64), "random 3-layer Gemma-2 (four norms, soft-capping 2.0, sliding window 3 on layers 0 and 2), for tests", "tiny"),
     "gpt2": ModelSpec(_hub_loader("openai-community/gpt2"), "GPT-2 small from the hub", "hub", "openai-community/gpt2"),
     "gpt2-medium": ModelSpec(_hub_loader("openai-community/gpt2-medium"), "GPT-2 medium from the hub", "hub", "openai-community/gpt2-medium"),
     "pythia-70m": ModelSpec(_hub_loader("EleutherAI/pythia-70m"), "Pythia 70M from the hub", "hub", "EleutherAI/pythia-70m"),
