@@ -72,13 +72,33 @@ def _backend_figures(d: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _patching_figures(d: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
+    """bench_patching.py's report: per sweep, the float32 engine against both naive loops, each
+    low-precision variant against the float32 engine (speed, top 10, deviation), and GFLOP/s."""
+    out, n = [], d["n_prompts"]
+    f32 = d["dtypes"].get("float32", {})
     for name, label in (("head", "head sweep"), ("head_pos", "head x position sweep")):
-        s = d["sweeps"].get(name)
-        if s:
-            out.append(figure(f"{label} ({s['n_patches']} patches), batched engine over the naive TransformerLens loop (x)",
-                              s["speedup_vs_naive"], n=d["n_prompts"], fmt=".2f"))
-            out.append(figure(f"{label}: max |difference| from the naive loop", s["max_abs_diff_vs_naive"], fmt=".1e"))
+        row = f32.get(name)
+        if not row:
+            continue
+        p = row["n_patches"]
+        out.append(figure(f"{label} ({p} patches), float32: batched engine over the naive Hugging Face hook loop (x)",
+                          row["speedup_vs_naive_hf"], n=n, fmt=".1f"))
+        out.append(figure(f"{label}, float32: batched engine over the naive TransformerLens bridge loop (x)",
+                          row["speedup_vs_naive_tl"], n=n, fmt=".1f"))
+        out.append(figure(f"{label}, float32: max |difference| from the naive loop", row["max_abs_diff_vs_naive_hf"],
+                          fmt=".1e"))
+        peak = d["peak_gflop_per_s"]["float32"]
+        out.append(figure(f"{label}, float32 engine: achieved GFLOP/s (matmul peak measured {peak:.0f})",
+                          row["gflop_per_s"]["batched"], n=n, fmt=".1f"))
+        for key, cmp_ in d.get("vs_float32", {}).items():
+            sweep, dtype = key.split("/")
+            if sweep != name:
+                continue
+            same = "identical" if cmp_["top10_identical"] else ("the same set, reordered" if cmp_["top10_same_set"]
+                                                                  else "NOT the same")
+            out.append(figure(f"{label}, {dtype} engine over the float32 engine (x); top 10 {same}, largest effect "
+                              f"deviation {cmp_['max_abs_effect_deviation']:.3f} of {cmp_['largest_effect_float32']:.2f}",
+                              cmp_["engine_speedup_vs_float32_engine"], n=n, fmt=".2f"))
     return out
 
 
@@ -86,8 +106,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("bench-backends", "backends (float32)", ("benchmarks/bench_backends.py", "--json"), _backend_figures),
     Benchmark("bench-cache", "caching (name-filtered)", ("benchmarks/bench_cache.py", "--json"), _cache_figures),
     Benchmark("bench-patching", "batched patching", ("benchmarks/bench_patching.py", "--n-prompts", "16", "--layer-step", "3",
-                                                     "--pos-layer-step", "6", "--pos-heads", "3", "--json"),
-              _patching_figures, why="16 prompts, every third layer: the full sweep takes hours on 2 cores"),
+                                                     "--pos-layer-step", "3", "--dtype", "float32,bfloat16", "--compile",
+                                                     "--naive-max", "24", "--rounds", "3", "--json"),
+              _patching_figures, why="16 prompts, every third layer, the naive loops timed on 24 evenly spaced patches "
+                                     "and scaled: the full sweep takes hours on 2 cores"),
 )
 
 
@@ -295,7 +317,7 @@ def measure_benchmark(b: Benchmark, stamp: dict[str, Any], draw: bool = True) ->
     seconds, stdout = _run([sys.executable, *b.argv])
     doc = json.loads(stdout[stdout.index("{"):])
     return {"key": b.key, "label": b.label, "command": "python " + shlex.join(b.argv), "why": b.why,
-            "figures": b.figures(doc), "seconds": round(seconds, 1), **stamp}
+            "figures": b.figures(doc), "seconds": round(seconds, 1), "report": doc, **stamp}
 
 
 def jobs() -> list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]]:
@@ -424,7 +446,7 @@ def main() -> None:
     new_rows = []
     if not args.readme:
         stamp = {"commit": _commit(), "machine": _machine(), "date": _dt.date.today().isoformat()}
-        for k, label, measure in todo:
+        for k, _label, measure in todo:
             if args.only and k not in args.only:
                 continue
             row = measure(stamp)
