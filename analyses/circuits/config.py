@@ -121,8 +121,8 @@ class CircuitConfig:
     curve_methods: str = option("eap,eap-ig", help="methods whose faithfulness curves are measured: eap, eap-ig (top-k "
                                 "edges at --sizes), acdc (one ACDC run per --acdc-taus; slow, not in the default: see "
                                 "docs/circuits.md)")
-    n_val: int = option(16, flag="--val", help="validation prompts: the faithfulness curve and the size choice", min=2)
-    n_test: int = option(16, flag="--test", help="test prompts: the chosen circuit's faithfulness and the accuracy",
+    n_val: int = option(64, flag="--val", help="validation prompts: the faithfulness curve and the size choice", min=2)
+    n_test: int = option(64, flag="--test", help="test prompts: the chosen circuit's faithfulness and the accuracy",
                          min=2)
     format: str = option("", help="Colored Objects prompt format (default: the one chosen on the development split)")
     acdc_tau: float = option(0.05, help="ACDC: drop an edge when the metric moves less than this", min=0)
@@ -130,15 +130,16 @@ class CircuitConfig:
     acdc_taus: str = option(ACDC_TAUS, help="ACDC thresholds of the curve (with --curve-methods ...,acdc), "
                             "comma-separated: one exact ACDC run each")
     path_top: int = option(6, help="path patching: heads kept in each of the two rounds", min=1)
-    compare_patching: bool = option(False, help="also patch every head exactly (the node reference): rank agreement "
-                                    "with each method's head scores and faithfulness of the top --node-heads heads by each")
+    compare_patching: bool = option(True, help="also patch every head exactly (the node reference): rank agreement "
+                                    "with each method's head scores, faithfulness of the top --node-heads heads by each, "
+                                    "and MIB's node-level CPR and CMD of each ranking (--no-compare-patching: skip)")
     node_heads: str = option("3,6,12,24", help="head counts at which node circuits (top heads, every MLP kept) are "
                              "compared with --compare-patching")
-    mib_methods: str = option("eap-ig", help="methods whose MIB CPR and CMD are measured on the test prompts "
+    mib_methods: str = option("eap,eap-ig", help="methods whose MIB CPR and CMD are measured on the test prompts "
                               "(comma-separated among eap, eap-ig; '' for none)")
     beside_ablation: str = option("mean", help="a second ablation whose validation curve is drawn beside ('' for "
                                   "none)", choices=("",) + ABLATIONS)
-    stability_boots: int = option(0, help="bootstrap resamples of the discovery prompts to rediscover on (mean "
+    stability_boots: int = option(5, help="bootstrap resamples of the discovery prompts to rediscover on (mean "
                                   "pairwise Jaccard of the top edges and heads); 0: not measured", min=0, max=100)
 
     def __post_init__(self) -> None:

@@ -147,7 +147,8 @@ def task_circuit(model: Model, config: ReuseConfig, task: str, fmt: str,
                         n_edges=config.n_edges, ig_steps=config.ig_steps, ablation=config.ablation,
                         batch_size=config.batch_size, target=config.target, sizes=config.sizes,
                         curve_methods=config.method, n_val=config.n_val, n_test=config.n_test,
-                        format=fmt if task != "ioi" else "", mib_methods="", beside_ablation="")
+                        format=fmt if task != "ioi" else "", mib_methods="", beside_ablation="",
+                        compare_patching=False, stability_boots=0)
     m, arr, ivs = measure_circuit(model, cfg, progress)
     fields: dict[str, Any] = {f.name: m[f.name] for f in dataclasses.fields(TaskCircuit)}
     circuit = TaskCircuit(**fields)
