@@ -1,7 +1,10 @@
 """Edge patching between attention heads, batched and suffix-only.
 
 The graph: sources are the heads (layer l, head h), index ``l*H + h``, whose output is
-their direct write into the residual stream ``z[..., h, :] @ W_O[h]``; destinations are
+their direct write into the residual stream (``head_qkv.head_writes`` @ ``write_weights``):
+``z[..., h, :] @ W_O[h]``, or under Gemma-2's post-attention norm ``(z_h / rms) @ W_O[h] (1 + w)``
+with rms that of the layer's whole attention output in the same run (the exact split of the
+norm: a layer's head writes sum to what it writes); destinations are
 the heads' inputs (query, key and value together), index ``l*H + h``, plus the logits (the
 final residual stream before the final norm), index ``L*H``. An edge (source, destination)
 exists when the source's layer is below the destination's (every source reaches the logits).
@@ -11,7 +14,10 @@ means: destination d reads the residual stream of this (patched) run, with s's d
 contribution swapped for its source value (corrupt run, mean or zero):
 ``input_d = resid_d + sum_s mask[s, d] * (source_out_s - run_out_s)``, at every position,
 where ``run_out_s`` is s's output in the same patched run (so chains of patched edges
-compose). Nothing else reads the swapped value: the residual stream, the MLPs and the
+compose; under a post-attention norm at that run's own scale, so a head whose input is patched
+rescales its layer's other writes as the model does). ``source_out_s`` is the write of
+``source_z`` at the scale of its own layer total: for a corrupt run's ``hook_z``, the corrupt
+run's write exactly; for a mean z, the write of a layer whose heads all output that mean. Nothing else reads the swapped value: the residual stream, the MLPs and the
 other heads stay as the run computes them. This is the edge semantics of auto-circuit and
 ACDC, restricted to head-to-head and head-to-logits edges.
 
@@ -38,6 +44,7 @@ from ..cache import Tokens
 from ..errors import InputError
 from . import suffix as _suffix
 from .engine import HeadPatchSweep, MetricFn
+from .head_qkv import head_writes, write_weights
 
 LOGITS = "logits"
 
@@ -101,29 +108,43 @@ def check_edge_masks(model: Any, masks: torch.Tensor) -> None:
 
 
 class _Outputs:
-    """Per-head direct outputs [N T M] of the clean run and of the source, made on demand."""
+    """Per-head writes [N T M] of the clean run and of the source, made on demand."""
 
     def __init__(self, runner: _suffix.SuffixRunner, n: int, t: int):
         self.runner, self.n, self.t = runner, n, t
+        model = runner.model
+        self.w = [write_weights(model, l) for l in range(model.shape.n_layers)]  # [H D M] per layer
         self._clean: dict[int, torch.Tensor] = {}
         self._source: dict[int, torch.Tensor] = {}
+        self._scaled: dict[tuple[str, int], torch.Tensor] = {}
 
-    def project(self, z_head: torch.Tensor, l: int, h: int) -> torch.Tensor:
-        w_o, _ = self.runner.w_o[l]
-        return z_head @ w_o[h]
+    def scaled(self, z: torch.Tensor, l: int) -> torch.Tensor:
+        """Every head's output z [.. T H D] of layer ``l`` as the residual receives it, at the scale
+        of this z's own layer total (``head_qkv.head_writes``: z itself without a post-norm)."""
+        return head_writes(self.runner.model, l, z)
+
+    def project(self, z_scaled: torch.Tensor, l: int, h: int) -> torch.Tensor:
+        """Head h's write [.. T M] from its scaled output [.. T D]."""
+        return z_scaled @ self.w[l][h]
+
+    def _layer(self, which: str, l: int) -> torch.Tensor:
+        if (which, l) not in self._scaled:
+            z = self.runner.clean.z[l] if which == "clean" else self.runner.source_for(l, self.n, self.t)
+            self._scaled[which, l] = self.scaled(z, l)
+        return self._scaled[which, l]
 
     def clean(self, idx: int) -> torch.Tensor:
         H = self.runner.model.shape.n_heads
         if idx not in self._clean:
             l, h = divmod(idx, H)
-            self._clean[idx] = self.project(self.runner.clean.z[l][:, :, h], l, h)
+            self._clean[idx] = self.project(self._layer("clean", l)[:, :, h], l, h)
         return self._clean[idx]
 
     def source(self, idx: int) -> torch.Tensor:
         H = self.runner.model.shape.n_heads
         if idx not in self._source:
             l, h = divmod(idx, H)
-            self._source[idx] = self.project(self.runner.source_for(l, self.n, self.t)[:, :, h], l, h)
+            self._source[idx] = self.project(self._layer("source", l)[:, :, h], l, h)
         return self._source[idx]
 
 
@@ -231,9 +252,11 @@ def _run_edge_chunk(runner: _suffix.SuffixRunner, outs: _Outputs, masks: torch.T
                 qh, kh, vh = runner.head_qkv(l, h, xd.reshape(c * n, t, -1))
                 q[:, h], k[:, h], v[:, h] = qh, kh, vh
         z = runner.attend(l, q, k, v, c, 0)  # [C N T H D]
-        for h in range(H):
-            if l * H + h in needed:
-                run_out[l * H + h] = outs.project(z[:, :, :, h], l, h)
+        sources = [h for h in range(H) if l * H + h in needed]
+        if sources:
+            zs = outs.scaled(z, l)  # at this run's own scale (the layer's total in this run)
+            for h in sources:
+                run_out[l * H + h] = outs.project(zs[:, :, :, h], l, h)
         w_o, b_o = runner.w_o[l]
         attn_out = z.reshape(c, n, t, -1) @ w_o.reshape(-1, w_o.shape[-1])
         if b_o is not None:

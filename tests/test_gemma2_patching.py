@@ -1,0 +1,174 @@
+"""Exact edge patching (``workbench.patching.edges``), path patching (``workbench.patching.path``)
+and the IOI head scores' projections (``analyses.circuits.head_classes``) on a whole Gemma-2
+(``tiny-gemma2``: 3 layers, 4 query heads over 2 key-value heads, scores capped at 2.0), its
+weights shaken so that the caps and the norms matter, the post-attention norm's ``1 + w`` of
+both signs. Its post-attention norm divides the sum of a layer's heads by its rms, so a head's
+write is (1 + w) * (z_h @ W_O[h]) / rms(o_proj(z)) with z the layer's heads in that same run.
+
+Known answers come from a pristine Hugging Face ``Gemma2ForCausalLM`` (transformers' eager
+attention, the same weights) with hooks on its own modules (``o_proj``'s input for z, the
+projections' outputs for q/k/v, ``post_attention_layernorm``'s output for a layer's write, the
+final norm's input), no workbench code:
+
+* a single edge: the sender's corrupt-minus-clean write added to the receiver's input; a
+  receiving head reads it in a first pass (its z kept) and only its z is swapped into a second,
+  clean pass (so a grouped key and value is the receiver's own copy);
+* chains of edges: the workbench's edge-masked forward (``run_edge_masks``, itself checked
+  against such references in tests/test_gemma2_graph.py);
+* path patching as Wang et al. define it: step 2 freezes every layer's attention write to the
+  clean one, the sender's layer's plus the sender's change of write, MLPs recomputed, the
+  receivers' q/k/v recorded; step 3 gives the receivers' z from the recorded q/k/v (first
+  pass) to an otherwise clean run (second pass);
+* direct logit attribution: each head's write at the last token through the final norm frozen
+  at its clean scale, onto W_U[correct] - W_U[wrong]; the copy score's head output (1 + w) v W_O.
+
+Tolerance 1e-5 (float32)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from workbench.cache import as_tokens
+from workbench.patching import graph as G
+from workbench.patching.edges import edge_masks, run_edge_patches
+
+CLEAN = ["When Mary and John went to the store, John gave a drink to", "The cat sat on the mat and then"]
+CORRUPT = ["When Alice and Bob went to the shop, Tom gave a drink to", "A dog sat on the rug and then"]
+L, H, D = 3, 4, 16
+
+
+def metric(logits, idx=None):
+    return logits[..., 100] - logits[..., 200]
+
+
+@pytest.fixture(scope="module")
+def task():
+    from transformers import Gemma2ForCausalLM
+
+    from workbench.models import load_model
+
+    model = load_model("tiny-gemma2")
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.hf.named_parameters():
+            if "post_attention_layernorm" in name:
+                p.copy_(torch.randn(p.shape, generator=g) - 1.0)  # 1 + w ~ N(0, 1): both signs
+            elif "norm" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+            elif "q_proj" in name or "k_proj" in name:
+                p.mul_(12.0)
+            elif "embed" in name:
+                p.mul_(10.0)
+    s = model.shape
+    assert (s.n_layers, s.n_heads, s.n_kv_heads, s.d_head) == (L, H, 2, D)
+    ref = Gemma2ForCausalLM(copy.deepcopy(model.hf.config)).eval()
+    ref.set_attn_implementation("eager")
+    ref.load_state_dict(model.hf.state_dict())
+    clean, corrupt = as_tokens(model, CLEAN), as_tokens(model, CORRUPT)
+    assert clean.input_ids.shape == corrupt.input_ids.shape and not clean.attention_mask.all()  # right padding
+    return model, ref, clean, corrupt
+
+
+# ----------------------------------------------------------------- the pristine model, hooked
+def keep(store, key):
+    def fn(x):
+        store[key] = x.detach().clone()
+        return x
+    return fn
+
+
+def hf_run(ref, tokens, pre=(), post=()):
+    """Last-token logits [n vocab] of the pristine model; ``pre``: (module, f) pairs rewriting the
+    module's first input, ``post``: (module, f) pairs rewriting its output."""
+    handles = [m.register_forward_pre_hook(lambda mod, args, f=f: (f(args[0]), *args[1:])) for m, f in pre]
+    handles += [m.register_forward_hook(lambda mod, args, out, f=f: f(out)) for m, f in post]
+    try:
+        with torch.no_grad():
+            logits = ref(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return logits[torch.arange(len(tokens)), tokens.last_positions]
+
+
+def hf_z(ref, tokens, l):
+    st = {}
+    hf_run(ref, tokens, pre=[(ref.model.layers[l].self_attn.o_proj, keep(st, "z"))])
+    return st["z"]  # [n pos H*D]
+
+
+def hf_writes(ref, tokens, l):
+    """Every head's write [n pos H M] of layer l: (1 + w) * (z_h @ W_O[h]) / rms(o_proj(z))."""
+    attn, norm = ref.model.layers[l].self_attn, ref.model.layers[l].post_attention_layernorm
+    with torch.no_grad():
+        z = hf_z(ref, tokens, l)
+        r = torch.einsum("bphd,mhd->bphm", z.unflatten(-1, (H, D)), attn.o_proj.weight.unflatten(1, (H, D)))
+        rms = (attn.o_proj(z).pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+        return (1 + norm.weight) * r / rms[:, :, None]
+
+
+def swap_z(store, heads):
+    """A pre-hook on o_proj putting ``store['z']``'s slices of ``heads`` into z."""
+    def fn(z):
+        z = z.clone()
+        for h in heads:
+            z[..., h * D:(h + 1) * D] = store["z"][..., h * D:(h + 1) * D]
+        return z
+    return fn
+
+
+# ----------------------------------------------------------------- edge patching
+def edge_reference(ref, clean, corrupt, edge):
+    (l, h), dst = edge
+    swap = (hf_writes(ref, corrupt, l) - hf_writes(ref, clean, l))[:, :, h]
+    if dst == "logits":
+        return metric(hf_run(ref, clean, pre=[(ref.model.norm, lambda x: x + swap)]))
+    l2, h2 = dst
+    o_proj, st = ref.model.layers[l2].self_attn.o_proj, {}
+    hf_run(ref, clean, pre=[(ref.model.layers[l2], lambda x: x + swap), (o_proj, keep(st, "z"))])
+    return metric(hf_run(ref, clean, pre=[(o_proj, swap_z(st, [h2]))]))
+
+
+EDGES = [((0, 2), "logits"), ((0, 1), (1, 2)), ((1, 0), "logits"), ((1, 3), (2, 0)), ((0, 3), (2, 2)),
+         ((2, 1), "logits"), ((0, 0), (1, 1))]
+
+
+def corrupt_z(ref, corrupt):
+    return {l: hf_z(ref, corrupt, l).unflatten(-1, (H, D)) for l in range(L)}
+
+
+def test_single_edges_equal_two_pass_hook_references(task):
+    model, ref, clean, corrupt = task
+    out = run_edge_patches(model, clean, corrupt_z(ref, corrupt), edge_masks(model, [[e] for e in EDGES]), metric)
+    assert (out.clean_metric - metric(hf_run(ref, clean))).abs().max() <= 1e-5
+    for i, e in enumerate(EDGES):
+        want = edge_reference(ref, clean, corrupt, e)
+        assert (out.metric[i] - want).abs().max() <= 1e-5, e
+        assert (out.metric[i] - out.clean_metric).abs().max() > 1e-3, e  # each edge matters here
+
+
+def test_chains_of_edges_equal_the_edge_masked_forward(task):
+    """Several edges, chains among them (a patched head's changed write read by a later edge),
+    in one and in many chunks: the edge-masked forward with those edges dropped to the corrupt run."""
+    model, ref, clean, corrupt = task
+    configs = [[((0, 1), (1, 2)), ((1, 2), "logits")],
+               [((0, 0), (1, 1)), ((1, 1), (2, 3)), ((2, 3), "logits"), ((0, 3), "logits")],
+               [((0, 2), (2, 0)), ((1, 2), (2, 0)), ((1, 0), (2, 1))], [((1, 3), "logits"), ((0, 3), (1, 3))]]
+    source = corrupt_z(ref, corrupt)
+    masks = edge_masks(model, configs)
+    big = run_edge_patches(model, clean, source, masks, metric, max_batch=1000)
+    small = run_edge_patches(model, clean, source, masks, metric, max_batch=len(CLEAN))
+    g = G.Graph.for_model(model)
+    _, acts = G.sender_outputs(model, corrupt)
+    keeps = []
+    for cfg in configs:
+        k = g.valid.clone()
+        for (l, h), dst in cfg:
+            k[g.sender_index(f"L{l}H{h}"), g.receiver_index(dst if dst == "logits" else f"L{dst[0]}H{dst[1]}")] = False
+        keeps.append(k)
+    want = G.run_edge_masks(model, g, clean, acts, torch.stack(keeps), metric)
+    assert (big.metric - want).abs().max() <= 1e-5
+    assert (small.metric - want).abs().max() <= 1e-5
+    assert (want - big.clean_metric).abs().min() > 1e-3
