@@ -154,9 +154,10 @@ def table_row(row: dict[str, Any]) -> str:
 
 
 def readme_pictures(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows whose pictures the README shows: the intended ones first, then any other, four at most."""
+    """The rows whose pictures the README shows: the intended ones first (an analysis's first
+    drawn row only), then any other, four at most."""
     drawn = [r for r in doc["rows"] if r.get("picture")]
-    first = [r for key in README_PICTURES for r in drawn if r["key"] == key]
+    first = [next(r for r in drawn if r["key"] == key) for key in README_PICTURES if any(r["key"] == key for r in drawn)]
     return (first + [r for r in drawn if r not in first])[:MAX_README_PICTURES]
 
 
