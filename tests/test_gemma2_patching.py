@@ -33,6 +33,7 @@ import torch
 from workbench.cache import as_tokens
 from workbench.patching import graph as G
 from workbench.patching.edges import edge_masks, run_edge_patches
+from workbench.patching.path import path_patch
 
 CLEAN = ["When Mary and John went to the store, John gave a drink to", "The cat sat on the mat and then"]
 CORRUPT = ["When Alice and Bob went to the shop, Tom gave a drink to", "A dog sat on the rug and then"]
@@ -172,3 +173,77 @@ def test_chains_of_edges_equal_the_edge_masked_forward(task):
     assert (big.metric - want).abs().max() <= 1e-5
     assert (small.metric - want).abs().max() <= 1e-5
     assert (want - big.clean_metric).abs().min() > 1e-3
+
+
+# ----------------------------------------------------------------- path patching
+def path_reference(ref, clean, corrupt, sender, receivers, inputs):
+    """Mean metric after path patching ``sender`` to ``receivers`` through ``inputs`` (see the module docstring)."""
+    layers, (sl, sh) = ref.model.layers, sender
+    clean_out: dict = {}
+    hf_run(ref, clean, post=[(layers[l].post_attention_layernorm, keep(clean_out, l)) for l in range(L)])
+    swap = (hf_writes(ref, corrupt, sl) - hf_writes(ref, clean, sl))[:, :, sh]
+    frozen = [(layers[l].post_attention_layernorm, lambda o, l=l: clean_out[l] + (swap if l == sl else 0))
+              for l in range(L)]
+    if receivers == "logits":
+        return metric(hf_run(ref, clean, post=frozen)).mean()
+    rec: dict = {}
+    rec_layers = sorted({l for l, _ in receivers})
+    hf_run(ref, clean, post=frozen + [(getattr(layers[l].self_attn, f"{t}_proj"), keep(rec, (l, t)))
+                                      for l in rec_layers for t in "qkv"])
+    z: dict = {l: {} for l in rec_layers}
+    put, take = [], []
+    for l in rec_layers:
+        heads = [h for rl, h in receivers if rl == l]
+        for t in inputs:  # the receivers' query slices, their key-value groups' key and value slices
+            rows = heads if t == "q" else sorted({h // 2 for h in heads})
+            put.append((getattr(layers[l].self_attn, f"{t}_proj"), swap_z({"z": rec[l, t]}, rows)))
+        take.append((layers[l].self_attn.o_proj, keep(z[l], "z")))
+    hf_run(ref, clean, post=put, pre=take)
+    pre = [(layers[l].self_attn.o_proj, swap_z(z[l], [h for rl, h in receivers if rl == l])) for l in rec_layers]
+    return metric(hf_run(ref, clean, pre=pre)).mean()
+
+
+@pytest.mark.parametrize("receivers,inputs,senders", [
+    ("logits", "qkv", None),
+    ([(1, 0), (1, 1)], "qkv", [(0, 0), (0, 1), (0, 2), (0, 3)]),
+    ([(2, 2)], "q", [(0, 1), (1, 3), (0, 2)]),
+    ([(1, 3)], "kv", [(0, 0), (0, 2)]),
+    ([(1, 3), (2, 0)], "qkv", [(0, 0), (0, 3)]),
+])
+def test_path_patching_equals_the_naive_definition(task, receivers, inputs, senders):
+    model, ref, clean, corrupt = task
+    got = path_patch(model, clean, corrupt, metric, receivers, inputs, senders=senders)
+    heads = [(l, h) for l in range(L) for h in range(H)] if senders is None else senders
+    patched = got.patched.flatten()
+    for i, s in enumerate(heads):
+        want = path_reference(ref, clean, corrupt, s, receivers, inputs)
+        assert (patched[i] - want).abs() <= 1e-5, s
+    assert (patched - got.clean).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_neox"])
+def test_path_patching_where_writes_add_is_z_patching(name, request):
+    """Without a norm after the attention a head's write is z_h @ W_O[h], so step 2 (the sender's
+    layer writing its clean output plus the sender's change) is plain z patching: every head's z
+    clean, the sender's corrupt (GPT-2's b_O, NeoX's parallel residual)."""
+    from workbench.cache import forward
+
+    model = request.getfixturevalue(name)
+    g = torch.Generator().manual_seed(0)
+    clean, corrupt = (as_tokens(model, torch.randint(300, 900, (2, 9), generator=g)) for _ in range(2))
+    n_layers = model.shape.n_layers
+    names = [f"blocks.{l}.attn.hook_z" for l in range(n_layers)]
+    _, zc = forward(model, clean, names)
+    _, zk = forward(model, corrupt, names)
+    senders = [(0, 1), (1, 2), (0, 3)]
+    got = path_patch(model, clean, corrupt, metric, "logits", senders=senders)
+    for i, (sl, sh) in enumerate(senders):
+        def freeze(z, l, sl=sl, sh=sh):
+            z = zc[names[l]].clone()
+            if l == sl:
+                z[:, :, sh] = zk[names[l]][:, :, sh]
+            return z
+        logits, _ = forward(model, clean, [], {names[l]: lambda z, l=l, f=freeze: f(z, l) for l in range(n_layers)})
+        want = metric(logits[torch.arange(2), clean.last_positions]).mean()
+        assert (got.patched[i] - want).abs() <= 1e-5, (sl, sh)
+    assert (got.patched - got.clean).abs().max() > 1e-4

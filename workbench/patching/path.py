@@ -12,6 +12,15 @@ values; or the logits):
 Many senders go in one batch (configs x prompts). A receiver's key and value are its own
 copies (grouped-query attention shares keys and values between heads; patching one head's
 copy leaves its siblings clean).
+
+A head's output is its write into the residual (``head_qkv.head_writes`` @ ``write_weights``).
+Where a norm follows the attention (Gemma-2's post-attention RMSNorm), head h writes
+(z_h / rms) @ W_O[h] (1 + w) with rms that of the layer's whole attention output in its run, so
+freezing the other heads' z would still rescale their writes by the sender's change: step 2
+instead sets the sender's layer's write to its clean value plus the sender's corrupt-minus-clean
+write (each run at its own scale), exactly what "every other head frozen" means there; without
+such a norm this is the same as patching z. Step 3 rebuilds the receivers' scores from q and k
+with the layer's soft-cap (Gemma-2), and the model's own norm follows their new z.
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ from ..errors import InputError
 from ..names import act_name
 from .activation import PatchGrid, baseline_metrics, check_pair, last_logits
 from .graph import attn_scale, masked_positions, per_head_attention
+from .head_qkv import attn_softcap, head_writes, write_weights
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -61,7 +71,7 @@ def path_patch(model: Any, clean: Tokens, corrupt: Tokens, metric: Callable,
     z_names = [act_name("z", l) for l in range(L)]
     clean_metric, corrupt_metric, corrupt_cache = baseline_metrics(model, clean, corrupt, metric, z_names)
     with torch.no_grad():
-        _, clean_cache = forward(model, clean, z_names)
+        _, clean_cache = forward(model, clean, z_names + [act_name("attn_out", l) for l in range(L)])
     n = len(clean)
     per = max(1, max_batch // n)
     out = []
@@ -98,7 +108,9 @@ def _chunk(model: Model, clean: Tokens, chunk: list[tuple[int, int]], clean_cach
 
 def _frozen(model: Model, chunk: list[tuple[int, int]], clean_cache: Mapping[str, torch.Tensor],
             corrupt_cache: Mapping[str, torch.Tensor], n: int) -> dict[str, PatchFn]:
-    """Patches for step 2: every head's z from the clean run, config i's sender from the corrupt run."""
+    """Patches for step 2: every head's z from the clean run, config i's sender from the corrupt
+    run; a sender's layer writes its clean attention output plus config i's sender's change of
+    write (each run's write at its own scale: exact under a post-attention norm)."""
     c = len(chunk)
 
     def freeze(l: int) -> PatchFn:
@@ -110,7 +122,21 @@ def _frozen(model: Model, chunk: list[tuple[int, int]], clean_cache: Mapping[str
             return zc.view_as(z)
         return fn
 
-    return {act_name("z", l): freeze(l) for l in range(model.shape.n_layers)}
+    def write(l: int) -> PatchFn:
+        clean_z, corrupt_z = clean_cache[act_name("z", l)], corrupt_cache[act_name("z", l)]
+        w = write_weights(model, l)  # [H D M]
+        change = head_writes(model, l, corrupt_z) - head_writes(model, l, clean_z)  # [n pos H D]
+        out = clean_cache[act_name("attn_out", l)].repeat(c, 1, 1).view(c, n, *clean_z.shape[1:2], -1).clone()
+        for i, (sl, sh) in enumerate(chunk):
+            if sl == l:
+                out[i] += (change[:, :, sh] @ w[sh]).to(out.dtype)
+
+        def fn(a: torch.Tensor) -> torch.Tensor:
+            return out.view_as(a).to(a.dtype)
+        return fn
+
+    hooks = {act_name("z", l): freeze(l) for l in range(model.shape.n_layers)}
+    return hooks | {act_name("attn_out", l): write(l) for l in sorted({sl for sl, _ in chunk})}
 
 
 def _receiver_hooks(model: Model, l: int, heads: list[int], rec: Mapping[str, torch.Tensor],
@@ -136,7 +162,8 @@ def _receiver_hooks(model: Model, l: int, heads: list[int], rec: Mapping[str, to
         for h in heads:
             for t in receiver_inputs:
                 live[t][:, :, h] = recorded[t][:, :, h]
-        new_scores, z = per_head_attention(q, k, v, masked_positions(sc), attn_scale(model, l), sc)
+        new_scores, z = per_head_attention(q, k, v, masked_positions(sc), attn_scale(model, l), sc,
+                                           attn_softcap(model, l))
         state["z"] = z
         out = sc.clone()
         out[:, heads] = new_scores[:, heads]
