@@ -247,3 +247,79 @@ def test_path_patching_where_writes_add_is_z_patching(name, request):
         want = metric(logits[torch.arange(2), clean.last_positions]).mean()
         assert (got.patched[i] - want).abs() <= 1e-5, (sl, sh)
     assert (got.patched - got.clean).abs().max() > 1e-4
+
+
+# ----------------------------------------------------------------- the IOI head scores' projections
+ANSWERS = torch.tensor([100, 101]), torch.tensor([200, 201])
+
+
+def test_direct_logit_attribution_is_each_heads_write_through_the_frozen_final_norm(task):
+    from workbench.analyses.circuits.head_classes import direct_logit_attribution
+
+    model, ref, clean, _ = task
+    correct, wrong = ANSWERS
+    got = direct_logit_attribution(model, clean, correct, wrong)
+    st: dict = {}
+    hf_run(ref, clean, pre=[(ref.model.norm, keep(st, "final"))])
+    rows, end = torch.arange(2), clean.last_positions
+    norm, W_U = ref.model.norm, ref.lm_head.weight
+    with torch.no_grad():
+        final = st["final"][rows, end]
+        direction = (W_U[correct] - W_U[wrong]) * (1 + norm.weight) * (final.pow(2).mean(-1, keepdim=True) + norm.eps).rsqrt()
+    want = torch.stack([torch.einsum("bhm,bm->bh", hf_writes(ref, clean, l)[rows, end], direction).mean(0)
+                        for l in range(L)])
+    assert (got - want).abs().max() <= 1e-5 * max(1.0, float(want.abs().max()))
+    assert want.abs().max() > 1e-2
+
+
+def test_direct_logit_attribution_on_llama_reads_the_final_norm_weight():
+    """Where writes add: z_h @ W_O[h] through the final RMSNorm (its ``weight``, made random here)
+    at its clean scale."""
+    from workbench.analyses.circuits.head_classes import direct_logit_attribution
+    from workbench.models import load_model
+
+    model = load_model("tiny-llama")  # its own copy: the final norm's weight changes below
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.hf.model.norm.weight.copy_(torch.randn(model.shape.d_model, generator=g))
+    tokens = as_tokens(model, torch.randint(300, 900, (2, 9), generator=g))
+    correct, wrong = ANSWERS
+    got = direct_logit_attribution(model, tokens, correct, wrong)
+    zs: dict = {}
+    hooks = [(layer.self_attn.o_proj, keep(zs, l)) for l, layer in enumerate(model.hf.model.layers)]
+    hooks.append((model.hf.model.norm, keep(zs, "final")))
+    hf_run(model.hf, tokens, pre=hooks)
+    rows, end = torch.arange(2), tokens.last_positions
+    norm, W_U = model.hf.model.norm, model.hf.lm_head.weight
+    hd = model.shape.d_head
+    with torch.no_grad():
+        final = zs["final"][rows, end]
+        direction = (W_U[correct] - W_U[wrong]) * norm.weight * (final.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).rsqrt()
+        want = torch.stack([torch.einsum("bhd,mhd,bm->bh", zs[l][rows, end].unflatten(-1, (-1, hd)),
+                                         layer.self_attn.o_proj.weight.unflatten(1, (-1, hd)), direction).mean(0)
+                            for l, layer in enumerate(model.hf.model.layers)])
+    assert (got - want).abs().max() <= 1e-5 * max(1.0, float(want.abs().max()))
+    assert want.abs().max() > 1e-3
+
+
+def test_copy_scores_fold_the_post_attention_norm_weight(task):
+    """A head's OV write fed the residual at the IO token: (1 + w) * (v @ W_O[h]), its sign on
+    W_U[IO] - W_U[S] (the positive 1 / rms leaves the sign alone)."""
+    from workbench.analyses.circuits.head_classes import copy_scores
+
+    model, ref, clean, _ = task
+    correct, wrong = ANSWERS
+    io_pos = torch.tensor([3, 2])
+    got = copy_scores(model, clean, io_pos, correct, wrong)
+    st: dict = {}
+    hf_run(ref, clean, pre=[(layer, keep(st, l)) for l, layer in enumerate(ref.model.layers)])
+    rows, dirs = torch.arange(2), ref.lm_head.weight[correct] - ref.lm_head.weight[wrong]
+    want = torch.zeros(L, H)
+    with torch.no_grad():
+        for l, layer in enumerate(ref.model.layers):
+            attn = layer.self_attn
+            v = attn.v_proj(layer.input_layernorm(st[l][rows, io_pos])).unflatten(-1, (2, D))[:, [h // 2 for h in range(H)]]
+            out = (1 + layer.post_attention_layernorm.weight) * torch.einsum("bhd,mhd->bhm", v, attn.o_proj.weight.unflatten(1, (H, D)))
+            want[l] = ((out @ dirs.T)[rows, :, rows] > 0).float().mean(0)
+    assert torch.equal(got, want)
+    assert 0 < float(want.mean()) < 1

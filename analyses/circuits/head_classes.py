@@ -11,6 +11,14 @@
 
 Also the direct logit attribution (IO - S) of each head at the final token. Labels are
 heads whose score passes a threshold.
+
+A head's output is its write into the residual (``workbench.patching.head_qkv.head_writes`` @
+``write_weights``). Gemma-2 is exact, not refused: its post-attention norm makes head h write
+(z_h / rms) @ W_O[h] (1 + w), rms that of the layer's whole attention output in the same run, so
+the direct logit attribution folds in the scale measured on the run at the final token (the
+heads of a layer sum to the layer's write) and the final norm's own gain (``1 + w``); it is in
+units of the logits before Gemma-2's final soft-cap. The copy score asks only the sign of a
+head's OV write, which the positive 1 / rms leaves alone, so it folds ``1 + w`` alone.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from workbench.cache import Tokens, as_tokens, forward
 from workbench.datasets.base import PromptSet
 from workbench.datasets.colored_objects import word_token_positions
 from workbench.errors import InputError
-from workbench.patching.graph import out_weights
+from workbench.patching.head_qkv import head_writes, write_weights
 
 CLASSES = ("name_mover", "s_inhibition", "induction", "duplicate_token", "previous_token")
 THRESHOLDS = {"name_mover": 0.1, "s_inhibition": 0.1, "induction": 0.3, "duplicate_token": 0.3, "previous_token": 0.4}
@@ -104,21 +112,31 @@ def direct_logit_attribution(model: Any, tokens: Tokens, correct: torch.Tensor, 
         idx, end = torch.arange(len(tokens), device=tokens.input_ids.device), tokens.last_positions
         final = st[f"blocks.{L - 1}.hook_resid_post"][idx, end]  # [b d_model]
         norm = model.adapter.final_norm(model.hf)
-        w = norm.weight if getattr(norm, "weight", None) is not None else torch.ones(s.d_model, device=final.device)
+        w = _norm_gain(model, norm, final)
         centre = model.adapter.centred_norm
         if centre:
             final = final - final.mean(-1, keepdim=True)
-        scale = final.pow(2).mean(-1, keepdim=True).add(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-5))).rsqrt()
+        scale = final.pow(2).mean(-1, keepdim=True).add(model.adapter.norm_eps(norm)).rsqrt()
         W_U = model.hf.get_output_embeddings().weight
         direction = (W_U[correct] - W_U[wrong]) * w  # [b d_model]
         out = torch.zeros(L, s.n_heads)  # cpu: a [layer head] result, filled row by row (a row copy crosses devices)
         for l in range(L):
             z = st[f"blocks.{l}.attn.hook_z"][idx, end]  # [b head d]
-            head_out = torch.einsum("bhd,hdm->bhm", z, out_weights(model, l))
+            head_out = torch.einsum("bhd,hdm->bhm", head_writes(model, l, z), write_weights(model, l))
             if centre:
                 head_out = head_out - head_out.mean(-1, keepdim=True)
             out[l] = (head_out * (direction * scale)[:, None]).sum(-1).mean(0)
     return out
+
+
+def _norm_gain(model: Any, norm: Any, like: torch.Tensor) -> torch.Tensor:
+    """The per-dimension gain [d_model] of the final norm: its weight for LayerNorm; for RMSNorm
+    read off the module itself (``weight``, Gemma's ``1 + weight``) as norm(1) * sqrt(1 + eps)."""
+    if model.adapter.centred_norm:
+        w = getattr(norm, "weight", None)
+        return w if w is not None else torch.ones(like.shape[-1], device=like.device, dtype=like.dtype)
+    ones = torch.ones(1, like.shape[-1], device=like.device, dtype=like.dtype)
+    return norm(ones)[0] * (1.0 + model.adapter.norm_eps(norm)) ** 0.5
 
 
 def copy_scores(model: Any, tokens: Tokens, io_pos: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor,
@@ -143,7 +161,7 @@ def copy_scores(model: Any, tokens: Tokens, io_pos: torch.Tensor, correct: torch
                 xh = x[:, None, None, :].expand(-1, 1, s.n_heads, -1)
                 qkv.rotary = None  # values carry no rotary
                 _, _, v = qkv(l, xh)
-                head_out = torch.einsum("bhd,hdm->bhm", v[:, 0], out_weights(model, l))
+                head_out = torch.einsum("bhd,hdm->bhm", v[:, 0], write_weights(model, l))
                 diff = head_out @ (W_U[correct] - W_U[wrong]).T  # [b head b]
                 out[l] = (diff[idx, :, idx] > 0).float().mean(0)
     finally:
