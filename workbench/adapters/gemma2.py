@@ -17,8 +17,9 @@ TransformerLens; the suffix engine caps, windows and post-normalises the same wa
 write is not additive (the post-attention norm divides the sum of the heads by its rms), so
 the edge graph splits it exactly at the scale of the same forward (``head_write_scale``,
 ``write_weights``): head h writes (z_h / rms(layer's output)) @ W_O[h] * (1 + w). Exact edge
-patching (``workbench.patching.edges``) and path patching (``workbench.patching.path``) do not
-use that split yet.
+patching (``workbench.patching.edges``), path patching (``workbench.patching.path``, which also
+caps the scores it rebuilds) and the IOI head scores' direct logit attribution use the same
+split, each run at its own scale, and are exact (tests/test_gemma2_patching.py).
 """
 from __future__ import annotations
 
