@@ -181,7 +181,7 @@ def floor(setup, masks: torch.Tensor) -> tuple[float, None]:
     _sync(setup.device)
     start = time.perf_counter()
     with torch.no_grad():
-        for cfg, first_layers, p0 in plan_chunks(masks, max(1, setup.max_batch // n)):
+        for _cfg, first_layers, p0 in plan_chunks(masks, max(1, setup.max_batch // n)):
             t = tokens.input_ids.shape[1] - p0
             x, active = None, 0
             for l in range(first_layers[0], model.shape.n_layers):
@@ -348,6 +348,17 @@ def top(effect: torch.Tensor, k: int = 10) -> list[int]:
     return effect.abs().argsort(descending=True)[:k].tolist()
 
 
+def rank_stability(values: torch.Tensor, clean: torch.Tensor, k: int = 10, n_boot: int = 1000) -> float:
+    """Share of bootstrap resamples of the prompts in which the top ``k`` (in order) is the one the
+    whole sample gives: how far the prompts themselves pin the ranking down, whatever the dtype."""
+    diffs = values - clean.float().cpu()[None]  # [P N]
+    want = top(diffs.mean(1), k)
+    g = torch.Generator().manual_seed(0)
+    n = diffs.shape[1]
+    hits = sum(top(diffs[:, torch.randint(n, (n,), generator=g)].mean(1), k) == want for _ in range(n_boot))
+    return round(hits / n_boot, 3)
+
+
 def sweep_row(setup, model, masks, timed: dict, peak: float, n_sample: int, methods: list[str]) -> dict:
     n, t = setup.tokens.input_ids.shape
     p = masks.shape[0]
@@ -387,8 +398,17 @@ def compare_dtypes(report: dict, timed_all: dict, setups: dict) -> dict:
             if d == "float32":
                 continue
             eff = effects(timed[d]["val"]["batched"], setups[d].clean_metric)
+            same = [a == b for a, b in zip(top(eff, 12), top(ref, 12))]
+            first_diff = same.index(False) if False in same else len(same)
+            ref_sorted = ref.abs().sort(descending=True).values
             out[f"{name}/{d}"] = {
                 "top10_identical": top(eff) == top(ref), "top10_same_set": set(top(eff)) == set(top(ref)),
+                "identical_leading_ranks": first_diff,
+                # float32's own gap below the first rank where the orders part: under the deviation, a tie here
+                "float32_gap_at_first_difference": (round(float(ref_sorted[first_diff] - ref_sorted[first_diff + 1]), 4)
+                                                    if first_diff + 1 < len(ref_sorted) else None),
+                "float32_top10_bootstrap_identity": rank_stability(timed["float32"]["val"]["batched"],
+                                                                   setups["float32"].clean_metric),
                 "max_abs_effect_deviation": round(float((eff - ref).abs().max()), 4),
                 "largest_effect_float32": round(float(ref.abs().max()), 4),
                 "engine_speedup_vs_float32_engine": round(timed["float32"]["s"]["batched"] / timed[d]["s"]["batched"], 2),
