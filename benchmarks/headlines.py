@@ -120,7 +120,8 @@ class Summary:
     minus control that decides the verdict when present); ``reference`` is a fixed control value
     with its name (which states the value); ``better`` is +1 when more than the control is the
     effect, -1 when less is. ``picture`` is part of the title of the figure drawn into
-    docs/figures (default: the first)."""
+    docs/figures (default: the first). ``also``: starts of figure texts shown after the
+    headline in its cell (a circuit's size and MIB's scores beside its faithfulness)."""
 
     name: str
     shows: str
@@ -131,6 +132,7 @@ class Summary:
     reference: tuple[float, str] | None = None
     better: int = 1
     picture: str = ""
+    also: tuple[str, ...] = ()
 
 
 SUMMARIES: dict[str, Summary] = {  # by row label
@@ -140,7 +142,8 @@ SUMMARIES: dict[str, Summary] = {  # by row label
     "circuits: IOI faithfulness against edges kept (EAP, EAP-IG)": Summary(
         "circuit discovery", "how much of the model's IOI behaviour an EAP-IG circuit keeps on test prompts",
         main="ioi eap-ig circuit: faithfulness", reference=(0.0, "all edges ablated, 0 by definition (the full model is 1)"),
-        picture="faithfulness against circuit size"),
+        picture="faithfulness against circuit size",
+        also=("ioi eap-ig circuit: edges", "ioi MIB CMD (eap-ig)", "ioi MIB CPR (eap-ig)", "ioi MIB node CMD (exact)")),
     "circuit reuse (Merullo et al.): Colored Objects vs chance, overlap, intervention": Summary(
         "circuit reuse", "whether adjusting IOI-circuit heads helps Colored Objects",
         main="Colored Objects accuracy after adjusting L", control="Colored Objects accuracy after adjusting random",
@@ -208,6 +211,10 @@ def summarise(row: dict[str, Any]) -> dict[str, Any] | None:
            "control": _match(row, s.control), "diff": _match(row, s.diff), "better": s.better}
     if s.control_name:
         out["control_name"] = s.control_name
+    if s.also:
+        texts = [f["text"] for f in row["figures"]]
+        found = (next((t for t in texts if t.startswith(a)), None) for a in s.also)
+        out["also"] = [t for t in found if t is not None]  # a figure an older run lacks is left out
     if s.reference is not None:
         out["reference"] = {"value": s.reference[0], "text": s.reference[1]}
     return {k: v for k, v in out.items() if v is not None}

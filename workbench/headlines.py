@@ -134,9 +134,12 @@ def control_text(row: dict[str, Any]) -> str:
 
 def headline_text(row: dict[str, Any]) -> str:
     """The headline column: the chosen figure, its value in bold, its interval, n and split."""
-    fig = find(row, (row.get("summary") or {}).get("main")) or row["figures"][0]
+    s = row.get("summary") or {}
+    fig = find(row, s.get("main")) or row["figures"][0]
     build = build_text(row)
-    return f"{fig['text']}: {value_text(fig, bold=True)}" + (f" ({build})" if build else "")
+    also = [f for f in (find(row, t) for t in s.get("also", [])) if f is not None]
+    return (f"{fig['text']}: {value_text(fig, bold=True)}" + (f" ({build})" if build else "")
+            + "".join(f"; {f['text']}: {value_text(f, n=False)}" for f in also))
 
 
 def is_analysis(row: dict[str, Any]) -> bool:
