@@ -33,6 +33,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -301,6 +302,9 @@ def _run(argv: list[str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
+KEEP_RUNS: Path | None = None  # --keep-runs: where each measured analysis's run folder is copied
+
+
 def measure_spec(spec: Any, headline: Any, index: int, stamp: dict[str, Any], draw: bool = True) -> dict[str, Any]:
     """Run the headline's command into a temporary run folder; its figures, the trained
     artifacts it used and (``draw``) its picture."""
@@ -309,6 +313,8 @@ def measure_spec(spec: Any, headline: Any, index: int, stamp: dict[str, Any], dr
     with tempfile.TemporaryDirectory(prefix="headlines-") as tmp:
         out = Path(tmp) / "run"
         seconds, _ = _run([sys.executable, "-m", "workbench", *headline.args, "--out", str(out)])
+        if KEEP_RUNS is not None:  # the run itself, for a closer look than its figures
+            shutil.copytree(out, KEEP_RUNS / picture_file(spec.key, index).stem, dirs_exist_ok=True)
         result = load_result(out)
         figures = headline.figures(result)
         picture = draw_picture(spec, headline, index, result, stamp) if draw else None
@@ -429,11 +435,14 @@ def main() -> None:
     ap.add_argument("--check", action="store_true",
                     help="re-measure and report per figure whether it lies inside the published interval; writes nothing")
     ap.add_argument("--report", type=Path, help="with --check: also write the verdicts to this JSON file")
+    ap.add_argument("--keep-runs", type=Path, help="copy each analysis's run folder here (DIR/<key>), to open it later")
     args = ap.parse_args()
     if args.report is not None and not args.check:
         _bad("--report goes with --check (python benchmarks/headlines.py --check --report FILE)")
     if args.check and args.readme:
         _bad("--check and --readme do different things; give one")
+    global KEEP_RUNS
+    KEEP_RUNS = args.keep_runs
     todo = jobs()
     order = [(k, label) for k, label, _ in todo]
     if args.list:
