@@ -119,15 +119,18 @@ def test_eap_ig_runs_on_tiny_qwen2():
     assert float(scores[:, -1].sum()) == pytest.approx(change, rel=0.5, abs=0.05)
 
 
-def test_qwen_hub_name_offline_is_one_line(monkeypatch, capsys):
+@pytest.mark.parametrize("name,hub_id", [("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B"), ("gemma-2-2b", "google/gemma-2-2b"),
+                                         ("llama-3.1-8b", "meta-llama/Llama-3.1-8B")])
+def test_mib_hub_names_offline_are_one_line(monkeypatch, capsys, name, hub_id):
+    """MIB's models by their registry names: with no hub, one error line naming the hub id."""
     from workbench.cli import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setattr(sys, "argv", ["workbench", "circuit", "--model", "qwen2.5-0.5b", "--json"])
+    monkeypatch.setattr(sys, "argv", ["workbench", "circuit", "--model", name, "--json"])
     with pytest.raises(SystemExit) as e:
         main()
     err = capsys.readouterr().err
     assert e.value.code == 2
     lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and "Qwen/Qwen2.5-0.5B" in lines[0] and "Traceback" not in err
+    assert len(lines) == 1 and hub_id in lines[0] and "Traceback" not in err

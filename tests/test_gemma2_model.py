@@ -181,23 +181,6 @@ def test_head_patching_equals_a_pre_hook_on_o_proj(gemma):
     assert torch.equal(fast.metric[0], fast.clean_metric)
     assert fast.metric.std() > 1e-2  # the patches do something
 
-
-def test_hub_name_offline_is_one_line(monkeypatch, capsys):
-    import sys
-
-    from workbench.cli import main
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setattr(sys, "argv", ["workbench", "circuit", "--model", "gemma-2-2b", "--json"])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err
-    assert e.value.code == 2
-    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and "google/gemma-2-2b" in lines[0] and "Traceback" not in err
-
-
 def test_three_backends_cache_the_same_values(gemma):
     """The TransformerLens bridge and nnsight read the same places (the bridge's post-rotary
     q and k, its hook_attn_out after the post-attention norm) as the plain hooks."""

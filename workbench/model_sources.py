@@ -245,6 +245,7 @@ MODELS: dict[str, ModelSpec] = {
     "pythia-160m": ModelSpec(_hub_loader("EleutherAI/pythia-160m"), "Pythia 160M from the hub", "hub", "EleutherAI/pythia-160m"),
     "smollm2-135m-hub": ModelSpec(_hub_loader("HuggingFaceTB/SmolLM2-135M-Instruct"), "SmolLM2-135M-Instruct from the hub", "hub", "HuggingFaceTB/SmolLM2-135M-Instruct"),
     "llama-3.2-1b": ModelSpec(_hub_loader("meta-llama/Llama-3.2-1B"), "Llama 3.2 1B from the hub", "hub", "meta-llama/Llama-3.2-1B"),
+    "llama-3.1-8b": ModelSpec(_hub_loader("meta-llama/Llama-3.1-8B"), "Llama 3.1 8B from the hub (MIB's Llama-3.1; gated: accept its licence on the hub)", "hub", "meta-llama/Llama-3.1-8B"),
     "qwen2.5-0.5b": ModelSpec(_hub_loader("Qwen/Qwen2.5-0.5B"), "Qwen2.5 0.5B from the hub (MIB's Qwen2.5)", "hub", "Qwen/Qwen2.5-0.5B"),
     "gemma-2-2b": ModelSpec(_hub_loader("google/gemma-2-2b"), "Gemma-2 2B from the hub (MIB's Gemma-2; gated: accept its licence on the hub)", "hub", "google/gemma-2-2b"),
 }
