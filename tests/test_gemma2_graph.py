@@ -23,18 +23,9 @@ EDGES = [("L0H1", "L1H2"), ("input", "L0H3"), ("L0H2", "M0"), ("M0", "logits"), 
 
 @pytest.fixture(scope="module")
 def task():
-    from workbench.models import load_model
+    from test_gemma2_model import shaken_gemma2
 
-    model = load_model("tiny-gemma2")
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in model.hf.named_parameters():
-            if "norm" in name:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-            elif "q_proj" in name or "k_proj" in name:
-                p.mul_(12.0)
-            elif "embed" in name:
-                p.mul_(10.0)
+    model = shaken_gemma2()
     clean, corrupt = as_tokens(model, CLEAN), as_tokens(model, CORRUPT)
     assert clean.input_ids.shape == corrupt.input_ids.shape
     metric = G.LogitDiff(torch.tensor([100, 101]), torch.tensor([200, 201]))

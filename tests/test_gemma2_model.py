@@ -20,15 +20,18 @@ CORRUPT = ["When Alice and Bob went to the shop, Tom gave a drink to", "Hi here"
            "A dog sat on the rug and then it slept"]
 
 
-def shaken_gemma2():
-    """tiny-gemma2 with random norm weights and larger q/k weights (scores well past the cap)."""
+def shaken_gemma2(signed_post_norm: bool = False):
+    """tiny-gemma2 with random norm weights and larger q/k weights (scores well past the cap);
+    ``signed_post_norm``: the post-attention norm's ``1 + w`` drawn from N(0, 1), so of both signs."""
     from workbench.models import load_model
 
     model = load_model("tiny-gemma2")
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, p in model.hf.named_parameters():
-            if "norm" in name:
+            if signed_post_norm and "post_attention_layernorm" in name:
+                p.copy_(torch.randn(p.shape, generator=g) - 1.0)
+            elif "norm" in name:
                 p.add_(0.3 * torch.randn(p.shape, generator=g))
             elif "q_proj" in name or "k_proj" in name:
                 p.mul_(12.0)

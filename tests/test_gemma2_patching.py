@@ -48,20 +48,9 @@ def metric(logits, idx=None):
 def task():
     from transformers import Gemma2ForCausalLM
 
-    from workbench.models import load_model
+    from test_gemma2_model import shaken_gemma2
 
-    model = load_model("tiny-gemma2")
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, p in model.hf.named_parameters():
-            if "post_attention_layernorm" in name:
-                p.copy_(torch.randn(p.shape, generator=g) - 1.0)  # 1 + w ~ N(0, 1): both signs
-            elif "norm" in name:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
-            elif "q_proj" in name or "k_proj" in name:
-                p.mul_(12.0)
-            elif "embed" in name:
-                p.mul_(10.0)
+    model = shaken_gemma2(signed_post_norm=True)  # 1 + w ~ N(0, 1): both signs
     s = model.shape
     assert (s.n_layers, s.n_heads, s.n_kv_heads, s.d_head) == (L, H, 2, D)
     ref = Gemma2ForCausalLM(copy.deepcopy(model.hf.config)).eval()
