@@ -34,15 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench.stats import bootstrap  # noqa: E402
 
 
-def backbone(graph) -> torch.Tensor:
-    """[S R] bool: every valid edge whose sender and receiver are the input, an MLP or the logits."""
-    def plain(name: str) -> bool:
-        return name in ("input", "logits") or name.startswith("M")
-    s_in = torch.tensor([plain(s) for s in graph.senders])  # cpu: a node mask over the CPU graph
-    r_in = torch.tensor([plain(r) for r in graph.receivers])  # cpu: a node mask over the CPU graph
-    return s_in[:, None] & r_in[None, :] & graph.valid
-
-
 def touches(graph, node: str) -> torch.Tensor:
     """[S R] bool: every valid edge out of or into ``node``."""
     out = torch.zeros_like(graph.valid)
@@ -56,13 +47,15 @@ def touches(graph, node: str) -> torch.Tensor:
 def variants(graph, scores: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     """Each candidate circuit of size k (before the forced edges are added)."""
     from workbench.patching.edge_graph import prune_dangling, top_edges
+    from workbench.patching.faithfulness import top_n
+    from workbench.patching.nodes import node_circuit
 
     top = top_edges(graph, scores, k)
-    signed = (-scores).clamp(min=0)  # MIB's sign: edges that carry the behaviour score positive
-    spine = backbone(graph)
+    spine = node_circuit(graph, [])  # every edge among the input, the MLPs and the logits
     head_edges = scores.masked_fill(spine, 0.0)
     return {"|score|": prune_dangling(graph, top),
-            "signed": prune_dangling(graph, top_edges(graph, signed, k)),
+            # MIB's sign (the workbench's negated): edges that carry the behaviour first
+            "signed": prune_dangling(graph, top_n(graph, -scores, k, absolute=False)),
             "+ M0": prune_dangling(graph, top | touches(graph, "M0")),
             "+ MLP paths": prune_dangling(graph, top | spine),
             "heads only": prune_dangling(graph, top_edges(graph, head_edges, k) | spine)}
@@ -71,10 +64,12 @@ def variants(graph, scores: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
 def curve_points(vals: np.ndarray, n: int, seed: int = 0) -> list[dict]:
     """Rows [full, empty, circuits...] x prompts (first ``n`` prompts) -> each circuit's
     normalised faithfulness with a bootstrap interval over prompts."""
+    from workbench.patching.faithfulness import normalised_curve
+
     x = vals[:, :n]
 
     def faith(i: int):
-        return lambda r: float((r[:, i].mean() - r[:, 1].mean()) / (r[:, 0].mean() - r[:, 1].mean()))
+        return lambda r: float(normalised_curve(r.T[[0, 1, i]])[0])
     out = []
     for i in range(2, x.shape[0]):
         iv = bootstrap(x.T, faith(i), seed=seed, split="validation")
